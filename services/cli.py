@@ -1,0 +1,138 @@
+"""The ``couturier`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from google.protobuf.json_format import MessageToDict
+
+from couturier.services.common.errors import CouturierError
+
+app = typer.Typer(
+    name="couturier",
+    help="Visually-aware fashion recommendation and generative design: data, models and gRPC services.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+ServiceArg = Annotated[str, typer.Argument(help="scoring, latent, retrieval, orchestrator, or all (one process).")]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def serve(
+    service: ServiceArg,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default 127.0.0.1; env COUTURIER_<SERVICE>_HOST).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="gRPC port (env COUTURIER_<SERVICE>_PORT).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus /metrics port (default: none).")] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="json or console.")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Run one service (or all four in one process) until SIGINT/SIGTERM."""
+    from couturier.services.common.config import load_settings
+    from couturier.services.common.logs import configure_logging
+    from couturier.services.common.server import run_until_signalled
+    from couturier.services.registry import SERVICE_KEYS, make_host
+
+    keys = SERVICE_KEYS if service == "all" else (service,)
+    if service != "all" and service not in SERVICE_KEYS:
+        _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICE_KEYS)} or all")
+    if service == "all" and port is not None:
+        _fail("--port applies to one service; set COUTURIER_<SERVICE>_PORT for each service of 'all'")
+    overrides = {"host": host, "metrics_port": metrics_port, "log_format": log_format, "log_level": log_level}
+    try:
+        settings = {key: load_settings(key, **overrides, port=port) for key in keys}
+        if service == "all":  # the orchestrator talks to its siblings in this process
+            peers = {f"{key}_target": f"127.0.0.1:{settings[key].port}" for key in ("scoring", "latent", "retrieval")}
+            settings["orchestrator"] = load_settings("orchestrator", **overrides, **peers)
+            for key in ("scoring", "latent", "retrieval"):  # one /metrics endpoint per process
+                settings[key] = settings[key].model_copy(update={"metrics_port": None})
+    except CouturierError as exc:
+        _fail(str(exc))
+    first = settings[keys[0]]
+    configure_logging(first.log_level, first.log_format)
+    hosts = [make_host(key, settings[key]) for key in keys]
+    asyncio.run(run_until_signalled(hosts))
+
+
+@app.command()
+def health(
+    target: Annotated[str, typer.Argument(help="host:port of a couturier service.")],
+    service: Annotated[str, typer.Option(help="Service name to ask about ('' = the whole server).")] = "",
+    wait: Annotated[float, typer.Option(help="Wait up to this many seconds for SERVING.")] = 0.0,
+) -> None:
+    """Ask a service's standard gRPC health service; exit 0 only when SERVING (usable as a probe)."""
+    import grpc
+
+    from couturier.services.client import check_health, wait_until_serving
+
+    try:
+        if wait > 0:
+            asyncio.run(wait_until_serving(target, service, timeout_s=wait))
+            status = "SERVING"
+        else:
+            status = asyncio.run(check_health(target, service))
+    except (TimeoutError, grpc.aio.AioRpcError) as exc:
+        _fail(str(exc) if isinstance(exc, TimeoutError) else f"{target}: {exc.code().name} {exc.details()}")
+    typer.echo(status)
+    if status != "SERVING":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def status(target: Annotated[str, typer.Argument(help="host:port of a couturier service.")]) -> None:
+    """Print a service's diagnostics (dependencies, settings, fallbacks) and its reflected services."""
+    from couturier.services.client import get_status, list_services
+
+    async def gather() -> dict[str, object]:
+        report = MessageToDict(await get_status(target), preserving_proto_field_name=True)
+        report["reflection"] = await list_services(target)
+        return report
+
+    typer.echo(json.dumps(asyncio.run(gather()), indent=2))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("runs/demo"),
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data directory (default var/data or COUTURIER_DATA_DIR).")] = None,
+    profile: Annotated[str, typer.Option(help="Data profile: demo (2-core machine) or full.")] = "demo",
+) -> None:
+    """The main job on the embedded default: data, contact sheet, stats, services up and healthy."""
+    from couturier.services.demo import run_demo
+
+    try:
+        report = run_demo(out, data_dir=data_dir, profile=profile)
+    except CouturierError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {report}")
+
+
+def _mount_subcommands() -> None:
+    from couturier.export.data.cli import data_app
+
+    app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except CouturierError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

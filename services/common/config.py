@@ -1,0 +1,132 @@
+"""Typed settings, one object per service, read from the environment (and CLI flags).
+
+Every field can be set as ``COUTURIER_<SERVICE>_<FIELD>`` (e.g. ``COUTURIER_SCORING_PORT=50051``);
+the CLI's flags override the environment. Defaults bind to loopback only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from couturier.services.common.errors import InvalidInput
+
+
+class ServerSettings(BaseSettings):
+    """Settings every gRPC service has."""
+
+    service_key: ClassVar[str] = "server"
+
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 only inside a container.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port (None: no endpoint, 0: any free)."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="Max gRPC message size in and out."
+    )
+    rpc_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Upper bound of one call's work when the caller sets no shorter deadline."
+    )
+    shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="In-flight calls get this long on shutdown.")
+    health_interval_s: float = Field(2.0, gt=0, le=300, description="Seconds between dependency checks.")
+    max_connection_age_s: float | None = Field(
+        None, gt=0, description="Close client connections after this long so load re-balances across pods."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "console"
+
+    @field_validator("host")
+    @classmethod
+    def _host_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (use 127.0.0.1 for loopback)")
+        return value
+
+    @property
+    def bind_address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+        ]
+        if self.max_connection_age_s is not None:
+            options.append(("grpc.max_connection_age_ms", int(self.max_connection_age_s * 1000)))
+            options.append(("grpc.max_connection_age_grace_ms", int(self.shutdown_grace_s * 1000)))
+        return options
+
+
+class ModelBackendSettings(BaseSettings):
+    """Where a service's models run."""
+
+    inference_backend: Literal["triton", "onnxruntime"] = Field(
+        "onnxruntime", description="triton: a Triton server at triton_url; onnxruntime: in-process."
+    )
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
+    model_repository: str = Field("var/model_repository", description="Model repository (in-process backend).")
+    inference_timeout_s: float = Field(30.0, gt=0, le=600)
+
+
+class VectorStoreSettings(BaseSettings):
+    milvus_uri: str = Field(
+        "var/milvus/couturier.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
+    )
+    milvus_token: str = Field("", description="Milvus token (user:password) for a secured server.")
+
+
+class ScoringSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):
+    model_config = SettingsConfigDict(env_prefix="COUTURIER_SCORING_", extra="forbid")
+    service_key: ClassVar[str] = "scoring"
+    port: int = Field(50051, ge=0, le=65535)
+
+
+class LatentSettings(ServerSettings, ModelBackendSettings):
+    model_config = SettingsConfigDict(env_prefix="COUTURIER_LATENT_", extra="forbid")
+    service_key: ClassVar[str] = "latent"
+    port: int = Field(50052, ge=0, le=65535)
+
+
+class RetrievalSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):
+    model_config = SettingsConfigDict(env_prefix="COUTURIER_RETRIEVAL_", extra="forbid")
+    service_key: ClassVar[str] = "retrieval"
+    port: int = Field(50053, ge=0, le=65535)
+
+
+class OrchestratorSettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="COUTURIER_ORCHESTRATOR_", extra="forbid")
+    service_key: ClassVar[str] = "orchestrator"
+    port: int = Field(50050, ge=0, le=65535)
+    scoring_target: str = "127.0.0.1:50051"
+    latent_target: str = "127.0.0.1:50052"
+    retrieval_target: str = "127.0.0.1:50053"
+
+
+SETTINGS_BY_SERVICE: dict[str, type[ServerSettings]] = {
+    cls.service_key: cls for cls in (ScoringSettings, LatentSettings, RetrievalSettings, OrchestratorSettings)
+}
+
+
+def load_settings(service: str, **overrides: Any) -> ServerSettings:
+    """Settings of ``service`` from the environment, with non-None ``overrides`` (CLI flags) on top.
+
+    Raises InvalidInput naming every bad field and its environment variable.
+    """
+    try:
+        cls = SETTINGS_BY_SERVICE[service]
+    except KeyError:
+        raise InvalidInput(f"unknown service {service!r}; choose one of {sorted(SETTINGS_BY_SERVICE)}") from None
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{field} (env {prefix}{field.upper()}): {error['msg']}")
+        raise InvalidInput(f"invalid {service} settings: " + "; ".join(problems)) from None

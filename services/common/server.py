@@ -1,0 +1,142 @@
+"""One way to run a couturier gRPC service: grpc.aio server with health, reflection, diagnostics,
+error mapping, deadlines, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from couturier.services.common.config import ServerSettings
+from couturier.services.common.health import DependencyCheck, HealthMonitor
+from couturier.services.common.interceptors import DeadlineInterceptor, ErrorMappingInterceptor, MetricsInterceptor
+from couturier.services.common.logs import get_logger
+from couturier.services.common.metrics import start_metrics_endpoint
+from couturier.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+
+log = get_logger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class ServiceDefinition:
+    """What a service contributes to a server: its servicer(s), dependencies and what to show."""
+
+    key: str  # short name: scoring, latent, retrieval, orchestrator
+    service_names: Sequence[str]  # fully qualified proto service names
+    register: Callable[[grpc.aio.Server], None]
+    checks: Sequence[DependencyCheck] = ()
+    shown_settings: dict[str, str] = field(default_factory=dict)
+    on_stop: Callable[[], Awaitable[None]] | None = None
+
+
+class _Diagnostics(diagnostics_pb2_grpc.DiagnosticsServiceServicer):
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self._monitor = monitor
+
+    async def GetStatus(self, request: diagnostics_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> diagnostics_pb2.ServiceStatus:  # noqa: N802
+        return self._monitor.status()
+
+
+class ServiceHost:
+    """Runs one ServiceDefinition on its own grpc.aio server."""
+
+    def __init__(self, definition: ServiceDefinition, settings: ServerSettings) -> None:
+        self.definition = definition
+        self.settings = settings
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.monitor = HealthMonitor(
+            service_names=definition.service_names,
+            checks=definition.checks,
+            interval_s=settings.health_interval_s,
+            settings=dict(definition.shown_settings),
+            version=VERSION,
+        )
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError("server not started")
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            interceptors=[
+                ErrorMappingInterceptor(),
+                MetricsInterceptor(),
+                DeadlineInterceptor(self.settings.rpc_timeout_s),
+            ],
+            options=self.settings.grpc_options,
+        )
+        self.definition.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
+        diagnostics_pb2_grpc.add_DiagnosticsServiceServicer_to_server(_Diagnostics(self.monitor), server)
+        reflection.enable_server_reflection(
+            [
+                *self.definition.service_names,
+                diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        self.port = server.add_insecure_port(self.settings.bind_address)
+        if self.port == 0:
+            raise OSError(f"could not bind {self.settings.bind_address}")
+        await self.monitor.start()
+        await server.start()
+        self._server = server
+        if self.settings.metrics_port is not None:
+            self.metrics_port = start_metrics_endpoint(self.settings.host, self.settings.metrics_port)
+        log.info(
+            "service started",
+            service=self.definition.key,
+            address=self.address,
+            metrics_port=self.metrics_port,
+            serving=self.monitor.serving,
+            **self.definition.shown_settings,
+        )
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING first, then let in-flight calls finish within the grace period."""
+        if self._server is None:
+            return
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self.monitor.shutdown()
+        await self._server.stop(grace)
+        if self.definition.on_stop is not None:
+            await self.definition.on_stop()
+        self._server = None
+        log.info("service stopped", service=self.definition.key)
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def run_until_signalled(hosts: Sequence[ServiceHost], ready: Callable[[], None] | None = None) -> None:
+    """Start the hosts, run until SIGINT/SIGTERM, then stop them gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[ServiceHost] = []
+    try:
+        for host in hosts:
+            await host.start()
+            started.append(host)
+        if ready is not None:
+            ready()
+        await stop.wait()
+        log.info("shutdown requested")
+    finally:
+        await asyncio.gather(*(host.stop() for host in reversed(started)))

@@ -1,0 +1,130 @@
+"""Settings from environment and flags, clear errors for bad config, and the CLI entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from couturier.services.client import check_health, list_services
+from couturier.services.common.config import load_settings
+from couturier.services.common.errors import InvalidInput
+from couturier.services.launcher import LocalStack, free_port
+
+runner = CliRunner()
+
+
+def test_defaults_bind_loopback_with_distinct_ports() -> None:
+    ports = set()
+    for key in ("scoring", "latent", "retrieval", "orchestrator"):
+        settings = load_settings(key)
+        assert settings.host == "127.0.0.1"
+        ports.add(settings.port)
+    assert len(ports) == 4
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COUTURIER_SCORING_PORT", "6001")
+    monkeypatch.setenv("COUTURIER_SCORING_MAX_MESSAGE_BYTES", "2048")
+    monkeypatch.setenv("COUTURIER_SCORING_INFERENCE_BACKEND", "triton")
+    settings = load_settings("scoring")
+    assert (settings.port, settings.max_message_bytes, settings.inference_backend) == (6001, 2048, "triton")
+    assert load_settings("scoring", port=6002).port == 6002  # a flag beats the environment
+    assert load_settings("latent").port == 50052  # other services keep their own prefix
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "needle"),
+    [
+        ("COUTURIER_SCORING_PORT", "70000", "port (env COUTURIER_SCORING_PORT)"),
+        ("COUTURIER_SCORING_PORT", "abc", "port (env COUTURIER_SCORING_PORT)"),
+        ("COUTURIER_SCORING_LOG_LEVEL", "LOUD", "log_level (env COUTURIER_SCORING_LOG_LEVEL)"),
+        ("COUTURIER_SCORING_INFERENCE_BACKEND", "tensorflow", "inference_backend"),
+        ("COUTURIER_SCORING_RPC_TIMEOUT_S", "-1", "rpc_timeout_s"),
+        ("COUTURIER_SCORING_HOST", " ", "host (env COUTURIER_SCORING_HOST): Value error, must not be empty"),
+    ],
+)
+def test_bad_config_names_the_problem(monkeypatch: pytest.MonkeyPatch, env: str, value: str, needle: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(InvalidInput) as info:
+        load_settings("scoring")
+    assert needle in str(info.value)
+
+
+def test_unknown_service_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="unknown service 'billing'"):
+        load_settings("billing")
+
+
+def test_cli_serve_help_lists_services() -> None:
+    from couturier.services.cli import app
+
+    result = runner.invoke(app, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "scoring, latent, retrieval, orchestrator, or all" in result.output
+
+
+def test_cli_serve_rejects_bad_config_without_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "couturier.services.cli", "serve", "scoring", "--port", "99999"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "port (env COUTURIER_SCORING_PORT)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_serve_rejects_unknown_service() -> None:
+    from couturier.services.cli import app
+
+    result = runner.invoke(app, ["serve", "billing"])
+    assert result.exit_code == 2
+    assert "unknown service 'billing'" in result.output
+
+
+def test_every_service_as_its_own_process(tmp_path: Path) -> None:
+    """Each service runs via `couturier serve <name>` in its own process and stops cleanly on SIGTERM."""
+    with LocalStack(log_dir=tmp_path) as stack:
+        stack.start()
+        waited = asyncio.run(stack.wait_until_serving(timeout_s=60))
+        assert set(waited) == {"scoring", "latent", "retrieval", "orchestrator"}
+        pids = {proc.process.pid for proc in stack.processes.values()}
+        assert len(pids) == 4
+        names = asyncio.run(list_services(stack.processes["orchestrator"].target))
+        assert "couturier.v1.OrchestratorService" in names
+        codes = stack.stop()
+    assert codes == {"scoring": 0, "latent": 0, "retrieval": 0, "orchestrator": 0}
+    assert "service stopped" in (tmp_path / "scoring.log").read_text()
+
+
+def test_serve_all_in_one_process(tmp_path: Path) -> None:
+    ports = {key: free_port() for key in ("scoring", "latent", "retrieval", "orchestrator")}
+    env = {f"COUTURIER_{key.upper()}_PORT": str(port) for key, port in ports.items()}
+    env["COUTURIER_ORCHESTRATOR_HEALTH_INTERVAL_S"] = "0.2"
+    import os
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "couturier.services.cli", "serve", "all"],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=(tmp_path / "all.log").open("wb"),
+    )
+    try:
+        from couturier.services.client import wait_until_serving
+
+        for key, port in ports.items():
+            asyncio.run(wait_until_serving(f"127.0.0.1:{port}", timeout_s=60))
+            assert asyncio.run(check_health(f"127.0.0.1:{port}")) == "SERVING", key
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+
+
+def test_cli_health_command_exit_codes() -> None:
+    from couturier.services.cli import app
+
+    result = runner.invoke(app, ["health", f"127.0.0.1:{free_port()}"])
+    assert result.exit_code == 2
+    assert "UNAVAILABLE" in result.output
