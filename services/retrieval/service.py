@@ -19,8 +19,8 @@ _MISSING = "needs the retrieval encoder and the vector store, which this build d
 
 
 def validate_filter(search_filter: retrieval_pb2.SearchFilter) -> None:
-    bounded_list(search_filter.categories, 64, "filter.categories")
-    bounded_list(search_filter.colours, 64, "filter.colours")
+    bounded_list(search_filter.categories, limits.MAX_FILTER_VALUES, "filter.categories")
+    bounded_list(search_filter.colours, limits.MAX_FILTER_VALUES, "filter.colours")
     bounded_list(search_filter.exclude_product_ids, 1000, "filter.exclude_product_ids")
 
 

@@ -26,7 +26,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def Recommend(self, request: scoring_pb2.RecommendRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.RecommendResponse:  # noqa: N802
         require_id(request.user.user_id, "user.user_id")
         int_in_range(request.k, 1, limits.MAX_K, "k")
-        bounded_list(request.categories, 64, "categories")
+        bounded_list(request.categories, limits.MAX_FILTER_VALUES, "categories")
         bounded_list(request.exclude_product_ids, limits.MAX_EXCLUDED_IDS, "exclude_product_ids")
         raise NotYetImplemented(f"Recommend {_MISSING}")
 
