@@ -1,0 +1,103 @@
+"""Implicit feedback (purchases) split per the DVBPR protocol: per user, train items plus one
+validation and one test item."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from couturier.export.data.errors import DataFormatError, NotPreparedError
+
+
+@dataclass
+class Interactions:
+    """Purchases of ``n_users`` users over ``n_items`` catalogue rows.
+
+    ``train[u]`` holds the item indices user ``u`` bought for training; ``validation[u]`` and
+    ``test[u]`` are one held-out item each. ``metadata`` says where the data came from
+    (simulated shoppers or a real data set).
+    """
+
+    n_users: int
+    n_items: int
+    user_ids: np.ndarray  # (U,) str
+    train: list[np.ndarray]
+    validation: np.ndarray  # (U,) int64
+    test: np.ndarray  # (U,) int64
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train = [np.asarray(t, dtype=np.int64) for t in self.train]
+        self.validation = np.asarray(self.validation, dtype=np.int64)
+        self.test = np.asarray(self.test, dtype=np.int64)
+        u = self.n_users
+        if len(self.user_ids) != u or len(self.train) != u or self.validation.shape != (u,) or self.test.shape != (u,):
+            raise DataFormatError(
+                f"interactions for {u} users need {u} user ids, train lists, validation and test items; got "
+                f"{len(self.user_ids)}, {len(self.train)}, {self.validation.shape}, {self.test.shape}"
+            )
+        everything = np.concatenate([*self.train, self.validation, self.test]) if u else np.zeros(0, np.int64)
+        if everything.size and (everything.min() < 0 or everything.max() >= self.n_items):
+            raise DataFormatError(f"interaction item index out of range 0..{self.n_items - 1}")
+
+    @property
+    def n_train(self) -> int:
+        """Number of training (user, item) pairs."""
+        return int(sum(len(t) for t in self.train))
+
+    def train_pairs(self) -> np.ndarray:
+        """(M, 2) int64 array of training (user, item) pairs."""
+        users = np.repeat(np.arange(self.n_users, dtype=np.int64), [len(t) for t in self.train])
+        items = np.concatenate(self.train) if self.train else np.zeros(0, np.int64)
+        return np.stack([users, items], axis=1)
+
+    def cold_items(self) -> np.ndarray:
+        """Item indices with no training interaction (DVBPR's cold-start evaluation items)."""
+        seen = np.zeros(self.n_items, dtype=bool)
+        for t in self.train:
+            seen[t] = True
+        return np.flatnonzero(~seen)
+
+    def save(self, directory: Path | str, name: str = "interactions") -> Path:
+        """Write ``<name>.npz`` (CSR train lists, validation, test, user ids) and ``<name>.json``."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        indptr = np.concatenate([[0], np.cumsum([len(t) for t in self.train])]).astype(np.int64)
+        npz = folder / f"{name}.npz"
+        tmp = folder / f".{name}.tmp.npz"
+        np.savez(
+            tmp,
+            user_ids=np.asarray(self.user_ids, dtype=str),
+            train_indptr=indptr,
+            train_indices=self.train_pairs()[:, 1],
+            validation=self.validation,
+            test=self.test,
+        )
+        tmp.replace(npz)
+        meta = {"n_users": self.n_users, "n_items": self.n_items, "metadata": self.metadata}
+        (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return npz
+
+    @classmethod
+    def load(cls, directory: Path | str, name: str = "interactions") -> Interactions:
+        """Read interactions written by :meth:`save`."""
+        folder = Path(directory)
+        npz, js = folder / f"{name}.npz", folder / f"{name}.json"
+        if not npz.is_file() or not js.is_file():
+            raise NotPreparedError(f"no interactions '{name}' in {folder} (expected {npz.name} and {js.name})")
+        meta = json.loads(js.read_text())
+        with np.load(npz, allow_pickle=False) as data:
+            indptr, indices = data["train_indptr"], data["train_indices"]
+            return cls(
+                n_users=int(meta["n_users"]),
+                n_items=int(meta["n_items"]),
+                user_ids=data["user_ids"],
+                train=[indices[indptr[u] : indptr[u + 1]] for u in range(len(indptr) - 1)],
+                validation=data["validation"],
+                test=data["test"],
+                metadata=meta.get("metadata", {}),
+            )

@@ -1,0 +1,116 @@
+"""prepare/load_prepared, reports and the `couturier data` Typer sub-app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from couturier.export.data.cli import data_app
+from couturier.export.data.dataset import PROFILES, Profile, load_prepared, prepare
+from couturier.export.data.errors import DataError, NotPreparedError
+from couturier.export.data.report import SHEET_TITLE, write_contact_sheet, write_stats
+
+TINY = Profile("tiny", items_per_class=40, heldout_per_class=10, n_users=120, image_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("prepared")
+    prepare(folder, TINY, progress=False)
+    return folder
+
+
+def _cli() -> typer.Typer:
+    app = typer.Typer()
+    app.add_typer(data_app, name="data")
+    return app
+
+
+def test_profiles() -> None:
+    assert PROFILES["demo"].items_per_class == 1000 and PROFILES["demo"].heldout_per_class == 100
+    assert PROFILES["demo"].n_users == 2000
+    assert PROFILES["full"].items_per_class is None and PROFILES["full"].heldout_per_class is None
+
+
+def test_prepare_writes_and_is_idempotent(prepared_dir: Path) -> None:
+    data = load_prepared(prepared_dir)
+    assert len(data.catalogue) == 400 and len(data.heldout) == 100
+    assert data.interactions.n_users == 120 and data.interactions.n_items == 400
+    assert (prepared_dir / "oracle_simulated_tastes.npz").is_file()
+    manifest = json.loads((prepared_dir / "manifest.json").read_text())
+    assert manifest["profile"]["items_per_class"] == 40 and "simulated" in manifest
+    stamp = (prepared_dir / "catalogue.npz").stat().st_mtime_ns
+    again = prepare(prepared_dir, TINY, progress=False)  # same parameters: loaded, not rebuilt
+    assert (prepared_dir / "catalogue.npz").stat().st_mtime_ns == stamp
+    assert np.array_equal(again.catalogue.images, data.catalogue.images)
+    assert all(np.array_equal(a, b) for a, b in zip(again.interactions.train, data.interactions.train))
+    # test/validation items are catalogue rows; the held-out catalogue comes from the test split
+    assert data.interactions.test.max() < len(data.catalogue)
+    assert str(data.heldout.product_ids[0]).startswith("fm-test-")
+
+
+def test_prepare_rebuilds_on_new_parameters(tmp_path: Path) -> None:
+    small = Profile("x", items_per_class=30, heldout_per_class=5, n_users=50)
+    prepare(tmp_path, small, progress=False)
+    other = prepare(tmp_path, Profile("x", items_per_class=30, heldout_per_class=5, n_users=60), progress=False)
+    assert load_prepared(tmp_path).interactions.n_users == 60 == other.interactions.n_users
+
+
+def test_load_prepared_errors(tmp_path: Path, prepared_dir: Path) -> None:
+    with pytest.raises(NotPreparedError, match="couturier data prepare"):
+        load_prepared(tmp_path / "empty")
+    with pytest.raises(DataError, match="unknown data profile 'huge'"):
+        prepare(tmp_path, "huge")
+
+
+def test_stats_and_contact_sheet(prepared_dir: Path, tmp_path: Path) -> None:
+    js, md = write_stats(prepared_dir, tmp_path)
+    stats = json.loads(js.read_text())
+    inter = stats["interactions (SIMULATED shoppers)"]
+    assert inter["n_users"] == 120 and inter["split_sizes"]["validation"] == 120
+    assert inter["split_sizes"]["train"] + 240 == inter["n_interactions"]
+    assert inter["cold_items (no train interaction)"] > 0
+    assert sum(stats["catalogue"]["items_per_category (real garment types)"].values()) == 400
+    assert stats["catalogue"]["items_per_category (real garment types)"]["shoes"] == 120
+    assert sum(stats["catalogue"]["items_per_colour (SIMULATED)"].values()) == 400
+    text = md.read_text()
+    assert "Simulated" in text and "Real" in text and "SIMULATED shoppers" in text
+    png = write_contact_sheet(load_prepared(prepared_dir).catalogue, tmp_path / "sheet.png")
+    with Image.open(png) as img:
+        assert img.mode == "RGB" and img.width > 600 and img.height > 500
+    assert "SIMULATED colours" in SHEET_TITLE and "Fashion-MNIST" in SHEET_TITLE
+
+
+def test_cli_commands(prepared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    app = _cli()
+    result = runner.invoke(app, ["data", "stats", "--data-dir", str(prepared_dir), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "data_stats.md").is_file()
+    result = runner.invoke(app, ["data", "sheet", "--data-dir", str(prepared_dir), "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0 and (tmp_path / "s.png").is_file()
+    # DataError -> non-zero exit, clear message, no traceback
+    result = runner.invoke(app, ["data", "stats", "--data-dir", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "couturier data prepare" in result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    monkeypatch.setenv("COUTURIER_FASHION_MNIST_DIR", str(tmp_path / "no-fm"))
+    result = runner.invoke(app, ["data", "prepare", "--data-dir", str(tmp_path / "p"), "--no-progress"])
+    assert result.exit_code == 2 and "apt-get install dataset-fashion-mnist" in result.output
+    result = runner.invoke(app, ["data", "prepare", "--data-dir", str(tmp_path / "p"), "--profile", "huge"])
+    assert result.exit_code == 2 and "unknown data profile" in result.output
+
+
+def test_cli_prepare_demo_profile(tmp_path: Path) -> None:
+    """The default demo profile end to end (about 7 s on 2 cores)."""
+    result = CliRunner().invoke(_cli(), ["data", "prepare", "--data-dir", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = load_prepared(tmp_path)
+    assert len(data.catalogue) == 10_000 and len(data.heldout) == 1_000
+    assert np.bincount(data.catalogue.fm_class).tolist() == [1000] * 10
+    assert data.interactions.n_users == 2000 and len(data.interactions.cold_items()) > 1000
