@@ -24,6 +24,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[all,dev]"
+	$(BIN)/couturier triton setup
 	touch $@
 
 # Regenerate the gRPC stubs after editing protos/ (an install does it too).

@@ -1,0 +1,166 @@
+"""``couturier triton ...``: set up, run and operate the local Triton; publish and swap model versions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from couturier.export.triton.errors import TritonError
+
+triton_app = typer.Typer(
+    name="triton",
+    help="Local Triton server (CPU, no Docker) and model repository operations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+HomeOpt = Annotated[
+    Optional[Path], typer.Option(help="State dir (env, backends, logs); default $COUTURIER_TRITON_HOME or ./var/triton.")
+]
+UrlOpt = Annotated[str, typer.Option(help="Triton gRPC address host:port.")]
+RepoOpt = Annotated[Path, typer.Option(help="Model repository directory.")]
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@triton_app.command()
+def setup(home: HomeOpt = None) -> None:
+    """Create (or validate) the Triton virtualenv and the onnxruntime backend directory."""
+    from couturier.export.triton.local_server import LocalTriton
+
+    _logging()
+    started = time.monotonic()
+    try:
+        env = LocalTriton(home).setup()
+    except TritonError as exc:
+        _fail(exc)
+    typer.echo(f"triton env ready in {time.monotonic() - started:.1f} s: {env.env_dir} (numpy {env.numpy_version})")
+
+
+@triton_app.command()
+def start(
+    repo: RepoOpt,
+    home: HomeOpt = None,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = a free one).")] = 8001,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0 = a free one).")] = 0,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 0,
+    load: Annotated[Optional[list[str]], typer.Option(help="Model to load at start (repeatable).")] = None,
+    load_all: Annotated[bool, typer.Option(help="Load every model folder in the repository.")] = False,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness before killing it.")] = 120.0,
+) -> None:
+    """Run tritonserver in the foreground until Ctrl-C / SIGTERM, then stop it cleanly."""
+    from couturier.export.triton.local_server import LocalTriton
+
+    _logging()
+    models = list(load or [])
+    if load_all:
+        models = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+    server = LocalTriton(home)
+    stop = False
+
+    def _on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    try:
+        url = server.start(
+            repo,
+            grpc_port=grpc_port,
+            http_port=http_port,
+            metrics_port=metrics_port,
+            load_models=models,
+            ready_timeout_s=ready_timeout,
+        )
+    except TritonError as exc:
+        _fail(exc)
+    typer.echo(f"triton ready on {url} (models: {', '.join(models) or 'none'}; log {server.log_path})")
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        while not stop and server.running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        code = server.stop()
+    typer.echo(f"triton stopped (exit {code})")
+
+
+@triton_app.command()
+def status(url: UrlOpt = "127.0.0.1:8001", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Server readiness and every model version's state; exit 1 when the server is not ready."""
+    from couturier.export.triton.control import ModelControl
+
+    with ModelControl(url) as control:
+        ready = control.server_ready(timeout_s=3.0)
+        models = control.index() if ready else []
+    if as_json:
+        typer.echo(json.dumps({"url": url, "ready": ready, "models": [m.__dict__ for m in models]}, indent=2))
+    else:
+        typer.echo(f"{url}: {'ready' if ready else 'NOT READY'}")
+        for m in models:
+            typer.echo(f"  {m.name} v{m.version or '-'} {m.state} {m.reason}".rstrip())
+    if not ready:
+        raise typer.Exit(code=1)
+
+
+@triton_app.command()
+def publish(
+    onnx_file: Annotated[Path, typer.Argument(help="Exported ONNX model (dim 0 = dynamic batch).")],
+    repo: RepoOpt,
+    name: Annotated[str, typer.Option(help="Model name (folder in the repository).")],
+    version: Annotated[Optional[int], typer.Option(help="Version number (default: next).")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="KIND_CPU or KIND_GPU.")] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option()] = None,
+    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Repeatable.")] = None,
+    max_queue_delay_us: Annotated[Optional[int], typer.Option()] = None,
+    version_policy: Annotated[Optional[str], typer.Option(help="latest[:N], all or specific:V1,V2.")] = None,
+) -> None:
+    """Copy an ONNX file in as a new numbered version; (re)write config.pbtxt from its signature."""
+    from couturier.export.triton.repository import publish_model
+
+    try:
+        published = publish_model(
+            repo,
+            name,
+            onnx_file,
+            version=version,
+            kind=kind,  # type: ignore[arg-type]
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=preferred_batch_size or None,
+            max_queue_delay_us=max_queue_delay_us,
+            version_policy=version_policy,
+        )
+    except (TritonError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"published {published.name} version {published.version} -> {published.onnx_path}")
+
+
+@triton_app.command()
+def swap(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version to serve (already published).")],
+    repo: RepoOpt,
+    url: UrlOpt = "127.0.0.1:8001",
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per load step.")] = 120.0,
+) -> None:
+    """Switch a running Triton to VERSION of NAME without a restart (old version drains first)."""
+    from couturier.export.triton.versions import swap_version
+
+    try:
+        result = swap_version(url, repo, name, version, timeout_s=timeout)
+    except TritonError as exc:
+        _fail(exc)
+    typer.echo(f"{name}: serving version {result.current} (was {list(result.previous)}) in {result.seconds:.2f} s")

@@ -1,0 +1,185 @@
+"""Build Triton's ``config.pbtxt`` from a model signature with Triton's own protobuf schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from couturier.export.triton.errors import RepositoryError
+from couturier.export.triton.signature import ModelSignature, TensorSpec
+
+InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
+#: The backend name written to every config: NGC Triton's native onnxruntime backend in production,
+#: couturier's Python-based backend of the same name on the local server.
+BACKEND = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which numbered versions Triton serves: the ``latest`` N, ``all``, or ``specific`` ones."""
+
+    latest: int | None = 1
+    specific: tuple[int, ...] = ()
+    all: bool = False
+
+    @classmethod
+    def latest_n(cls, n: int = 1) -> VersionPolicy:
+        if n < 1:
+            raise ValueError("latest needs n >= 1")
+        return cls(latest=n)
+
+    @classmethod
+    def only(cls, *versions: int) -> VersionPolicy:
+        if not versions or any(v < 1 for v in versions):
+            raise ValueError("specific versions must be positive integers")
+        return cls(latest=None, specific=tuple(sorted(set(versions))))
+
+    @classmethod
+    def every(cls) -> VersionPolicy:
+        return cls(latest=None, all=True)
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        """``latest`` / ``latest:2`` / ``all`` / ``specific:1,3`` (the CLI spelling)."""
+        kind, _, arg = text.strip().partition(":")
+        try:
+            if kind == "latest":
+                return cls.latest_n(int(arg) if arg else 1)
+            if kind == "all" and not arg:
+                return cls.every()
+            if kind == "specific":
+                return cls.only(*(int(v) for v in arg.split(",") if v.strip()))
+        except ValueError as exc:
+            raise ValueError(f"bad version policy {text!r}: {exc}") from exc
+        raise ValueError(f"bad version policy {text!r}; use latest[:N], all or specific:V1,V2")
+
+    def to_proto(self) -> pb.ModelVersionPolicy:
+        policy = pb.ModelVersionPolicy()
+        if self.all:
+            policy.all.SetInParent()
+        elif self.specific:
+            policy.specific.versions.extend(self.specific)
+        else:
+            policy.latest.num_versions = self.latest or 1
+        return policy
+
+    @classmethod
+    def from_proto(cls, policy: pb.ModelVersionPolicy) -> VersionPolicy:
+        which = policy.WhichOneof("policy_choice")
+        if which == "all":
+            return cls.every()
+        if which == "specific":
+            return cls.only(*policy.specific.versions)
+        if which == "latest":
+            return cls.latest_n(policy.latest.num_versions or 1)
+        return cls()  # Triton's default: latest 1
+
+    def select(self, available: Sequence[int]) -> list[int]:
+        """The versions of ``available`` this policy serves, ascending."""
+        ordered = sorted(set(available))
+        if self.all:
+            return ordered
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1):]
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """Everything in ``config.pbtxt`` that is not the signature."""
+
+    max_batch_size: int = 64
+    instance_kind: InstanceKind = "KIND_CPU"
+    instance_count: int = 1
+    dynamic_batching: bool = True
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 500
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count``; keep to standard keys.
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1 (dim 0 is the batch axis)")
+        if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
+            raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, not {self.instance_kind!r}")
+        if self.instance_count < 1:
+            raise ValueError("instance_count must be >= 1")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"preferred batch sizes {bad} are outside 1..max_batch_size={self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError("max_queue_delay_us must be >= 0")
+
+
+def _add_tensors(target, specs: Sequence[TensorSpec]) -> None:  # noqa: ANN001 (repeated proto field)
+    for spec in specs:
+        tensor = target.add()
+        tensor.name = spec.name
+        tensor.data_type = pb.DataType.Value(spec.data_type)
+        if spec.dims:
+            tensor.dims.extend(spec.dims)
+        else:  # a [batch] tensor: Triton needs non-empty dims, the model sees no inner axis
+            tensor.dims.append(1)
+            tensor.reshape.SetInParent()
+
+
+def build_model_config(name: str, signature: ModelSignature, options: ServingOptions) -> pb.ModelConfig:
+    """The model's ``ModelConfig`` message: standard fields only, servable by NGC Triton unchanged."""
+    config = pb.ModelConfig(name=name, backend=BACKEND, max_batch_size=options.max_batch_size)
+    config.version_policy.CopyFrom(options.version_policy.to_proto())
+    _add_tensors(config.input, signature.inputs)
+    _add_tensors(config.output, signature.outputs)
+    if options.dynamic_batching:
+        config.dynamic_batching.preferred_batch_size.extend(sorted(set(options.preferred_batch_sizes)))
+        config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    group = config.instance_group.add()
+    group.count = options.instance_count
+    group.kind = pb.ModelInstanceGroup.Kind.Value(options.instance_kind)
+    for key, value in options.parameters.items():
+        config.parameters[key].string_value = str(value)
+    return config
+
+
+def render_config(config: pb.ModelConfig) -> str:
+    """``config.pbtxt`` text of ``config``."""
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> pb.ModelConfig:
+    """Parse ``config.pbtxt`` text; raises :class:`RepositoryError` when it is not a valid ModelConfig."""
+    try:
+        return text_format.Parse(text, pb.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"invalid config.pbtxt: {exc}") from exc
+
+
+def read_config(path: str | Path) -> pb.ModelConfig:
+    """Parse a ``config.pbtxt`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RepositoryError(f"no config.pbtxt at {path}")
+    return parse_config(path.read_text())
+
+
+def config_to_json(config: pb.ModelConfig) -> str:
+    """JSON form Triton's load API takes as a config override."""
+    return json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def config_signature(config: pb.ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) a config declares, comparable with a :class:`ModelSignature`."""
+
+    def specs(tensors) -> tuple[TensorSpec, ...]:  # noqa: ANN001
+        return tuple(
+            TensorSpec(t.name, pb.DataType.Name(t.data_type), () if t.HasField("reshape") and not t.reshape.shape else tuple(t.dims))
+            for t in tensors
+        )
+
+    return specs(config.input), specs(config.output)

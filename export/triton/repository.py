@@ -1,0 +1,192 @@
+"""Write a Triton model repository: ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/<N>/model.onnx``.
+
+The config is generated from the ONNX signature (one source of truth) with standard fields only,
+so NGC Triton's native onnxruntime backend serves the same folder on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+from tritonclient.grpc import model_config_pb2 as pb
+
+from couturier.export.triton.errors import RepositoryError
+from couturier.export.triton.layout import (
+    CONFIG_FILENAME,
+    MODEL_FILENAME,
+    list_versions,
+    read_model_config,
+    served_versions,
+)
+from couturier.export.triton.model_config import (
+    BACKEND,
+    InstanceKind,
+    ServingOptions,
+    VersionPolicy,
+    build_model_config,
+    config_signature,
+    read_config,
+    render_config,
+)
+from couturier.export.triton.signature import ModelSignature, read_signature
+
+__all__ = [
+    "MODEL_FILENAME",
+    "ModelSignature",
+    "PublishedModel",
+    "list_versions",
+    "publish_model",
+    "read_model_config",
+    "read_signature",
+    "served_versions",
+    "serving_options",
+    "write_model_config",
+]
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """Where a published version lives and the config that serves it."""
+
+    name: str
+    version: int
+    model_dir: Path
+    onnx_path: Path
+    config_path: Path
+    signature: ModelSignature
+    config: pb.ModelConfig
+
+
+def _check_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or name.startswith(".") or name.isdigit():
+        raise RepositoryError(f"invalid model name {name!r}: use a plain folder name that is not a number")
+
+
+def serving_options(config: pb.ModelConfig) -> ServingOptions:
+    """The :class:`ServingOptions` an existing config was written with."""
+    group = config.instance_group[0] if config.instance_group else None
+    batching = config.HasField("dynamic_batching")
+    return ServingOptions(
+        max_batch_size=config.max_batch_size,
+        instance_kind=pb.ModelInstanceGroup.Kind.Name(group.kind) if group else "KIND_CPU",  # type: ignore[arg-type]
+        instance_count=(group.count or 1) if group else 1,
+        dynamic_batching=batching,
+        preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
+        max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds if batching else 500,
+        version_policy=VersionPolicy.from_proto(config.version_policy),
+        parameters={k: v.string_value for k, v in config.parameters.items()},
+    )
+
+
+def write_model_config(repo_dir: str | Path, name: str, config: pb.ModelConfig) -> Path:
+    """Atomically (re)write ``<repo>/<name>/config.pbtxt``."""
+    path = Path(repo_dir) / name / CONFIG_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{CONFIG_FILENAME}.tmp")
+    tmp.write_text(render_config(config))
+    os.replace(tmp, path)
+    return path
+
+
+def _external_files(onnx_path: Path) -> list[str]:
+    """Relative paths of the external-data files an ONNX model references."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    files: set[str] = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    return sorted(files)
+
+
+def publish_model(
+    repo_dir: str | Path,
+    name: str,
+    onnx_path: str | Path,
+    *,
+    version: int | None = None,
+    kind: InstanceKind | None = None,
+    max_batch_size: int | None = None,
+    preferred_batch_sizes: Sequence[int] | None = None,
+    max_queue_delay_us: int | None = None,
+    instance_count: int | None = None,
+    dynamic_batching: bool | None = None,
+    version_policy: VersionPolicy | str | None = None,
+    parameters: Mapping[str, str] | None = None,
+) -> PublishedModel:
+    """Copy ``onnx_path`` in as version ``version`` (default: next number) and (re)write the config.
+
+    Options left as None keep the existing config's values (or the defaults for a new model). A
+    new version must have the same inputs/outputs as the config; publish a changed signature under
+    a new model name. Version folders appear atomically and are never overwritten.
+    """
+    _check_name(name)
+    src = Path(onnx_path)
+    signature = read_signature(src)
+    repo = Path(repo_dir)
+    model_dir = repo / name
+    config_path = model_dir / CONFIG_FILENAME
+    existing = read_config(config_path) if config_path.exists() else None
+    if existing is not None:
+        if existing.backend != BACKEND:
+            raise RepositoryError(f"{config_path} uses backend {existing.backend!r}, not {BACKEND!r}")
+        inputs, outputs = config_signature(existing)
+        if (inputs, outputs) != (signature.inputs, signature.outputs):
+            raise RepositoryError(
+                f"{src} has a different signature than model {name!r} in {repo}: "
+                f"config {inputs} -> {outputs}, ONNX {signature.inputs} -> {signature.outputs}. "
+                "Publish a changed signature under a new model name."
+            )
+    if isinstance(version_policy, str):
+        version_policy = VersionPolicy.parse(version_policy)
+    given = {
+        "instance_kind": kind,
+        "max_batch_size": max_batch_size,
+        "preferred_batch_sizes": tuple(preferred_batch_sizes) if preferred_batch_sizes is not None else None,
+        "max_queue_delay_us": max_queue_delay_us,
+        "instance_count": instance_count,
+        "dynamic_batching": dynamic_batching,
+        "version_policy": version_policy,
+        "parameters": dict(parameters) if parameters is not None else None,
+    }
+    base = serving_options(existing) if existing is not None else ServingOptions()
+    options = replace(base, **{k: v for k, v in given.items() if v is not None})
+    config = build_model_config(name, signature, options)
+
+    versions = list_versions(repo, name)
+    if version is None:
+        version = (versions[-1] + 1) if versions else 1
+    if version < 1:
+        raise RepositoryError(f"version must be a positive integer, not {version}")
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise RepositoryError(f"{version_dir} already exists; versions are immutable, publish a new number")
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=model_dir))
+    try:
+        shutil.copyfile(src, staging / MODEL_FILENAME)
+        for rel in _external_files(src):
+            target = staging / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src.parent / rel, target)
+        staging.chmod(0o755)
+        os.rename(staging, version_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    write_model_config(repo, name, config)
+    return PublishedModel(
+        name=name,
+        version=version,
+        model_dir=model_dir,
+        onnx_path=version_dir / MODEL_FILENAME,
+        config_path=config_path,
+        signature=signature,
+        config=config,
+    )

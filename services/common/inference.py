@@ -1,0 +1,345 @@
+"""Model inference behind one interface: a Triton server over gRPC, or onnxruntime in-process.
+
+Both serve the same model repository (``<repo>/<model>/config.pbtxt`` + ``<N>/model.onnx``), so a
+service switches between them by configuration. Errors become the domain exceptions below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from couturier.services.common.errors import (
+    CouturierError,
+    DeadlineExpired,
+    DependencyUnavailable,
+    InvalidInput,
+)
+from couturier.services.common.logs import get_logger
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = get_logger(__name__)
+
+
+class InferenceError(CouturierError):
+    """Inference failed for a reason not covered by the subclasses."""
+
+
+class BackendUnavailable(InferenceError, DependencyUnavailable):
+    """The inference backend cannot be reached (Triton down, connection refused)."""
+
+
+class ModelNotReady(InferenceError, DependencyUnavailable):
+    """The model (or the asked version) is unknown, not loaded, or loading."""
+
+
+class BadInferenceInput(InferenceError, InvalidInput):
+    """Inputs do not match the model: names, element types or shapes."""
+
+
+class InferenceTimeout(InferenceError, DeadlineExpired):
+    """The backend did not answer within the per-call timeout."""
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """What services call to run a model."""
+
+    name: str
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` (``version`` "" = the served one); return the asked outputs (default all)."""
+        ...
+
+    async def is_ready(self, model: str) -> bool:
+        """True when ``model`` can serve now."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections, sessions and threads."""
+        ...
+
+
+# -- Triton ------------------------------------------------------------------------------------
+
+
+def _map_triton_error(exc: Exception, model: str, url: str) -> InferenceError:
+    status = getattr(exc, "status", lambda: None)() or ""
+    message = getattr(exc, "message", lambda: str(exc))() or str(exc)
+    lowered = message.lower()
+    if "DEADLINE_EXCEEDED" in status:
+        return InferenceTimeout(f"Triton at {url} did not answer for model {model!r} in time")
+    if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered or "NOT_FOUND" in status:
+        return ModelNotReady(f"model {model!r} is not ready on Triton at {url}: {message}")
+    if "UNAVAILABLE" in status or "CANCELLED" in status:
+        return BackendUnavailable(f"Triton at {url} is unavailable: {message}")
+    if "INVALID_ARGUMENT" in status:
+        return BadInferenceInput(f"model {model!r} rejected the inputs: {message}")
+    return InferenceError(f"Triton inference of {model!r} failed ({status or 'error'}): {message}")
+
+
+class TritonBackend:
+    """Triton over gRPC (``tritonclient.grpc.aio``); ``url`` like ``127.0.0.1:8001``."""
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.name = f"triton:{url}"
+        self._client: Any = None
+        # model -> {tensor name: model-side inner shape} for tensors the config reshapes ([batch] ones)
+        self._reshapes: dict[str, dict[str, tuple[int, ...]]] = {}
+
+    def _get_client(self) -> Any:
+        # Created lazily: a grpc.aio channel belongs to the event loop that is running now.
+        if self._client is None:
+            from tritonclient.grpc.aio import InferenceServerClient
+
+            self._client = InferenceServerClient(self.url)
+        return self._client
+
+    async def _reshaped(self, model: str, version: str) -> dict[str, tuple[int, ...]]:
+        """Config ``reshape`` of the model's tensors (a ``[batch]`` tensor is served as ``[batch, 1]``)."""
+        from tritonclient.utils import InferenceServerException
+
+        if model not in self._reshapes:
+            try:
+                response = await self._get_client().get_model_config(
+                    model, model_version=version, client_timeout=self.timeout_s
+                )
+            except InferenceServerException as exc:
+                raise _map_triton_error(exc, model, self.url) from exc
+            config = response.config
+            self._reshapes[model] = {
+                t.name: tuple(t.reshape.shape)
+                for t in [*config.input, *config.output]
+                if t.HasField("reshape")
+            }
+        return self._reshapes[model]
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Inputs and outputs have the ONNX model's shapes (Triton's ``reshape`` is undone here)."""
+        from tritonclient.grpc import InferInput, InferRequestedOutput
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        reshapes = await self._reshaped(model, version)
+        requests = []
+        for key, value in inputs.items():
+            array = np.ascontiguousarray(value)
+            if reshapes.get(key) == () and array.ndim == 1:  # a [batch] input travels as [batch, 1]
+                array = array.reshape(-1, 1)
+            dtype = np_to_triton_dtype(array.dtype)
+            if dtype is None:
+                raise BadInferenceInput(f"input {key!r} has element type {array.dtype}, which Triton cannot take")
+            tensor = InferInput(key, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            requests.append(tensor)
+        wanted = [InferRequestedOutput(n) for n in outputs] if outputs else None
+        try:
+            result = await self._get_client().infer(
+                model, requests, model_version=version, outputs=wanted, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            error = _map_triton_error(exc, model, self.url)
+            if isinstance(error, ModelNotReady):
+                self._reshapes.pop(model, None)
+            raise error from exc
+        names = outputs or [o.name for o in result.get_response().outputs]
+        arrays = {n: result.as_numpy(n) for n in names}
+        for n, inner in reshapes.items():
+            if n in arrays:
+                arrays[n] = arrays[n].reshape(arrays[n].shape[0], *inner)
+        return arrays
+
+    async def is_ready(self, model: str) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(await self._get_client().is_model_ready(model, client_timeout=self.timeout_s))
+        except InferenceServerException:
+            return False
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+
+# -- onnxruntime in-process --------------------------------------------------------------------
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxRuntimeBackend:
+    """onnxruntime in-process over a Triton model repository; runs on worker threads.
+
+    Version "" is the newest version the model's ``config.pbtxt`` policy serves (re-read when the
+    repository changes). Sessions are cached per (model, version).
+    """
+
+    def __init__(
+        self,
+        repo_dir: str | Path,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 0,
+        max_workers: int = 2,
+    ) -> None:
+        self.repo_dir = Path(repo_dir)
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.intra_op_threads = intra_op_threads
+        self.name = f"onnxruntime:{self.repo_dir}"
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="onnxruntime")
+        self._sessions: dict[tuple[str, int], onnxruntime.InferenceSession] = {}
+        self._served: dict[str, tuple[tuple[int, int], int]] = {}
+        self._lock = threading.Lock()
+
+    def _served_version(self, model: str) -> int:
+        from couturier.export.triton.layout import CONFIG_FILENAME, served_versions
+
+        model_dir = self.repo_dir / model
+        try:
+            stamp = (model_dir.stat().st_mtime_ns, (model_dir / CONFIG_FILENAME).stat().st_mtime_ns)
+        except FileNotFoundError:
+            raise ModelNotReady(f"model {model!r} is not in the repository {self.repo_dir}") from None
+        cached = self._served.get(model)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            versions = served_versions(self.repo_dir, model)
+        except Exception as exc:
+            raise ModelNotReady(f"model {model!r} in {self.repo_dir} cannot be read: {exc}") from exc
+        if not versions:
+            raise ModelNotReady(f"model {model!r} in {self.repo_dir} has no version its config serves")
+        self._served[model] = (stamp, versions[-1])
+        return versions[-1]
+
+    def _session(self, model: str, version: str) -> onnxruntime.InferenceSession:
+        import onnxruntime
+
+        from couturier.export.triton.layout import model_path
+
+        if version:
+            if not version.isdigit():
+                raise ModelNotReady(f"version {version!r} of {model!r} is not a version number")
+            number = int(version)
+        else:
+            number = self._served_version(model)
+        key = (model, number)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                path = model_path(self.repo_dir, model, number)
+                if not path.is_file():
+                    raise ModelNotReady(f"model {model!r} has no version {number} in {self.repo_dir}")
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self.intra_op_threads
+                session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=self.providers)
+                if not version:  # the served version moved on: drop sessions of older served versions
+                    for stale in [k for k in self._sessions if k[0] == model and k[1] < number]:
+                        del self._sessions[stale]
+                self._sessions[key] = session
+                log.info("onnxruntime session opened", model=model, version=number, provider=session.get_providers()[0])
+            return session
+
+    def _run(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None, version: str
+    ) -> dict[str, np.ndarray]:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
+
+        session = self._session(model, version)
+        expected = {i.name: i for i in session.get_inputs()}
+        if set(inputs) != set(expected):
+            raise BadInferenceInput(f"model {model!r} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        feed = {}
+        for key, value in inputs.items():
+            array = np.asarray(value)
+            want = _ORT_TYPES.get(expected[key].type)
+            if want is not None and array.dtype != want:
+                raise BadInferenceInput(f"input {key!r} of {model!r} must be {np.dtype(want)}, got {array.dtype}")
+            feed[key] = array
+        names = outputs or [o.name for o in session.get_outputs()]
+        unknown = set(names) - {o.name for o in session.get_outputs()}
+        if unknown:
+            raise BadInferenceInput(f"model {model!r} has no outputs {sorted(unknown)}")
+        try:
+            return dict(zip(names, session.run(names, feed)))
+        except (InvalidArgument, Fail) as exc:
+            raise BadInferenceInput(f"model {model!r} rejected the inputs: {exc}") from exc
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None,
+        version: str = "",
+    ) -> dict[str, np.ndarray]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, model, inputs, outputs, version)
+
+    async def is_ready(self, model: str) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._session, model, "")
+        except InferenceError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._sessions.clear()
+
+
+BackendKind = Literal["triton", "onnxruntime"]
+
+
+def make_backend(
+    kind: BackendKind,
+    *,
+    url: str = "127.0.0.1:8001",
+    repo_dir: str | Path | None = None,
+    timeout_s: float = 10.0,
+    intra_op_threads: int = 0,
+) -> InferenceBackend:
+    """``TritonBackend(url)`` or ``OnnxRuntimeBackend(repo_dir)``; logs which one runs."""
+    backend: InferenceBackend
+    if kind == "triton":
+        backend = TritonBackend(url, timeout_s=timeout_s)
+    elif kind == "onnxruntime":
+        if repo_dir is None:
+            raise ValueError("the onnxruntime backend needs repo_dir (the model repository)")
+        backend = OnnxRuntimeBackend(repo_dir, intra_op_threads=intra_op_threads)
+    else:
+        raise ValueError(f"unknown inference backend {kind!r}; use 'triton' or 'onnxruntime'")
+    log.info("inference backend selected", backend=backend.name)
+    return backend

@@ -1,0 +1,111 @@
+"""Model repository writer: config.pbtxt generated from the ONNX signature; in-process onnxruntime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from couturier.export.triton.errors import RepositoryError, SignatureError
+from couturier.export.triton.model_config import VersionPolicy, config_signature
+from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
+from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
+from triton_models import linear_model, linear_weights, two_output_model
+
+
+def test_config_is_generated_from_the_onnx_signature(tmp_path: Path) -> None:
+    onnx_path = two_output_model(tmp_path / "two.onnx")
+    published = publish_model(
+        tmp_path / "repo",
+        "two",
+        onnx_path,
+        kind="KIND_GPU",
+        max_batch_size=32,
+        preferred_batch_sizes=[8, 4],
+        max_queue_delay_us=2000,
+        version_policy="specific:1",
+    )
+    assert published.version == 1
+    assert published.onnx_path == tmp_path / "repo" / "two" / "1" / "model.onnx"
+    config = text_format.Parse(published.config_path.read_text(), pb.ModelConfig())
+    assert config == published.config
+    assert (config.name, config.backend, config.max_batch_size) == ("two", "onnxruntime", 32)
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert list(config.version_policy.specific.versions) == [1]
+    signature = read_signature(onnx_path)
+    assert config_signature(config) == (signature.inputs, signature.outputs)
+    assert [(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in config.input] == [
+        ("img", "TYPE_FP32", [3, 6]),
+        ("w", "TYPE_FP32", [1]),
+    ]
+    assert [(t.name, pb.DataType.Name(t.data_type)) for t in config.output] == [
+        ("score", "TYPE_FP32"),
+        ("ids", "TYPE_INT64"),
+    ]
+    # [batch] tensors: Triton needs non-empty dims; the reshape tells it the model sees no inner axis
+    assert config.output[0].HasField("reshape") and list(config.output[0].reshape.shape) == []
+    assert not config.input[0].HasField("reshape")
+
+
+def test_versions_are_numbered_immutable_and_keep_their_options(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = publish_model(repo, "lin", linear_model(tmp_path / "a.onnx", seed=0), max_batch_size=16)
+    second = publish_model(repo, "lin", linear_model(tmp_path / "b.onnx", seed=1))
+    assert (first.version, second.version) == (1, 2)
+    assert second.config.max_batch_size == 16  # kept from the existing config
+    assert list_versions(repo, "lin") == [1, 2]
+    assert served_versions(repo, "lin") == [2]  # default policy: latest 1
+    with pytest.raises(RepositoryError, match="immutable"):
+        publish_model(repo, "lin", tmp_path / "a.onnx", version=2)
+    other = linear_model(tmp_path / "wide.onnx", n_in=9)
+    with pytest.raises(RepositoryError, match="different signature"):
+        publish_model(repo, "lin", other)
+    assert not [p for p in (repo / "lin").iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_a_fixed_batch_axis_is_refused(tmp_path: Path) -> None:
+    fixed = linear_model(tmp_path / "fixed.onnx", batch=4)
+    with pytest.raises(SignatureError, match="dim 0 must be the dynamic batch axis"):
+        read_signature(fixed)
+    with pytest.raises(SignatureError):
+        publish_model(tmp_path / "repo", "fixed", fixed)
+    assert not (tmp_path / "repo" / "fixed").exists()
+
+
+def test_version_policy_parsing() -> None:
+    assert VersionPolicy.parse("latest:2").select([1, 2, 3]) == [2, 3]
+    assert VersionPolicy.parse("all").select([3, 1]) == [1, 3]
+    assert VersionPolicy.parse("specific:1,3").select([1, 2, 3]) == [1, 3]
+    with pytest.raises(ValueError):
+        VersionPolicy.parse("newest")
+
+
+async def test_onnxruntime_backend_serves_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_model(repo, "lin", linear_model(tmp_path / "a.onnx", seed=0))
+    backend = make_backend("onnxruntime", repo_dir=repo)
+    assert isinstance(backend, OnnxRuntimeBackend)
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    w0, b0 = linear_weights(0)
+    assert await backend.is_ready("lin")
+    out = await backend.infer("lin", {"x": x})
+    np.testing.assert_allclose(out["y"], x @ w0 + b0, rtol=1e-5, atol=1e-5)
+    publish_model(repo, "lin", linear_model(tmp_path / "b.onnx", seed=1))  # latest 1 -> serves v2 now
+    w1, b1 = linear_weights(1)
+    np.testing.assert_allclose((await backend.infer("lin", {"x": x}))["y"], x @ w1 + b1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose((await backend.infer("lin", {"x": x}, version="1"))["y"], x @ w0 + b0, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BadInferenceInput):
+        await backend.infer("lin", {"x": x.astype(np.float64)})
+    with pytest.raises(BadInferenceInput):
+        await backend.infer("lin", {"z": x})
+    with pytest.raises(BadInferenceInput):
+        await backend.infer("lin", {"x": x[:, :5]})
+    with pytest.raises(ModelNotReady):
+        await backend.infer("missing", {"x": x})
+    assert not await backend.is_ready("missing")
+    await backend.close()
