@@ -1,0 +1,1 @@
+"""Model definitions (torch). Imported only by training/export code, never by the services."""

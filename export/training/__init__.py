@@ -1,0 +1,1 @@
+"""Training, evaluation and profiles for the couturier models."""
