@@ -10,10 +10,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError, SignatureError
-from couturier.export.triton.model_config import VersionPolicy, config_signature
+from couturier.export.triton.model_config import ServingOptions, VersionPolicy, build_model_config, config_signature
 from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
 from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
-from triton_models import linear_model, linear_weights, two_output_model
+from triton_models import linear_model, linear_weights, two_output_model, user_weights, users_model
 
 
 def test_config_is_generated_from_the_onnx_signature(tmp_path: Path) -> None:
@@ -108,4 +108,54 @@ async def test_onnxruntime_backend_serves_the_repository(tmp_path: Path) -> None
     with pytest.raises(ModelNotReady):
         await backend.infer("missing", {"x": x})
     assert not await backend.is_ready("missing")
+    await backend.close()
+
+
+def _tensors(tensors) -> list[tuple[str, str, list[int]]]:  # noqa: ANN001
+    return [(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
+
+
+def test_unbatched_model_gets_full_shapes_and_no_batching(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    onnx_path = users_model(tmp_path / "users.onnx", dim=4)
+    published = publish_model(repo, "users", onnx_path, batched=False, max_queue_delay_us=900)
+    config = text_format.Parse(published.config_path.read_text(), pb.ModelConfig())
+    assert config == published.config
+    assert (config.backend, config.max_batch_size) == ("onnxruntime", 0)
+    assert not config.HasField("dynamic_batching")
+    assert _tensors(config.input) == [("z", "TYPE_FP32", [-1, 4]), ("theta", "TYPE_FP32", [-1, 4])]
+    assert _tensors(config.output) == [("out", "TYPE_FP32", [-1, -1]), ("value", "TYPE_FP32", [-1])]
+    assert not any(t.HasField("reshape") for t in [*config.input, *config.output])
+    signature = read_signature(onnx_path, batched=False)
+    assert not signature.batched and published.signature == signature
+    assert config_signature(config) == (signature.inputs, signature.outputs)
+    # the next version stays unbatched without being told; the batching mode cannot flip
+    second = publish_model(repo, "users", onnx_path)
+    assert second.version == 2 and second.config.max_batch_size == 0
+    assert not second.config.HasField("dynamic_batching")
+    with pytest.raises(RepositoryError, match="unbatched"):
+        publish_model(repo, "users", onnx_path, batched=True)
+    # batched models keep refusing a fixed dim 0; unbatched ones take it as a plain axis
+    fixed = publish_model(repo, "fixed", linear_model(tmp_path / "fixed.onnx", batch=4), batched=False)
+    assert _tensors(fixed.config.input) == [("x", "TYPE_FP32", [4, 8])]
+    # a batched model published unbatched is valid too (full shapes, no reshape for [batch] tensors)
+    two = publish_model(repo, "two", two_output_model(tmp_path / "two.onnx"), batched=False)
+    assert _tensors(two.config.output) == [("score", "TYPE_FP32", [-1]), ("ids", "TYPE_INT64", [-1])]
+    assert not any(t.HasField("reshape") for t in [*two.config.input, *two.config.output])
+    with pytest.raises(RepositoryError, match="batched"):
+        build_model_config("x", signature, ServingOptions())  # unbatched signature, batched options
+
+
+async def test_onnxruntime_backend_serves_an_unbatched_model(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    publish_model(repo, "users", users_model(tmp_path / "users.onnx", dim=4), batched=False)
+    backend = OnnxRuntimeBackend(repo)
+    rng = np.random.default_rng(4)
+    for b, u in ((3, 5), (2, 1)):
+        z = rng.normal(size=(b, 4)).astype(np.float32)
+        theta = rng.normal(size=(u, 4)).astype(np.float32)
+        out = await backend.infer("users", {"z": z, "theta": theta})
+        assert out["out"].shape == (b, u) and out["value"].shape == (b,)
+        np.testing.assert_allclose(out["out"], z @ theta.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["value"], (z * user_weights()).sum(1), rtol=1e-5, atol=1e-5)
     await backend.close()

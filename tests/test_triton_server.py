@@ -30,7 +30,7 @@ from couturier.services.common.inference import (
     OnnxRuntimeBackend,
     TritonBackend,
 )
-from triton_models import linear_model, linear_weights, two_output_model
+from triton_models import linear_model, linear_weights, two_output_model, user_weights, users_model
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # a long queue delay so concurrent requests surely meet in one execution
     publish_model(repo, "batched", linear_model(root / "b.onnx", seed=3), max_queue_delay_us=50_000)
     publish_model(repo, "swapped", linear_model(root / "s1.onnx", seed=10))
+    # inputs that do not share dim 0 (z [batch, 4], theta [users, 4]): served unbatched
+    publish_model(repo, "users", users_model(root / "users.onnx", dim=4), batched=False)
     return repo
 
 
@@ -59,9 +61,10 @@ def triton(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loc
     server.start(repo)
     ready_s = time.monotonic() - started
     started = time.monotonic()
-    for model in ("lin", "two", "batched", "swapped"):
+    models = ("lin", "two", "batched", "swapped", "users")
+    for model in models:
         server.load(model)
-    load_s = (time.monotonic() - started) / 4
+    load_s = (time.monotonic() - started) / len(models)
     print(f"\n[triton] env setup {setup_s:.1f} s, server ready {ready_s:.2f} s, model load {load_s:.2f} s each")
     yield server
     server.stop()
@@ -104,6 +107,41 @@ async def test_triton_matches_in_process_onnxruntime(
     np.testing.assert_array_equal(served["ids"], local["ids"])
     only = await triton_backend.infer("two", {"img": img, "w": w_in}, outputs=["ids"])
     assert only.keys() == {"ids"}
+
+
+async def test_unbatched_model_on_triton_matches_in_process_onnxruntime(
+    triton: LocalTriton, repo: Path, triton_backend: TritonBackend, local_backend: OnnxRuntimeBackend
+) -> None:
+    config = read_model_config(repo, "users")
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    loaded = client.get_model_config("users").config  # what the server runs with
+    client.close()
+    assert loaded.max_batch_size == 0 and [list(t.dims) for t in loaded.input] == [[-1, 4], [-1, 4]]
+    rng = np.random.default_rng(5)
+    cases = []
+    for b, u in ((3, 5), (2, 1)):
+        z = rng.normal(size=(b, 4)).astype(np.float32)
+        theta = rng.normal(size=(u, 4)).astype(np.float32)
+        cases.append((z, theta))
+        served = await triton_backend.infer("users", {"z": z, "theta": theta})
+        local = await local_backend.infer("users", {"z": z, "theta": theta})
+        assert served.keys() == local.keys() == {"out", "value"}
+        assert served["out"].shape == local["out"].shape == (b, u)
+        assert served["value"].shape == local["value"].shape == (b,)
+        for name in ("out", "value"):
+            np.testing.assert_allclose(served[name], local[name], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(served["out"], z @ theta.T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(served["value"], (z * user_weights()).sum(1), rtol=1e-5, atol=1e-5)
+    # concurrent requests of different shapes are each run on their own
+    results = await asyncio.gather(
+        *(triton_backend.infer("users", {"z": z, "theta": t}, outputs=["out"]) for z, t in cases * 3)
+    )
+    for (z, theta), out in zip(cases * 3, results):
+        assert out.keys() == {"out"}
+        np.testing.assert_allclose(out["out"], z @ theta.T, rtol=1e-5, atol=1e-5)
+    with pytest.raises(BadInferenceInput):  # inner dim must match the config
+        await triton_backend.infer("users", {"z": np.ones((2, 3), np.float32), "theta": np.ones((1, 4), np.float32)})
 
 
 async def test_dynamic_batching_groups_requests_and_splits_them_back(

@@ -67,3 +67,36 @@ def two_output_model(path: Path, seed: int = 1) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def user_weights(seed: int = 5, dim: int = 4) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(dim,)).astype(np.float32)
+
+
+def users_model(path: Path, dim: int = 4, seed: int = 5) -> Path:
+    """Inputs that do NOT share dim 0 (served unbatched): z [batch, dim], theta [users, dim] float32.
+
+    out = z @ theta^T ([batch, users]); value = (z * scale).sum(1) ([batch]).
+    """
+    graph = helper.make_graph(
+        [
+            helper.make_node("Transpose", ["theta"], ["theta_t"], perm=[1, 0]),
+            helper.make_node("MatMul", ["z", "theta_t"], ["out"]),
+            helper.make_node("Mul", ["z", "scale"], ["scaled"]),
+            helper.make_node("ReduceSum", ["scaled", "axis1"], ["value"], keepdims=0),
+        ],
+        "users",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", dim]),
+            helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["users", dim]),
+        ],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "users"]),
+            helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(user_weights(seed, dim), "scale"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
+    )
+    return _save(graph, path)

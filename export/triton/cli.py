@@ -127,6 +127,13 @@ def publish(
     preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Repeatable.")] = None,
     max_queue_delay_us: Annotated[Optional[int], typer.Option()] = None,
     version_policy: Annotated[Optional[str], typer.Option(help="latest[:N], all or specific:V1,V2.")] = None,
+    batched: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--batched/--unbatched",
+            help="Unbatched: max_batch_size 0, full shapes (inputs that do not share dim 0). Default: batched.",
+        ),
+    ] = None,
 ) -> None:
     """Copy an ONNX file in as a new numbered version; (re)write config.pbtxt from its signature."""
     from couturier.export.triton.repository import publish_model
@@ -142,6 +149,7 @@ def publish(
             preferred_batch_sizes=preferred_batch_size or None,
             max_queue_delay_us=max_queue_delay_us,
             version_policy=version_policy,
+            batched=batched,
         )
     except (TritonError, ValueError) as exc:
         _fail(exc)

@@ -92,7 +92,12 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """Everything in ``config.pbtxt`` that is not the signature."""
+    """Everything in ``config.pbtxt`` that is not the signature.
+
+    ``batched=False`` serves the model unbatched: ``max_batch_size: 0``, no ``dynamic_batching``
+    (``max_batch_size``, ``dynamic_batching``, ``preferred_batch_sizes`` and ``max_queue_delay_us``
+    are then kept but not written).
+    """
 
     max_batch_size: int = 64
     instance_kind: InstanceKind = "KIND_CPU"
@@ -103,10 +108,13 @@ class ServingOptions:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count``; keep to standard keys.
     parameters: Mapping[str, str] = field(default_factory=dict)
+    batched: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1 (dim 0 is the batch axis)")
+            raise ValueError(
+                "max_batch_size must be >= 1 (dim 0 is the batch axis); serve the model unbatched with batched=False"
+            )
         if self.instance_kind not in ("KIND_CPU", "KIND_GPU"):
             raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, not {self.instance_kind!r}")
         if self.instance_count < 1:
@@ -118,25 +126,36 @@ class ServingOptions:
             raise ValueError("max_queue_delay_us must be >= 0")
 
 
-def _add_tensors(target, specs: Sequence[TensorSpec]) -> None:  # noqa: ANN001 (repeated proto field)
+def _add_tensors(target, specs: Sequence[TensorSpec], batched: bool) -> None:  # noqa: ANN001 (repeated proto field)
     for spec in specs:
         tensor = target.add()
         tensor.name = spec.name
         tensor.data_type = pb.DataType.Value(spec.data_type)
         if spec.dims:
             tensor.dims.extend(spec.dims)
-        else:  # a [batch] tensor: Triton needs non-empty dims, the model sees no inner axis
+        elif batched:  # a [batch] tensor: Triton needs non-empty dims, the model sees no inner axis
             tensor.dims.append(1)
             tensor.reshape.SetInParent()
+        else:
+            raise RepositoryError(f"tensor {spec.name!r} is a scalar; an unbatched model needs tensors of rank >= 1")
 
 
 def build_model_config(name: str, signature: ModelSignature, options: ServingOptions) -> pb.ModelConfig:
-    """The model's ``ModelConfig`` message: standard fields only, servable by NGC Triton unchanged."""
-    config = pb.ModelConfig(name=name, backend=BACKEND, max_batch_size=options.max_batch_size)
+    """The model's ``ModelConfig`` message: standard fields only, servable by NGC Triton unchanged.
+
+    Batched: ``max_batch_size`` >= 1, dims without the batch axis, ``dynamic_batching`` as asked.
+    Unbatched: ``max_batch_size: 0``, the full shapes (-1 for dynamic axes), no dynamic batching.
+    """
+    if signature.batched != options.batched:
+        raise RepositoryError(
+            f"the signature was read {'batched' if signature.batched else 'unbatched'} but the options ask for "
+            f"{'batched' if options.batched else 'unbatched'} serving; read it with batched={options.batched}"
+        )
+    config = pb.ModelConfig(name=name, backend=BACKEND, max_batch_size=options.max_batch_size if options.batched else 0)
     config.version_policy.CopyFrom(options.version_policy.to_proto())
-    _add_tensors(config.input, signature.inputs)
-    _add_tensors(config.output, signature.outputs)
-    if options.dynamic_batching:
+    _add_tensors(config.input, signature.inputs, options.batched)
+    _add_tensors(config.output, signature.outputs, options.batched)
+    if options.batched and options.dynamic_batching:
         config.dynamic_batching.preferred_batch_size.extend(sorted(set(options.preferred_batch_sizes)))
         config.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
     group = config.instance_group.add()
@@ -173,8 +192,13 @@ def config_to_json(config: pb.ModelConfig) -> str:
     return json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True))
 
 
+def is_batched(config: pb.ModelConfig) -> bool:
+    """True when Triton batches the model (``max_batch_size`` >= 1: dim 0 is the batch axis)."""
+    return config.max_batch_size > 0
+
+
 def config_signature(config: pb.ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """(inputs, outputs) a config declares, comparable with a :class:`ModelSignature`."""
+    """(inputs, outputs) a config declares, comparable with a :class:`ModelSignature` of the same batching."""
 
     def specs(tensors) -> tuple[TensorSpec, ...]:  # noqa: ANN001
         return tuple(

@@ -31,6 +31,7 @@ from couturier.export.triton.model_config import (
     VersionPolicy,
     build_model_config,
     config_signature,
+    is_batched,
     read_config,
     render_config,
 )
@@ -71,12 +72,15 @@ def _check_name(name: str) -> None:
 def serving_options(config: pb.ModelConfig) -> ServingOptions:
     """The :class:`ServingOptions` an existing config was written with."""
     group = config.instance_group[0] if config.instance_group else None
+    batched = is_batched(config)
     batching = config.HasField("dynamic_batching")
     return ServingOptions(
-        max_batch_size=config.max_batch_size,
+        batched=batched,
+        # an unbatched config keeps the defaults for the batching fields it does not write
+        max_batch_size=config.max_batch_size if batched else ServingOptions.max_batch_size,
+        dynamic_batching=batching if batched else ServingOptions.dynamic_batching,
         instance_kind=pb.ModelInstanceGroup.Kind.Name(group.kind) if group else "KIND_CPU",  # type: ignore[arg-type]
         instance_count=(group.count or 1) if group else 1,
-        dynamic_batching=batching,
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds if batching else 500,
         version_policy=VersionPolicy.from_proto(config.version_policy),
@@ -118,20 +122,34 @@ def publish_model(
     dynamic_batching: bool | None = None,
     version_policy: VersionPolicy | str | None = None,
     parameters: Mapping[str, str] | None = None,
+    batched: bool | None = None,
 ) -> PublishedModel:
     """Copy ``onnx_path`` in as version ``version`` (default: next number) and (re)write the config.
 
     Options left as None keep the existing config's values (or the defaults for a new model). A
     new version must have the same inputs/outputs as the config; publish a changed signature under
     a new model name. Version folders appear atomically and are never overwritten.
+
+    ``batched`` (default True for a new model): dim 0 of every tensor is Triton's batch axis and
+    requests are dynamically batched. ``batched=False`` serves the model unbatched
+    (``max_batch_size: 0``, full shapes with -1 for dynamic axes, no ``dynamic_batching``) for models
+    whose inputs do not share dim 0, e.g. ``z (B, D)`` with ``theta (U, D)``; the batching options
+    are then not written. The batching mode of an existing model cannot change.
     """
     _check_name(name)
     src = Path(onnx_path)
-    signature = read_signature(src)
     repo = Path(repo_dir)
     model_dir = repo / name
     config_path = model_dir / CONFIG_FILENAME
     existing = read_config(config_path) if config_path.exists() else None
+    if existing is not None and batched is not None and batched != is_batched(existing):
+        raise RepositoryError(
+            f"model {name!r} in {repo} is served {'batched' if is_batched(existing) else 'unbatched'}; "
+            f"it cannot be republished with batched={batched}. Publish under a new model name."
+        )
+    if batched is None:
+        batched = is_batched(existing) if existing is not None else True
+    signature = read_signature(src, batched=batched)
     if existing is not None:
         if existing.backend != BACKEND:
             raise RepositoryError(f"{config_path} uses backend {existing.backend!r}, not {BACKEND!r}")
@@ -153,6 +171,7 @@ def publish_model(
         "dynamic_batching": dynamic_batching,
         "version_policy": version_policy,
         "parameters": dict(parameters) if parameters is not None else None,
+        "batched": batched,
     }
     base = serving_options(existing) if existing is not None else ServingOptions()
     options = replace(base, **{k: v for k, v in given.items() if v is not None})

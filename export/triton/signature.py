@@ -30,7 +30,10 @@ ONNX_TO_TRITON: dict[int, str] = {
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output: ``dims`` exclude the batch axis; -1 marks a dynamic axis."""
+    """One input or output: -1 marks a dynamic axis.
+
+    ``dims`` exclude the batch axis for a batched model and are the full ONNX shape for an unbatched one.
+    """
 
     name: str
     data_type: str
@@ -39,24 +42,39 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """Inputs and outputs of a batched model, in the ONNX graph's order."""
+    """Inputs and outputs of a model, in the ONNX graph's order.
+
+    ``batched``: dim 0 of every tensor is Triton's batch axis (left out of ``dims``); otherwise the
+    model is served unbatched (``max_batch_size: 0``) and ``dims`` are the full shapes.
+    """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     opset: int
+    batched: bool = True
 
     def same_io(self, other: ModelSignature) -> bool:
-        """True when both signatures have the same tensors (the opset may differ)."""
-        return self.inputs == other.inputs and self.outputs == other.outputs
+        """True when both signatures have the same tensors and batching (the opset may differ)."""
+        return self.inputs == other.inputs and self.outputs == other.outputs and self.batched == other.batched
 
 
-def _tensor_spec(value: onnx.ValueInfoProto, where: str) -> TensorSpec:
+def _dims(dims) -> tuple[int, ...]:  # noqa: ANN001 (repeated TensorShapeProto.Dimension)
+    return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims)
+
+
+def _tensor_spec(value: onnx.ValueInfoProto, where: str, batched: bool = True) -> TensorSpec:
     tensor = value.type.tensor_type
     if not value.type.HasField("tensor_type"):
         raise SignatureError(f"{where} {value.name!r} is not a tensor; only tensors can be served")
     if tensor.elem_type not in ONNX_TO_TRITON:
         name = onnx.TensorProto.DataType.Name(tensor.elem_type)
         raise SignatureError(f"{where} {value.name!r} has element type {name}, which Triton cannot serve")
+    if not batched:
+        if not tensor.HasField("shape") or len(tensor.shape.dim) == 0:
+            raise SignatureError(
+                f"{where} {value.name!r} has no shape (or is a scalar); an unbatched model needs tensors of rank >= 1"
+            )
+        return TensorSpec(value.name, ONNX_TO_TRITON[tensor.elem_type], _dims(tensor.shape.dim))
     if not tensor.HasField("shape") or len(tensor.shape.dim) == 0:
         raise SignatureError(
             f"{where} {value.name!r} has no shape (or is a scalar); export it with a leading dynamic batch axis"
@@ -65,14 +83,19 @@ def _tensor_spec(value: onnx.ValueInfoProto, where: str) -> TensorSpec:
     if first.HasField("dim_value"):
         raise SignatureError(
             f"{where} {value.name!r} has a fixed first axis of size {first.dim_value}; dim 0 must be the "
-            "dynamic batch axis (export with dynamic_shapes / dynamic_axes={0: 'batch'})"
+            "dynamic batch axis (export with dynamic_shapes / dynamic_axes={0: 'batch'}), or publish the "
+            "model unbatched (batched=False) when axis 0 is not a batch axis"
         )
-    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in rest)
-    return TensorSpec(value.name, ONNX_TO_TRITON[tensor.elem_type], dims)
+    return TensorSpec(value.name, ONNX_TO_TRITON[tensor.elem_type], _dims(rest))
 
 
-def read_signature(onnx_path: str | Path) -> ModelSignature:
-    """Signature of ``onnx_path``; raises :class:`SignatureError` when dim 0 is not a dynamic batch axis."""
+def read_signature(onnx_path: str | Path, *, batched: bool = True) -> ModelSignature:
+    """Signature of ``onnx_path``.
+
+    ``batched`` (default): dim 0 of every input and output must be a dynamic axis (Triton's batch
+    axis), else :class:`SignatureError`. ``batched=False``: no requirement on dim 0; dims are the
+    full shapes (symbolic axes -> -1), for models whose inputs do not share a batch axis.
+    """
     path = Path(onnx_path)
     if not path.is_file():
         raise SignatureError(f"no ONNX file at {path}")
@@ -82,9 +105,9 @@ def read_signature(onnx_path: str | Path) -> ModelSignature:
     except Exception as exc:  # onnx raises DecodeError and friends
         raise SignatureError(f"{path} is not a readable ONNX model: {exc}") from exc
     initializers = {init.name for init in model.graph.initializer}
-    inputs = tuple(_tensor_spec(v, "input") for v in model.graph.input if v.name not in initializers)
-    outputs = tuple(_tensor_spec(v, "output") for v in model.graph.output)
+    inputs = tuple(_tensor_spec(v, "input", batched) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(_tensor_spec(v, "output", batched) for v in model.graph.output)
     if not inputs or not outputs:
         raise SignatureError(f"{path} has no graph inputs or no outputs")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return ModelSignature(inputs=inputs, outputs=outputs, opset=opset)
+    return ModelSignature(inputs=inputs, outputs=outputs, opset=opset, batched=batched)

@@ -100,7 +100,8 @@ class TritonBackend:
         self.timeout_s = timeout_s
         self.name = f"triton:{url}"
         self._client: Any = None
-        # model -> {tensor name: model-side inner shape} for tensors the config reshapes ([batch] ones)
+        # model -> {tensor name: model-side inner shape} for tensors the config reshapes ([batch] ones
+        # of a batched model); empty for an unbatched model (max_batch_size 0: full shapes travel as is)
         self._reshapes: dict[str, dict[str, tuple[int, ...]]] = {}
 
     def _get_client(self) -> Any:
@@ -112,7 +113,7 @@ class TritonBackend:
         return self._client
 
     async def _reshaped(self, model: str, version: str) -> dict[str, tuple[int, ...]]:
-        """Config ``reshape`` of the model's tensors (a ``[batch]`` tensor is served as ``[batch, 1]``)."""
+        """Config ``reshape`` of a batched model's tensors (a ``[batch]`` tensor is served as ``[batch, 1]``)."""
         from tritonclient.utils import InferenceServerException
 
         if model not in self._reshapes:
@@ -123,11 +124,11 @@ class TritonBackend:
             except InferenceServerException as exc:
                 raise _map_triton_error(exc, model, self.url) from exc
             config = response.config
-            self._reshapes[model] = {
-                t.name: tuple(t.reshape.shape)
-                for t in [*config.input, *config.output]
-                if t.HasField("reshape")
-            }
+            self._reshapes[model] = (
+                {t.name: tuple(t.reshape.shape) for t in [*config.input, *config.output] if t.HasField("reshape")}
+                if config.max_batch_size > 0
+                else {}  # unbatched: inputs and outputs have the ONNX shapes already
+            )
         return self._reshapes[model]
 
     async def infer(
@@ -137,7 +138,10 @@ class TritonBackend:
         outputs: list[str] | None = None,
         version: str = "",
     ) -> dict[str, np.ndarray]:
-        """Inputs and outputs have the ONNX model's shapes (Triton's ``reshape`` is undone here)."""
+        """Inputs and outputs have the ONNX model's shapes (Triton's ``reshape`` is undone here).
+
+        Works for batched and unbatched (``max_batch_size: 0``) models alike.
+        """
         from tritonclient.grpc import InferInput, InferRequestedOutput
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 

@@ -1,8 +1,9 @@
 """Triton Python-based backend named ``onnxruntime``: runs ``<model>/<version>/model.onnx``.
 
 Stands in locally for NGC Triton's native onnxruntime backend, so one standard model repository
-serves both. Requests the dynamic batcher groups are concatenated along the batch axis, run once
-and split back. Runs inside the Python-backend stub; imports only numpy, onnxruntime and
+serves both. For a batched model (``max_batch_size`` >= 1) requests the dynamic batcher groups
+are concatenated along the batch axis, run once and split back; an unbatched model
+(``max_batch_size: 0``, inputs that need not share dim 0) runs every request on its own. Runs inside the Python-backend stub; imports only numpy, onnxruntime and
 ``triton_python_backend_utils``.
 """
 
@@ -36,6 +37,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         self.model_name = args["model_name"]
+        self.batched = int(config.get("max_batch_size", 0) or 0) > 0
         self.version = args["model_version"]
         path = os.path.join(args["model_repository"], self.version, MODEL_FILENAME)
         options = ort.SessionOptions()
@@ -70,8 +72,24 @@ class TritonPythonModel:
         names = list(request.requested_output_names())
         return names or self.output_names
 
+    def _execute_each(self, requests: list[Any]) -> list[Any]:
+        """Unbatched model: one session run per request, outputs as the model returns them."""
+        responses: list[Any] = []
+        for request in requests:
+            try:
+                feed = self._read(request)
+                wanted = self._requested(request)
+                results = self.session.run(wanted, feed)
+                tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r)) for n, r in zip(wanted, results)]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except Exception as exc:  # answer this request, keep the others
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        return responses
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        """Answer every request; requests with matching inner shapes share one session run."""
+        """Answer every request; for a batched model requests with matching inner shapes share one run."""
+        if not self.batched:
+            return self._execute_each(requests)
         responses: list[Any] = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
         for index, request in enumerate(requests):
