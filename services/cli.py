@@ -119,10 +119,12 @@ def demo(
 
 def _mount_subcommands() -> None:
     from couturier.export.data.cli import data_app
+    from couturier.export.cli import register
     from couturier.export.triton.cli import triton_app
 
     app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
     app.add_typer(triton_app, name="triton", help="Local Triton server and model repository versions.")
+    register(app)
 
 
 _mount_subcommands()

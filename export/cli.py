@@ -1,0 +1,65 @@
+"""``couturier train | export | eval``: the data scientist's commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ProfileOpt = Annotated[str, typer.Option(help="demo (2-core CPU, ~20 min), full (GPU) or tiny (seconds; pipeline tests).")]
+RunsOpt = Annotated[Path, typer.Option(help="Runs folder; a profile writes runs/<profile>/.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR).")]
+RepoOpt = Annotated[Path, typer.Option(help="Triton model repository to publish into.")]
+
+
+def _prepared(data_dir: Path | None, profile: str):  # type: ignore[no-untyped-def]
+    from couturier.export.data.dataset import prepare
+
+    return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
+
+
+def train(profile: ProfileOpt = "demo", runs: RunsOpt = Path("runs"), data_dir: DataDirOpt = None) -> None:
+    """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet."""
+    from couturier.export.pipeline import train_all
+
+    started = time.perf_counter()
+    result = train_all(_prepared(data_dir, profile), runs, profile)
+    typer.echo(f"trained into {result.root} in {time.perf_counter() - started:.0f} s: {json.dumps(result.wall_s)}")
+
+
+def export(
+    profile: ProfileOpt = "demo",
+    runs: RunsOpt = Path("runs"),
+    repo: RepoOpt = Path("var/model_repository"),
+    kind: Annotated[str, typer.Option(help="KIND_CPU (local) or KIND_GPU (production Triton).")] = "KIND_CPU",
+) -> None:
+    """Export every trained network and the gradient models to ONNX, check parity, publish new versions."""
+    from couturier.export.pipeline import export_all, publish_all
+
+    exported = export_all(runs / profile)
+    failed = [name for name, report in exported.parity.items() if not report.get("ok")]
+    versions = publish_all(exported.paths, repo, kind=kind)
+    typer.echo(f"published into {repo}: " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
+    if failed:
+        typer.echo(f"error: parity check failed for {', '.join(failed)}; see {runs / profile / 'onnx' / 'parity.json'}", err=True)
+        raise typer.Exit(code=1)
+
+
+def evaluate(profile: ProfileOpt = "demo", runs: RunsOpt = Path("runs"), data_dir: DataDirOpt = None) -> None:
+    """Retrieval evaluation (InfoGAN-D vs pixels vs EfficientNet-Lite0), then the full report."""
+    from couturier.export.report import write_report
+    from couturier.export.training.retrieval_eval import EFFNET_INPUT, run_retrieval_eval
+
+    root = runs / profile
+    run_retrieval_eval(_prepared(data_dir, profile), root / "infogan", root / "retrieval",
+                       effnet_input=EFFNET_INPUT.get(profile, 112))
+    typer.echo(f"report: {write_report(root)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("export")(export)
+    app.command("eval")(evaluate)

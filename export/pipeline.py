@@ -1,0 +1,223 @@
+"""Train every network, export each to ONNX (parity-checked), and publish the Triton model repository.
+
+Run layout (``runs/<profile>/``)::
+
+    dvbpr/ gan/ infogan/ synthtriplet/   checkpoints, metrics.json, curves and sample PNGs
+    onnx/<model>.onnx                     exported models (names from couturier.services.common.models)
+    onnx/parity.json                      torch vs onnxruntime (forward) and float64 autograd (gradients)
+    user_vectors.npz                      DVBPR theta with user ids (the scoring service's user table)
+
+The model repository (default ``var/model_repository``) gets one numbered version per publish; its
+``config.pbtxt`` files are generated from the ONNX signatures (export/triton/repository.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from couturier.export.onnx_io import check_parity, export_forward
+from couturier.services.common import models as names
+
+#: Training-size overrides of the "tiny" profile: seconds per network, for tests of the pipeline
+#: itself (export, repository, serving); its models are not meant to be good.
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "dvbpr": {"epochs": 1, "max_seconds": 5.0, "bprmf_epochs": 1},
+    "gan": {"steps": 3, "max_seconds": 5.0},
+    "infogan": {"steps": 3, "max_seconds": 5.0},
+    "synthtriplet": {"steps": 3, "max_seconds": 5.0},
+}
+
+
+@dataclass
+class TrainedRuns:
+    """Run directories of the four trained networks and what each training reported."""
+
+    root: Path
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    def dir(self, network: str) -> Path:
+        return self.root / network
+
+
+def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
+    if profile == "tiny":
+        return "demo", TINY_OVERRIDES
+    return profile, {}
+
+
+def train_all(prepared: Any, runs_dir: Path, profile: str = "demo", *, progress: bool = True) -> TrainedRuns:
+    """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet, in that order."""
+    from couturier.export.training.train_dvbpr import train_dvbpr
+    from couturier.export.training.train_gan import train_gan
+    from couturier.export.training.train_infogan import train_infogan
+    from couturier.export.training.train_synthtriplet import train_synthtriplet
+
+    base, overrides = _base_profile(profile)
+    runs = TrainedRuns(Path(runs_dir) / profile)
+    stages: list[tuple[str, Callable[[], Any]]] = [
+        ("dvbpr", lambda: train_dvbpr(prepared, runs.dir("dvbpr"), base, progress=progress, **overrides.get("dvbpr", {}))),
+        ("gan", lambda: train_gan(prepared, runs.dir("gan"), base, progress=progress, **overrides.get("gan", {}))),
+        ("infogan", lambda: train_infogan(prepared, runs.dir("infogan"), _profile_obj("infogan", base, overrides))),
+        (
+            "synthtriplet",
+            lambda: train_synthtriplet(
+                prepared, runs.dir("synthtriplet"), runs.dir("infogan"), _profile_obj("synthtriplet", base, overrides)
+            ),
+        ),
+    ]
+    for name, stage in stages:
+        started = time.perf_counter()
+        result = stage()
+        runs.wall_s[name] = round(time.perf_counter() - started, 1)
+        runs.metrics[name] = _metrics_of(result)
+    _save_user_vectors(prepared, runs)
+    (runs.root / "training_summary.json").write_text(
+        json.dumps({"profile": profile, "wall_s": runs.wall_s, "total_wall_s": sum(runs.wall_s.values())}, indent=2)
+    )
+    return runs
+
+
+def _profile_obj(network: str, base: str, overrides: Mapping[str, Mapping[str, Any]]) -> Any:
+    from couturier.export.training.profiles import infogan_profile, synthtriplet_profile
+
+    factory = infogan_profile if network == "infogan" else synthtriplet_profile
+    return factory(base, **overrides.get(network, {}))
+
+
+def _metrics_of(result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return result
+    return dict(getattr(result, "metrics", {}) or {})
+
+
+def _save_user_vectors(prepared: Any, runs: TrainedRuns) -> Path:
+    from couturier.export.training.train_dvbpr import load_dvbpr
+
+    model = load_dvbpr(runs.dir("dvbpr"))
+    path = runs.root / "user_vectors.npz"
+    np.savez(
+        path,
+        user_ids=np.asarray(prepared.interactions.user_ids),
+        theta=model.theta.detach().cpu().numpy().astype(np.float32),
+    )
+    return path
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportedModels:
+    paths: dict[str, Path]
+    parity: dict[str, Any]
+
+
+def export_all(runs_root: Path, *, with_text_encoder: bool = True) -> ExportedModels:
+    """Export every trained network (and the gradient models) to ``runs_root/onnx``; check parity."""
+    from couturier.export.training.train_dvbpr import load_dvbpr
+    from couturier.export.training.train_gan import load_gan
+
+    out = Path(runs_root) / "onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    parity: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+
+    dvbpr = load_dvbpr(Path(runs_root) / "dvbpr")
+    generator, discriminator = load_gan(Path(runs_root) / "gan")
+    size = generator.cfg.image_size if hasattr(generator, "cfg") else dvbpr.cfg.image_size
+    z_dim, n_cat = generator.cfg.z_dim, generator.cfg.n_categories
+    images = rng.uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
+    onehot = np.eye(n_cat, dtype=np.float32)[rng.integers(0, n_cat, 3)]
+    z = rng.uniform(-1, 1, (3, z_dim)).astype(np.float32)
+
+    forward: list[tuple[str, torch.nn.Module, dict[str, np.ndarray], list[str]]] = [
+        (names.ITEM_ENCODER, dvbpr.encoder, {"image": images}, ["embedding"]),
+        (names.GENERATOR, generator, {"z": z, "category": onehot}, ["image"]),
+        (names.DISCRIMINATOR, discriminator, {"image": images, "category": onehot}, ["realism"]),
+    ]
+    forward += _retrieval_modules(Path(runs_root), images, rng)
+    for name, module, inputs, outputs in forward:
+        path = out / f"{name}.onnx"
+        example = tuple(torch.from_numpy(value) for value in inputs.values())
+        export_forward(module, example, path, input_names=list(inputs), output_names=outputs)
+        report = check_parity(module, path, inputs, rtol=1e-3, atol=1e-4)
+        parity[name] = _parity_dict(report)
+        paths[name] = path
+    if with_text_encoder:
+        paths[names.TEXT_ENCODER], parity[names.TEXT_ENCODER] = _export_text_encoder(out)
+    grad_paths, grad_report = _export_gradients(Path(runs_root), out)
+    paths.update(grad_paths)
+    parity.update(grad_report)
+    (out / "parity.json").write_text(json.dumps(parity, indent=2, default=float))
+    return ExportedModels(paths, parity)
+
+
+def _retrieval_modules(
+    runs_root: Path, images: np.ndarray, rng: np.random.Generator
+) -> list[tuple[str, torch.nn.Module, dict[str, np.ndarray], list[str]]]:
+    from couturier.export.training.train_infogan import load_infogan
+    from couturier.export.training.train_synthtriplet import load_synthtriplet
+
+    encoder = load_infogan(runs_root / "infogan").encoder().eval()
+    query_generator, cfg, _meta = load_synthtriplet(runs_root / "synthtriplet")
+    text = rng.normal(size=(images.shape[0], cfg.text_dim)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    return [
+        (names.RETRIEVAL_ENCODER, encoder, {"image": images}, ["embedding"]),
+        (names.QUERY_GENERATOR, query_generator.eval(), {"reference": images, "text_embedding": text}, ["image"]),
+    ]
+
+
+def _export_text_encoder(out: Path) -> tuple[Path, dict[str, Any]]:
+    from couturier.export.models.text_encoder import export_text_encoder, parity
+
+    path = export_text_encoder(out / f"{names.TEXT_ENCODER}.onnx")
+    max_abs = parity(path, ["same but in red", "make it a sandal", "a navy coat with long sleeves"])
+    return path, {"ok": bool(max_abs < 1e-4), "max_abs_diff_vs_sentence_transformers": float(max_abs)}
+
+
+def _export_gradients(runs_root: Path, out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+    from couturier.export.gradient_models import check_gradient_models, export_gradient_models
+    from couturier.export.models.perceptual import load_perceptual
+    from couturier.export.training.train_dvbpr import load_dvbpr
+    from couturier.export.training.train_gan import load_gan
+
+    generator, discriminator = load_gan(runs_root / "gan")
+    encoder = load_dvbpr(runs_root / "dvbpr").encoder.eval()
+    perceptual = load_perceptual(runs_root / "dvbpr")
+    paths = export_gradient_models(generator, discriminator, encoder, perceptual, out)
+    report = check_gradient_models(generator, discriminator, encoder, perceptual, paths)
+    return {name: Path(path) for name, path in paths.items()}, report
+
+
+def _parity_dict(report: Any) -> dict[str, Any]:
+    outputs = {o.name: {"max_abs": o.max_abs_err, "max_rel": o.max_rel_err, "ok": o.ok} for o in report.outputs}
+    return {"ok": bool(report.ok), "outputs": outputs}
+
+
+# --- publish ----------------------------------------------------------------------------------
+
+
+def publish_all(paths: Mapping[str, Path], repo_dir: Path, *, kind: str = "KIND_CPU") -> dict[str, str]:
+    """Publish each ONNX file as the next numbered version of its model; returns model -> version.
+
+    Gradient models are published unbatched (max_batch_size 0): their inputs have their own leading
+    axes (users, shifts) besides the batch of latents, which Triton's batch axis cannot express.
+    """
+    from couturier.export.triton.repository import publish_model
+
+    versions: dict[str, str] = {}
+    for name, path in paths.items():
+        published = publish_model(repo_dir, name, path, kind=kind, batched=name not in names.GRADIENT_MODELS)
+        versions[name] = str(published.version)
+    return versions

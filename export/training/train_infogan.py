@@ -1,0 +1,186 @@
+"""Train the label-free InfoGAN whose discriminator trunk is the retrieval encoder (Ay et al.).
+
+No labels are used for training: only catalogue images. Losses (Chen et al. 2016): D minimises
+BCE(real, 1) + BCE(fake, 0); G and the Q head minimise BCE(D(G(z,c)), 1) + lambda_cat CE(Q_cat,
+c_cat) + lambda_cont MSE(Q_cont, c_cont) (fixed-variance Gaussian). Writes ``run_dir``::
+
+    checkpoint.pt   config + profile + G/D state dicts
+    metrics.json    losses, timing, code/class purity and precision@k of the D embedding
+    curves.png      training curves          samples.png   one row per categorical code
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from couturier.export.models.infogan import InfoGAN, InfoGANConfig, build_infogan, sample_latent
+from couturier.export.training.common import (
+    images_to_tensor,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    seed_everything,
+    tensor_to_images,
+    write_json,
+)
+from couturier.export.training.plots import draw_curves, image_grid
+from couturier.export.training.profiles import InfoGANProfile, infogan_profile
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def config_for(profile: InfoGANProfile, image_size: int) -> InfoGANConfig:
+    """Architecture implied by a profile at the data's resolution."""
+    return InfoGANConfig(image_size=image_size, noise_dim=profile.noise_dim, n_continuous=profile.n_continuous,
+                         g_channels=tuple(profile.g_channels), d_channels=tuple(profile.d_channels))
+
+
+def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = "demo",
+                  **overrides: Any) -> dict[str, Any]:
+    """Train on ``prepared.catalogue.images`` (no labels); return the metrics dict written to disk."""
+    prof = infogan_profile(profile, **overrides) if isinstance(profile, str) else profile
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(prof.threads)
+    gen = seed_everything(prof.seed)
+    device = pick_device(prof.use_cuda)
+    images = prepared.catalogue.images
+    cfg = config_for(prof, images.shape[1])
+    gan = build_infogan(cfg)
+    G, D = gan.generator.to(device), gan.discriminator.to(device)
+    data = images_to_tensor(images)
+    opt_d = torch.optim.Adam(list(D.trunk.parameters()) + list(D.d_head.parameters()), lr=prof.lr_d, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(list(G.parameters()) + list(D.q_head.parameters()), lr=prof.lr_g, betas=(0.5, 0.999))
+    curves: dict[str, list[float]] = {k: [] for k in ("loss_d", "loss_g_adv", "info_cat_ce", "info_cont_mse", "q_cat_acc")}
+    ones = torch.ones(prof.batch_size, device=device)
+    zeros = torch.zeros(prof.batch_size, device=device)
+    start, stopped_early, step = time.perf_counter(), False, 0
+    perm, cursor = torch.randperm(len(data), generator=gen), 0
+    bar = tqdm(range(prof.steps), desc=f"infogan[{prof.name}]", mininterval=2.0)
+    for step in bar:
+        if cursor + prof.batch_size > len(data):
+            perm, cursor = torch.randperm(len(data), generator=gen), 0
+        real = data[perm[cursor:cursor + prof.batch_size]].to(device)
+        cursor += prof.batch_size
+        latent, c_cat, c_cont = sample_latent(cfg, prof.batch_size, gen, device=device)
+        fake = G(latent)
+        # discriminator step
+        d_real, _, _ = D(real)
+        d_fake, _, _ = D(fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        # generator + Q step
+        d_out, q_cat, q_cont = D(fake)
+        adv = F.binary_cross_entropy_with_logits(d_out, ones)
+        ce = F.cross_entropy(q_cat, c_cat)
+        mse = F.mse_loss(q_cont, c_cont)
+        loss_g = adv + prof.lambda_cat * ce + prof.lambda_cont * mse
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        for key, val in (("loss_d", loss_d), ("loss_g_adv", adv), ("info_cat_ce", ce), ("info_cont_mse", mse),
+                         ("q_cat_acc", (q_cat.argmax(1) == c_cat).float().mean())):
+            curves[key].append(float(val.detach()))
+        if step % prof.log_every == 0:
+            bar.set_postfix(d=f"{curves['loss_d'][-1]:.3f}", g=f"{adv.item():.3f}", ce=f"{ce.item():.3f}")
+        if prof.max_seconds is not None and time.perf_counter() - start > prof.max_seconds:
+            stopped_early = True
+            break
+    train_s = time.perf_counter() - start
+    G.eval(), D.eval()
+    gan = InfoGAN(cfg, G.cpu(), D.cpu())
+    save_checkpoint(run_dir / CHECKPOINT, config=cfg.to_dict(), profile=prof.to_dict(), step=step + 1,
+                    generator=G.state_dict(), discriminator=D.state_dict())
+    draw_curves(run_dir / "curves.png", curves, f"InfoGAN [{prof.name}] {step + 1} steps")
+    save_samples(gan, run_dir / "samples.png", seed=prof.seed)
+    metrics = {"profile": prof.to_dict(), "config": cfg.to_dict(), "steps_done": step + 1,
+               "stopped_by_max_seconds": stopped_early, "train_wall_s": round(train_s, 1),
+               "s_per_step": round(train_s / (step + 1), 4), "device": str(device),
+               "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
+               **unsupervised_diagnostics(gan, prepared)}
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def unsupervised_diagnostics(gan: InfoGAN, prepared: Any) -> dict[str, Any]:
+    """Purity of Q's categorical code vs fm_class on real catalogue images, and D-embedding precision."""
+    from couturier.export.training.retrieval_eval import embed_images, evaluate_embeddings
+
+    D = gan.discriminator.eval()
+    with torch.no_grad():
+        codes = torch.cat([D(images_to_tensor(prepared.catalogue.images[i:i + 512]))[1].argmax(1)
+                           for i in range(0, len(prepared.catalogue.images), 512)]).numpy()
+    fm = np.asarray(prepared.catalogue.fm_class)
+    purity = sum(np.bincount(fm[codes == c]).max() for c in np.unique(codes)) / len(fm)
+    enc = gan.encoder()
+    db = embed_images(enc, prepared.catalogue.images)
+    q = embed_images(enc, prepared.heldout.images)
+    return {"q_code_purity_vs_fm_class": float(purity), "codes_used": int(len(np.unique(codes))),
+            "embed_dim": int(db.shape[1]),
+            "embedding_norm_mean": float(np.linalg.norm(db, axis=1).mean()),
+            "retrieval_precision": evaluate_embeddings(q, db, prepared.heldout, prepared.catalogue)}
+
+
+def save_samples(gan: InfoGAN, path: Path, seed: int = 0, n_cols: int = 10) -> None:
+    """Grid: row = categorical code value, column = shared noise; last 2 rows sweep the first continuous code."""
+    cfg = gan.cfg
+    g = torch.Generator().manual_seed(seed + 1)
+    noise_latent, _, _ = sample_latent(cfg, n_cols, g)
+    rows = []
+    with torch.no_grad():
+        for c in range(cfg.n_categories):
+            lat = noise_latent.clone()
+            lat[:, cfg.noise_dim:cfg.noise_dim + cfg.n_categories] = F.one_hot(torch.full((n_cols,), c), cfg.n_categories)
+            rows.append(list(tensor_to_images(gan.generator.eval()(lat))))
+        if cfg.n_continuous:
+            for c in (0, 1):
+                lat = noise_latent[:1].repeat(n_cols, 1)
+                lat[:, cfg.noise_dim:cfg.noise_dim + cfg.n_categories] = F.one_hot(torch.full((n_cols,), c), cfg.n_categories)
+                lat[:, cfg.noise_dim + cfg.n_categories] = torch.linspace(-2, 2, n_cols)
+                rows.append(list(tensor_to_images(gan.generator(lat))))
+    labels = [f"code {c}" for c in range(cfg.n_categories)] + ["c0 sweep, code 0", "c0 sweep, code 1"][: 2 * bool(cfg.n_continuous)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows, scale=3, labels=labels, label_w=90).save(path)
+
+
+def load_infogan(run_dir: Path) -> InfoGAN:
+    """Rebuild the trained InfoGAN (eval mode, CPU) from ``run_dir/checkpoint.pt``."""
+    ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    cfg = InfoGANConfig.from_dict(ckpt["config"])
+    gan = build_infogan(cfg)
+    gan.generator.load_state_dict(ckpt["generator"])
+    gan.discriminator.load_state_dict(ckpt["discriminator"])
+    gan.generator.eval(), gan.discriminator.eval()
+    gan.extras = {"profile": ckpt.get("profile"), "step": ckpt.get("step")}
+    return gan
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m couturier.export.training.train_infogan [--profile demo] [--data-dir D] [--runs runs]``."""
+    import argparse
+
+    from couturier.export.training.data_access import load_prepared_data
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="demo")
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--steps", type=int, default=None)
+    a = p.parse_args(argv)
+    over = {"steps": a.steps} if a.steps else {}
+    prepared = load_prepared_data(a.data_dir, a.profile)
+    m = train_infogan(prepared, a.runs / a.profile / "infogan", a.profile, **over)
+    print({k: m[k] for k in ("steps_done", "train_wall_s", "q_code_purity_vs_fm_class", "retrieval_precision")})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Names of the models in the model repository: shared by the exporter and the services (no torch).
+
+Every image tensor a model takes or returns is float32 NCHW in [-1, 1] at the catalogue resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ITEM_ENCODER: Final = "item_encoder"  # DVBPR Phi: image -> item vector (scoring)
+GENERATOR: Final = "generator"  # conditional GAN G(z, category one-hot) -> image
+DISCRIMINATOR: Final = "discriminator"  # D(image, category one-hot) -> realism
+RETRIEVAL_ENCODER: Final = "retrieval_encoder"  # InfoGAN-discriminator trunk -> L2-normalised embedding
+TEXT_ENCODER: Final = "text_encoder"  # MiniLM: (input_ids, attention_mask) -> 384-d sentence vector
+QUERY_GENERATOR: Final = "query_generator"  # SynthTriplet: (image, text vector) -> synthetic query image
+PREF_GRAD: Final = "pref_grad"  # preference objective and d/dz
+INV_GRAD: Final = "inv_grad"  # inversion loss and d/dz
+SHIFT_GRAD: Final = "shift_grad"  # GIGS shift objective and d/dshifts
+
+FORWARD_MODELS: Final = (ITEM_ENCODER, GENERATOR, DISCRIMINATOR, RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
+GRADIENT_MODELS: Final = (PREF_GRAD, INV_GRAD, SHIFT_GRAD)
+ALL_MODELS: Final = FORWARD_MODELS + GRADIENT_MODELS
