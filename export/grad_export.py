@@ -12,6 +12,10 @@ Samples must be independent along the batch axis (eval-mode BatchNorm, no cross-
 the gradient of ``sum(value)`` gives every sample its own gradient. Per-sample values may be ``(B,)``
 or ``(B, k)`` (the gradient is then that of the sum over ``k``).
 
+``fn`` may also return a tuple ``(value, *aux)``: the auxiliary tensors (generated images, per-user
+scores ...) are passed through un-differentiated and become extra outputs after the gradients, so
+one call gives everything a latent optimiser step needs.
+
 ``make_fx`` is semi-private API: export with the pinned torch (2.13.0) only.
 """
 
@@ -51,9 +55,11 @@ def _wrt_tuple(wrt: int | Sequence[int], n: int) -> tuple[int, ...]:
 def value_and_grad(
     fn: Callable[..., torch.Tensor], wrt: int | Sequence[int]
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """``f(*inputs) -> (value, *[d sum(value) / d inputs[i] for i in wrt])`` via ``torch.autograd.grad``.
+    """``f(*inputs) -> (value, *[d sum(value) / d inputs[i] for i in wrt], *aux)`` via ``torch.autograd.grad``.
 
-    Also the float64 eager reference for parity checks (call it with float64 modules and inputs).
+    ``fn`` returns the per-sample value tensor, or a tuple ``(value, *aux)`` whose ``aux`` tensors are
+    returned detached after the gradients. Also the float64 eager reference for parity checks (call it
+    with float64 modules and inputs).
     """
 
     def f(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -62,12 +68,16 @@ def value_and_grad(
             xs = list(inputs)
             for i in idx:
                 xs[i] = xs[i].detach().requires_grad_(True)
-            value = fn(*xs)
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"fn must return one tensor (per-sample values), got {type(value).__name__}")
+            out = fn(*xs)
+            value, aux = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, ())
+            if not isinstance(value, torch.Tensor) or not all(isinstance(a, torch.Tensor) for a in aux):
+                raise TypeError(
+                    f"fn must return a tensor of per-sample values or a tuple (value, *aux) of tensors,"
+                    f" got {type(out).__name__}"
+                )
             grads = torch.autograd.grad(value.sum(), [xs[i] for i in idx], allow_unused=True)
         grads = tuple(torch.zeros_like(xs[i]) if g is None else g for i, g in zip(idx, grads, strict=True))
-        return (value.detach(), *(g.detach() for g in grads))
+        return (value.detach(), *(g.detach() for g in grads), *(a.detach() for a in aux))
 
     return f
 
@@ -105,8 +115,9 @@ def export_value_and_grad(
     """Export ``(value, d sum(value)/d inputs[i] for i in wrt)`` of ``fn`` to one ONNX file.
 
     ``fn(*inputs)`` returns per-sample values ``(B,)`` or ``(B, k)``; modules it closes over must be in
-    eval mode (call ``.eval()`` first). ``output_names`` is the value name then one name per ``wrt``
-    index. Dynamic axes as in :func:`couturier.export.onnx_io.export_forward`: axis 0 of each input is
+    eval mode (call ``.eval()`` first); it may return ``(value, *aux)`` (see :func:`value_and_grad`).
+    ``output_names`` is the value name, then one name per ``wrt`` index, then one per aux output.
+    Dynamic axes as in :func:`couturier.export.onnx_io.export_forward`: axis 0 of each input is
     ``batch`` unless declared, e.g. ``dynamic_axes={"theta": {0: "users"}, "w": {}}``. Example sizes on
     dynamic axes must be >= 2 (size-1 dims get specialised while tracing).
     Raises :class:`~couturier.export.onnx_io.OnnxExportError` on any failure.
@@ -115,8 +126,10 @@ def export_value_and_grad(
     idx = _wrt_tuple(wrt, len(example_inputs))
     if len(input_names) != len(example_inputs):
         raise ValueError(f"{len(example_inputs)} example inputs but {len(input_names)} input names")
-    if len(output_names) != 1 + len(idx):
-        raise ValueError(f"need {1 + len(idx)} output names (value + one gradient per wrt), got {len(output_names)}")
+    if len(output_names) < 1 + len(idx):
+        raise ValueError(
+            f"need at least {1 + len(idx)} output names (value + one gradient per wrt [+ aux]), got {len(output_names)}"
+        )
     for i in idx:
         if not example_inputs[i].is_floating_point():
             raise ValueError(f"cannot differentiate w.r.t. non-float input {input_names[i]!r}")
@@ -126,6 +139,12 @@ def export_value_and_grad(
         gm = trace_value_and_grad(fn, example_inputs, wrt=idx)
     except Exception as exc:
         raise OnnxExportError(f"tracing value-and-grad for {path.name} failed: {type(exc).__name__}: {exc}") from exc
+    n_out = _n_graph_outputs(gm)
+    if n_out != len(output_names):
+        raise ValueError(
+            f"fn gives {n_out} outputs (value, {len(idx)} gradient(s), {n_out - 1 - len(idx)} aux) but"
+            f" {len(output_names)} output names were given"
+        )
     leftovers = sorted(
         {str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "backward" in str(n.target)}
     )
@@ -140,6 +159,11 @@ def export_value_and_grad(
         raise OnnxExportError(f"{exc}{hint}") from exc
     finalize_onnx(path, opset=opset, input_names=input_names, output_names=output_names)
     return path
+
+
+def _n_graph_outputs(gm: torch.fx.GraphModule) -> int:
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return len(out) if isinstance(out, (tuple, list)) else 1
 
 
 def per_sample_relative_error(got: Any, ref: Any, *, eps: float = 1e-30) -> np.ndarray:

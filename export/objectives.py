@@ -1,0 +1,193 @@
+"""Torch objectives that the gradient models export (preference maximisation, GAN inversion, GIGS shifts).
+
+Every objective is an ``nn.Module`` whose ``forward`` returns ``(value, *aux)``: ``value`` is the
+per-sample objective ``(B,)`` (maximised for preference/shift, minimised for inversion; the service's
+optimiser picks the sign), ``aux`` are un-differentiated by-products the service needs anyway
+(generated images, per-user scores, realism). :func:`couturier.export.grad_export.export_value_and_grad`
+turns them into ONNX models with outputs ``value, grad, *aux`` (see :mod:`couturier.export.gradient_models`).
+
+The networks are generic modules with these call signatures (the couturier classes satisfy them):
+
+* ``generator(z (B,Dz), category (B,C) one-hot) -> image (B,3,S,S)`` in [-1, 1];
+* ``discriminator(image, category) -> realism (B,)`` (LSGAN: real ~ 1);
+* ``encoder(image) -> Phi (B,K)`` (DVBPR item encoder; a score is ``theta_u . Phi``);
+* ``perceptual(a, b) -> (B,)`` a perceptual distance between two image batches.
+
+All modules must be in eval mode (BatchNorm running statistics) so samples stay independent.
+
+Preference (Kang et al. 2017, and Kang's official code)::
+
+    pref_b = sum_u user_weight[b,u] * theta_u . Phi(G(z_b, c_b)) - realism_weight_b * (D(G(z_b), c_b) - 1)^2
+
+Kang's code maximises ``mean_u theta_u . Phi(G(z)) - 1.0 * (D(G(z)) - 1)^2``; that is
+``user_weight = 1/U`` (or U=1 with the mean theta, identical because theta enters linearly) and
+``realism_weight = 1``. Non-linear group objectives ``F(s_1..s_U)`` of the per-user scores
+``s_u = theta_u . Phi(G(z))`` are handled by the caller: compute ``s`` (aux output ``scores``), set
+``user_weight[b,u] = dF/ds_u`` and call again (chain rule; ``grad_z`` of the weighted sum is then
+``dF/dz`` at that point).
+
+Inversion (GIGS inverts a seller's photo; LPIPS is not available offline)::
+
+    inv_b = mean_pixels (G(z_b, c_b) - target_b)^2 + perceptual_weight * perceptual(G(z_b, c_b), target_b)
+
+GIGS shifts (Kumar et al., PeerJ CS 2025), ``x_bi = G(base_z_b + shift_bi, c_b)`` for ``i < n``::
+
+    shift_b = mean_i pref(x_bi) - diversity_weight_b * mean_{i != j} exp(-||f_bi - f_bj||^2 / sigma)
+
+with ``f`` the unit-normalised Phi features of the variants (default) or their 8x8 average-pooled
+pixels. Relation to GIGS's code: GIGS trains a shift *predictor* with a cross-entropy loss
+(0.1 * CE) so each shift is identifiable from the image change, plus an L1 term and the (mean over
+users) preference, re-standardises z each step and clamps shifts to radius 0.5 (paper: eps 0.4).
+Here the predictor is replaced by a differentiable, predictor-free stand-in for identifiability:
+a pairwise RBF repulsion between the variants' features (it is 1 for identical variants, -> 0 as
+they spread), so no extra network has to be trained or served. The radius constraint (projection
+of each shift onto the L2 ball of radius eps) and any z re-standardisation are applied by the
+optimiser in the service, not in the graph; the L1 term is subsumed by that projection.
+
+Why Phi features for diversity: they are computed anyway for the preference term (no extra cost),
+and DVBPR ranks items by inner products with user vectors, so the *direction* of Phi decides which
+users a design appeals to. Variants with distinct Phi directions are distinct in the sense that
+matters to the recommender, which is exactly what the preference term alone would collapse (every
+shift drifting to the same optimum). Unit normalisation makes the distance scale-free
+(``||u_i - u_j||^2 = 2 - 2 cos`` in [0, 4]) so ``sigma`` means the same for any trained encoder.
+``diversity_space="pixels"`` (8x8 mean-pooled images, mean squared difference in [0, 4]) is the
+alternative when visually distinct variants matter more than distinct audiences.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DEFAULT_DIVERSITY_SIGMA",
+    "DEFAULT_PERCEPTUAL_WEIGHT",
+    "DIVERSITY_SPACES",
+    "InversionObjective",
+    "PreferenceObjective",
+    "ShiftObjective",
+    "diversity_penalty",
+    "preference_terms",
+]
+
+#: lambda of the inversion objective (MSE + lambda * perceptual); GIGS weights LPIPS 1:1 with MSE.
+DEFAULT_PERCEPTUAL_WEIGHT = 1.0
+#: RBF width of the diversity penalty on squared distances in [0, 4].
+DEFAULT_DIVERSITY_SIGMA = 0.5
+DIVERSITY_SPACES = ("phi", "pixels")
+_EPS = 1e-8
+
+
+def preference_terms(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    encoder: nn.Module,
+    z: torch.Tensor,
+    category: torch.Tensor,
+    theta: torch.Tensor,
+    user_weight: torch.Tensor,
+    realism_weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pref (B,), scores (B,U), image (B,3,S,S), realism D (B,), Phi (B,K))`` for latent codes ``z``."""
+    image = generator(z, category)
+    phi = encoder(image)
+    scores = phi @ theta.transpose(0, 1)
+    realism = discriminator(image, category).reshape(-1)
+    pref = (user_weight * scores).sum(dim=1) - realism_weight.reshape(-1) * (realism - 1.0) ** 2
+    return pref, scores, image, realism, phi
+
+
+def diversity_penalty(features: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``mean_{i != j} exp(-||f_i - f_j||^2 / sigma)`` per sample for features (B, n, F); 0 when n = 1.
+
+    The mean over ordered pairs ``i != j`` equals the mean over ``i < j`` (the kernel is symmetric);
+    the off-diagonal mask is built from ``arange(n)`` so ``n`` can stay a dynamic axis.
+    """
+    n = features.shape[1]
+    diff = features.unsqueeze(2) - features.unsqueeze(1)  # (B, n, n, F); exactly 0 on the diagonal
+    kernel = torch.exp(-diff.pow(2).sum(dim=-1) / sigma)
+    idx = torch.arange(n, device=features.device)
+    mask = (idx.unsqueeze(0) != idx.unsqueeze(1)).to(features.dtype)
+    return (kernel * mask).sum(dim=(1, 2)) / mask.sum().clamp_min(1.0)
+
+
+class PreferenceObjective(nn.Module):
+    """``forward(z, category, theta, user_weight, realism_weight) -> (value, scores, image, realism)``.
+
+    Shapes: z (B,Dz), category (B,C), theta (U,K), user_weight (B,U), realism_weight (B,1) ->
+    value (B,), scores (B,U) = theta_u . Phi(G(z_b)), image (B,3,S,S), realism (B,) = D(G(z_b)).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, encoder: nn.Module) -> None:
+        super().__init__()
+        self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
+        self.eval()
+
+    def forward(self, z: torch.Tensor, category: torch.Tensor, theta: torch.Tensor, user_weight: torch.Tensor,
+                realism_weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pref, scores, image, realism, _ = preference_terms(
+            self.generator, self.discriminator, self.encoder, z, category, theta, user_weight, realism_weight
+        )
+        return pref, scores, image, realism
+
+
+class InversionObjective(nn.Module):
+    """``forward(z, category, target) -> (value, image)``; value (B,) = MSE + lambda * perceptual."""
+
+    def __init__(self, generator: nn.Module, perceptual: nn.Module,
+                 perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT) -> None:
+        super().__init__()
+        self.generator, self.perceptual = generator, perceptual
+        self.perceptual_weight = float(perceptual_weight)
+        self.eval()
+
+    def forward(self, z: torch.Tensor, category: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        image = self.generator(z, category)
+        mse = (image - target).pow(2).mean(dim=(1, 2, 3))
+        value = mse + self.perceptual_weight * self.perceptual(image, target).reshape(-1)
+        return value, image
+
+
+class ShiftObjective(nn.Module):
+    """GIGS shift objective: ``forward(base_z, shifts, category, theta, user_weight, weights)``.
+
+    Shapes: base_z (B,Dz), shifts (B,n,Dz), category (B,C), theta (U,K), user_weight (B,U),
+    weights (B,2) = (diversity_weight, realism_weight) -> value (B,), images (B,n,3,S,S),
+    pref (B,n) per-variant preference, diversity (B,) the (unweighted) penalty.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, encoder: nn.Module, *,
+                 sigma: float = DEFAULT_DIVERSITY_SIGMA, diversity_space: str = "phi") -> None:
+        super().__init__()
+        if diversity_space not in DIVERSITY_SPACES:
+            raise ValueError(f"diversity_space must be one of {DIVERSITY_SPACES}, got {diversity_space!r}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
+        self.sigma = float(sigma)
+        self.diversity_space = diversity_space
+        self.eval()
+
+    def forward(self, base_z: torch.Tensor, shifts: torch.Tensor, category: torch.Tensor, theta: torch.Tensor,
+                user_weight: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, n, dz = shifts.shape
+        z = (base_z.unsqueeze(1) + shifts).reshape(b * n, dz)
+
+        def rep(t: torch.Tensor) -> torch.Tensor:  # (B, X) -> (B*n, X), variant-major within a sample
+            return t.unsqueeze(1).expand(b, n, t.shape[1]).reshape(b * n, t.shape[1])
+
+        pref, _, image, _, phi = preference_terms(
+            self.generator, self.discriminator, self.encoder, z, rep(category), theta, rep(user_weight),
+            rep(weights[:, 1:2]),
+        )
+        if self.diversity_space == "phi":
+            feats = phi / torch.sqrt(phi.pow(2).sum(dim=1, keepdim=True) + _EPS)
+        else:
+            pooled = F.adaptive_avg_pool2d(image, 8)
+            feats = pooled.reshape(b * n, -1) / (pooled.shape[1] * 64) ** 0.5  # mean squared difference
+        div = diversity_penalty(feats.reshape(b, n, -1), self.sigma)
+        pref = pref.reshape(b, n)
+        value = pref.mean(dim=1) - weights[:, 0] * div
+        images = image.reshape(b, n, image.shape[1], image.shape[2], image.shape[3])
+        return value, images, pref, div

@@ -1,0 +1,278 @@
+"""Gradient models pref_grad / inv_grad / shift_grad: export, dynamic axes, float64 parity, properties.
+
+Small couturier networks at 32x32 (the GAN and DVBPR classes accept 32 or 64 px) with narrow widths.
+Weights are re-initialised with a non-trivial spread: at DCGAN init (N(0, 0.02)) the generator is
+almost constant in z and the gradient is ill-conditioned even for float32 torch autograd (~1e-2
+relative to float64), which would test the weights rather than the export. The check reports that
+float32-torch floor (``torch_float32_*``) next to the ONNX errors for this reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from torch import nn  # noqa: E402
+
+from couturier.export.grad_export import export_value_and_grad, value_and_grad  # noqa: E402
+from couturier.export.gradient_models import (  # noqa: E402
+    GRADIENT_MODELS,
+    IO,
+    check_gradient_models,
+    example_inputs,
+    export_gradient_models,
+    read_metadata,
+)
+from couturier.export.models.dvbpr import DvbprConfig, ItemEncoder  # noqa: E402
+from couturier.export.models.gan import Discriminator, GanConfig, Generator  # noqa: E402
+from couturier.export.models.perceptual import PerceptualDistance  # noqa: E402
+from couturier.export.objectives import (  # noqa: E402
+    InversionObjective,
+    PreferenceObjective,
+    ShiftObjective,
+    diversity_penalty,
+)
+from couturier.export.onnx_io import make_session, onnx_signature  # noqa: E402
+
+DZ, NCAT, K, S = 8, 3, 8, 32
+
+
+def _init(m: nn.Module, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    for mod in m.modules():
+        if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(mod.weight, 0.0, 0.25)
+            if mod.bias is not None:
+                nn.init.normal_(mod.bias, 0.0, 0.1)
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.3, 0.3)
+            mod.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(mod.weight, 0.5, 1.5)
+            nn.init.normal_(mod.bias, 0.0, 0.1)
+    return m.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def nets() -> dict[str, nn.Module]:
+    gc = GanConfig(image_size=S, z_dim=DZ, n_categories=NCAT, g_channels=(16, 8, 8), d_channels=(8, 8, 16))
+    enc = _init(ItemEncoder(DvbprConfig(n_users=4, image_size=S, k=K, channels=(8, 8, 8), hidden=16)), 3)
+    return {"generator": _init(Generator(gc), 1), "discriminator": _init(Discriminator(gc), 2),
+            "encoder": enc, "perceptual": PerceptualDistance(enc)}
+
+
+@pytest.fixture(scope="module")
+def paths(nets: dict[str, nn.Module], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return export_gradient_models(**nets, out_dir=tmp_path_factory.mktemp("grad_models"), n_shifts_example=3)
+
+
+@pytest.fixture(scope="module")
+def sessions(paths: dict[str, Path]) -> dict[str, object]:
+    return {name: make_session(p, threads=1) for name, p in paths.items()}
+
+
+def _dims() -> dict[str, int]:
+    return {"z_dim": DZ, "n_categories": NCAT, "k": K, "image_size": S, "channels": 3}
+
+
+def _run(sess: object, name: str, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    ins, outs = IO[name]
+    return dict(zip(outs, sess.run(list(outs), {k: inputs[k].numpy() for k in ins}), strict=True))
+
+
+def _double(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    import copy
+
+    return {k: copy.deepcopy(v).double().eval() for k, v in nets.items()}
+
+
+# --------------------------------------------------------------------------- files and signatures
+
+
+def test_files_signatures_and_metadata(paths: dict[str, Path]) -> None:
+    assert set(paths) == set(GRADIENT_MODELS)
+    for name, path in paths.items():
+        assert path.name == f"{name}.onnx"
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+        sig = onnx_signature(path)
+        assert sig.opset >= 18
+        assert tuple(sig.input_names) == IO[name][0] and tuple(sig.output_names) == IO[name][1]
+        meta = read_metadata(path)
+        assert meta["z_dim"] == str(DZ) and meta["image_size"] == str(S)
+    ins = {t.name: t.shape for t in onnx_signature(paths["pref_grad"]).inputs}
+    assert ins["theta"] == ("users", K) and ins["user_weight"] == ("batch", "users")
+    ins = {t.name: t.shape for t in onnx_signature(paths["shift_grad"]).inputs}
+    assert ins["shifts"] == ("batch", "shifts", DZ)
+    assert read_metadata(paths["inv_grad"])["perceptual_weight"] == "1.0"
+    assert read_metadata(paths["shift_grad"])["diversity_space"] == "phi"
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+@pytest.mark.parametrize("users", [1, 4])
+def test_dynamic_batch_users_and_aux_shapes(sessions: dict[str, object], batch: int, users: int) -> None:
+    out = _run(sessions["pref_grad"], "pref_grad", example_inputs("pref_grad", _dims(), batch=batch, n_users=users))
+    assert out["value"].shape == (batch,) and out["grad_z"].shape == (batch, DZ)
+    assert out["scores"].shape == (batch, users) and out["image"].shape == (batch, 3, S, S)
+    assert out["realism"].shape == (batch,)
+    assert np.abs(out["image"]).max() <= 1.0
+    for n in (1, 2, 5):
+        out = _run(sessions["shift_grad"], "shift_grad",
+                   example_inputs("shift_grad", _dims(), batch=batch, n_users=users, n_shifts=n))
+        assert out["value"].shape == (batch,) and out["grad_shifts"].shape == (batch, n, DZ)
+        assert out["images"].shape == (batch, n, 3, S, S) and out["pref"].shape == (batch, n)
+        assert out["diversity"].shape == (batch,)
+        if n == 1:
+            assert np.all(out["diversity"] == 0.0)
+    out = _run(sessions["inv_grad"], "inv_grad", example_inputs("inv_grad", _dims(), batch=batch))
+    assert out["value"].shape == (batch,) and out["grad_z"].shape == (batch, DZ)
+    assert out["image"].shape == (batch, 3, S, S) and np.all(out["value"] >= 0)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+def test_float64_parity_report(nets: dict[str, nn.Module], paths: dict[str, Path]) -> None:
+    report = check_gradient_models(**nets, paths=paths, batch=16, n_users=4, n_shifts=3, threads=1)
+    for name in GRADIENT_MODELS:
+        m = report["models"][name]
+        assert m["grad_rel_err_median"] < 1e-5, (name, m)
+        assert m["grad_rel_err_p99"] < 1e-3, (name, m)
+        assert m["value_rel_err"] < 1e-5, (name, m)
+
+
+def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict[str, object]) -> None:
+    """The ONNX gradient agrees with float64 central differences of the torch objective."""
+    n64 = _double(nets)
+    cases = {
+        "pref_grad": (PreferenceObjective(n64["generator"], n64["discriminator"], n64["encoder"]), "z", "grad_z"),
+        "inv_grad": (InversionObjective(n64["generator"], n64["perceptual"]), "z", "grad_z"),
+        "shift_grad": (ShiftObjective(n64["generator"], n64["discriminator"], n64["encoder"]), "shifts",
+                       "grad_shifts"),
+    }
+    g = torch.Generator().manual_seed(7)
+    for name, (obj, wrt, gname) in cases.items():
+        x = example_inputs(name, _dims(), batch=2, n_users=3, seed=11)
+        grad = _run(sessions[name], name, x)[gname][0].astype(np.float64)
+        x64 = {k: (v if k == "theta" else v[:1]).double() for k, v in x.items()}
+        ins = IO[name][0]
+        d = torch.randn(x64[wrt].shape, generator=g, dtype=torch.float64)
+        d = d / d.norm()
+        h = 1e-6  # small: the nets are piecewise linear (ReLU, LeakyReLU, MaxPool kinks)
+
+        def f(delta: torch.Tensor, obj: nn.Module = obj, wrt: str = wrt, ins: tuple = ins,
+              x64: dict = x64) -> float:
+            args = {**x64, wrt: x64[wrt] + delta}
+            with torch.no_grad():
+                return float(obj(*(args[k] for k in ins))[0][0])
+
+        fd = (f(h * d) - f(-h * d)) / (2 * h)
+        an = float((torch.as_tensor(grad) * d[0]).sum())
+        assert abs(fd - an) <= 1e-4 * max(1.0, abs(an)), (name, fd, an)
+
+
+# --------------------------------------------------------------------------- group objectives
+
+
+def test_mean_group_equals_one_user_with_mean_theta(sessions: dict[str, object]) -> None:
+    b, u = 5, 4
+    x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=3)
+    group = _run(sessions["pref_grad"], "pref_grad", {**x, "user_weight": torch.full((b, u), 1.0 / u)})
+    mean = _run(sessions["pref_grad"], "pref_grad",
+                {**x, "theta": x["theta"].mean(0, keepdim=True), "user_weight": torch.ones(b, 1)})
+    np.testing.assert_allclose(group["value"], mean["value"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(group["grad_z"], mean["grad_z"], rtol=1e-4, atol=1e-5 * np.abs(mean["grad_z"]).max())
+    np.testing.assert_allclose(group["scores"].mean(1), mean["scores"][:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_nonlinear_group_objective_by_chain_rule(nets: dict[str, nn.Module], sessions: dict[str, object]) -> None:
+    """F = mean_u sigmoid((s_u - tau_u)/T) - realism: user_weight = dF/ds from the scores output."""
+    b, u, temp = 4, 4, 2.0
+    x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=5)
+    first = _run(sessions["pref_grad"], "pref_grad", x)
+    s = torch.as_tensor(first["scores"], dtype=torch.float64)
+    tau = s.mean(0, keepdim=True)  # thresholds near the scores so the sigmoid is not saturated
+    sig = torch.sigmoid((s - tau) / temp)
+    w = (sig * (1 - sig) / (temp * u)).float()
+    got = _run(sessions["pref_grad"], "pref_grad", {**x, "user_weight": w})["grad_z"]
+
+    n64 = _double(nets)
+
+    def objective(z: torch.Tensor) -> torch.Tensor:
+        img = n64["generator"](z, x["category"].double())
+        scores = n64["encoder"](img) @ x["theta"].double().t()
+        d = n64["discriminator"](img, x["category"].double())
+        return torch.sigmoid((scores - tau) / temp).mean(1) - x["realism_weight"].double()[:, 0] * (d - 1) ** 2
+
+    ref = value_and_grad(objective, 0)(x["z"].double())[1].numpy()
+    rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert np.median(rel) < 1e-4, rel
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def test_diversity_penalty_values() -> None:
+    f = torch.randn(2, 4, 5, dtype=torch.float64)
+    same = f[:, :1].expand(2, 4, 5)
+    assert torch.allclose(diversity_penalty(same, 0.5), torch.ones(2, dtype=torch.float64))
+    assert torch.all(diversity_penalty(10 * f, 0.5) < 1e-3)
+    assert torch.all(diversity_penalty(f[:, :1], 0.5) == 0)
+
+
+def test_shift_diversity_lower_for_spread_shifts(sessions: dict[str, object]) -> None:
+    b, n = 3, 4
+    x = example_inputs("shift_grad", _dims(), batch=b, n_users=2, n_shifts=n, seed=9)
+    weights = x["weights"].clone()
+    same = _run(sessions["shift_grad"], "shift_grad", {**x, "shifts": torch.zeros(b, n, DZ), "weights": weights})
+    spread = 3.0 * torch.eye(DZ)[:n].expand(b, n, DZ).contiguous() * torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None]
+    far = _run(sessions["shift_grad"], "shift_grad", {**x, "shifts": spread, "weights": weights})
+    np.testing.assert_allclose(same["diversity"], 1.0, atol=1e-6)
+    assert np.all(far["diversity"] < same["diversity"] - 0.05), far["diversity"]
+    # with identical variants, the value is the preference of the base design minus the full penalty
+    np.testing.assert_allclose(same["value"], same["pref"].mean(1) - weights[:, 0].numpy(), rtol=1e-5, atol=1e-4)
+    # the diversity term's gradient pushes identical-but-perturbed shifts apart
+    eps = 1e-2 * torch.randn(b, n, DZ, generator=torch.Generator().manual_seed(0))
+    only_div = {**x, "shifts": eps, "weights": torch.tensor([[1.0, 0.0]]).expand(b, 2).contiguous(),
+                "user_weight": torch.zeros(b, 2)}
+    out = _run(sessions["shift_grad"], "shift_grad", only_div)
+    stepped = eps + 0.5 * torch.as_tensor(out["grad_shifts"])  # ascend value = -diversity
+    step = _run(sessions["shift_grad"], "shift_grad", {**only_div, "shifts": stepped})
+    assert np.all(step["diversity"] <= out["diversity"] + 1e-7)
+
+
+# --------------------------------------------------------------------------- export helper
+
+
+def test_value_and_grad_aux_outputs(tmp_path: Path) -> None:
+    def fn(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.tanh(x @ w)
+        return (y**2).sum(1), y
+
+    x, w = torch.randn(3, 4), torch.randn(4, 2)
+    value, grad, aux = value_and_grad(fn, 0)(x, w)
+    assert aux.shape == (3, 2) and grad.shape == x.shape and not aux.requires_grad
+    path = export_value_and_grad(fn, (x, w), tmp_path / "aux.onnx", wrt=0, input_names=["x", "w"],
+                                 output_names=["value", "grad_x", "y"], dynamic_axes={"w": {}})
+    out = make_session(path).run(None, {"x": x.numpy(), "w": w.numpy()})
+    np.testing.assert_allclose(out[2], aux.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out[1], grad.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="output names"):
+        export_value_and_grad(fn, (x, w), tmp_path / "bad.onnx", wrt=0, input_names=["x", "w"],
+                              output_names=["value", "grad_x"], dynamic_axes={"w": {}})
+
+
+@pytest.mark.slow
+def test_cost_measurement(nets: dict[str, nn.Module], paths: dict[str, Path]) -> None:
+    report = check_gradient_models(**nets, paths=paths, batch=8, measure_cost=True, cost_batch=8,
+                                   cost_repeats=10, threads=1)
+    for name in GRADIENT_MODELS:
+        m = report["models"][name]
+        assert m["grad_ms"] > 0 and m["forward_ms"] > 0
+        assert m["grad_over_forward"] < 10, m

@@ -1,0 +1,98 @@
+"""The whole model path at a tiny size: train -> ONNX export (parity) -> generated Triton repository
+-> every model served by the REAL local Triton, matching in-process onnxruntime."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from couturier.export.data.dataset import Profile, prepare
+from couturier.export.onnx_io import onnx_signature
+from couturier.export.pipeline import ExportedModels, export_all, publish_all, train_all
+from couturier.export.triton.environment import default_home
+from couturier.export.triton.local_server import LocalTriton
+from couturier.export.triton.repository import read_model_config
+from couturier.services.common import models as names
+from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
+
+pytestmark = pytest.mark.slow
+
+TINY_DATA = Profile("tiny", items_per_class=40, heldout_per_class=8, n_users=80)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportedModels, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    prepared = prepare(root / "data", TINY_DATA, progress=False)
+    runs = train_all(prepared, root / "runs", "tiny", progress=False)
+    models = export_all(runs.root)
+    repo = root / "repo"
+    publish_all(models.paths, repo)
+    return models, repo
+
+
+@pytest.fixture(scope="module")
+def triton(exported: tuple[ExportedModels, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    server = LocalTriton(tmp_path_factory.mktemp("triton-home"), env_dir=default_home() / "env", ready_timeout_s=90)
+    server.setup()
+    server.start(exported[1])
+    for model in exported[0].paths:
+        server.load(model)
+    yield server
+    server.stop()
+
+
+def test_every_network_is_exported_with_parity(exported: tuple[ExportedModels, Path]) -> None:
+    models, repo = exported
+    assert set(models.paths) == set(names.ALL_MODELS)
+    failed = {name: report for name, report in models.parity.items() if not report.get("ok")}
+    assert failed == {}
+    for name, path in models.paths.items():
+        signature = onnx_signature(path)
+        config = read_model_config(repo, name)
+        assert config.backend == "onnxruntime"
+        # Gradient models have their own leading axes (users, shifts): served unbatched.
+        assert (config.max_batch_size == 0) == (name in names.GRADIENT_MODELS)
+        assert config.HasField("dynamic_batching") == (name not in names.GRADIENT_MODELS)
+        assert [i.name for i in config.input] == [t.name for t in signature.inputs]
+        assert [o.name for o in config.output] == [t.name for t in signature.outputs]
+
+
+def _example_inputs(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs for a model from its ONNX signature (symbolic dims -> small sizes)."""
+    inputs: dict[str, np.ndarray] = {}
+    sizes = {"batch": 3, "users": 4, "n_shifts": 3}
+    for spec in onnx_signature(path).inputs:
+        shape = tuple(dim if isinstance(dim, int) and dim > 0 else sizes.get(str(dim), 5) for dim in spec.shape)
+        if spec.dtype.startswith("int"):
+            inputs[spec.name] = rng.integers(100, 2000, shape).astype(spec.dtype)
+        elif spec.name in ("category",):
+            inputs[spec.name] = np.eye(shape[-1], dtype=np.float32)[rng.integers(0, shape[-1], shape[0])]
+        else:
+            inputs[spec.name] = rng.uniform(-0.5, 0.5, shape).astype(spec.dtype)
+    if "attention_mask" in inputs:
+        inputs["attention_mask"] = np.ones_like(inputs["attention_mask"])
+    return inputs
+
+
+@pytest.mark.parametrize("model", names.ALL_MODELS)
+async def test_triton_serves_every_model_like_onnxruntime(
+    exported: tuple[ExportedModels, Path], triton: LocalTriton, model: str
+) -> None:
+    models, repo = exported
+    inputs = _example_inputs(models.paths[model], np.random.default_rng(7))
+    remote = TritonBackend(triton.grpc_url, timeout_s=60)
+    local = OnnxRuntimeBackend(repo)
+    try:
+        served, expected = await asyncio.gather(remote.infer(model, inputs), local.infer(model, inputs))
+    finally:
+        await remote.close()
+        await local.close()
+    assert set(served) == set(expected)
+    for output, value in expected.items():
+        assert served[output].shape == value.shape, output
+        np.testing.assert_allclose(served[output], value, rtol=1e-4, atol=1e-5, err_msg=f"{model}.{output}")
