@@ -25,12 +25,16 @@ TINY_DATA = Profile("tiny", items_per_class=40, heldout_per_class=8, n_users=80)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ExportedModels, Path]:
-    root = tmp_path_factory.mktemp("pipeline")
-    prepared = prepare(root / "data", TINY_DATA, progress=False)
-    runs = train_all(prepared, root / "runs", "tiny", progress=False)
+def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline_root: Path) -> tuple[ExportedModels, Path]:
+    prepared = prepare(pipeline_root / "data", TINY_DATA, progress=False)
+    runs = train_all(prepared, pipeline_root / "runs", "tiny", progress=False)
     models = export_all(runs.root)
-    repo = root / "repo"
+    repo = pipeline_root / "repo"
     publish_all(models.paths, repo)
     return models, repo
 
@@ -96,3 +100,19 @@ async def test_triton_serves_every_model_like_onnxruntime(
     for output, value in expected.items():
         assert served[output].shape == value.shape, output
         np.testing.assert_allclose(served[output], value, rtol=1e-4, atol=1e-5, err_msg=f"{model}.{output}")
+
+
+def test_eval_report_collects_every_stage(exported: tuple[ExportedModels, Path], pipeline_root: Path) -> None:
+    from couturier.export.data.dataset import load_prepared
+    from couturier.export.report import write_report
+    from couturier.export.training.retrieval_eval import run_retrieval_eval
+
+    root = pipeline_root / "runs" / "tiny"
+    run_retrieval_eval(load_prepared(pipeline_root / "data"), root / "infogan", root / "retrieval", methods=("infogan_d", "pixels"))
+    markdown = write_report(root).read_text()
+    assert "SIMULATED" in markdown
+    assert "**Not run**" not in markdown
+    for needle in ("| dvbpr |", "| bpr_mf |", "| popularity |", "| infogan_d |", "| pixels |", "| synthetic_image |",
+                   "| image_only |", "| pref_grad | yes |", "| generator | yes |", "gan_samples.png"):
+        assert needle in markdown, needle
+    assert (root / "report" / "eval_report.html").read_text().count("<table>") >= 5
