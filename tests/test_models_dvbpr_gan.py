@@ -25,7 +25,7 @@ from couturier.export.training.baselines import popularity_scorer
 from couturier.export.training.bpr_sampler import BprSampler
 from couturier.export.training.common import images_to_tensor
 from couturier.export.training.rec_eval import evaluate_scorer, sample_negatives, sampled_auc
-from couturier.export.training.rec_profiles import dvbpr_profile, gan_profile
+from couturier.export.training.profiles import dvbpr_profile, gan_profile
 from couturier.export.training.train_dvbpr import load_dvbpr, train_dvbpr
 from couturier.export.training.train_gan import load_gan, train_gan
 

@@ -86,8 +86,9 @@ def synthetic_prepared(n: int = 120, n_heldout: int = 40, size: int = 16, n_colo
                        seed: int = 0) -> SimplePrepared:
     """Tiny random stand-in: blobs whose shape depends on fm_class and tint on colour."""
     rng = np.random.default_rng(seed)
+    from couturier.export.data.catalogue import FM_CLASS_TO_CATEGORY as cat_of
+
     palette = rng.integers(0, 200, size=(n_colours, 3))
-    cat_of = np.array([0, 2, 0, 3, 1, 4, 0, 4, 5, 4])
 
     def make(m: int, offset: int) -> SimpleCatalogue:
         fm = rng.integers(0, 10, m)

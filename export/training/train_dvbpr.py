@@ -40,7 +40,7 @@ from couturier.export.training.rec_eval import (
     oracle_scorer,
     sample_negatives,
 )
-from couturier.export.training.rec_profiles import DvbprProfile, dvbpr_profile
+from couturier.export.training.profiles import DvbprProfile, dvbpr_profile
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -39,7 +39,7 @@ from couturier.export.training.common import (
     write_json,
 )
 from couturier.export.training.plots import draw_curves, image_grid
-from couturier.export.training.rec_profiles import GanProfile, gan_profile
+from couturier.export.training.profiles import GanProfile, gan_profile
 
 CHECKPOINT = "checkpoint.pt"
 _CATEGORY_NAMES = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
