@@ -21,12 +21,21 @@ def _prepared(data_dir: Path | None, profile: str):  # type: ignore[no-untyped-d
     return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
 
 
-def train(profile: ProfileOpt = "demo", runs: RunsOpt = Path("runs"), data_dir: DataDirOpt = None) -> None:
+def train(
+    profile: ProfileOpt = "demo",
+    runs: RunsOpt = Path("runs"),
+    data_dir: DataDirOpt = None,
+    only: Annotated[Optional[list[str]], typer.Option(help="Train only these: dvbpr, gan, infogan, synthtriplet.")] = None,
+) -> None:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet."""
-    from couturier.export.pipeline import train_all
+    from couturier.export.pipeline import NETWORKS, train_all
 
     started = time.perf_counter()
-    result = train_all(_prepared(data_dir, profile), runs, profile)
+    try:
+        result = train_all(_prepared(data_dir, profile), runs, profile, only=tuple(only or NETWORKS))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
     typer.echo(f"trained into {result.root} in {time.perf_counter() - started:.0f} s: {json.dumps(result.wall_s)}")
 
 

@@ -54,8 +54,19 @@ def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return profile, {}
 
 
-def train_all(prepared: Any, runs_dir: Path, profile: str = "demo", *, progress: bool = True) -> TrainedRuns:
-    """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet, in that order."""
+NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
+
+
+def train_all(
+    prepared: Any, runs_dir: Path, profile: str = "demo", *, progress: bool = True, only: tuple[str, ...] = NETWORKS
+) -> TrainedRuns:
+    """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet, in that order.
+
+    ``only`` trains a subset (SynthTriplet needs a trained InfoGAN in the same run folder).
+    """
+    unknown = set(only) - set(NETWORKS)
+    if unknown:
+        raise ValueError(f"unknown networks {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
     from couturier.export.training.train_dvbpr import train_dvbpr
     from couturier.export.training.train_gan import train_gan
     from couturier.export.training.train_infogan import train_infogan
@@ -75,11 +86,14 @@ def train_all(prepared: Any, runs_dir: Path, profile: str = "demo", *, progress:
         ),
     ]
     for name, stage in stages:
+        if name not in only:
+            continue
         started = time.perf_counter()
         result = stage()
         runs.wall_s[name] = round(time.perf_counter() - started, 1)
         runs.metrics[name] = _metrics_of(result)
-    _save_user_vectors(prepared, runs)
+    if "dvbpr" in only:
+        _save_user_vectors(prepared, runs)
     (runs.root / "training_summary.json").write_text(
         json.dumps({"profile": profile, "wall_s": runs.wall_s, "total_wall_s": sum(runs.wall_s.values())}, indent=2)
     )

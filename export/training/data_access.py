@@ -8,7 +8,6 @@ tests can pass synthetic stand-ins (:func:`synthetic_prepared`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,19 +55,6 @@ def subset(cat: CatalogueLike, index: np.ndarray) -> SimpleCatalogue:
     """Rows ``index`` of a catalogue as a :class:`SimpleCatalogue`."""
     return SimpleCatalogue(*(np.asarray(getattr(cat, f))[index] for f in
                              ("product_ids", "images", "category", "fm_class", "colour")))
-
-
-def load_prepared_data(data_dir: Path | None = None, profile: str = "demo") -> Any:
-    """Load the prepared data under ``data_dir`` (default data dir), preparing it if missing."""
-    from couturier.export.data import dataset
-    from couturier.export.data.errors import NotPreparedError
-    from couturier.export.data.paths import default_data_dir
-
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    try:
-        return dataset.load_prepared(data_dir)
-    except NotPreparedError:
-        return dataset.prepare(data_dir, profile=profile)
 
 
 def colour_names(prepared: Any) -> tuple[str, ...]:

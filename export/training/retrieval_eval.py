@@ -9,7 +9,7 @@ pixels and EfficientNet-Lite0 ImageNet features.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,43 +151,4 @@ def run_retrieval_eval(prepared: Any, infogan_run_dir: Path, out_dir: Path,
     return summary
 
 
-def format_table(summary: Mapping[str, Any]) -> str:
-    """Markdown table of the main numbers of :func:`run_retrieval_eval`."""
-    rows = ["| method | dim | " + " | ".join(f"{a} p@{k}" for a in ATTRIBUTES for k in KS) + " | search ms | encode ms |",
-            "|---" * (4 + len(ATTRIBUTES) * len(KS)) + "|"]
-    for name, r in summary["methods"].items():
-        cells = [f"{r['precision'][a][f'p@{k}']:.3f}" for a in ATTRIBUTES for k in KS]
-        rows.append(f"| {name} | {r['dim']} | " + " | ".join(cells)
-                    + f" | {r['search_ms_per_query_median']:.3f} | {r['encode_ms_per_image_median']:.2f} |")
-    return "\n".join(rows)
-
-
-#: EfficientNet-Lite0 input side per profile: 224 px is its native size; the CPU demo uses 112 px
-#: (4x fewer FLOPs) for the 32 px catalogue images, which are upsampled either way.
 EFFNET_INPUT = {"demo": 112, "full": 224}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m couturier.export.training.retrieval_eval [--profile demo] [--data-dir D] [--runs runs]``."""
-    import argparse
-
-    from couturier.export.training.data_access import load_prepared_data
-
-    p = argparse.ArgumentParser(description="Image retrieval: InfoGAN-D vs pixels vs EfficientNet-Lite0")
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--effnet-input", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args(argv)
-    prepared = load_prepared_data(a.data_dir, a.profile)
-    base = a.runs / a.profile
-    summary = run_retrieval_eval(prepared, base / "infogan", base / "retrieval",
-                                 effnet_input=a.effnet_input or EFFNET_INPUT.get(a.profile, 224), threads=a.threads)
-    table = format_table(summary)
-    (base / "retrieval" / "table.md").write_text(table + "\n")
-    print(table)
-
-
-if __name__ == "__main__":
-    main()

@@ -164,27 +164,3 @@ def load_dvbpr(run_dir: Path | str) -> Dvbpr:
     model = Dvbpr(DvbprConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m couturier.export.training.train_dvbpr [--profile demo] [--data-dir D] [--runs runs]``."""
-    import argparse
-
-    from couturier.export.training.data_access import load_prepared_data
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--epochs", type=int, default=None)
-    a = p.parse_args(argv)
-    prepared = load_prepared_data(a.data_dir, a.profile)
-    res = train_dvbpr(prepared, a.runs / a.profile / "dvbpr", a.profile, **({"epochs": a.epochs} if a.epochs else {}))
-    for name, m in res.metrics["test_auc"].items():
-        print(f"{name:18s} sampled {m['sampled_auc']:.4f} full {m['full_auc']:.4f} "
-              f"cold sampled {m['sampled_auc_cold']:.4f} cold full {m['full_auc_cold']:.4f}")
-    print(f"train wall {res.metrics['train_wall_s']} s, best epoch {res.metrics['best_epoch']}")
-
-
-if __name__ == "__main__":
-    main()

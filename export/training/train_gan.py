@@ -164,25 +164,3 @@ def load_gan(run_dir: Path | str) -> tuple[Generator, Discriminator]:
     G.load_state_dict(ckpt["generator"])
     D.load_state_dict(ckpt["discriminator"])
     return G.eval(), D.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m couturier.export.training.train_gan [--profile demo] [--data-dir D] [--runs runs]``."""
-    import argparse
-
-    from couturier.export.training.data_access import load_prepared_data
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--steps", type=int, default=None)
-    a = p.parse_args(argv)
-    prepared = load_prepared_data(a.data_dir, a.profile)
-    res = train_gan(prepared, a.runs / a.profile / "gan", a.profile, **({"steps": a.steps} if a.steps else {}))
-    m = res.metrics
-    print({k: m[k] for k in ("steps_done", "train_wall_s", "s_per_step", "final", "category_consistency_1nn")})
-
-
-if __name__ == "__main__":
-    main()

@@ -162,25 +162,3 @@ def load_infogan(run_dir: Path) -> InfoGAN:
     gan.generator.eval(), gan.discriminator.eval()
     gan.extras = {"profile": ckpt.get("profile"), "step": ckpt.get("step")}
     return gan
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m couturier.export.training.train_infogan [--profile demo] [--data-dir D] [--runs runs]``."""
-    import argparse
-
-    from couturier.export.training.data_access import load_prepared_data
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--steps", type=int, default=None)
-    a = p.parse_args(argv)
-    over = {"steps": a.steps} if a.steps else {}
-    prepared = load_prepared_data(a.data_dir, a.profile)
-    m = train_infogan(prepared, a.runs / a.profile / "infogan", a.profile, **over)
-    print({k: m[k] for k in ("steps_done", "train_wall_s", "q_code_purity_vs_fm_class", "retrieval_precision")})
-
-
-if __name__ == "__main__":
-    main()

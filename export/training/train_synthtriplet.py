@@ -206,26 +206,3 @@ def load_synthtriplet(run_dir: Path) -> tuple[QueryGenerator, SynthTripletConfig
     G = QueryGenerator(cfg)
     G.load_state_dict(ckpt["generator"])
     return G.eval(), cfg, {k: ckpt.get(k) for k in ("profile", "step", "infogan_run_dir")}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m couturier.export.training.train_synthtriplet [--profile demo] [--data-dir D] [--runs runs]``."""
-    import argparse
-
-    from couturier.export.training.data_access import load_prepared_data
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--profile", default="demo")
-    p.add_argument("--data-dir", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=Path("runs"))
-    p.add_argument("--steps", type=int, default=None)
-    a = p.parse_args(argv)
-    prepared = load_prepared_data(a.data_dir, a.profile)
-    over = {"steps": a.steps} if a.steps else {}
-    base = a.runs / a.profile
-    m = train_synthtriplet(prepared, base / "synthtriplet", base / "infogan", a.profile, **over)
-    print({k: m[k] for k in ("steps_done", "train_wall_s", "recall", "attribute_p@10")})
-
-
-if __name__ == "__main__":
-    main()
