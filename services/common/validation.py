@@ -75,8 +75,8 @@ def audience_users(audience: common_pb2.Audience, field: str = "audience") -> li
     return users
 
 
-def item_source(item: common_pb2.ItemSource, category: str, field: str = "item") -> None:
-    """An item is a product id or an image; an image needs its category."""
+def item_source(item: common_pb2.ItemSource, field: str = "item") -> str:
+    """An item is a product id or a readable image; returns which ("product_id" or "image")."""
     from couturier.services.common.images import decode_image
 
     kind = item.WhichOneof("source")
@@ -86,5 +86,10 @@ def item_source(item: common_pb2.ItemSource, category: str, field: str = "item")
         require_id(item.product_id, f"{field}.product_id")
     else:
         decode_image(item.image.data, f"{field}.image")
-        if not category:
-            raise InvalidInput(f"category is required with an uploaded {field}.image")
+    return kind
+
+
+def categorised_item(item: common_pb2.ItemSource, category: str, field: str = "item") -> None:
+    """An item whose category must be known: a product carries its own, an uploaded image needs one."""
+    if item_source(item, field) == "image" and not category:
+        raise InvalidInput(f"category is required with an uploaded {field}.image")

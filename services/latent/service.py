@@ -12,12 +12,12 @@ from couturier.services.common.errors import NotYetImplemented
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
     audience_users,
+    categorised_item,
     float_in_range,
     int_in_range,
-    item_source,
     require_id,
 )
-from couturier.v1 import common_pb2, latent_pb2, latent_pb2_grpc
+from couturier.v1 import latent_pb2, latent_pb2_grpc
 
 SERVICE_NAME = latent_pb2.DESCRIPTOR.services_by_name["LatentOptimizationService"].full_name
 _MISSING = "needs the generator and gradient models, which this build does not serve yet"
@@ -35,10 +35,6 @@ def validate_inversion(params: latent_pb2.InversionParams, field: str = "inversi
     int_in_range(params.restarts, 1, limits.MAX_RESTARTS, f"{field}.restarts", default=4)
 
 
-def category_for(item: common_pb2.ItemSource, category: str) -> str:
-    return category if item.WhichOneof("source") == "image" else "from-catalogue"
-
-
 class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     async def Design(self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext) -> latent_pb2.DesignResponse:  # noqa: N802
         audience_users(request.audience)
@@ -50,7 +46,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
 
     async def Alter(self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[latent_pb2.AlterProgress]:  # noqa: N802
         audience_users(request.audience)
-        item_source(request.item, category_for(request.item, request.category))
+        categorised_item(request.item, request.category)
         validate_inversion(request.inversion)
         validate_optimizer(request.optimizer)
         int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
@@ -58,7 +54,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         yield latent_pb2.AlterProgress()  # pragma: no cover - makes this an async generator
 
     async def SellerShifts(self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext) -> latent_pb2.SellerShiftsResponse:  # noqa: N802
-        item_source(request.item, category_for(request.item, request.category))
+        categorised_item(request.item, request.category)
         audience_users(request.audience)
         int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=6)
         float_in_range(request.radius, 0.0, limits.MAX_RADIUS, "radius", default=0.5, low_inclusive=False)

@@ -20,7 +20,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         audience_users(request.audience)
         int_in_range(len(request.items), 1, limits.MAX_SCORE_ITEMS, "number of items")
         for index, item in enumerate(request.items):
-            item_source(item, category="any", field=f"items[{index}]")
+            item_source(item, f"items[{index}]")
         raise NotYetImplemented(f"ScoreItems {_MISSING}")
 
     async def Recommend(self, request: scoring_pb2.RecommendRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.RecommendResponse:  # noqa: N802
