@@ -88,6 +88,17 @@ class TritonEnvironment:
         ]
 
 
+def _environment(env_dir: Path, probe: dict[str, str]) -> TritonEnvironment:
+    """The environment described by the probe's answer (also what the marker file stores)."""
+    return TritonEnvironment(
+        env_dir=env_dir,
+        python_version=probe["python_version"],
+        libdir=Path(probe["libdir"]),
+        site_packages=Path(probe["site_packages"]),
+        numpy_version=probe["numpy"],
+    )
+
+
 def _from_marker(env_dir: Path) -> TritonEnvironment | None:
     marker = env_dir / MARKER
     try:
@@ -96,13 +107,7 @@ def _from_marker(env_dir: Path) -> TritonEnvironment | None:
         return None
     if data.get("requirements") != list(REQUIREMENTS):
         return None
-    env = TritonEnvironment(
-        env_dir=env_dir,
-        python_version=data["python_version"],
-        libdir=Path(data["libdir"]),
-        site_packages=Path(data["site_packages"]),
-        numpy_version=data["numpy"],
-    )
+    env = _environment(env_dir, data)
     if not (env_dir / "bin" / "python").exists() or not all(p.exists() for p in env.required_files()):
         return None
     return env
@@ -136,13 +141,7 @@ def ensure_environment(env_dir: str | Path, *, base_python: str | None = None) -
         raise EnvironmentSetupError(
             f"{env_dir} has numpy {data['numpy']}; the Python-backend stub needs numpy < 2 (outputs come back empty)"
         )
-    env = TritonEnvironment(
-        env_dir=env_dir,
-        python_version=data["python_version"],
-        libdir=Path(data["libdir"]),
-        site_packages=Path(data["site_packages"]),
-        numpy_version=data["numpy"],
-    )
+    env = _environment(env_dir, data)
     missing = [str(p) for p in env.required_files() if not p.exists()]
     if missing:
         raise EnvironmentSetupError(
