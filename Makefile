@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 # Regenerate the gRPC stubs after editing protos/ (an install does it too).
 protos: python-deps
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-deps -e .
 
 demo: setup
 	$(BIN)/couturier demo

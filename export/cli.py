@@ -44,14 +44,20 @@ def export(
     runs: RunsOpt = Path("runs"),
     repo: RepoOpt = Path("var/model_repository"),
     kind: Annotated[str, typer.Option(help="KIND_CPU (local) or KIND_GPU (production Triton).")] = "KIND_CPU",
+    user_vectors: Annotated[
+        Path, typer.Option(help="Where the scoring service reads user vectors (item_encoder_v<N>.npz).")
+    ] = Path("var/user_vectors"),
 ) -> None:
     """Export every trained network and the gradient models to ONNX, check parity, publish new versions."""
-    from couturier.export.pipeline import export_all, publish_all
+    from couturier.export.pipeline import export_all, publish_all, publish_user_vectors
+    from couturier.services.common.models import ITEM_ENCODER
 
     exported = export_all(runs / profile)
     failed = [name for name, report in exported.parity.items() if not report.get("ok")]
     versions = publish_all(exported.paths, repo, kind=kind)
     typer.echo(f"published into {repo}: " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
+    vectors = publish_user_vectors(runs / profile, versions[ITEM_ENCODER], user_vectors)
+    typer.echo(f"user vectors for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}: {vectors}")
     if failed:
         typer.echo(f"error: parity check failed for {', '.join(failed)}; see {runs / profile / 'onnx' / 'parity.json'}", err=True)
         raise typer.Exit(code=1)

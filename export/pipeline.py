@@ -14,6 +14,7 @@ The model repository (default ``var/model_repository``) gets one numbered versio
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -114,16 +115,46 @@ def _metrics_of(result: Any) -> dict[str, Any]:
 
 
 def _save_user_vectors(prepared: Any, runs: TrainedRuns) -> Path:
+    """The scoring service's user table: theta per user, the training purchases, the mean item vector.
+
+    ``item_mean`` (mean Phi over the training catalogue) is what the service folds a new user in
+    against: the first BPR step from theta = 0 moves along mean(Phi liked) - mean(Phi catalogue).
+    """
+    from couturier.export.training.common import images_to_tensor
     from couturier.export.training.train_dvbpr import load_dvbpr
 
     model = load_dvbpr(runs.dir("dvbpr"))
+    encoder = model.encoder.eval()
+    images = prepared.catalogue.images
+    total = None
+    with torch.no_grad():
+        for start in range(0, len(images), 512):
+            phi = encoder(images_to_tensor(images[start : start + 512])).double().sum(dim=0)
+            total = phi if total is None else total + phi
+    item_mean = (total / max(len(images), 1)).float().numpy() if total is not None else np.zeros(0, np.float32)
+    purchases = prepared.interactions.train
+    product_ids = np.asarray(prepared.catalogue.product_ids)
     path = runs.root / "user_vectors.npz"
     np.savez(
         path,
         user_ids=np.asarray(prepared.interactions.user_ids),
         theta=model.theta.detach().cpu().numpy().astype(np.float32),
+        purchased_indptr=np.concatenate([[0], np.cumsum([len(p) for p in purchases])]).astype(np.int64),
+        purchased_product_ids=product_ids[np.concatenate(purchases)] if purchases else np.zeros(0, str),
+        item_mean=item_mean.astype(np.float32),
     )
     return path
+
+
+def publish_user_vectors(runs_root: Path, item_encoder_version: str, user_vectors_dir: Path) -> Path:
+    """Copy ``user_vectors.npz`` to ``<dir>/item_encoder_v<N>.npz``: user vectors belong to one encoder version."""
+    source = Path(runs_root) / "user_vectors.npz"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing; train DVBPR first (couturier train --only dvbpr)")
+    target = Path(user_vectors_dir) / f"{names.ITEM_ENCODER}_v{item_encoder_version}.npz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
 
 
 # --- export -----------------------------------------------------------------------------------
@@ -247,4 +278,7 @@ def publish_all(paths: Mapping[str, Path], repo_dir: Path, *, kind: str = "KIND_
     for name, path in paths.items():
         published = publish_model(repo_dir, name, path, kind=kind, batched=name not in names.GRADIENT_MODELS)
         versions[name] = str(published.version)
+        tokenizer = Path(path).parent / "tokenizer.json"
+        if name == names.TEXT_ENCODER and tokenizer.is_file():  # the retrieval service tokenises with it
+            shutil.copyfile(tokenizer, Path(repo_dir) / name / "tokenizer.json")
     return versions

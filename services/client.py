@@ -1,4 +1,12 @@
-"""Python client helpers for callers and operators: health, reflection and diagnostics over gRPC."""
+"""Python client for callers and operators: the couturier services, health, reflection, diagnostics.
+
+    async with CouturierClient("orchestrator:50050") as client:
+        shop = await client.orchestrator.DesignAndShop(request, timeout=60)
+
+``CouturierClient`` holds one channel per service (round-robin over every address a target resolves
+to) and the generated stubs; :func:`product_batches` turns (product, image bytes) pairs into the
+``IndexProductsRequest`` stream that ``IndexCatalogue`` / ``IndexProducts`` take.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,105 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from couturier.v1 import diagnostics_pb2, diagnostics_pb2_grpc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from couturier.services.common import limits
+from couturier.services.common.downstream import open_channel
+from couturier.v1 import (
+    catalogue_pb2,
+    common_pb2,
+    diagnostics_pb2,
+    diagnostics_pb2_grpc,
+    latent_pb2_grpc,
+    orchestrator_pb2_grpc,
+    retrieval_pb2_grpc,
+    scoring_pb2_grpc,
+)
+
+#: Client-side message limit (the services accept 16 MiB by default).
+CLIENT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class CouturierClient:
+    """Stubs of every couturier service; give the targets of the services you call."""
+
+    orchestrator_target: str = ""
+    scoring_target: str = ""
+    latent_target: str = ""
+    retrieval_target: str = ""
+    _channels: list[grpc.aio.Channel] = field(default_factory=list, init=False, repr=False)
+
+    def _channel(self, target: str, name: str) -> grpc.aio.Channel:
+        if not target:
+            raise ValueError(f"no target given for the {name} service")
+        channel = open_channel(target, CLIENT_MAX_MESSAGE_BYTES)
+        self._channels.append(channel)
+        return channel
+
+    def __post_init__(self) -> None:
+        targets = {
+            "orchestrator": self.orchestrator_target,
+            "scoring": self.scoring_target,
+            "latent": self.latent_target,
+            "retrieval": self.retrieval_target,
+        }
+        stubs = {
+            "orchestrator": orchestrator_pb2_grpc.OrchestratorServiceStub,
+            "scoring": scoring_pb2_grpc.ScoringServiceStub,
+            "latent": latent_pb2_grpc.LatentOptimizationServiceStub,
+            "retrieval": retrieval_pb2_grpc.VisualRetrievalServiceStub,
+        }
+        for name, target in targets.items():
+            setattr(self, f"_{name}", stubs[name](self._channel(target, name)) if target else None)
+
+    def _stub(self, name: str):  # type: ignore[no-untyped-def]
+        stub = getattr(self, f"_{name}")
+        if stub is None:
+            raise ValueError(f"CouturierClient was created without {name}_target")
+        return stub
+
+    @property
+    def orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
+        return self._stub("orchestrator")
+
+    @property
+    def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
+        return self._stub("scoring")
+
+    @property
+    def latent(self) -> latent_pb2_grpc.LatentOptimizationServiceStub:
+        return self._stub("latent")
+
+    @property
+    def retrieval(self) -> retrieval_pb2_grpc.VisualRetrievalServiceStub:
+        return self._stub("retrieval")
+
+    async def close(self) -> None:
+        await asyncio.gather(*(channel.close() for channel in self._channels))
+
+    async def __aenter__(self) -> CouturierClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def product_batches(
+    products: Iterable[tuple[common_pb2.Product, bytes]], batch_size: int = 256, encoder_version: str = ""
+) -> Iterator[catalogue_pb2.IndexProductsRequest]:
+    """(product, encoded image) pairs -> IndexProductsRequest messages of at most ``batch_size`` products."""
+    if not 1 <= batch_size <= limits.MAX_INDEX_BATCH:
+        raise ValueError(f"batch_size must be 1-{limits.MAX_INDEX_BATCH}")
+    batch = catalogue_pb2.IndexProductsRequest(encoder_version=encoder_version)
+    for product, image in products:
+        batch.products.add(product=product, image=common_pb2.ImagePayload(data=image, mime_type="image/png"))
+        if len(batch.products) == batch_size:
+            yield batch
+            batch = catalogue_pb2.IndexProductsRequest(encoder_version=encoder_version)
+    if batch.products:
+        yield batch
 
 
 def serving_status_name(status: int) -> str:

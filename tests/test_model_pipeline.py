@@ -10,52 +10,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from couturier.export.data.dataset import Profile, prepare
 from couturier.export.onnx_io import onnx_signature
-from couturier.export.pipeline import ExportedModels, export_all, publish_all, train_all
 from couturier.export.triton.environment import default_home
 from couturier.export.triton.local_server import LocalTriton
 from couturier.export.triton.repository import read_model_config
 from couturier.services.common import models as names
 from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
+from conftest import TrainedModels
 
 pytestmark = pytest.mark.slow
 
-TINY_DATA = Profile("tiny", items_per_class=40, heldout_per_class=8, n_users=80)
-
 
 @pytest.fixture(scope="module")
-def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pipeline")
-
-
-@pytest.fixture(scope="module")
-def exported(pipeline_root: Path) -> tuple[ExportedModels, Path]:
-    prepared = prepare(pipeline_root / "data", TINY_DATA, progress=False)
-    runs = train_all(prepared, pipeline_root / "runs", "tiny", progress=False)
-    models = export_all(runs.root)
-    repo = pipeline_root / "repo"
-    publish_all(models.paths, repo)
-    return models, repo
-
-
-@pytest.fixture(scope="module")
-def triton(exported: tuple[ExportedModels, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+def triton(trained_models: TrainedModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
     server = LocalTriton(tmp_path_factory.mktemp("triton-home"), env_dir=default_home() / "env", ready_timeout_s=90)
     server.setup()
-    server.start(exported[1])
-    for model in exported[0].paths:
+    server.start(trained_models.repo_dir)
+    for model in trained_models.onnx:
         server.load(model)
     yield server
     server.stop()
 
 
-def test_every_network_is_exported_with_parity(exported: tuple[ExportedModels, Path]) -> None:
-    models, repo = exported
-    assert set(models.paths) == set(names.ALL_MODELS)
-    failed = {name: report for name, report in models.parity.items() if not report.get("ok")}
+def test_every_network_is_exported_with_parity(trained_models: TrainedModels) -> None:
+    repo = trained_models.repo_dir
+    assert set(trained_models.onnx) == set(names.ALL_MODELS)
+    failed = {name: report for name, report in trained_models.parity.items() if not report.get("ok")}
     assert failed == {}
-    for name, path in models.paths.items():
+    for name, path in trained_models.onnx.items():
         signature = onnx_signature(path)
         config = read_model_config(repo, name)
         assert config.backend == "onnxruntime"
@@ -85,12 +67,11 @@ def _example_inputs(path: Path, rng: np.random.Generator) -> dict[str, np.ndarra
 
 @pytest.mark.parametrize("model", names.ALL_MODELS)
 async def test_triton_serves_every_model_like_onnxruntime(
-    exported: tuple[ExportedModels, Path], triton: LocalTriton, model: str
+    trained_models: TrainedModels, triton: LocalTriton, model: str
 ) -> None:
-    models, repo = exported
-    inputs = _example_inputs(models.paths[model], np.random.default_rng(7))
+    inputs = _example_inputs(trained_models.onnx[model], np.random.default_rng(7))
     remote = TritonBackend(triton.grpc_url, timeout_s=60)
-    local = OnnxRuntimeBackend(repo)
+    local = OnnxRuntimeBackend(trained_models.repo_dir)
     try:
         served, expected = await asyncio.gather(remote.infer(model, inputs), local.infer(model, inputs))
     finally:
@@ -102,13 +83,13 @@ async def test_triton_serves_every_model_like_onnxruntime(
         np.testing.assert_allclose(served[output], value, rtol=1e-4, atol=1e-5, err_msg=f"{model}.{output}")
 
 
-def test_eval_report_collects_every_stage(exported: tuple[ExportedModels, Path], pipeline_root: Path) -> None:
+def test_eval_report_collects_every_stage(trained_models: TrainedModels) -> None:
     from couturier.export.data.dataset import load_prepared
     from couturier.export.report import write_report
     from couturier.export.training.retrieval_eval import run_retrieval_eval
 
-    root = pipeline_root / "runs" / "tiny"
-    run_retrieval_eval(load_prepared(pipeline_root / "data"), root / "infogan", root / "retrieval", methods=("infogan_d", "pixels"))
+    root = trained_models.runs_root  # adds retrieval/ and report/ to the session's run folder
+    run_retrieval_eval(load_prepared(trained_models.data_dir), root / "infogan", root / "retrieval", methods=("infogan_d", "pixels"))
     markdown = write_report(root).read_text()
     assert "SIMULATED" in markdown
     assert "**Not run**" not in markdown

@@ -34,8 +34,10 @@ from tqdm import tqdm
 
 from couturier.export.data.errors import DataFormatError, NotPreparedError
 from couturier.export.data.fashion_mnist import FM_CLASSES, FashionMNIST
+from couturier.services.common.models import CATEGORIES as MODEL_CATEGORIES
 
-CATEGORIES: tuple[str, ...] = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
+#: Category groups; the order is the generator's one-hot order (defined once, in services.common.models).
+CATEGORIES: tuple[str, ...] = MODEL_CATEGORIES
 
 #: Fashion-MNIST class index -> category index (into :data:`CATEGORIES`).
 FM_CLASS_TO_CATEGORY: np.ndarray = np.array([0, 2, 1, 3, 1, 4, 0, 4, 5, 4], dtype=np.int64)

@@ -7,11 +7,14 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from couturier.export.triton.errors import TritonError
+
+if TYPE_CHECKING:
+    from couturier.export.triton.rollout import RolloutResult
 
 triton_app = typer.Typer(
     name="triton",
@@ -172,3 +175,95 @@ def swap(
     except TritonError as exc:
         _fail(exc)
     typer.echo(f"{name}: serving version {result.current} (was {list(result.previous)}) in {result.seconds:.2f} s")
+
+
+UrlsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--url",
+        help="Triton gRPC host:port (repeatable; default 127.0.0.1:8001). A name is expanded to every address "
+        "it resolves to: give a headless Service (triton-pods.<ns>.svc.cluster.local:8001) to reach every pod.",
+    ),
+]
+TimeoutOpt = Annotated[float, typer.Option(help="Seconds allowed per load step.")]
+
+
+def _print_result(result: RolloutResult) -> None:
+    for check in result.smoke:
+        typer.echo(f"  smoke {check.url}: version {check.version} matches onnxruntime "
+                   f"(outputs {', '.join(check.outputs)}; max |diff| {check.max_abs_diff:.2g})")
+    typer.echo(f"{result.model}: {result.mode}; serving {list(result.serving)} (was {list(result.previous)}) "
+               f"on {', '.join(result.urls)} in {result.seconds:.2f} s")
+
+
+@triton_app.command()
+def rollout(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    repo: RepoOpt,
+    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file to publish as the next version.")] = None,
+    version: Annotated[Optional[int], typer.Option(help="An already published version (instead of --onnx).")] = None,
+    url: UrlsOpt = None,
+    canary: Annotated[bool, typer.Option(help="Keep the old and the new version loaded (pin replicas per version).")] = False,
+    inputs: Annotated[Optional[Path], typer.Option(help="Smoke inputs (.npz, one array per input; default random).")] = None,
+    atol: Annotated[float, typer.Option(help="Smoke check: absolute tolerance vs onnxruntime.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Smoke check: relative tolerance vs onnxruntime.")] = 1e-3,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Publish a version, load it beside the served one, check it against onnxruntime, then promote it (or --canary)."""
+    import numpy as np
+
+    from couturier.export.triton.rollout import pinning_hint
+    from couturier.export.triton.rollout import rollout as run_rollout
+
+    _logging()
+    feed = None
+    if inputs is not None:
+        with np.load(inputs) as data:
+            feed = {key: data[key] for key in data.files}
+    try:
+        result = run_rollout(url or ["127.0.0.1:8001"], repo, name, onnx_path=onnx, version=version, canary=canary,
+                             inputs=feed, atol=atol, rtol=rtol, timeout_s=timeout)
+    except (TritonError, ValueError) as exc:
+        _fail(exc)
+    _print_result(result)
+    if canary:
+        typer.echo(pinning_hint(result))
+
+
+@triton_app.command()
+def promote(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[Optional[int], typer.Argument(help="Version to keep (default: the newest the config serves).")] = None,
+    repo: RepoOpt = Path("var/model_repository"),
+    url: UrlsOpt = None,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """End a canary: serve only VERSION (the others drain, then unload); persisted in config.pbtxt."""
+    from couturier.export.triton.rollout import promote as run_promote
+
+    _logging()
+    try:
+        result = run_promote(url or ["127.0.0.1:8001"], repo, name, version, timeout_s=timeout)
+    except TritonError as exc:
+        _fail(exc)
+    _print_result(result)
+
+
+@triton_app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    to: Annotated[Optional[int], typer.Option(help="Version to serve again (default: the one below the newest loaded).")] = None,
+    repo: RepoOpt = Path("var/model_repository"),
+    url: UrlsOpt = None,
+    timeout: TimeoutOpt = 120.0,
+) -> None:
+    """Serve an older version again (loaded beside the current one first, so nothing fails); persisted."""
+    from couturier.export.triton.rollout import rollback as run_rollback
+
+    _logging()
+    try:
+        result = run_rollback(url or ["127.0.0.1:8001"], repo, name, to, timeout_s=timeout)
+    except TritonError as exc:
+        _fail(exc)
+    _print_result(result)
+    typer.echo("replicas pinned to a version that is no longer loaded now fail: remove their pin (or the canary)")

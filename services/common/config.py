@@ -70,6 +70,15 @@ class ModelBackendSettings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
     model_repository: str = Field("var/model_repository", description="Model repository (in-process backend).")
     inference_timeout_s: float = Field(30.0, gt=0, le=600)
+    model_versions: dict[str, str] = Field(
+        default_factory=dict,
+        description='Pinned model versions, e.g. {"item_encoder": "2"} (JSON in the environment); '
+        "a model not named here uses the newest version Triton serves.",
+    )
+
+    def model_version(self, model: str) -> str:
+        """The pinned version of ``model`` ("" = whatever the backend serves)."""
+        return self.model_versions.get(model, "")
 
 
 class VectorStoreSettings(BaseSettings):
@@ -83,18 +92,38 @@ class ScoringSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings)
     model_config = SettingsConfigDict(env_prefix="COUTURIER_SCORING_", extra="forbid")
     service_key: ClassVar[str] = "scoring"
     port: int = Field(50051, ge=0, le=65535)
+    milvus_uri: str = Field(
+        "var/milvus/scoring.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
+    )
+    user_vectors_dir: str = Field(
+        "var/user_vectors",
+        description="Trained DVBPR user vectors, one file per item encoder version: item_encoder_v<N>.npz.",
+    )
 
 
 class LatentSettings(ServerSettings, ModelBackendSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_LATENT_", extra="forbid")
     service_key: ClassVar[str] = "latent"
     port: int = Field(50052, ge=0, le=65535)
+    scoring_target: str = Field(
+        "127.0.0.1:50051", description="Scoring service (owner of the user vectors and catalogue scores)."
+    )
+    retrieval_target: str = Field(
+        "127.0.0.1:50053", description="Visual retrieval service (images of catalogue products to invert)."
+    )
 
 
 class RetrievalSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_RETRIEVAL_", extra="forbid")
     service_key: ClassVar[str] = "retrieval"
     port: int = Field(50053, ge=0, le=65535)
+    milvus_uri: str = Field(
+        "var/milvus/retrieval.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
+    )
+    tokenizer_json: str = Field(
+        "var/model_repository/text_encoder/tokenizer.json",
+        description="tokenizer.json of the text encoder (published beside its model).",
+    )
 
 
 class OrchestratorSettings(ServerSettings):

@@ -42,6 +42,15 @@ class NotYetImplemented(CouturierError):
     """The operation is part of the contract but not served by this build."""
 
 
+class DownstreamCallFailed(CouturierError):
+    """A call to another couturier service failed: keeps its status code and names the failed step."""
+
+    def __init__(self, step: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{step} failed ({code.name}): {details}")
+        self.step = step
+        self.code = code
+
+
 @dataclass(frozen=True)
 class MappedStatus:
     code: grpc.StatusCode
@@ -63,6 +72,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 def map_exception(exc: BaseException) -> tuple[MappedStatus, str | None]:
     """Status for an exception, and an error id when the error is unexpected (INTERNAL)."""
+    if isinstance(exc, DownstreamCallFailed):
+        return MappedStatus(exc.code, str(exc)), None
     if isinstance(exc, grpc.aio.AioRpcError):
         # A downstream call failed: keep its code, say which call failed.
         return MappedStatus(exc.code(), f"downstream call failed: {exc.details()}"), None

@@ -46,3 +46,18 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def to_model_input(images: list[np.ndarray], size: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) images -> float32 NCHW in [-1, 1] at ``size`` x ``size`` (the models' layout)."""
+    batch = np.empty((len(images), 3, size, size), dtype=np.float32)
+    for row, pixels in enumerate(images):
+        if pixels.shape[:2] != (size, size):
+            pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+        batch[row] = pixels.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0
+    return batch
+
+
+def chw_png(image: np.ndarray) -> bytes:
+    """A model image (3, S, S) float in [-1, 1] -> PNG bytes."""
+    return encode_png(np.asarray(image).transpose(1, 2, 0))

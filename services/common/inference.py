@@ -69,6 +69,18 @@ class InferenceBackend(Protocol):
         """True when ``model`` can serve now."""
         ...
 
+    async def resolve_version(self, model: str, pinned: str = "") -> str:
+        """The version a call should name: ``pinned`` when it is ready, else the newest ready one.
+
+        Services resolve once per request and pass the result to every ``infer`` of that request, so
+        one answer never mixes versions and the version it reports is the one that ran.
+        """
+        ...
+
+    async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        """Input name -> full ONNX shape (-1 for a dynamic axis)."""
+        ...
+
     async def close(self) -> None:
         """Release connections, sessions and threads."""
         ...
@@ -181,6 +193,45 @@ class TritonBackend:
             return bool(await self._get_client().is_model_ready(model, client_timeout=self.timeout_s))
         except InferenceServerException:
             return False
+
+    async def _metadata(self, model: str, version: str) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return await self._get_client().get_model_metadata(model, model_version=version, client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise _map_triton_error(exc, model, self.url) from exc
+
+    async def _version_ready(self, model: str, version: str) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(await self._get_client().is_model_ready(model, version, client_timeout=self.timeout_s))
+        except InferenceServerException as exc:
+            raise _map_triton_error(exc, model, self.url) from exc
+
+    async def resolve_version(self, model: str, pinned: str = "") -> str:
+        if pinned:
+            if not await self._version_ready(model, pinned):
+                raise ModelNotReady(f"pinned version {pinned} of {model!r} is not loaded on Triton at {self.url}")
+            return pinned
+        metadata = await self._metadata(model, "")
+        versions = sorted((int(v) for v in metadata.versions if v.isdigit()), reverse=True)
+        for version in versions:  # newest first; a version being unloaded is skipped
+            if await self._version_ready(model, str(version)):
+                return str(version)
+        raise ModelNotReady(f"model {model!r} has no ready version on Triton at {self.url}")
+
+    async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        metadata = await self._metadata(model, version)
+        reshapes = await self._reshaped(model, version)
+        shapes = {}
+        for tensor in metadata.inputs:
+            shape = tuple(int(d) for d in tensor.shape)
+            if tensor.name in reshapes:  # batched: Triton shows [-1, *config dims]; the model sees the reshape
+                shape = (shape[0], *reshapes[tensor.name])
+            shapes[tensor.name] = shape
+        return shapes
 
     async def close(self) -> None:
         if self._client is not None:
@@ -317,6 +368,18 @@ class OnnxRuntimeBackend:
         except InferenceError:
             return False
         return True
+
+    async def resolve_version(self, model: str, pinned: str = "") -> str:
+        loop = asyncio.get_running_loop()
+        if pinned:
+            await loop.run_in_executor(self._executor, self._session, model, pinned)
+            return pinned
+        return str(await loop.run_in_executor(self._executor, self._served_version, model))
+
+    async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._executor, self._session, model, version)
+        return {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in session.get_inputs()}
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

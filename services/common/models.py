@@ -20,3 +20,6 @@ SHIFT_GRAD: Final = "shift_grad"  # GIGS shift objective and d/dshifts
 FORWARD_MODELS: Final = (ITEM_ENCODER, GENERATOR, DISCRIMINATOR, RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
 GRADIENT_MODELS: Final = (PREF_GRAD, INV_GRAD, SHIFT_GRAD)
 ALL_MODELS: Final = FORWARD_MODELS + GRADIENT_MODELS
+
+#: Product categories in the order of the generator's one-hot category input (the catalogue's order).
+CATEGORIES: Final = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")

@@ -1,73 +1,344 @@
-"""Latent optimization service. Skeleton: validates requests; optimisation arrives with the models."""
+"""Latent optimisation service: preference maximisation, personalised alteration and GIGS shifts.
+
+The optimisers run here in numpy (``optimize.py``); every forward pass and gradient is a call to the
+gradient models on the inference backend (pref_grad, inv_grad, shift_grad), each resolved to one
+version per request. User vectors (and each user's best and k-th best catalogue scores) come from
+the scoring service; images of catalogue products come from the retrieval service.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
+import numpy as np
 
 from couturier.services.common import limits
 from couturier.services.common.config import LatentSettings
-from couturier.services.common.errors import NotYetImplemented
+from couturier.services.common.downstream import Stubs, remaining_s, step
+from couturier.services.common.errors import InvalidInput, UnknownEntity
+from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
+from couturier.services.common.images import chw_png, decode_image, to_model_input
+from couturier.services.common.inference import InferenceBackend, make_backend
+from couturier.services.common.models import CATEGORIES, GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
     audience_users,
     categorised_item,
     float_in_range,
     int_in_range,
-    require_id,
 )
-from couturier.v1 import latent_pb2, latent_pb2_grpc
+from couturier.services.latent import optimize
+from couturier.v1 import (
+    common_pb2,
+    latent_pb2,
+    latent_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
 
 SERVICE_NAME = latent_pb2.DESCRIPTOR.services_by_name["LatentOptimizationService"].full_name
-_MISSING = "needs the generator and gradient models, which this build does not serve yet"
+DEFAULT_DESIGNS = 4
+DEFAULT_TOP_K = 10
 
 
-def validate_optimizer(params: latent_pb2.OptimizerParams, field: str = "optimizer") -> None:
-    int_in_range(params.steps, 1, limits.MAX_OPT_STEPS, f"{field}.steps", default=10)
-    float_in_range(params.learning_rate, 0.0, 1.0, f"{field}.learning_rate", default=0.05, low_inclusive=False)
-    float_in_range(params.realism_weight, 0.0, limits.MAX_WEIGHT, f"{field}.realism_weight", default=1.0)
+@dataclass(frozen=True)
+class Optimizer:
+    steps: int
+    learning_rate: float
+    realism_weight: float
 
 
-def validate_inversion(params: latent_pb2.InversionParams, field: str = "inversion") -> None:
-    int_in_range(params.steps, 1, limits.MAX_INVERSION_STEPS, f"{field}.steps", default=200)
-    float_in_range(params.learning_rate, 0.0, 1.0, f"{field}.learning_rate", default=0.05, low_inclusive=False)
-    int_in_range(params.restarts, 1, limits.MAX_RESTARTS, f"{field}.restarts", default=4)
+@dataclass(frozen=True)
+class Inversion:
+    steps: int
+    learning_rate: float
+    restarts: int
+
+
+def optimizer_params(
+    params: latent_pb2.OptimizerParams,
+    field: str = "optimizer",
+    steps: int = optimize.DEFAULT_STEPS,
+    learning_rate: float = optimize.DEFAULT_LEARNING_RATE,
+) -> Optimizer:
+    realism = float_in_range(
+        params.realism_weight, 0.0, limits.MAX_WEIGHT, f"{field}.realism_weight", default=optimize.DEFAULT_REALISM_WEIGHT
+    )
+    return Optimizer(
+        steps=int_in_range(params.steps, 1, limits.MAX_OPT_STEPS, f"{field}.steps", default=steps),
+        learning_rate=float_in_range(
+            params.learning_rate, 0.0, 1.0, f"{field}.learning_rate", default=learning_rate, low_inclusive=False
+        ),
+        realism_weight=0.0 if params.use_zero_realism else realism,
+    )
+
+
+def inversion_params(params: latent_pb2.InversionParams, field: str = "inversion") -> Inversion:
+    return Inversion(
+        steps=int_in_range(params.steps, 1, limits.MAX_INVERSION_STEPS, f"{field}.steps", default=optimize.DEFAULT_INVERSION_STEPS),
+        learning_rate=float_in_range(
+            params.learning_rate, 0.0, 1.0, f"{field}.learning_rate", default=optimize.DEFAULT_INVERSION_LEARNING_RATE, low_inclusive=False
+        ),
+        restarts=int_in_range(params.restarts, 1, limits.MAX_RESTARTS, f"{field}.restarts", default=optimize.DEFAULT_RESTARTS),
+    )
+
+
+def category_index(category: str) -> int:
+    if category not in CATEGORIES:
+        raise InvalidInput(f"unknown category {category!r}; the generator knows {', '.join(CATEGORIES)}")
+    return CATEGORIES.index(category)
+
+
+def generated(image: np.ndarray, z: np.ndarray, category: str) -> common_pb2.GeneratedImage:
+    return common_pb2.GeneratedImage(
+        image=common_pb2.ImagePayload(data=chw_png(image), mime_type="image/png"),
+        latent=common_pb2.Latent(values=np.asarray(z, np.float32).ravel().tolist()),
+        category=category,
+    )
+
+
+@dataclass(frozen=True)
+class Users:
+    theta: np.ndarray  # (U, K)
+    thresholds: np.ndarray  # (U,) k-th best catalogue score (0 when not asked)
+    model: common_pb2.ModelVersion
+
+
+class Latent:
+    """The service's logic: resolves users and items, runs the optimisers, builds the answers."""
+
+    def __init__(self, backend: InferenceBackend, settings: LatentSettings) -> None:
+        self.backend = backend
+        self.pins = {m: settings.model_version(m) for m in GRADIENT_MODELS}
+        self.cap_s = settings.rpc_timeout_s
+        self.stubs = Stubs(
+            {"scoring": settings.scoring_target, "retrieval": settings.retrieval_target},
+            {"scoring": scoring_pb2_grpc.ScoringServiceStub, "retrieval": retrieval_pb2_grpc.VisualRetrievalServiceStub},
+            settings.max_message_bytes,
+        )
+
+    async def versions(self, *models: str) -> dict[str, str]:
+        return {m: await self.backend.resolve_version(m, self.pins[m]) for m in models}
+
+    async def users(
+        self, audience: common_pb2.Audience, context: grpc.aio.ServicerContext, top_k: int = 0, category: str = ""
+    ) -> Users:
+        request = scoring_pb2.DescribeUsersRequest(audience=audience, top_k=top_k, category=category)
+        async with step("scoring.DescribeUsers"):
+            response = await self.stubs["scoring"].DescribeUsers(request, timeout=remaining_s(context, self.cap_s))
+        return Users(
+            theta=np.array([list(u.vector) for u in response.users], np.float32),
+            thresholds=np.array([u.kth_best_score for u in response.users], np.float32),
+            model=response.model,
+        )
+
+    async def item(
+        self, item: common_pb2.ItemSource, category: str, context: grpc.aio.ServicerContext
+    ) -> tuple[np.ndarray, str]:
+        """The RGB image of an uploaded image or a catalogue product, and its category."""
+        if item.WhichOneof("source") == "image":
+            return decode_image(item.image.data, "item.image"), category
+        request = retrieval_pb2.GetProductsRequest(product_ids=[item.product_id])
+        async with step("retrieval.GetProducts"):
+            response = await self.stubs["retrieval"].GetProducts(request, timeout=remaining_s(context, self.cap_s))
+        if not response.products:
+            raise UnknownEntity(f"product {item.product_id!r} is not in the catalogue index; index it or upload its image")
+        product = response.products[0]
+        if category and category != product.product.category:
+            raise InvalidInput(
+                f"category {category!r} contradicts product {item.product_id!r}, which is {product.product.category!r}; "
+                "leave category empty for catalogue products"
+            )
+        return decode_image(product.image.data, "stored product image"), product.product.category
+
+    async def target(self, image: np.ndarray, version: str) -> np.ndarray:
+        size = int((await self.backend.input_shapes(INV_GRAD, version))["target"][-1])
+        return to_model_input([image], size)
+
+    async def z_dim(self, model: str, version: str) -> int:
+        shapes = await self.backend.input_shapes(model, version)
+        return int(shapes["z" if "z" in shapes else "base_z"][-1])
+
+    async def close(self) -> None:
+        await self.stubs.close()
 
 
 class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
+    def __init__(self, latent: Latent) -> None:
+        self.latent = latent
+
     async def Design(self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext) -> latent_pb2.DesignResponse:  # noqa: N802
         audience_users(request.audience)
-        require_id(request.category, "category")
-        int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=4)
-        int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=10)
-        validate_optimizer(request.optimizer)
-        raise NotYetImplemented(f"Design {_MISSING}")
+        cat = category_index(request.category)
+        n = int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=DEFAULT_DESIGNS)
+        top_k = int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=DEFAULT_TOP_K)
+        opt = optimizer_params(request.optimizer)
+        share = request.objective == latent_pb2.TOP_K_SHARE
+        users = await self.latent.users(request.audience, context, top_k if share else 0, request.category)
+        versions = await self.latent.versions(PREF_GRAD)
+        z_dim = await self.latent.z_dim(PREF_GRAD, versions[PREF_GRAD])
+        seed = request.seed or int(np.random.SeedSequence().entropy % (2**63))
+        result = await optimize.maximise_preference(
+            self.latent.backend,
+            z0=optimize.sample_prior(n, z_dim, seed),
+            category=optimize.one_hot(cat, len(CATEGORIES), n),
+            theta=users.theta,
+            objective="top_k_share" if share else "mean",
+            thresholds=users.thresholds if share else None,
+            steps=opt.steps,
+            learning_rate=opt.learning_rate,
+            realism_weight=opt.realism_weight,
+            versions=versions,
+        )
+        response = latent_pb2.DesignResponse(
+            generator=common_pb2.ModelVersion(name=PREF_GRAD, version=versions[PREF_GRAD]), scorer=users.model
+        )
+        for b in np.argsort(-result.objective_after, kind="stable"):
+            response.designs.add(
+                generated=generated(result.image[b], result.z[b], request.category),
+                objective=float(result.objective_after[b]),
+                preference_before=float(result.scores_before[b].mean()),
+                preference_after=float(result.scores_after[b].mean()),
+                per_user_preference=result.scores_after[b].tolist(),
+                realism=float(result.realism[b]),
+            )
+        return response
 
     async def Alter(self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[latent_pb2.AlterProgress]:  # noqa: N802
         audience_users(request.audience)
         categorised_item(request.item, request.category)
-        validate_inversion(request.inversion)
-        validate_optimizer(request.optimizer)
-        int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
-        raise NotYetImplemented(f"Alter {_MISSING}")
-        yield latent_pb2.AlterProgress()  # pragma: no cover - makes this an async generator
+        if request.category:
+            category_index(request.category)
+        inv = inversion_params(request.inversion)
+        opt = optimizer_params(request.optimizer)
+        every = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
+        image, category = await self.latent.item(request.item, request.category, context)
+        cat = category_index(category)
+        users = await self.latent.users(request.audience, context)
+        versions = await self.latent.versions(PREF_GRAD, INV_GRAD)
+        progress: asyncio.Queue[latent_pb2.AlterProgress | None] = asyncio.Queue()
+        phase = latent_pb2.AlterProgress
+
+        async def on_inversion(t: int, z: np.ndarray, loss: np.ndarray, images: np.ndarray) -> None:
+            if t % every == 0 or t == inv.steps:
+                best = int(np.argmin(loss))
+                progress.put_nowait(phase(phase=phase.INVERSION, step=t, current=generated(images[best], z[best], category),
+                                          reconstruction_loss=float(loss[best])))
+
+        async def on_optimisation(t: int, z: np.ndarray, objective: np.ndarray, images: np.ndarray) -> None:
+            if t % every == 0 or t == opt.steps:
+                progress.put_nowait(phase(phase=phase.OPTIMIZATION, step=t, current=generated(images[0], z[0], category),
+                                          preference=float(objective[0])))
+
+        async def run() -> None:
+            try:
+                inverted = await optimize.invert(
+                    self.latent.backend, target=await self.latent.target(image, versions[INV_GRAD]),
+                    category=optimize.one_hot(cat, len(CATEGORIES)), steps=inv.steps, learning_rate=inv.learning_rate,
+                    restarts=inv.restarts, seed=0, versions=versions, on_step=on_inversion,
+                )
+                result = await optimize.maximise_preference(
+                    self.latent.backend, z0=inverted.z, category=optimize.one_hot(cat, len(CATEGORIES)),
+                    theta=users.theta, steps=opt.steps, learning_rate=opt.learning_rate,
+                    realism_weight=opt.realism_weight, versions=versions, on_step=on_optimisation,
+                )
+                progress.put_nowait(phase(phase=phase.DONE, step=opt.steps,
+                                          current=generated(result.image[0], result.z[0], category),
+                                          preference=float(result.objective_after[0]),
+                                          reconstruction_loss=inverted.loss))
+            finally:
+                progress.put_nowait(None)  # ends the stream; a failure is re-raised by `await task`
+
+        task = asyncio.create_task(run())
+        try:
+            while (message := await progress.get()) is not None:
+                yield message
+            await task
+        finally:
+            task.cancel()
 
     async def SellerShifts(self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext) -> latent_pb2.SellerShiftsResponse:  # noqa: N802
         categorised_item(request.item, request.category)
+        if request.category:
+            category_index(request.category)
         audience_users(request.audience)
-        int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=6)
-        float_in_range(request.radius, 0.0, limits.MAX_RADIUS, "radius", default=0.5, low_inclusive=False)
-        float_in_range(request.diversity_weight, 0.0, limits.MAX_WEIGHT, "diversity_weight", default=1.0)
-        validate_optimizer(request.optimizer)
-        validate_inversion(request.inversion)
-        raise NotYetImplemented(f"SellerShifts {_MISSING}")
+        n = int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=optimize.DEFAULT_SHIFTS)
+        radius = float_in_range(request.radius, 0.0, limits.MAX_RADIUS, "radius", default=optimize.DEFAULT_SHIFT_RADIUS, low_inclusive=False)
+        diversity = float_in_range(request.diversity_weight, 0.0, limits.MAX_WEIGHT, "diversity_weight", default=optimize.DEFAULT_DIVERSITY_WEIGHT)
+        opt = optimizer_params(request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE)
+        inv = inversion_params(request.inversion)
+        image, category = await self.latent.item(request.item, request.category, context)
+        cat = category_index(category)
+        users = await self.latent.users(request.audience, context)
+        versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
+        inverted = await optimize.invert(
+            self.latent.backend, target=await self.latent.target(image, versions[INV_GRAD]),
+            category=optimize.one_hot(cat, len(CATEGORIES)), steps=inv.steps, learning_rate=inv.learning_rate,
+            restarts=inv.restarts, seed=0, versions=versions,
+        )
+        n_users = len(users.theta)
+        result = await optimize.seller_shifts(
+            self.latent.backend, base_z=inverted.z[0], category=optimize.one_hot(cat, len(CATEGORIES))[0],
+            theta=users.theta, user_weight=np.full(n_users, 1.0 / n_users, np.float32), n=n, radius=radius,
+            diversity_weight=diversity, realism_weight=opt.realism_weight, steps=opt.steps,
+            learning_rate=opt.learning_rate, seed=0, versions=versions,
+        )
+        response = latent_pb2.SellerShiftsResponse(
+            base=generated(result.base_image, inverted.z[0], category),
+            base_reconstruction_loss=inverted.loss,
+            base_preference=result.preference_before,
+            generator=common_pb2.ModelVersion(name=SHIFT_GRAD, version=versions[SHIFT_GRAD]),
+            scorer=users.model,
+        )
+        for i in np.argsort(-result.preference_shift, kind="stable"):
+            response.variants.add(
+                generated=generated(result.image[i], result.z[i], category),
+                preference_before=result.preference_before,
+                preference_after=float(result.preference_after[i]),
+                preference_shift=float(result.preference_shift[i]),
+                opposite_ssim=float(result.opposite_ssim[i]),
+                shift_norm=float(result.shift_norm[i]),
+            )
+        return response
 
 
 def build(settings: LatentSettings) -> ServiceDefinition:
+    backend = make_backend(
+        settings.inference_backend,
+        url=settings.triton_url,
+        repo_dir=settings.model_repository,
+        timeout_s=settings.inference_timeout_s,
+    )
+    latent = Latent(backend, settings)
+    probes = {"scoring": GrpcHealthProbe(settings.scoring_target), "retrieval": GrpcHealthProbe(settings.retrieval_target)}
+
+    def model_check(model: str) -> DependencyCheck:
+        async def probe() -> str:
+            return f"{model} v{await backend.resolve_version(model, latent.pins[model])}"
+
+        return DependencyCheck(model, probe)
+
+    async def close() -> None:
+        await asyncio.gather(*(probe.close() for probe in probes.values()))
+        await latent.close()
+        await backend.close()
+
     return ServiceDefinition(
         key="latent",
         service_names=[SERVICE_NAME],
-        register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(LatentServicer(), server),
-        shown_settings={"inference_backend": settings.inference_backend},
+        register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(LatentServicer(latent), server),
+        checks=[*(model_check(m) for m in GRADIENT_MODELS), *(DependencyCheck(k, p) for k, p in probes.items())],
+        on_stop=close,
+        shown_settings={
+            "inference_backend": settings.inference_backend,
+            "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+            "scoring_target": settings.scoring_target,
+            "retrieval_target": settings.retrieval_target,
+            "model_versions": ",".join(f"{k}={v}" for k, v in settings.model_versions.items()),
+        },
     )

@@ -1,40 +1,192 @@
-"""Orchestrator. Skeleton: its health follows the three downstream services; flows arrive later."""
+"""Orchestrator: the public entry point chaining scoring, latent optimisation and visual retrieval.
+
+Every flow passes the caller's remaining deadline to each downstream call; a cancelled call cancels
+its downstream calls (grpc.aio cancels the handler task, which cancels the awaited calls). When any
+step fails the whole call fails with that step's status code and a message naming the step: never a
+half answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
 from couturier.services.common import limits
 from couturier.services.common.config import OrchestratorSettings
-from couturier.services.common.errors import InvalidInput, NotYetImplemented
+from couturier.services.common.downstream import Stubs, all_or_nothing, remaining_s, step
+from couturier.services.common.errors import InvalidInput
 from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import int_in_range
-from couturier.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from couturier.v1 import (
+    catalogue_pb2,
+    common_pb2,
+    latent_pb2_grpc,
+    orchestrator_pb2,
+    orchestrator_pb2_grpc,
+    retrieval_pb2,
+    retrieval_pb2_grpc,
+    scoring_pb2,
+    scoring_pb2_grpc,
+)
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
-_MISSING = "needs the scoring, latent and retrieval flows, which this build does not serve yet"
+
+
+class Downstream:
+    """Stubs of the three backend services over long-lived channels."""
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.stubs = Stubs(
+            {"scoring": settings.scoring_target, "latent": settings.latent_target, "retrieval": settings.retrieval_target},
+            {
+                "scoring": scoring_pb2_grpc.ScoringServiceStub,
+                "latent": latent_pb2_grpc.LatentOptimizationServiceStub,
+                "retrieval": retrieval_pb2_grpc.VisualRetrievalServiceStub,
+            },
+            settings.max_message_bytes,
+        )
+        self.cap_s = settings.rpc_timeout_s
+
+    @property
+    def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
+        return self.stubs["scoring"]
+
+    @property
+    def latent(self) -> latent_pb2_grpc.LatentOptimizationServiceStub:
+        return self.stubs["latent"]
+
+    @property
+    def retrieval(self) -> retrieval_pb2_grpc.VisualRetrievalServiceStub:
+        return self.stubs["retrieval"]
+
+    async def close(self) -> None:
+        await self.stubs.close()
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+    def __init__(self, downstream: Downstream) -> None:
+        self.down = downstream
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        return remaining_s(context, self.down.cap_s)
+
+    async def _preferences(
+        self, audience: common_pb2.Audience, product_ids: Sequence[str], context: grpc.aio.ServicerContext
+    ) -> list[float]:
+        """The audience's preference for each product (ScoreItems in batches of its limit)."""
+        scores: list[float] = []
+        for start in range(0, len(product_ids), limits.MAX_SCORE_ITEMS):
+            chunk = product_ids[start : start + limits.MAX_SCORE_ITEMS]
+            request = scoring_pb2.ScoreItemsRequest(
+                audience=audience, items=[common_pb2.ItemSource(product_id=p) for p in chunk]
+            )
+            async with step("scoring.ScoreItems"):
+                response = await self.down.scoring.ScoreItems(request, timeout=self._timeout(context))
+            scores.extend(s.score for s in sorted(response.scores, key=lambda s: s.item_index))
+        return scores
+
+    async def _nearest(
+        self,
+        image: common_pb2.ImagePayload,
+        k: int,
+        categories: Sequence[str],
+        context: grpc.aio.ServicerContext,
+        exclude: Sequence[str] = (),
+    ) -> list[common_pb2.ScoredProduct]:
+        request = retrieval_pb2.SearchByImageRequest(
+            image=image,
+            k=k,
+            filter=retrieval_pb2.SearchFilter(categories=list(categories), exclude_product_ids=list(exclude)),
+        )
+        async with step("retrieval.SearchByImage"):
+            response = await self.down.retrieval.SearchByImage(request, timeout=self._timeout(context))
+        return list(response.hits)
+
     async def DesignAndShop(self, request: orchestrator_pb2.DesignAndShopRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.DesignAndShopResponse:  # noqa: N802
         if not request.HasField("design"):
             raise InvalidInput("design is required (a DesignRequest)")
-        int_in_range(request.products_per_design, 1, limits.MAX_PRODUCTS_PER_DESIGN, "products_per_design", default=5)
-        raise NotYetImplemented(f"DesignAndShop {_MISSING}")
+        k = int_in_range(request.products_per_design, 1, limits.MAX_PRODUCTS_PER_DESIGN, "products_per_design", default=5)
+        async with step("latent.Design"):
+            designed = await self.down.latent.Design(request.design, timeout=self._timeout(context))
+        nearest = await all_or_nothing(
+            self._nearest(d.generated.image, k, [d.generated.category], context) for d in designed.designs
+        )
+        ids = [hit.product.product_id for hits in nearest for hit in hits]
+        preference = iter(await self._preferences(request.design.audience, ids, context))
+        response = orchestrator_pb2.DesignAndShopResponse()
+        for design, hits in zip(designed.designs, nearest, strict=True):
+            result = response.results.add(design=design)
+            for hit in hits:  # score: the audience's preference; the image similarity goes in attributes
+                product = common_pb2.Product()
+                product.CopyFrom(hit.product)
+                product.attributes["similarity"] = f"{hit.score:.4f}"
+                result.nearest_products.add(product=product, score=next(preference))
+        return response
 
     async def SellerFeedback(self, request: orchestrator_pb2.SellerFeedbackRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.SellerFeedbackResponse:  # noqa: N802
         if not request.HasField("shifts"):
             raise InvalidInput("shifts is required (a SellerShiftsRequest)")
-        int_in_range(request.competitors_per_variant, 0, limits.MAX_COMPETITORS, "competitors_per_variant")
-        raise NotYetImplemented(f"SellerFeedback {_MISSING}")
+        k = int_in_range(request.competitors_per_variant, 0, limits.MAX_COMPETITORS, "competitors_per_variant")
+        async with step("latent.SellerShifts"):
+            shifts = await self.down.latent.SellerShifts(request.shifts, timeout=self._timeout(context))
+        variants = sorted(shifts.variants, key=lambda v: v.preference_shift, reverse=True)
+        category = shifts.base.category
+        own = [request.shifts.item.product_id] if request.shifts.item.product_id else []
+        competitors: list[list[common_pb2.ScoredProduct]] = [[] for _ in range(len(variants) + 1)]
+        if k:
+            images = [shifts.base.image, *(v.generated.image for v in variants)]
+            competitors = await all_or_nothing(self._nearest(img, k, [category], context, own) for img in images)
+        response = orchestrator_pb2.SellerFeedbackResponse(
+            base=shifts.base, base_preference=shifts.base_preference, item_competitors=competitors[0]
+        )
+        for variant, found in zip(variants, competitors[1:], strict=True):
+            response.variants.add(variant=variant, competitors=found)
+        return response
 
     async def MultimodalShop(self, request: orchestrator_pb2.MultimodalShopRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.MultimodalShopResponse:  # noqa: N802
         if not request.HasField("search"):
             raise InvalidInput("search is required (a SearchByImageAndTextRequest)")
-        raise NotYetImplemented(f"MultimodalShop {_MISSING}")
+        async with step("retrieval.SearchByImageAndText"):
+            found = await self.down.retrieval.SearchByImageAndText(request.search, timeout=self._timeout(context))
+        hits = list(found.hits)
+        response = orchestrator_pb2.MultimodalShopResponse(synthetic_query=found.synthetic_query)
+        if request.HasField("user") and request.user.user_id and hits:
+            audience = common_pb2.Audience(user=request.user)
+            preference = await self._preferences(audience, [h.product.product_id for h in hits], context)
+            order = sorted(range(len(hits)), key=lambda i: -preference[i])  # stable: ties keep similarity order
+            hits = [hits[i] for i in order]
+            response.preference.extend(preference[i] for i in order)
+        response.hits.extend(hits)
+        return response
+
+    async def IndexCatalogue(self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> orchestrator_pb2.IndexCatalogueResponse:  # noqa: N802
+        queues: dict[str, asyncio.Queue[catalogue_pb2.IndexProductsRequest | None]] = {
+            "scoring": asyncio.Queue(maxsize=4),
+            "retrieval": asyncio.Queue(maxsize=4),
+        }
+
+        async def feed(name: str) -> AsyncIterator[catalogue_pb2.IndexProductsRequest]:
+            while (message := await queues[name].get()) is not None:
+                yield message
+
+        async def forward(name: str, stub: scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub) -> catalogue_pb2.IndexProductsResponse:
+            async with step(f"{name}.IndexProducts"):
+                return await stub.IndexProducts(feed(name), timeout=self._timeout(context))
+
+        async def pump() -> None:
+            async for message in request_iterator:
+                for queue in queues.values():
+                    await queue.put(message)
+            for queue in queues.values():
+                await queue.put(None)
+
+        _, scoring, retrieval = await all_or_nothing(
+            [pump(), forward("scoring", self.down.scoring), forward("retrieval", self.down.retrieval)]
+        )
+        return orchestrator_pb2.IndexCatalogueResponse(scoring=scoring, retrieval=retrieval)
 
 
 def build(settings: OrchestratorSettings) -> ServiceDefinition:
@@ -44,15 +196,19 @@ def build(settings: OrchestratorSettings) -> ServiceDefinition:
         "retrieval": settings.retrieval_target,
     }
     probes = {name: GrpcHealthProbe(target) for name, target in targets.items()}
+    downstream = Downstream(settings)
 
-    async def close_probes() -> None:
+    async def close() -> None:
         await asyncio.gather(*(probe.close() for probe in probes.values()))
+        await downstream.close()
 
     return ServiceDefinition(
         key="orchestrator",
         service_names=[SERVICE_NAME],
-        register=lambda server: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(OrchestratorServicer(), server),
+        register=lambda server: orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(downstream), server
+        ),
         checks=[DependencyCheck(name, probe) for name, probe in probes.items()],
-        on_stop=close_probes,
+        on_stop=close,
         shown_settings={f"{name}_target": target for name, target in targets.items()},
     )

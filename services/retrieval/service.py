@@ -1,65 +1,206 @@
-"""Visual retrieval service. Skeleton: validates requests; search arrives with the encoders and Milvus."""
+"""Visual retrieval service: InfoGAN-discriminator embeddings in Milvus, and multimodal search.
+
+SearchByImage embeds the query with the retrieval encoder (L2-normalised, so inner product = cosine)
+and searches the collection of that encoder version. SearchByImageAndText follows SynthTriplet: the
+text change is embedded (MiniLM), the query generator turns (reference image, text vector) into a
+synthetic query image, and that image is searched like any other; it is returned with the hits so
+the caller can check what was searched for.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
+import numpy as np
 
 from couturier.services.common import limits
+from couturier.services.common.catalogue_index import CatalogueIndex, model_version, scored_products
 from couturier.services.common.config import RetrievalSettings
-from couturier.services.common.errors import InvalidInput, NotYetImplemented
-from couturier.services.common.images import decode_image
+from couturier.services.common.encoders import ImageEncoder
+from couturier.services.common.errors import InvalidInput, PreconditionFailed
+from couturier.services.common.health import DependencyCheck
+from couturier.services.common.images import chw_png, decode_image, to_model_input
+from couturier.services.common.inference import InferenceBackend, make_backend
+from couturier.services.common.models import QUERY_GENERATOR, RETRIEVAL_ENCODER, TEXT_ENCODER
 from couturier.services.common.server import ServiceDefinition
-from couturier.services.common.validation import bounded_list, int_in_range, require_id
-from couturier.v1 import retrieval_pb2, retrieval_pb2_grpc
+from couturier.services.common.validation import bounded_list, int_in_range
+from couturier.services.common.vectors import VectorStore
+from couturier.v1 import catalogue_pb2, common_pb2, retrieval_pb2, retrieval_pb2_grpc
 
+#: Output of the text encoder (couturier.export.models.text_encoder.OUTPUT_NAME).
+TEXT_OUTPUT = "sentence_embedding"
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["VisualRetrievalService"].full_name
-_MISSING = "needs the retrieval encoder and the vector store, which this build does not serve yet"
 
 
-def validate_filter(search_filter: retrieval_pb2.SearchFilter) -> None:
-    bounded_list(search_filter.categories, limits.MAX_FILTER_VALUES, "filter.categories")
-    bounded_list(search_filter.colours, limits.MAX_FILTER_VALUES, "filter.colours")
-    bounded_list(search_filter.exclude_product_ids, 1000, "filter.exclude_product_ids")
+class TextEncoder:
+    """Tokeniser (``tokenizer.json``, no torch) + the text encoder on the inference backend."""
+
+    def __init__(self, backend: InferenceBackend, tokenizer_json: str, pinned_version: str = "") -> None:
+        self.backend = backend
+        self.tokenizer_json = Path(tokenizer_json)
+        self.pinned_version = pinned_version
+        self._tokenizer = None
+
+    def tokenizer(self):  # type: ignore[no-untyped-def]
+        if self._tokenizer is None:
+            if not self.tokenizer_json.is_file():
+                raise PreconditionFailed(
+                    f"tokenizer {self.tokenizer_json} is missing; couturier export publishes it beside the text "
+                    "encoder (set COUTURIER_RETRIEVAL_TOKENIZER_JSON)"
+                )
+            from couturier.export.models.text_encoder import Tokenizer
+
+            self._tokenizer = Tokenizer(self.tokenizer_json)
+        return self._tokenizer
+
+    async def encode(self, text: str) -> tuple[np.ndarray, common_pb2.ModelVersion]:
+        version = await self.backend.resolve_version(TEXT_ENCODER, self.pinned_version)
+        out = await self.backend.infer(TEXT_ENCODER, self.tokenizer()([text]), [TEXT_OUTPUT], version=version)
+        return np.asarray(out[TEXT_OUTPUT], np.float32), common_pb2.ModelVersion(name=TEXT_ENCODER, version=version)
+
+
+class Retrieval:
+    def __init__(self, backend: InferenceBackend, catalogue: CatalogueIndex, text: TextEncoder, generator_pin: str = "") -> None:
+        self.backend = backend
+        self.catalogue = catalogue
+        self.text = text
+        self.generator_pin = generator_pin
+
+    async def search(self, image: np.ndarray, k: int, search_filter: retrieval_pb2.SearchFilter) -> tuple[list, common_pb2.ModelVersion]:
+        """RGB uint8 image -> hits in the collection of the encoder version that embedded it."""
+        categories = bounded_list(search_filter.categories, limits.MAX_FILTER_VALUES, "filter.categories")
+        colours = bounded_list(search_filter.colours, limits.MAX_FILTER_VALUES, "filter.colours")
+        excluded = bounded_list(search_filter.exclude_product_ids, limits.MAX_EXCLUDED_IDS, "filter.exclude_product_ids")
+        vectors, space = await self.catalogue.embed([image])
+        hits = await self.catalogue.store.search(
+            space, vectors, k, categories=categories, colours=colours, exclude_ids=excluded
+        )
+        return scored_products(hits[0]), model_version(space)
+
+    async def synthesize(self, image: np.ndarray, text: str) -> tuple[np.ndarray, common_pb2.ModelVersion]:
+        """SynthTriplet: (reference image, text change) -> synthetic query image (3, S, S) in [-1, 1]."""
+        text_vector, _ = await self.text.encode(text)
+        version = await self.backend.resolve_version(QUERY_GENERATOR, self.generator_pin)
+        size = int((await self.backend.input_shapes(QUERY_GENERATOR, version))["reference"][-1])
+        out = await self.backend.infer(
+            QUERY_GENERATOR,
+            {"reference": to_model_input([image], size), "text_embedding": text_vector},
+            ["image"],
+            version=version,
+        )
+        return np.clip(out["image"][0], -1.0, 1.0), common_pb2.ModelVersion(name=QUERY_GENERATOR, version=version)
+
+
+def _k(value: int) -> int:
+    return int_in_range(value, 1, limits.MAX_K, "k")
 
 
 class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
-    async def IndexProducts(self, request_iterator: AsyncIterator[retrieval_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> retrieval_pb2.IndexProductsResponse:  # noqa: N802
-        async for batch in request_iterator:
-            int_in_range(len(batch.products), 1, limits.MAX_INDEX_BATCH, "products per message")
-            for index, entry in enumerate(batch.products):
-                require_id(entry.product.product_id, f"products[{index}].product.product_id")
-                decode_image(entry.image.data, f"products[{index}].image")
-        raise NotYetImplemented(f"IndexProducts {_MISSING}")
+    def __init__(self, retrieval: Retrieval) -> None:
+        self.retrieval = retrieval
 
-    async def DeleteProducts(self, request: retrieval_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.DeleteProductsResponse:  # noqa: N802
-        bounded_list(request.product_ids, limits.MAX_DELETE_IDS, "product_ids", at_least_one=True)
-        raise NotYetImplemented(f"DeleteProducts {_MISSING}")
+    async def IndexProducts(self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexProductsResponse:  # noqa: N802
+        return await self.retrieval.catalogue.index_stream(request_iterator)
+
+    async def DeleteProducts(self, request: catalogue_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.DeleteProductsResponse:  # noqa: N802
+        return await self.retrieval.catalogue.delete(request)
 
     async def SearchByImage(self, request: retrieval_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.SearchResponse:  # noqa: N802
-        decode_image(request.image.data)
-        int_in_range(request.k, 1, limits.MAX_K, "k")
-        validate_filter(request.filter)
-        raise NotYetImplemented(f"SearchByImage {_MISSING}")
+        image = decode_image(request.image.data, "image")
+        hits, encoder = await self.retrieval.search(image, _k(request.k), request.filter)
+        return retrieval_pb2.SearchResponse(hits=hits, encoder=encoder)
 
     async def SearchByImageAndText(self, request: retrieval_pb2.SearchByImageAndTextRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.SearchByImageAndTextResponse:  # noqa: N802
-        decode_image(request.image.data)
+        image = decode_image(request.image.data, "image")
         text = request.text.strip()
-        if not text or len(text) > limits.MAX_TEXT_CHARS:
+        if not 1 <= len(text) <= limits.MAX_TEXT_CHARS:
             raise InvalidInput(f"text must have 1-{limits.MAX_TEXT_CHARS} characters, got {len(text)}")
-        int_in_range(request.k, 1, limits.MAX_K, "k")
-        validate_filter(request.filter)
-        raise NotYetImplemented(f"SearchByImageAndText {_MISSING}")
+        k = _k(request.k)
+        synthetic, generator = await self.retrieval.synthesize(image, text)
+        query = np.asarray(((synthetic.transpose(1, 2, 0) + 1.0) * 127.5).round(), np.uint8)
+        hits, encoder = await self.retrieval.search(query, k, request.filter)
+        return retrieval_pb2.SearchByImageAndTextResponse(
+            synthetic_query=common_pb2.ImagePayload(data=chw_png(synthetic), mime_type="image/png"),
+            hits=hits,
+            query_generator=generator,
+            encoder=encoder,
+        )
 
-    async def GetIndexStats(self, request: retrieval_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.IndexStats:  # noqa: N802
-        raise NotYetImplemented(f"GetIndexStats {_MISSING}")
+    async def GetIndexStats(self, request: catalogue_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexStats:  # noqa: N802
+        return await self.retrieval.catalogue.stats(request)
+
+    async def GetProducts(self, request: retrieval_pb2.GetProductsRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.GetProductsResponse:  # noqa: N802
+        ids = bounded_list(request.product_ids, limits.MAX_SCORE_ITEMS, "product_ids", at_least_one=True)
+        catalogue = self.retrieval.catalogue
+        space = await catalogue.space_of(await catalogue.encoder.version())
+        stored = await catalogue.store.get(space, ids)
+        response = retrieval_pb2.GetProductsResponse(not_found=[i for i in dict.fromkeys(ids) if i not in stored])
+        for product in stored.values():
+            response.products.add(
+                product=common_pb2.Product(product_id=product.product_id, category=product.category, colour=product.colour),
+                image=common_pb2.ImagePayload(data=product.thumbnail, mime_type="image/png"),
+            )
+        return response
 
 
 def build(settings: RetrievalSettings) -> ServiceDefinition:
+    backend = make_backend(
+        settings.inference_backend,
+        url=settings.triton_url,
+        repo_dir=settings.model_repository,
+        timeout_s=settings.inference_timeout_s,
+    )
+    store = VectorStore(settings.milvus_uri, token=settings.milvus_token)
+    catalogue = CatalogueIndex(
+        ImageEncoder(backend, RETRIEVAL_ENCODER, settings.model_version(RETRIEVAL_ENCODER)),
+        store,
+        metric="IP",
+        thumbnails=True,
+    )
+    retrieval = Retrieval(
+        backend,
+        catalogue,
+        TextEncoder(backend, settings.tokenizer_json, settings.model_version(TEXT_ENCODER)),
+        settings.model_version(QUERY_GENERATOR),
+    )
+
+    def model_check(model: str, pin: str) -> DependencyCheck:
+        async def probe() -> str:
+            return f"{model} v{await backend.resolve_version(model, pin)}"
+
+        return DependencyCheck(model, probe)
+
+    async def store_ready() -> str:
+        await store.ping()
+        return settings.milvus_uri
+
+    async def tokenizer_ready() -> str:
+        retrieval.text.tokenizer()
+        return str(settings.tokenizer_json)
+
+    async def close() -> None:
+        await backend.close()
+        await store.close()
+
     return ServiceDefinition(
         key="retrieval",
         service_names=[SERVICE_NAME],
-        register=lambda server: retrieval_pb2_grpc.add_VisualRetrievalServiceServicer_to_server(RetrievalServicer(), server),
-        shown_settings={"inference_backend": settings.inference_backend, "milvus_uri": settings.milvus_uri},
+        register=lambda server: retrieval_pb2_grpc.add_VisualRetrievalServiceServicer_to_server(
+            RetrievalServicer(retrieval), server
+        ),
+        checks=[
+            *(model_check(m, settings.model_version(m)) for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)),
+            DependencyCheck("vector_store", store_ready),
+            DependencyCheck("tokenizer", tokenizer_ready),
+        ],
+        on_stop=close,
+        shown_settings={
+            "inference_backend": settings.inference_backend,
+            "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+            "milvus_uri": settings.milvus_uri,
+            "tokenizer_json": settings.tokenizer_json,
+            "model_versions": ",".join(f"{k}={v}" for k, v in settings.model_versions.items()),
+        },
     )

@@ -1,0 +1,86 @@
+"""Calls from one couturier service to another: channels, deadline propagation, error naming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import grpc
+
+from couturier.services.common.errors import DeadlineExpired, DownstreamCallFailed
+
+T = TypeVar("T")
+
+
+def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
+    """A channel that spreads calls over every address the target resolves to.
+
+    With a headless Kubernetes Service (``dns:///scoring.ns.svc.cluster.local:50051``) each pod is
+    one address; round robin plus the servers' ``max_connection_age`` keeps load spread as pods
+    come and go.
+    """
+    return grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.enable_retries", 1),
+        ],
+    )
+
+
+def remaining_s(context: grpc.aio.ServicerContext, cap_s: float) -> float:
+    """Seconds a downstream call may take: the caller's remaining deadline, at most ``cap_s``."""
+    left = context.time_remaining()
+    if left is None:
+        return cap_s
+    if left <= 0:
+        raise DeadlineExpired("the call's deadline passed before the next step could start")
+    return min(left, cap_s)
+
+
+@asynccontextmanager
+async def step(name: str) -> AsyncIterator[None]:
+    """Turns a failed downstream call into a DownstreamCallFailed that names ``name`` and keeps its code."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise DownstreamCallFailed(name, exc.code(), exc.details() or "") from None
+
+
+async def all_or_nothing(coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Runs the coroutines concurrently; the first failure cancels the rest and is raised as it is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as failed:
+        first = failed.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
+
+
+class Stubs:
+    """Stubs of other services over channels opened on first use (a grpc.aio channel belongs to the
+    event loop running when it is created, so none is opened before the server's loop runs)."""
+
+    def __init__(self, targets: dict[str, str], stub_types: dict[str, Any], max_message_bytes: int) -> None:
+        self._targets = targets
+        self._types = stub_types
+        self._size = max_message_bytes
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._stubs:
+            self._channels[name] = open_channel(self._targets[name], self._size)
+            self._stubs[name] = self._types[name](self._channels[name])
+        return self._stubs[name]
+
+    async def close(self) -> None:
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        await asyncio.gather(*(channel.close() for channel in channels))

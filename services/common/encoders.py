@@ -1,0 +1,41 @@
+"""Image encoders behind the inference backend: version resolution, preprocessing, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from couturier.services.common.images import to_model_input
+from couturier.services.common.inference import InferenceBackend
+
+#: Images per inference call when embedding many (index batches are split into calls of this size).
+ENCODE_BATCH = 64
+
+
+class ImageEncoder:
+    """One image -> vector model (``image (N,3,S,S)`` -> ``embedding (N,D)``) served by the backend."""
+
+    def __init__(self, backend: InferenceBackend, model: str, pinned_version: str = "") -> None:
+        self.backend = backend
+        self.model = model
+        self.pinned_version = pinned_version
+        self._sizes: dict[str, int] = {}
+
+    async def version(self, requested: str = "") -> str:
+        """The version to use: ``requested``, else the pinned one, else the newest the backend serves."""
+        return await self.backend.resolve_version(self.model, requested or self.pinned_version)
+
+    async def image_size(self, version: str) -> int:
+        if version not in self._sizes:
+            shapes = await self.backend.input_shapes(self.model, version)
+            self._sizes[version] = int(shapes["image"][-1])
+        return self._sizes[version]
+
+    async def encode(self, images: list[np.ndarray], version: str) -> np.ndarray:
+        """RGB uint8 images (any size) -> float32 (N, D) vectors, computed by ``version``."""
+        size = await self.image_size(version)
+        parts = []
+        for start in range(0, len(images), ENCODE_BATCH):
+            batch = to_model_input(images[start : start + ENCODE_BATCH], size)
+            out = await self.backend.infer(self.model, {"image": batch}, ["embedding"], version=version)
+            parts.append(np.asarray(out["embedding"], dtype=np.float32))
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)

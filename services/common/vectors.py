@@ -1,0 +1,867 @@
+"""Product vectors in Milvus: one store for milvus-lite (a ``.db`` path) and a Milvus server (``http://...``).
+
+One collection per embedding space (model name + model version), e.g. ``item_encoder_v3``: the DVBPR
+item vectors of the scoring service (raw inner products, metric IP) and the L2-normalised visual
+embeddings of the retrieval service (IP or COSINE). Every row also stores the model name and version
+that produced it, so a query vector from another encoder version is refused instead of silently
+ranking against incompatible vectors (:func:`check_query_version`).
+
+pymilvus is synchronous, so every call runs on ONE worker thread. For milvus-lite that thread is shared
+by every :class:`VectorStore` of the process that opens the same file: milvus-lite silently lost rows
+under concurrent writes from several threads, and one writer thread makes that impossible.
+
+Facts this module is built on (pymilvus 3.0.2, milvus-lite 3.2.2, Milvus server 2.3.5; see DESIGN.md):
+
+* milvus-lite runs in-process (a gRPC server on a thread) and holds an exclusive lock on its data
+  directory: a second *process* cannot open the same file; a second client in the same process shares
+  the server. Closing the last store of a file here releases the file.
+* Rows not yet flushed are scanned in Python on every search in milvus-lite (~0.2-0.4 s per query at
+  10k unflushed rows against ~0.02 s flushed). The store flushes a lite collection lazily, before the
+  first search or count that follows a write; a Milvus server needs no flush (Strong consistency).
+* The server's default consistency is Bounded (a read right after a write can miss it). Strong waits for
+  the server's time tick (~200 ms per read, measured on Milvus 2.3.5), so reads ask for Session: this
+  process reads its own upserts; deletes are followed by one Strong read (2.3 returns no delete
+  timestamp for Session to wait on). Writes from another process show up within about a second.
+* A search metric that differs from the index metric is accepted silently and ranks wrongly: searches
+  always send the collection's metric, and :meth:`VectorStore.ensure` refuses a collection whose
+  dimension or metric differs from the expected space.
+* NaN/Inf vectors are stored by milvus-lite (the server rejects them); top-k above 16384 passes in lite
+  but fails on the server; duplicate primary keys are kept twice by the server's insert: vectors are
+  validated here, top-k is bounded here, and writes always use upsert.
+* After a restart milvus-lite collections come back not loaded: attaching to a collection loads it.
+* HNSW with metric IP can lose most of its recall on unnormalised vectors: only FLAT and IVF_FLAT are
+  offered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+import numpy as np
+
+from couturier.services.common.errors import (
+    CouturierError,
+    DependencyUnavailable,
+    InvalidInput,
+    PreconditionFailed,
+)
+from couturier.services.common.logs import get_logger
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+# --- limits of the store (Milvus server limits, enforced on milvus-lite too) -------------------------
+MAX_TOPK: Final = 16_384  # Milvus server: topk (and topk + offset) <= 16384; lite accepts more
+MAX_SEARCH_QUERIES: Final = 1_024  # query vectors in one search call (server nq limit is 16384)
+MAX_DIM: Final = 32_768  # Milvus FLOAT_VECTOR dimension limit
+MAX_PRODUCT_ID_BYTES: Final = 512  # VARCHAR max_length of the primary key (UTF-8 bytes): 128 chars of any script
+MAX_LABEL_BYTES: Final = 128  # category, colour, model, model_version (UTF-8 bytes)
+MAX_FILTER_VALUES: Final = 1_024  # values in one category / colour filter
+MAX_EXCLUDED_IDS: Final = 65_536  # ids excluded from one search (in the filter: the server took 100k, k=1000)
+MAX_COLLECTION_NAME: Final = 255  # Milvus collection name length
+
+# --- how the store talks to Milvus -----------------------------------------------------------------
+WRITE_BATCH_BYTES: Final = 8 * 1024 * 1024  # vector bytes per upsert request (server message limit is 64 MiB)
+ID_BATCH: Final = 1_000  # ids per get / delete expression
+SCAN_BATCH: Final = 4_096  # rows per page when scanning a collection (per_category)
+LOAD_TIMEOUT_S: Final = 600.0  # loading a collection builds its index (8-19 s at 100k rows in lite)
+# Read-your-writes within this process (pymilvus remembers the last write timestamp per collection);
+# another process's writes show up within about a second. Strong cost ~200 ms per read on the server.
+CONSISTENCY: Final = "Session"
+DEFAULT_NLIST: Final = 128  # IVF_FLAT clusters (lite builds them per segment, clamped to the segment size)
+DEFAULT_NPROBE: Final = 32  # IVF_FLAT clusters scanned per query
+
+# Milvus error codes (server 2.3+ and milvus-lite agree on these).
+_CODE_CONNECT_FAILED: Final = 2
+_CODE_COLLECTION_NOT_FOUND: Final = 100
+_CODE_COLLECTION_NOT_LOADED: Final = 101
+
+Metric = Literal["IP", "COSINE", "L2"]
+IndexType = Literal["FLAT", "IVF_FLAT"]
+_METRICS: Final = ("IP", "COSINE", "L2")
+_INDEX_TYPES: Final = ("FLAT", "IVF_FLAT")
+_MODEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VERSION = re.compile(r"[A-Za-z0-9]+")  # no "_": the last "_v" of a collection name separates model and version
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_PK, _VECTOR, _CATEGORY, _COLOUR, _MODEL, _MODEL_VERSION = (
+    "product_id",
+    "vector",
+    "category",
+    "colour",
+    "model",
+    "model_version",
+)
+_SCALARS: Final = (_CATEGORY, _COLOUR, _MODEL, _MODEL_VERSION)
+#: Thumbnails are stored base64-encoded in a VARCHAR field (Milvus has no bytes scalar).
+_THUMBNAIL: Final = "thumbnail"
+MAX_THUMBNAIL_BYTES: Final = 48 * 1024
+_THUMBNAIL_FIELD_BYTES: Final = 4 * ((MAX_THUMBNAIL_BYTES + 2) // 3)
+
+
+def _thumbnail_text(data: bytes, of: str) -> str:
+    if len(data) > MAX_THUMBNAIL_BYTES:
+        raise InvalidInput(f"thumbnail {of} is {len(data)} bytes; at most {MAX_THUMBNAIL_BYTES}")
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True)
+class EmbeddingSpace:
+    """Where the vectors of one encoder version live: one collection per (model, version).
+
+    ``metric`` is the similarity the vectors are compared with: IP for DVBPR item vectors (raw inner
+    products), IP or COSINE for L2-normalised embeddings. ``index`` FLAT is exact; IVF_FLAT scans
+    ``nprobe`` of ``nlist`` clusters. HNSW is not offered (it loses recall on raw inner products).
+    """
+
+    model: str
+    version: str
+    dim: int
+    metric: Metric = "IP"
+    index: IndexType = "FLAT"
+    nlist: int = DEFAULT_NLIST
+    nprobe: int = DEFAULT_NPROBE
+
+    def __post_init__(self) -> None:
+        if not _MODEL_NAME.fullmatch(self.model):
+            raise InvalidInput(f"model name {self.model!r} must be letters, digits and '_', not starting with a digit")
+        if not _VERSION.fullmatch(self.version):
+            raise InvalidInput(f"model version {self.version!r} must be letters and digits only (e.g. '3')")
+        if not 1 <= self.dim <= MAX_DIM:
+            raise InvalidInput(f"vector dimension must be between 1 and {MAX_DIM}, got {self.dim}")
+        if self.metric not in _METRICS:
+            raise InvalidInput(f"metric must be one of {', '.join(_METRICS)}, got {self.metric!r}")
+        if self.index not in _INDEX_TYPES:
+            raise InvalidInput(f"index must be one of {', '.join(_INDEX_TYPES)}, got {self.index!r}")
+        if not 1 <= self.nlist <= 65_536:
+            raise InvalidInput(f"nlist must be between 1 and 65536, got {self.nlist}")
+        if not 1 <= self.nprobe <= self.nlist:
+            raise InvalidInput(f"nprobe must be between 1 and nlist ({self.nlist}), got {self.nprobe}")
+        if len(self.collection) > MAX_COLLECTION_NAME:
+            raise InvalidInput(f"collection name {self.collection!r} is longer than {MAX_COLLECTION_NAME}")
+
+    @property
+    def collection(self) -> str:
+        """The collection name, e.g. ``item_encoder_v3``."""
+        return collection_name(self.model, self.version)
+
+    def describe(self) -> str:
+        return f"{self.model} v{self.version}"
+
+
+def collection_name(model: str, version: str) -> str:
+    return f"{model}_v{version}"
+
+
+@dataclass(frozen=True)
+class ProductVector:
+    product_id: str
+    vector: np.ndarray = field(repr=False)
+    category: str = ""
+    colour: str = ""
+    #: Optional small image (PNG bytes, at most MAX_THUMBNAIL_BYTES) kept with the vector.
+    thumbnail: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``score`` is a similarity, higher is better: the inner product (IP), the
+    cosine (COSINE), or the negated distance Milvus reports for L2 (squared Euclidean, except
+    milvus-lite's IVF_FLAT which reports the Euclidean distance itself)."""
+
+    product_id: str
+    score: float
+    category: str
+    colour: str
+
+
+class VersionMismatch(PreconditionFailed):
+    """A query vector comes from another encoder version than the vectors it would be compared with."""
+
+
+def check_query_version(space: EmbeddingSpace, query_model: str, query_version: str) -> None:
+    """Refuse to search ``space`` with a vector produced by another model or model version."""
+    if query_model == space.model and str(query_version) == space.version:
+        return
+    raise VersionMismatch(
+        f"the query vector comes from {query_model} v{query_version} but the indexed vectors come from "
+        f"{space.describe()}; vectors of different encoder versions cannot be compared. Re-index the "
+        f"catalogue with {query_model} v{query_version} (`couturier index`), or pin the model version to "
+        f"{space.version} so queries are encoded by the same version as the index"
+    )
+
+
+def not_indexed(space: EmbeddingSpace) -> PreconditionFailed:
+    return _not_indexed(space.model, space.version)
+
+
+def _not_indexed(model: str, version: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"no vectors are indexed for {model} v{version} (collection {collection_name(model, version)} does not "
+        "exist); run `couturier index` to index the catalogue with this model version"
+    )
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def _check_text(value: str, what: str, max_bytes: int, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+    if required and not value:
+        raise InvalidInput(f"{what} is empty")
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidInput(f"{what} is {size} bytes in UTF-8; at most {max_bytes}")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{what} {value!r} contains a control character")
+    return value
+
+
+def _check_ids(ids: Iterable[str], what: str = "product id") -> list[str]:
+    """Validated ids in their first-seen order, duplicates removed."""
+    if isinstance(ids, str):
+        raise InvalidInput(f"{what}s must be a list of strings, got one string")
+    seen: dict[str, None] = {}
+    for product_id in ids:
+        seen.setdefault(_check_text(product_id, what, MAX_PRODUCT_ID_BYTES, required=True), None)
+    return list(seen)
+
+
+def _as_vector(value: Any, dim: int, what: str) -> np.ndarray:
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below
+            vector = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not a numeric vector: {exc}") from None
+    if vector.ndim != 1 or vector.shape[0] != dim:
+        raise InvalidInput(f"{what} has shape {vector.shape}; expected ({dim},)")
+    # Checked after the float32 cast: a finite float64 above 3.4e38 becomes inf here.
+    if not np.isfinite(vector).all():
+        raise InvalidInput(f"{what} contains NaN or infinite values; only finite numbers can be indexed")
+    return vector
+
+
+def _quote(value: str) -> str:
+    """A Milvus filter string literal. Control characters are refused by validation, so escaping the
+    backslash and the double quote is enough for both the server's and milvus-lite's parser."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _in_list(field_name: str, values: Sequence[str], *, negate: bool = False) -> str:
+    return f"{field_name} {'not in' if negate else 'in'} [{', '.join(_quote(v) for v in values)}]"
+
+
+def build_filter(categories: Sequence[str] = (), colours: Sequence[str] = (), exclude_ids: Sequence[str] = ()) -> str:
+    """The filter expression of a search (empty when nothing is filtered); every value is escaped."""
+    clauses = []
+    for field_name, values in ((_CATEGORY, categories), (_COLOUR, colours)):
+        if isinstance(values, str):
+            raise InvalidInput(f"{field_name} filter must be a list of strings, got one string")
+        if len(values) > MAX_FILTER_VALUES:
+            raise InvalidInput(f"{field_name} filter has {len(values)} values; at most {MAX_FILTER_VALUES}")
+        what = f"{field_name} filter value"
+        unique = list(dict.fromkeys(_check_text(v, what, MAX_LABEL_BYTES, required=False) for v in values))
+        if unique:
+            clauses.append(_in_list(field_name, unique))
+    excluded = _check_ids(exclude_ids, "excluded product id")
+    if len(excluded) > MAX_EXCLUDED_IDS:
+        raise InvalidInput(f"{len(excluded)} products are excluded from the search; at most {MAX_EXCLUDED_IDS}")
+    if excluded:
+        clauses.append(_in_list(_PK, excluded, negate=True))
+    return " and ".join(f"({clause})" for clause in clauses) if len(clauses) > 1 else "".join(clauses)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- milvus-lite files shared inside one process ------------------------------------------------------
+
+
+@dataclass
+class _Worker:
+    """The one thread that talks to a store (shared by every VectorStore of a milvus-lite file)."""
+
+    executor: ThreadPoolExecutor
+    users: int = 0
+    dirty: set[str] = field(default_factory=set)  # lite collections written since their last flush
+
+
+_LITE_WORKERS: dict[str, _Worker] = {}
+_LITE_WORKERS_LOCK = threading.Lock()
+
+
+def _is_lite(uri: str) -> bool:
+    return uri.endswith(".db")  # pymilvus's own rule for a milvus-lite URI
+
+
+def _lite_file_locked(path: str) -> bool:
+    """True when another process holds milvus-lite's lock on ``path`` (only meaningful when this process
+    does not hold it itself)."""
+    import fcntl
+
+    lock_path = os.path.join(path, "LOCK")
+    if not os.path.exists(lock_path):
+        return False
+    fd = os.open(lock_path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+# --- the store ----------------------------------------------------------------------------------------
+
+
+class VectorStore:
+    """Async access to product vectors in milvus-lite or a Milvus server (same code, chosen by ``uri``).
+
+    Connects lazily: construction never fails on an unreachable store; the first call (or :meth:`ping`)
+    raises :class:`DependencyUnavailable` saying what to do.
+    """
+
+    def __init__(self, uri: str, *, token: str = "", timeout_s: float = 10.0) -> None:
+        if not uri:
+            raise ValueError(
+                "the Milvus URI is empty; give a milvus-lite file (path ending in .db) or http://host:19530"
+            )
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.lite = _is_lite(uri)
+        if not self.lite and not uri.startswith(("http://", "https://", "tcp://", "unix:")):
+            raise ValueError(
+                f"Milvus URI {uri!r} is neither a milvus-lite file (a path ending in .db) nor a server URI "
+                "(http://host:19530, https://..., tcp://..., unix:...)"
+            )
+        self.uri = os.path.abspath(uri) if self.lite else uri
+        self.timeout_s = float(timeout_s)
+        self._token = token
+        self._client: MilvusClient | None = None
+        self._closed = False
+        self._attached: dict[EmbeddingSpace, str] = {}  # spaces checked and loaded -> their stored index type
+        if self.lite:
+            with _LITE_WORKERS_LOCK:
+                worker = _LITE_WORKERS.get(self.uri)
+                if worker is None:
+                    worker = _Worker(ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus-lite"))
+                    _LITE_WORKERS[self.uri] = worker
+                worker.users += 1
+        else:
+            worker = _Worker(ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus"))
+            worker.users = 1
+        self._worker = worker
+
+    def __repr__(self) -> str:
+        return f"VectorStore({self.describe()})"
+
+    def describe(self) -> str:
+        return f"milvus-lite file {self.uri}" if self.lite else f"Milvus server {self.uri}"
+
+    # --- plumbing --------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise DependencyUnavailable(f"the vector store ({self.describe()}) is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker.executor, fn, *args)
+
+    def _connect(self) -> MilvusClient:
+        """The client (worker thread only)."""
+        if self._client is not None:
+            return self._client
+        from pymilvus import MilvusClient
+
+        if self.lite:
+            os.makedirs(os.path.dirname(self.uri), exist_ok=True)
+        try:
+            self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - every failure to connect means the store is unavailable
+            raise self._unavailable(exc) from exc
+        return self._client
+
+    def _unavailable(self, exc: BaseException) -> DependencyUnavailable:
+        if self.lite and _lite_file_locked(self.uri):
+            return DependencyUnavailable(
+                f"milvus-lite file {self.uri} is locked by another process; milvus-lite allows one process per "
+                "file: give each service process its own file (COUTURIER_<SERVICE>_MILVUS_URI), or share a "
+                "Milvus server (http://host:19530, or `milvus-lite server --host 127.0.0.1`) between them"
+            )
+        detail = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+        if self.lite:
+            return DependencyUnavailable(f"cannot open milvus-lite file {self.uri}: {detail}")
+        return DependencyUnavailable(f"cannot reach the Milvus server at {self.uri}: {detail}")
+
+    def _translate(self, exc: Exception, space: EmbeddingSpace | None) -> Exception:
+        """A domain error for a pymilvus / gRPC failure; anything unexpected is returned unchanged."""
+        import grpc
+        from pymilvus.exceptions import ConnectionConfigException, ConnectionNotExistException, MilvusException
+
+        if isinstance(exc, CouturierError):
+            return exc
+        if isinstance(exc, grpc.RpcError):
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                self._drop_client()
+                return self._unavailable(exc)
+            return exc
+        if isinstance(exc, MilvusException):
+            message = exc.message or ""
+            if space is not None and exc.code == _CODE_COLLECTION_NOT_FOUND:
+                self._forget(space.collection)
+                return not_indexed(space)
+            if space is not None and exc.code == _CODE_COLLECTION_NOT_LOADED:
+                self._forget(space.collection)  # the next call loads it again
+                return DependencyUnavailable(
+                    f"collection {space.collection} in {self.describe()} was released by another client; "
+                    "it is reloaded on the next call: retry"
+                )
+            if (
+                isinstance(exc, (ConnectionConfigException, ConnectionNotExistException))
+                or exc.code == _CODE_CONNECT_FAILED
+                or "Retry timeout" in message
+                or "Fail connecting" in message
+            ):
+                self._drop_client()  # reconnect on the next call
+                return self._unavailable(exc)
+        return exc
+
+    def _forget(self, collection: str) -> None:
+        for known in [s for s in self._attached if s.collection == collection]:
+            del self._attached[known]
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        self._attached.clear()
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not fail
+                log.debug("closing the Milvus client failed", exc_info=True)
+
+    async def _run(self, space: EmbeddingSpace | None, fn: Callable[..., T], *args: Any) -> T:
+        def guarded() -> T:
+            try:
+                return fn(*args)
+            except Exception as exc:  # noqa: BLE001 - translated, or re-raised unchanged
+                translated = self._translate(exc, space)
+                if translated is exc:
+                    raise
+                raise translated from exc
+
+        return await self._call(guarded)
+
+    # --- collections -----------------------------------------------------------------------------------
+
+    def _attach(self, space: EmbeddingSpace, *, create: bool) -> MilvusClient:
+        """Make sure the collection exists (created when ``create``), fits ``space`` and is loaded."""
+        client = self._connect()
+        if space in self._attached:
+            return client
+        name = space.collection
+        if client.has_collection(name, timeout=self.timeout_s):
+            index_type = self._verify(client, space)
+        elif not create:
+            raise not_indexed(space)
+        else:
+            index_type = self._create(client, space)
+        client.load_collection(name, timeout=LOAD_TIMEOUT_S)
+        self._attached[space] = index_type
+        return client
+
+    def _create(self, client: MilvusClient, space: EmbeddingSpace) -> str:
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(_PK, DataType.VARCHAR, is_primary=True, max_length=MAX_PRODUCT_ID_BYTES)
+        schema.add_field(_VECTOR, DataType.FLOAT_VECTOR, dim=space.dim)
+        for name in _SCALARS:
+            schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
+        schema.add_field(_THUMBNAIL, DataType.VARCHAR, max_length=_THUMBNAIL_FIELD_BYTES)
+        index_params = client.prepare_index_params()
+        params = {"nlist": space.nlist} if space.index == "IVF_FLAT" else {}
+        index_params.add_index(_VECTOR, index_type=space.index, metric_type=space.metric, params=params)
+        try:
+            client.create_collection(
+                space.collection,
+                schema=schema,
+                index_params=index_params,
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout_s,
+            )
+        except Exception:
+            # Another process may have created it in between (a shared server): accept it if it fits.
+            if not client.has_collection(space.collection, timeout=self.timeout_s):
+                raise
+            return self._verify(client, space)
+        log.info("vector collection created", collection=space.collection, dim=space.dim, metric=space.metric,
+                 index=space.index, store=self.describe())
+        return space.index
+
+    def _verify(self, client: MilvusClient, space: EmbeddingSpace) -> str:
+        """Refuse a collection whose schema or metric does not fit ``space``; returns its index type."""
+        name = space.collection
+        fix = f"drop it (re-index with `couturier index`) or use a new model version for {space.model}"
+        description = client.describe_collection(name, timeout=self.timeout_s)
+        fields = {f["name"]: f for f in description.get("fields", [])}
+        missing = [n for n in (_PK, _VECTOR, *_SCALARS) if n not in fields]
+        if missing or not fields[_PK].get("is_primary"):
+            raise PreconditionFailed(
+                f"collection {name} in {self.describe()} was not created by couturier "
+                f"(missing fields: {', '.join(missing) or 'primary key ' + _PK}); {fix}"
+            )
+        dim = int(fields[_VECTOR].get("params", {}).get("dim", 0))
+        if dim != space.dim:
+            raise PreconditionFailed(
+                f"collection {name} holds {dim}-d vectors but {space.describe()} produces {space.dim}-d vectors; {fix}"
+            )
+        indexes = client.list_indexes(name, field_name=_VECTOR)
+        if not indexes:
+            raise PreconditionFailed(f"collection {name} has no vector index; {fix}")
+        index = client.describe_index(name, indexes[0], timeout=self.timeout_s)
+        metric = str(index.get("metric_type", "")).upper()
+        if metric != space.metric:
+            raise PreconditionFailed(
+                f"collection {name} is indexed for metric {metric} but {space.describe()} is searched with "
+                f"{space.metric}; {fix}"
+            )
+        index_type = str(index.get("index_type", ""))
+        if index_type != space.index:
+            log.warning("vector index type differs from the configured one; searching the stored index",
+                        collection=name, stored=index_type, configured=space.index)
+        return index_type
+
+    async def ensure(self, space: EmbeddingSpace) -> None:
+        """Create the collection of ``space`` if missing, check that an existing one fits, and load it."""
+        await self._run(space, lambda: self._attach(space, create=True))
+
+    async def versions(self, model: str) -> list[str]:
+        """The versions of ``model`` that have a collection in this store (sorted, numbers numerically)."""
+        if not _MODEL_NAME.fullmatch(model):
+            raise InvalidInput(f"model name {model!r} must be letters, digits and '_'")
+
+        def work() -> list[str]:
+            names = self._connect().list_collections(timeout=self.timeout_s)
+            prefix = f"{model}_v"
+            found = [n[len(prefix) :] for n in names if n.startswith(prefix) and _VERSION.fullmatch(n[len(prefix) :])]
+            return sorted(found, key=lambda v: (0, int(v), "") if v.isdigit() else (1, 0, v))
+
+        return await self._run(None, work)
+
+    async def dim(self, model: str, version: str) -> int:
+        """The vector dimension stored for ``model`` ``version`` (for tools that know no model to ask)."""
+        if not _MODEL_NAME.fullmatch(model) or not _VERSION.fullmatch(version):
+            raise InvalidInput(f"no collection can exist for model {model!r} version {version!r}")
+        name = collection_name(model, version)
+
+        def work() -> int:
+            client = self._connect()
+            if not client.has_collection(name, timeout=self.timeout_s):
+                raise _not_indexed(model, version)
+            fields = client.describe_collection(name, timeout=self.timeout_s).get("fields", [])
+            for entry in fields:
+                if entry.get("name") == _VECTOR:
+                    return int(entry.get("params", {}).get("dim", 0))
+            raise PreconditionFailed(f"collection {name} in {self.describe()} has no field {_VECTOR!r}; it was not "
+                                     "created by couturier: drop it and re-index with `couturier index`")
+
+        return await self._run(None, work)
+
+    async def drop(self, space: EmbeddingSpace) -> None:
+        """Drop the collection of ``space`` (no error when it does not exist)."""
+
+        def work() -> None:
+            client = self._connect()
+            self._forget(space.collection)
+            self._worker.dirty.discard(space.collection)
+            if client.has_collection(space.collection, timeout=self.timeout_s):
+                client.drop_collection(space.collection, timeout=self.timeout_s)
+                log.info("vector collection dropped", collection=space.collection, store=self.describe())
+
+        await self._run(space, work)
+
+    # --- writes ----------------------------------------------------------------------------------------
+
+    def _rows(self, space: EmbeddingSpace, items: Sequence[ProductVector]) -> list[dict[str, Any]]:
+        if isinstance(items, ProductVector):
+            items = [items]
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for index, item in enumerate(items):
+            if not isinstance(item, ProductVector):
+                raise InvalidInput(f"item {index} is a {type(item).__name__}, not a ProductVector")
+            product_id = _check_text(item.product_id, f"item {index} product id", MAX_PRODUCT_ID_BYTES, required=True)
+            if product_id in seen:
+                raise InvalidInput(
+                    f"product {product_id!r} appears more than once in one upsert; send each product once"
+                )
+            seen.add(product_id)
+            of = f"of product {product_id!r}"
+            rows.append(
+                {
+                    _PK: product_id,
+                    _VECTOR: _as_vector(item.vector, space.dim, f"vector {of}"),
+                    _CATEGORY: _check_text(item.category, f"category {of}", MAX_LABEL_BYTES, required=False),
+                    _COLOUR: _check_text(item.colour, f"colour {of}", MAX_LABEL_BYTES, required=False),
+                    _MODEL: space.model,
+                    _MODEL_VERSION: space.version,
+                    _THUMBNAIL: _thumbnail_text(item.thumbnail, of),
+                }
+            )
+        return rows
+
+    async def upsert(self, space: EmbeddingSpace, items: Sequence[ProductVector]) -> int:
+        """Insert or replace products' vectors (idempotent); returns how many were written.
+
+        Everything is validated before anything is written: a bad item (NaN/Inf, wrong dimension, empty
+        or duplicate id, oversized label) rejects the whole call and leaves the store unchanged. A call
+        larger than one request is written in several requests, each idempotent.
+        """
+        rows = self._rows(space, items)
+        if not rows:
+            return 0
+        batch = max(1, WRITE_BATCH_BYTES // (4 * space.dim))
+
+        def work() -> int:
+            client = self._attach(space, create=True)
+            for chunk in _chunks(rows, batch):
+                client.upsert(space.collection, list(chunk), timeout=self.timeout_s)
+                if self.lite:
+                    self._worker.dirty.add(space.collection)
+            return len(rows)
+
+        return await self._run(space, work)
+
+    async def delete(self, space: EmbeddingSpace, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete products by id; returns (how many were deleted, the ids that were not stored)."""
+        wanted = _check_ids(ids)
+        if not wanted:
+            return 0, []
+
+        def work() -> tuple[int, list[str]]:
+            client = self._attach(space, create=False)
+            deleted = 0
+            not_found: list[str] = []
+            for chunk in _chunks(wanted, ID_BATCH):
+                rows = client.query(space.collection, filter=_in_list(_PK, chunk), output_fields=[_PK],
+                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                present = {row[_PK] for row in rows}
+                not_found.extend(i for i in chunk if i not in present)
+                if present:
+                    client.delete(space.collection, filter=_in_list(_PK, [i for i in chunk if i in present]),
+                                  timeout=self.timeout_s)
+                    deleted += len(present)
+                    if self.lite:
+                        self._worker.dirty.add(space.collection)
+            if deleted and not self.lite:
+                # Session consistency covers our upserts but not deletes (Milvus 2.3 returns no delete
+                # timestamp): one Strong read waits until the server has applied them, so the reads
+                # that follow do not see the deleted rows.
+                client.query(space.collection, filter=_in_list(_PK, list(wanted[:1])), output_fields=["count(*)"],
+                             consistency_level="Strong", timeout=self.timeout_s)
+            return deleted, not_found
+
+        return await self._run(space, work)
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    def _flush_if_dirty(self, client: MilvusClient, space: EmbeddingSpace) -> None:
+        """milvus-lite scans unflushed rows in Python on every search: flush once after writes."""
+        if self.lite and space.collection in self._worker.dirty:
+            client.flush(space.collection, timeout=LOAD_TIMEOUT_S)
+            self._worker.dirty.discard(space.collection)
+
+    async def get(self, space: EmbeddingSpace, ids: Sequence[str]) -> dict[str, ProductVector]:
+        """Stored vectors by product id; ids that are not stored are absent from the answer."""
+        wanted = _check_ids(ids)
+        if not wanted:
+            return {}
+
+        def work() -> dict[str, ProductVector]:
+            client = self._attach(space, create=False)
+            found: dict[str, ProductVector] = {}
+            for chunk in _chunks(wanted, ID_BATCH):
+                rows = client.query(space.collection, filter=_in_list(_PK, chunk),
+                                    output_fields=[_PK, _VECTOR, _CATEGORY, _COLOUR, _THUMBNAIL],
+                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                for row in rows:
+                    found[row[_PK]] = ProductVector(
+                        product_id=row[_PK],
+                        vector=np.asarray(row[_VECTOR], dtype=np.float32),
+                        category=row.get(_CATEGORY) or "",
+                        colour=row.get(_COLOUR) or "",
+                        thumbnail=base64.b64decode(row.get(_THUMBNAIL) or ""),
+                    )
+            return {i: found[i] for i in wanted if i in found}
+
+        return await self._run(space, work)
+
+    async def search(
+        self,
+        space: EmbeddingSpace,
+        queries: np.ndarray,
+        k: int,
+        *,
+        categories: Sequence[str] = (),
+        colours: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Hit]]:
+        """The ``k`` most similar products for each query vector (rows of ``queries``), best first.
+
+        ``categories`` / ``colours`` keep products whose category / colour is one of the values (empty:
+        no filter); ``exclude_ids`` removes products (e.g. those the user already bought). Fewer than
+        ``k`` hits come back when fewer products match.
+        """
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                matrix = np.asarray(queries, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"query vectors are not numeric: {exc}") from None
+        if matrix.ndim == 1:
+            matrix = matrix[None, :]
+        if matrix.ndim != 2 or matrix.shape[1] != space.dim:
+            raise InvalidInput(f"query vectors have shape {matrix.shape}; expected (Q, {space.dim})")
+        if not 1 <= matrix.shape[0] <= MAX_SEARCH_QUERIES:
+            raise InvalidInput(f"a search takes 1 to {MAX_SEARCH_QUERIES} query vectors, got {matrix.shape[0]}")
+        bad = np.flatnonzero(~np.isfinite(matrix).all(axis=1))
+        if bad.size:
+            raise InvalidInput(f"query vector {int(bad[0])} contains NaN or infinite values")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_TOPK:
+            raise InvalidInput(f"k must be an integer between 1 and {MAX_TOPK}, got {k!r}")
+        expr = build_filter(categories, colours, exclude_ids)
+
+        def work() -> list[list[Hit]]:
+            client = self._attach(space, create=False)
+            self._flush_if_dirty(client, space)
+            index_type = self._attached.get(space, space.index)
+            params: dict[str, Any] = {"nprobe": space.nprobe} if index_type == "IVF_FLAT" else {}
+            results = client.search(
+                space.collection,
+                data=list(matrix),
+                filter=expr,
+                limit=int(k),
+                output_fields=[_CATEGORY, _COLOUR],
+                search_params={"metric_type": space.metric, "params": params},
+                anns_field=_VECTOR,
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout_s,
+            )
+            sign = -1.0 if space.metric == "L2" else 1.0
+            return [
+                [
+                    Hit(
+                        product_id=str(hit.id),
+                        score=sign * float(hit.distance),
+                        category=(hit.get("entity") or {}).get(_CATEGORY) or "",
+                        colour=(hit.get("entity") or {}).get(_COLOUR) or "",
+                    )
+                    for hit in hits
+                ]
+                for hits in results
+            ]
+
+        return await self._run(space, work)
+
+    async def count(self, space: EmbeddingSpace) -> int:
+        """How many products have a vector in ``space`` (0 when nothing is indexed yet)."""
+
+        def work() -> int:
+            client = self._connect()
+            if space not in self._attached and not client.has_collection(space.collection, timeout=self.timeout_s):
+                return 0
+            client = self._attach(space, create=False)
+            self._flush_if_dirty(client, space)
+            rows = client.query(space.collection, filter="", output_fields=["count(*)"],
+                                consistency_level=CONSISTENCY, timeout=self.timeout_s)
+            return int(rows[0]["count(*)"]) if rows else 0
+
+        return await self._run(space, work)
+
+    async def per_category(self, space: EmbeddingSpace) -> dict[str, int]:
+        """Products per category (``""`` for products stored without one); empty when nothing is indexed."""
+
+        def work() -> dict[str, int]:
+            client = self._connect()
+            if space not in self._attached and not client.has_collection(space.collection, timeout=self.timeout_s):
+                return {}
+            client = self._attach(space, create=False)
+            self._flush_if_dirty(client, space)
+            counts: dict[str, int] = {}
+            # Pages in primary-key order ("iterator" mode sorts by pk on the server and in milvus-lite);
+            # pymilvus's query_iterator asks for a server timestamp milvus-lite does not serve.
+            cursor_filter = f'{_PK} != ""'
+            while True:
+                page = client.query(space.collection, filter=cursor_filter, output_fields=[_PK, _CATEGORY],
+                                    limit=SCAN_BATCH, iterator="True", reduce_stop_for_best="True",
+                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                for row in page:
+                    category = row.get(_CATEGORY) or ""
+                    counts[category] = counts.get(category, 0) + 1
+                if len(page) < SCAN_BATCH:
+                    break
+                cursor_filter = f"{_PK} > {_quote(max(row[_PK] for row in page))}"
+            return dict(sorted(counts.items()))
+
+        return await self._run(space, work)
+
+    # --- health and lifecycle -------------------------------------------------------------------------
+
+    async def ping(self) -> str:
+        """A short readiness detail (usable as a DependencyCheck probe); raises DependencyUnavailable
+        when the store cannot be reached."""
+
+        def work() -> str:
+            names = self._connect().list_collections(timeout=self.timeout_s)
+            return f"{self.describe()}: {len(names)} collection{'s' if len(names) != 1 else ''}"
+
+        return await self._run(None, work)
+
+    async def close(self) -> None:
+        """Close the connection; the last store of a milvus-lite file in this process releases the file
+        (another process can open it afterwards). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        worker = self._worker
+        loop = asyncio.get_running_loop()
+
+        await loop.run_in_executor(worker.executor, self._drop_client)
+        if not self.lite:
+            worker.executor.shutdown(wait=False)
+            return
+        with _LITE_WORKERS_LOCK:
+            worker.users -= 1
+            last = worker.users == 0
+        if not last:
+            return
+
+        def release() -> None:
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)  # flushes and releases the file lock
+            worker.dirty.clear()
+
+        await loop.run_in_executor(worker.executor, release)
+        with _LITE_WORKERS_LOCK:
+            # A store opened on the same file meanwhile keeps the worker (its jobs run after the release).
+            if worker.users == 0 and _LITE_WORKERS.get(self.uri) is worker:
+                del _LITE_WORKERS[self.uri]
+                worker.executor.shutdown(wait=False)

@@ -1,0 +1,486 @@
+"""Latent optimisers of the latent service: numpy Adam over gradients served by the model backend.
+
+Every forward pass and gradient comes from the ONNX gradient models (``pref_grad``, ``inv_grad``,
+``shift_grad``; signatures in ``couturier.export.gradient_models``) through an
+:class:`~couturier.services.common.inference.InferenceBackend`; only the optimiser state lives here
+(numpy, float64; float32 goes over the wire). Images are float32 NCHW in [-1, 1].
+
+Latent constraint
+-----------------
+The generator was trained on ``z ~ U[-1, 1]^Dz``. Preference maximisation and inversion optimise an
+unconstrained ``w`` and use ``z = tanh(w)`` (the tanh box of Kang et al.'s paper text), so every
+iterate lies strictly inside the training range: ``grad_w = grad_z * (1 - z^2)`` and
+``w0 = arctanh(clip(z0, -0.999, 0.999))``. Alternatives not taken: clipping ``z`` after each step
+(projected gradient; coordinates pinned at a face keep their Adam momentum pushing outwards, and
+the result is not smooth in the start point); GIGS's re-standardisation of ``z`` to zero mean / unit
+variance each step (it presumes a Gaussian prior: it would move uniform latents out of the box);
+Kang's code, which leaves ``z`` free (designs can drift off the training range and degrade).
+Seller shifts are the exception: their radius is an L2 ball in ``z`` space, so they use Adam on
+the shifts plus a projection onto box and ball (both convex; see :func:`seller_shifts`).
+
+Backend calls are sequential (each step needs the previous one); every call of one function uses
+the model versions in ``versions`` (model name -> version, "" = the served one), so a caller that
+pins them gets one consistent model per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from couturier.services.common.inference import InferenceBackend
+from couturier.services.common.models import INV_GRAD, PREF_GRAD, SHIFT_GRAD
+from couturier.services.common.ssim import ssim
+
+__all__ = [
+    "DEFAULT_DIVERSITY_WEIGHT",
+    "DEFAULT_INVERSION_LEARNING_RATE",
+    "DEFAULT_INVERSION_STEPS",
+    "DEFAULT_LEARNING_RATE",
+    "DEFAULT_REALISM_WEIGHT",
+    "DEFAULT_RESTARTS",
+    "DEFAULT_SHIFTS",
+    "DEFAULT_SHIFT_LEARNING_RATE",
+    "DEFAULT_SHIFT_RADIUS",
+    "DEFAULT_SHIFT_STEPS",
+    "DEFAULT_STEPS",
+    "LATENT_BOX",
+    "TOPK_TEMPERATURE_FACTOR",
+    "Adam",
+    "InversionResult",
+    "Objective",
+    "OnStep",
+    "PreferenceResult",
+    "ShiftResult",
+    "invert",
+    "maximise_preference",
+    "one_hot",
+    "sample_prior",
+    "seller_shifts",
+]
+
+# -- defaults (the service and the proto documentation use these) ------------------------------
+
+#: Preference maximisation: Adam steps / learning rate on w (z = tanh(w)) / realism weight. Kang's
+#: code uses 10 steps at lr 0.05 with realism 1.0; 10 steps move each coordinate of w by at most
+#: ~0.5, which visibly changes a design within a fraction of a second of model time.
+DEFAULT_STEPS = 10
+DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_REALISM_WEIGHT = 1.0
+#: GAN inversion: Adam steps / learning rate / random restarts. GIGS's code runs 1000 steps; on the
+#: demo models 200 steps of 4 batched restarts give ~97% of the 1000-step loss reduction (~0.6 s CPU).
+DEFAULT_INVERSION_STEPS = 200
+DEFAULT_INVERSION_LEARNING_RATE = 0.05
+DEFAULT_RESTARTS = 4
+#: GIGS seller shifts: variants, L2 radius in z space (GIGS code 0.5, paper 0.4), diversity weight,
+#: Adam steps and learning rate on the shifts.
+DEFAULT_SHIFTS = 6
+DEFAULT_SHIFT_RADIUS = 0.5
+DEFAULT_DIVERSITY_WEIGHT = 1.0
+DEFAULT_SHIFT_STEPS = 20
+DEFAULT_SHIFT_LEARNING_RATE = 0.05
+#: The generator's latent range (training prior U[-1, 1]).
+LATENT_BOX = (-1.0, 1.0)
+#: TOP_K_SHARE temperature T_b = factor * RMS_u(s_bu(z0) - tau_u) (see :func:`maximise_preference`).
+TOPK_TEMPERATURE_FACTOR = 0.5
+
+_TANH_CLIP = 0.999
+
+Objective = Literal["mean", "top_k_share"]
+#: ``await on_step(step, z (B,Dz), objective (B,), image (B,3,S,S))``; step 0 is the start point.
+OnStep = Callable[[int, np.ndarray, np.ndarray, np.ndarray], Awaitable[None]]
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) on one numpy array; ``maximise=True`` ascends the gradient.
+
+    Defaults: ``learning_rate`` 0.05 (Kang's code), ``beta1`` 0.9, ``beta2`` 0.999, ``eps`` 1e-8.
+    State (moments, step count) is float64 and shaped like the first gradient it sees.
+    """
+
+    def __init__(self, learning_rate: float = DEFAULT_LEARNING_RATE, *, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, maximise: bool = False) -> None:
+        if learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
+        self.maximise = maximise
+        self.t = 0
+        self.m: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+
+    def step(self, params: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        """Return the updated parameters (``params`` is not modified)."""
+        grad = np.asarray(grad, dtype=np.float64)
+        if np.shape(params) != grad.shape:
+            raise ValueError(f"gradient shape {grad.shape} does not match parameters {np.shape(params)}")
+        if self.m is None or self.v is None:
+            self.m, self.v = np.zeros_like(grad), np.zeros_like(grad)
+        elif self.m.shape != grad.shape:
+            raise ValueError(f"gradient shape {grad.shape} changed from {self.m.shape}")
+        self.t += 1
+        self.m = self.beta1 * self.m + (1 - self.beta1) * grad
+        self.v = self.beta2 * self.v + (1 - self.beta2) * grad * grad
+        m_hat = self.m / (1 - self.beta1**self.t)
+        v_hat = self.v / (1 - self.beta2**self.t)
+        update = self.learning_rate * m_hat / (np.sqrt(v_hat) + self.eps)
+        return np.asarray(params, dtype=np.float64) + (update if self.maximise else -update)
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def sample_prior(batch: int, z_dim: int, seed: int | None) -> np.ndarray:
+    """``(batch, z_dim)`` float32 latents from the generator's prior U[-1, 1]."""
+    return np.random.default_rng(seed).uniform(*LATENT_BOX, (batch, z_dim)).astype(np.float32)
+
+
+def one_hot(index: int, n_categories: int, batch: int = 1) -> np.ndarray:
+    """``(batch, n_categories)`` float32 one-hot rows of category ``index`` (order: catalogue CATEGORIES)."""
+    if not 0 <= index < n_categories:
+        raise ValueError(f"category index {index} is outside 0..{n_categories - 1}")
+    return np.repeat(np.eye(n_categories, dtype=np.float32)[index][None], batch, axis=0)
+
+
+def _f32(x: np.ndarray | float) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _to_w(z: np.ndarray) -> np.ndarray:
+    return np.arctanh(np.clip(np.asarray(z, dtype=np.float64), -_TANH_CLIP, _TANH_CLIP))
+
+
+async def _pref(backend: InferenceBackend, version: str, z: np.ndarray, category: np.ndarray, theta: np.ndarray,
+                user_weight: np.ndarray, realism_weight: float) -> dict[str, np.ndarray]:
+    inputs = {"z": _f32(z), "category": _f32(category), "theta": _f32(theta), "user_weight": _f32(user_weight),
+              "realism_weight": np.full((z.shape[0], 1), realism_weight, dtype=np.float32)}
+    return await backend.infer(PREF_GRAD, inputs, version=version)
+
+
+# -- preference maximisation ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreferenceResult:
+    """Designs after optimisation. ``B`` designs, ``U`` users, ``T = steps + 1`` evaluated points.
+
+    ``objective_*`` is the group objective reported to callers: the mean score over users (MEAN)
+    or the hard share of users with ``s_u >= tau_u`` (TOP_K_SHARE). ``smooth_history`` is the
+    differentiable group objective (MEAN: the mean score; TOP_K_SHARE: ``mean_u sigmoid``);
+    ``value_history`` the full ascended value (preference term in score units minus the realism term).
+    """
+
+    z: np.ndarray  # (B,Dz) final latents, inside (-1, 1)
+    image: np.ndarray  # (B,3,S,S)
+    scores_before: np.ndarray  # (B,U) theta_u . Phi(G(z0))
+    scores_after: np.ndarray  # (B,U)
+    objective_before: np.ndarray  # (B,)
+    objective_after: np.ndarray  # (B,)
+    realism: np.ndarray  # (B,) D(G(z)) after
+    history: np.ndarray  # (T,B) objective at each evaluated point (row 0 = start)
+    smooth_history: np.ndarray  # (T,B)
+    value_history: np.ndarray  # (T,B) what Adam ascends: preference term - realism_weight * (D - 1)^2
+    temperature: np.ndarray | None = None  # (B,) TOP_K_SHARE only
+    calls: int = 0  # pref_grad calls made
+
+
+def _topk_terms(scores: np.ndarray, tau: np.ndarray, temp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hard share (B,), smooth share (B,), user_weight (B,U)) for TOP_K_SHARE at ``scores``."""
+    sig = 0.5 * (1.0 + np.tanh(0.5 * (scores - tau[None]) / temp[:, None]))  # sigmoid without overflow
+    n_users = scores.shape[1]
+    hard = (scores >= tau[None]).mean(axis=1)
+    # d(4T * mean_u sigmoid)/ds_u = 4 sig (1 - sig) / U: a user at the threshold weighs 1/U as in MEAN
+    weight = 4.0 * sig * (1.0 - sig) / n_users
+    return hard, sig.mean(axis=1), weight
+
+
+async def maximise_preference(
+    backend: InferenceBackend,
+    *,
+    z0: np.ndarray,
+    category: np.ndarray,
+    theta: np.ndarray,
+    objective: Objective = "mean",
+    thresholds: np.ndarray | None = None,
+    steps: int = DEFAULT_STEPS,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    realism_weight: float = DEFAULT_REALISM_WEIGHT,
+    versions: Mapping[str, str] = {},
+    on_step: OnStep | None = None,
+) -> PreferenceResult:
+    """Gradient ascent on ``z = tanh(w)`` of a group objective minus ``realism_weight * (D(G(z)) - 1)^2``.
+
+    Shapes: ``z0 (B,Dz)``, ``category (B,C)`` one-hot, ``theta (U,K)``, ``thresholds (U,)``.
+
+    * ``"mean"``: maximise ``mean_u theta_u . Phi(G(z))``. The first and last calls use the full
+      theta with weights 1/U (per-user scores before/after); the steps between use U=1 with the
+      group's mean theta, which is the same objective and gradient (theta enters linearly) at a cost
+      independent of the group. Calls: ``steps + 1``.
+    * ``"top_k_share"``: the reported objective is the share of users with ``s_u >= tau_u``
+      (``tau_u`` = the user's k-th best catalogue score, given as ``thresholds``). Optimised: the
+      smooth share ``F = mean_u sigmoid((s_u - tau_u) / T_b)`` by the chain rule, ``user_weight =
+      dF/ds_u`` evaluated at the scores of the *previous* call (one call per step instead of two; a
+      step moves the scores little relative to ``T``, and the scores/objective reported at each step
+      are exact). ``T_b = 0.5 * RMS_u(s_bu(z0) - tau_u)`` per design, fixed for the run: a design far
+      below every threshold still gets gradient from every user, a design near them is scored
+      almost like the hard share. F is scaled by ``4 T_b`` so that it is in score units and a user at
+      the threshold weighs 1/U as in MEAN: ``realism_weight`` means the same for both objectives.
+      Calls: ``steps + 2`` (one extra for the starting scores).
+
+    ``on_step`` is awaited at steps 0..steps with the objective of that point. Returns the final
+    iterate (not the best one seen).
+    """
+    z0, category, theta = np.asarray(z0), np.asarray(category), np.asarray(theta)
+    _require(z0.ndim == 2, f"z0 must be (B, Dz), got shape {z0.shape}")
+    _require(category.ndim == 2 and category.shape[0] == z0.shape[0],
+             f"category must be (B={z0.shape[0]}, C), got shape {category.shape}")
+    _require(theta.ndim == 2 and theta.shape[0] >= 1, f"theta must be (U, K) with U >= 1, got shape {theta.shape}")
+    _require(steps >= 0, f"steps must be >= 0, got {steps}")
+    if objective == "top_k_share":
+        _require(thresholds is not None, "top_k_share needs thresholds (U,)")
+        tau = np.asarray(thresholds, dtype=np.float64)
+        _require(tau.shape == (theta.shape[0],), f"thresholds must be (U={theta.shape[0]},), got shape {tau.shape}")
+    elif objective != "mean":
+        raise ValueError(f"objective must be 'mean' or 'top_k_share', got {objective!r}")
+    version = versions.get(PREF_GRAD, "")
+    b, n_users = z0.shape[0], theta.shape[0]
+    uniform = np.full((b, n_users), 1.0 / n_users)
+    mean_theta = theta.mean(axis=0, keepdims=True)
+    ones = np.ones((b, 1))
+
+    w = _to_w(z0)
+    z = np.tanh(w)
+    adam = Adam(learning_rate, maximise=True)
+    history: list[np.ndarray] = []
+    smooth: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    calls = 0
+    temp: np.ndarray | None = None
+    weight = uniform
+    if objective == "top_k_share":
+        out = await _pref(backend, version, z, category, theta, uniform, realism_weight)
+        calls += 1
+        start = out["scores"].astype(np.float64)
+        temp = TOPK_TEMPERATURE_FACTOR * np.sqrt(((start - tau[None]) ** 2).mean(axis=1)) + 1e-6
+        weight = _topk_terms(start, tau, temp)[2]
+    for t in range(steps + 1):
+        full = objective == "top_k_share" or t in (0, steps)
+        out = await _pref(backend, version, z, category, theta if full else mean_theta,
+                          weight if full else ones, realism_weight)
+        calls += 1
+        scores = out["scores"].astype(np.float64)
+        if objective == "mean":
+            obj = smooth_obj = pref_term = scores.mean(axis=1)
+        else:
+            assert temp is not None
+            obj, smooth_obj, weight = _topk_terms(scores, tau, temp)
+            pref_term = 4.0 * temp * smooth_obj
+        if t == 0:
+            scores_before = scores
+        history.append(obj)
+        smooth.append(smooth_obj)
+        values.append(pref_term - realism_weight * (out["realism"].reshape(-1).astype(np.float64) - 1.0) ** 2)
+        if on_step is not None:
+            await on_step(t, z.astype(np.float32), obj.astype(np.float32), out["image"])
+        if t == steps:
+            break
+        w = adam.step(w, out["grad_z"].astype(np.float64) * (1.0 - z * z))
+        z = np.tanh(w)
+    return PreferenceResult(
+        z=z.astype(np.float32), image=out["image"], scores_before=scores_before.astype(np.float32),
+        scores_after=scores.astype(np.float32), objective_before=history[0], objective_after=history[-1],
+        realism=out["realism"].reshape(-1), history=np.stack(history), smooth_history=np.stack(smooth),
+        value_history=np.stack(values), temperature=temp, calls=calls,
+    )
+
+
+# -- inversion -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InversionResult:
+    """Best reconstruction over restarts and steps. ``R`` restarts, ``T = steps + 1`` points."""
+
+    z: np.ndarray  # (1,Dz) best latent seen, inside (-1, 1)
+    image: np.ndarray  # (1,3,S,S) G(z)
+    loss: float  # inv_grad value at z (MSE + perceptual weight * perceptual)
+    best_restart: int
+    best_step: int
+    history: np.ndarray  # (T,R) loss of every restart at every step (row 0 = start)
+    calls: int = 0
+
+
+async def invert(
+    backend: InferenceBackend,
+    *,
+    target: np.ndarray,
+    category: np.ndarray,
+    steps: int = DEFAULT_INVERSION_STEPS,
+    learning_rate: float = DEFAULT_INVERSION_LEARNING_RATE,
+    restarts: int = DEFAULT_RESTARTS,
+    seed: int | None = 0,
+    z_dim: int | None = None,
+    versions: Mapping[str, str] = {},
+    on_step: OnStep | None = None,
+) -> InversionResult:
+    """Minimise ``inv_grad`` (pixel MSE + perceptual distance to ``target``) over ``z = tanh(w)``.
+
+    ``target (1,3,S,S)`` in [-1, 1], ``category (1,C)``; ``z_dim`` (the generator's latent size) is read
+    from ``inv_grad``'s input shape when not given. The restarts run as one batched call per step
+    (B = restarts, target repeated); starts are drawn from the prior U[-1, 1] with ``seed``. The
+    best (restart, step) point seen is returned, so it is never worse than any restart's start.
+    ``on_step`` gets the losses ``(R,)`` of all restarts. Calls: ``steps + 1``.
+    """
+    target, category = np.asarray(target), np.asarray(category)
+    _require(target.ndim == 4 and target.shape[0] == 1, f"target must be (1, 3, S, S), got shape {target.shape}")
+    _require(category.ndim == 2 and category.shape[0] == 1, f"category must be (1, C), got shape {category.shape}")
+    _require(restarts >= 1 and steps >= 0, f"need restarts >= 1 and steps >= 0, got {restarts} and {steps}")
+    version = versions.get(INV_GRAD, "")
+    if z_dim is None:
+        z_dim = int((await backend.input_shapes(INV_GRAD, version))["z"][-1])
+    _require(z_dim >= 1, f"z_dim must be >= 1, got {z_dim}")
+    tgt = _f32(np.repeat(target, restarts, axis=0))
+    cat = _f32(np.repeat(category, restarts, axis=0))
+    w = _to_w(sample_prior(restarts, z_dim, seed))
+    z = np.tanh(w)
+    adam = Adam(learning_rate, maximise=False)
+    history: list[np.ndarray] = []
+    best_loss, best = np.inf, (0, 0)
+    best_z = best_image = None
+    for t in range(steps + 1):
+        out = await backend.infer(INV_GRAD, {"z": _f32(z), "category": cat, "target": tgt}, version=version)
+        loss = out["value"].astype(np.float64)
+        history.append(loss)
+        r = int(np.argmin(loss))
+        if loss[r] < best_loss:
+            best_loss, best = float(loss[r]), (r, t)
+            best_z, best_image = z[r : r + 1].astype(np.float32), out["image"][r : r + 1]
+        if on_step is not None:
+            await on_step(t, z.astype(np.float32), loss.astype(np.float32), out["image"])
+        if t == steps:
+            break
+        w = adam.step(w, out["grad_z"].astype(np.float64) * (1.0 - z * z))
+        z = np.tanh(w)
+    assert best_z is not None and best_image is not None
+    return InversionResult(z=best_z, image=best_image, loss=best_loss, best_restart=best[0], best_step=best[1],
+                           history=np.stack(history), calls=steps + 1)
+
+
+# -- GIGS seller shifts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShiftResult:
+    """``n`` variants around the base latent. Preferences are ``sum_u user_weight_u * s_u``."""
+
+    z: np.ndarray  # (n,Dz) variant latents, inside the box
+    shifts: np.ndarray  # (n,Dz) z - base_z
+    image: np.ndarray  # (n,3,S,S)
+    base_image: np.ndarray  # (3,S,S)
+    shift_norm: np.ndarray  # (n,) <= radius
+    preference_before: float  # of the base item
+    preference_after: np.ndarray  # (n,)
+    preference_shift: np.ndarray  # (n,) after - before
+    opposite_ssim: np.ndarray  # (n,) 1 - SSIM(variant, base)
+    realism: np.ndarray  # (n,) D(G(z))
+    nearest_distance: np.ndarray  # (n,) RMS pixel distance to the closest other variant (nan if n == 1)
+    min_pairwise_distance: float  # min of nearest_distance (nan if n == 1)
+    history: np.ndarray  # (steps,) shift objective at the start of each step
+    calls: int = 0
+
+
+def _project(base: np.ndarray, shifts: np.ndarray, radius: float) -> np.ndarray:
+    """Shifts such that base + shift is in the box and ||shift|| <= radius (box first, then ball).
+
+    Scaling a shift towards 0 moves the variant along the segment from base (in the box) to the
+    clipped point (in the box), so the ball projection keeps the box constraint.
+    """
+    shifts = np.clip(base[None] + shifts, *LATENT_BOX) - base[None]
+    norm = np.linalg.norm(shifts, axis=1, keepdims=True)
+    return shifts * np.minimum(1.0, radius / np.maximum(norm, 1e-12))
+
+
+def _rms_distances(images: np.ndarray) -> np.ndarray:
+    """(n,n) RMS pixel distance between images (n,3,S,S)."""
+    flat = images.reshape(images.shape[0], -1).astype(np.float64)
+    sq = ((flat[:, None] - flat[None]) ** 2).mean(axis=2)
+    return np.sqrt(sq)
+
+
+async def seller_shifts(
+    backend: InferenceBackend,
+    *,
+    base_z: np.ndarray,
+    category: np.ndarray,
+    theta: np.ndarray,
+    user_weight: np.ndarray,
+    n: int = DEFAULT_SHIFTS,
+    radius: float = DEFAULT_SHIFT_RADIUS,
+    diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
+    realism_weight: float = DEFAULT_REALISM_WEIGHT,
+    steps: int = DEFAULT_SHIFT_STEPS,
+    learning_rate: float = DEFAULT_SHIFT_LEARNING_RATE,
+    seed: int | None = 0,
+    versions: Mapping[str, str] = {},
+) -> ShiftResult:
+    """GIGS: ``n`` shifts of ``base_z`` (Dz,) maximising ``shift_grad`` (preference - diversity penalty).
+
+    ``category (C,)``, ``theta (U,K)``, ``user_weight (U,)`` (1/U = the group mean). ``base_z`` is
+    clipped into the box. Shifts start as random orthogonal directions (n <= Dz) of norm
+    ``radius / 2``; after each Adam step they are projected: ``z = clip(base + shift, box)``, then
+    the shift onto the L2 ball of ``radius`` (a feasible point of box and ball, not their exact
+    Euclidean projection). Returns the final shifts. The preferences and images reported come from
+    one ``pref_grad`` call (B = n + 1, realism weight 0) on the base and the final variants.
+    Calls: ``steps`` shift_grad + 1 pref_grad.
+
+    Learning rate: Adam moves every coordinate by about ``learning_rate`` per step, i.e. the shift by
+    ~``learning_rate * sqrt(Dz)`` (0.5 at the defaults), so shifts reach the radius within a few
+    steps and the search runs along the ball's surface.
+    """
+    base = np.clip(np.asarray(base_z, dtype=np.float64), *LATENT_BOX)
+    category, theta, user_weight = np.asarray(category), np.asarray(theta), np.asarray(user_weight)
+    _require(base.ndim == 1, f"base_z must be (Dz,), got shape {base.shape}")
+    _require(category.ndim == 1, f"category must be (C,), got shape {category.shape}")
+    _require(theta.ndim == 2, f"theta must be (U, K), got shape {theta.shape}")
+    _require(user_weight.shape == (theta.shape[0],),
+             f"user_weight must be (U={theta.shape[0]},), got shape {user_weight.shape}")
+    _require(n >= 1 and radius > 0 and steps >= 0, f"need n >= 1, radius > 0, steps >= 0; got {n}, {radius}, {steps}")
+    _require(n <= base.size, f"n={n} shifts need n <= Dz={base.size}")
+    directions = np.linalg.qr(np.random.default_rng(seed).standard_normal((base.size, n)))[0].T  # (n,Dz) orthonormal
+    shifts = _project(base, 0.5 * radius * directions, radius)
+    inputs = {"base_z": _f32(base[None]), "category": _f32(category[None]), "theta": _f32(theta),
+              "user_weight": _f32(user_weight[None]),
+              "weights": np.array([[diversity_weight, realism_weight]], dtype=np.float32)}
+    adam = Adam(learning_rate, maximise=True)
+    history = []
+    version = versions.get(SHIFT_GRAD, "")
+    for _ in range(steps):
+        out = await backend.infer(SHIFT_GRAD, {**inputs, "shifts": _f32(shifts[None])}, version=version)
+        history.append(float(out["value"][0]))
+        shifts = _project(base, adam.step(shifts, out["grad_shifts"][0]), radius)
+    z = base[None] + shifts
+    both = np.concatenate([base[None], z])
+    ev = await _pref(backend, versions.get(PREF_GRAD, ""), both, np.repeat(category[None], n + 1, axis=0), theta,
+                     np.repeat(user_weight[None], n + 1, axis=0), 0.0)
+    pref = ev["value"].astype(np.float64)  # realism weight 0: sum_u w_u s_u
+    images = ev["image"]
+    if n > 1:
+        dist = _rms_distances(images[1:])
+        np.fill_diagonal(dist, np.inf)
+        nearest = dist.min(axis=1)
+    else:
+        nearest = np.full(1, np.nan)
+    return ShiftResult(
+        z=z.astype(np.float32), shifts=shifts.astype(np.float32), image=images[1:], base_image=images[0],
+        shift_norm=np.linalg.norm(shifts, axis=1), preference_before=float(pref[0]), preference_after=pref[1:],
+        preference_shift=pref[1:] - pref[0], opposite_ssim=1.0 - ssim(images[1:], images[0]),
+        realism=ev["realism"].reshape(-1)[1:], nearest_distance=nearest,
+        min_pairwise_distance=float(nearest.min()), history=np.array(history), calls=steps + 1,
+    )

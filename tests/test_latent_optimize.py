@@ -1,0 +1,204 @@
+"""Latent optimisers (services/latent/optimize.py) over the REAL gradient models served in-process by
+onnxruntime from the session's trained model repository; Adam and SSIM on their own."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from couturier.services.common.images import to_model_input
+from couturier.services.common.inference import OnnxRuntimeBackend
+from couturier.services.common.models import ITEM_ENCODER
+from couturier.services.common.ssim import gaussian_window, ssim
+from couturier.services.latent import optimize as opt
+from conftest import TrainedModels
+
+B = 4
+N_USERS = 12
+CATEGORY = 2  # trousers (couturier.export.data.catalogue.CATEGORIES order)
+
+
+# -- pure numpy ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("maximise", [False, True])
+def test_adam_converges_on_a_quadratic(maximise: bool) -> None:
+    rng = np.random.default_rng(0)
+    curvature, centre = rng.uniform(0.1, 10.0, 20), rng.normal(size=20)
+    x, adam = np.zeros(20), opt.Adam(0.05, maximise=maximise)
+    for _ in range(1000):
+        grad = curvature * (x - centre)  # gradient of 0.5 * sum a (x - c)^2
+        x = adam.step(x, -grad if maximise else grad)  # maximising -f == minimising f
+    np.testing.assert_allclose(x, centre, atol=1e-3)
+    assert adam.t == 1000
+    with pytest.raises(ValueError, match="gradient shape"):
+        adam.step(x, np.zeros(3))
+
+
+def test_ssim_identity_symmetry_and_noise() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, (2, 3, 32, 32))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), -1, 1)
+    np.testing.assert_allclose(ssim(a, a), 1.0, atol=1e-12)
+    np.testing.assert_allclose(ssim(a, b), ssim(b, a), atol=1e-12)
+    values = [ssim(a, np.clip(a + rng.normal(0, s, a.shape), -1, 1)) for s in (0.05, 0.2, 0.5)]
+    assert np.all(values[0] < 1) and np.all(values[1] < values[0]) and np.all(values[2] < values[1])
+    assert ssim(a, a[0]).shape == (2,)  # leading axes broadcast
+    with pytest.raises(ValueError, match="smaller than"):
+        ssim(a[..., :5, :5], a[..., :5, :5])
+    with pytest.raises(ValueError, match="same"):
+        ssim(a, a[..., :16])
+
+
+def test_ssim_matches_the_reference_formula() -> None:
+    # constant images: variances and covariance vanish -> (2 m n + C1) / (m^2 + n^2 + C1)
+    c1 = (0.01 * 2.0) ** 2
+    m, n = 0.3, -0.2
+    expected = (2 * m * n + c1) / (m * m + n * n + c1)
+    np.testing.assert_allclose(ssim(np.full((1, 8, 8), m), np.full((1, 8, 8), n)), expected, rtol=1e-9)
+    # a small random pair against windows summed by hand (Wang et al. 2004, eq. 13, Gaussian weights)
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(-1, 1, (2, 1, 9, 10))
+    w = np.outer(gaussian_window(), gaussian_window())
+    c2 = (0.03 * 2.0) ** 2
+    maps = []
+    for i in range(9 - 6):
+        for j in range(10 - 6):
+            x, y = a[0, i : i + 7, j : j + 7], b[0, i : i + 7, j : j + 7]
+            mx, my = (w * x).sum(), (w * y).sum()
+            vx, vy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum()
+            cxy = (w * (x - mx) * (y - my)).sum()
+            maps.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2)))
+    np.testing.assert_allclose(ssim(a, b), np.mean(maps), rtol=1e-9)
+
+
+async def test_shape_mismatches_raise_before_any_call() -> None:
+    z, cat, theta = np.zeros((2, 100)), np.zeros((3, 6)), np.zeros((4, 64))
+    with pytest.raises(ValueError, match="category"):
+        await opt.maximise_preference(None, z0=z, category=cat, theta=theta)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="thresholds"):
+        await opt.maximise_preference(None, z0=z, category=cat[:2], theta=theta, objective="top_k_share",  # type: ignore[arg-type]
+                                      thresholds=np.zeros(3))
+    with pytest.raises(ValueError, match="user_weight"):
+        await opt.seller_shifts(None, base_z=z[0], category=cat[0], theta=theta, user_weight=np.ones(3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target"):
+        await opt.invert(None, target=np.zeros((2, 3, 32, 32)), category=cat[:1], z_dim=100)  # type: ignore[arg-type]
+
+
+# -- over the served gradient models -------------------------------------------------------------
+
+
+@pytest.fixture
+async def backend(trained_models: TrainedModels) -> AsyncIterator[OnnxRuntimeBackend]:
+    served = OnnxRuntimeBackend(trained_models.repo_dir)
+    yield served
+    await served.close()
+
+
+@pytest.fixture(scope="module")
+def theta(trained_models: TrainedModels) -> np.ndarray:
+    return np.load(trained_models.user_vectors)["theta"][:N_USERS].astype(np.float32)
+
+
+def _start(batch: int = B, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    return opt.sample_prior(batch, 100, seed), opt.one_hot(CATEGORY, 6, batch)
+
+
+@pytest.mark.slow
+async def test_mean_preference_rises_and_stays_in_range(backend: OnnxRuntimeBackend, theta: np.ndarray) -> None:
+    z0, cat = _start()
+    seen: list[int] = []
+
+    async def on_step(step: int, z: np.ndarray, objective: np.ndarray, image: np.ndarray) -> None:
+        assert z.shape == (B, 100) and objective.shape == (B,) and image.shape == (B, 3, 32, 32)
+        seen.append(step)
+
+    res = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, steps=15, realism_weight=0.0,
+                                        on_step=on_step)
+    assert seen == list(range(16)) and res.calls == 16 and res.history.shape == (16, B)
+    assert np.all(res.objective_after > res.objective_before)
+    np.testing.assert_allclose(res.objective_before, res.scores_before.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(res.objective_after, res.scores_after.mean(axis=1), rtol=1e-5)
+    assert res.scores_after.shape == (B, N_USERS) and res.realism.shape == (B,)
+    assert np.all(np.abs(res.z) < 1.0) and res.image.min() >= -1.0 and res.image.max() <= 1.0
+
+    # with the realism term, the ascended value (preference - (D - 1)^2) rises for every design
+    res = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, steps=15)
+    assert np.all(res.value_history[-1] > res.value_history[0])
+
+
+@pytest.mark.slow
+async def test_mean_objective_of_a_group_equals_one_user_with_the_mean_theta(
+    backend: OnnxRuntimeBackend, theta: np.ndarray
+) -> None:
+    z0, cat = _start(seed=5)
+    group = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, steps=8)
+    single = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta.mean(axis=0, keepdims=True),
+                                           steps=8)
+    np.testing.assert_allclose(group.history, single.history, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(group.z, single.z, atol=1e-4)
+    # scores are linear in theta: the mean of per-user scores is the mean-theta score
+    np.testing.assert_allclose(group.scores_after.mean(axis=1), single.scores_after[:, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+async def test_top_k_share_raises_the_smooth_share(
+    backend: OnnxRuntimeBackend, theta: np.ndarray, trained_models: TrainedModels
+) -> None:
+    from couturier.export.data.dataset import load_prepared
+
+    images = load_prepared(trained_models.data_dir).catalogue.images
+    phi = (await backend.infer(ITEM_ENCODER, {"image": to_model_input(list(images), 32)}))["embedding"]
+    thresholds = np.sort(phi @ theta.T, axis=0)[-10]  # each user's 10th best catalogue score
+    z0, cat = _start(seed=7)
+    res = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, objective="top_k_share",
+                                        thresholds=thresholds, steps=20, realism_weight=0.0)
+    assert res.calls == 22 and res.temperature is not None and np.all(res.temperature > 0)
+    np.testing.assert_allclose(res.objective_before, (res.scores_before >= thresholds).mean(axis=1))
+    np.testing.assert_allclose(res.objective_after, (res.scores_after >= thresholds).mean(axis=1))
+    # The hard share of random starts against top-10 thresholds is often 0 and can stay there for 20
+    # steps on small models; the optimised surrogate must rise for every design.
+    assert np.all(res.smooth_history[-1] > res.smooth_history[0])
+    assert res.objective_after.mean() >= res.objective_before.mean()
+
+
+@pytest.mark.slow
+async def test_inversion_reduces_the_loss_and_keeps_the_best(
+    backend: OnnxRuntimeBackend, trained_models: TrainedModels
+) -> None:
+    from couturier.export.data.dataset import load_prepared
+
+    target = to_model_input([load_prepared(trained_models.data_dir).catalogue.images[0]], 32)
+    res = await opt.invert(backend, target=target, category=opt.one_hot(CATEGORY, 6), steps=60, restarts=3, seed=1)
+    assert res.history.shape == (61, 3) and res.calls == 61
+    assert np.all(res.history.min(axis=0) < res.history[0])  # every restart improves
+    assert res.loss <= res.history[0].min() and res.loss == pytest.approx(res.history.min())
+    assert res.history[res.best_step, res.best_restart] == pytest.approx(res.loss)
+    assert res.z.shape == (1, 100) and np.all(np.abs(res.z) < 1.0) and res.image.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.slow
+async def test_seller_shifts_stay_in_the_ball_and_raise_preference(
+    backend: OnnxRuntimeBackend, theta: np.ndarray
+) -> None:
+    base = opt.sample_prior(1, 100, 11)[0] * 0.95
+    common = dict(base_z=base, category=opt.one_hot(CATEGORY, 6)[0], theta=theta,
+                  user_weight=np.full(N_USERS, 1 / N_USERS), n=5, radius=0.8, steps=20, seed=4)
+    plain = await opt.seller_shifts(backend, diversity_weight=0.0, **common)
+    diverse = await opt.seller_shifts(backend, diversity_weight=10.0, **common)
+    for res in (plain, diverse):
+        assert res.image.shape == (5, 3, 32, 32) and res.calls == 21 and res.history.shape == (20,)
+        assert np.all(res.shift_norm <= 0.8 + 1e-5)
+        assert np.all(np.abs(res.z) <= 1.0)
+        np.testing.assert_allclose(res.z - base, res.shifts, atol=1e-6)
+        np.testing.assert_allclose(res.preference_shift, res.preference_after - res.preference_before, atol=1e-6)
+        assert np.all((res.opposite_ssim > 0) & (res.opposite_ssim <= 2))
+    assert plain.preference_after.mean() > plain.preference_before
+    assert plain.history[-1] > plain.history[0]
+    # The diversity term (RBF repulsion of the variants' Phi directions) spreads the variants apart.
+    # Its push vanishes as two variants coincide, so it is weak on a near-collapsed pair: measured
+    # here (seeds 4-6) the closest pair is 1.6-9x and the mean nearest distance 1.2-4.7x further apart.
+    assert diverse.nearest_distance.mean() > plain.nearest_distance.mean()
+    assert diverse.min_pairwise_distance > plain.min_pairwise_distance
