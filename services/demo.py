@@ -1,117 +1,701 @@
-"""The main job on the embedded default.
+"""The main job on the embedded default (``couturier demo``, ``make demo``).
 
-Today it prepares the data (real Fashion-MNIST images, simulated colours and shoppers), writes the
-catalogue contact sheet and statistics, starts every service as its own local process, checks each
-through the standard gRPC health service and reflection, stops them gracefully and writes a report.
+Stages, each announced with its elapsed time:
+
+1. data: prepare (or load) the catalogue, held-out images and simulated shoppers (``var/data``);
+2. models: train the four networks when ``runs/<profile>`` lacks them (about 12 minutes on a 2-core
+   CPU), export to ONNX when the export is missing or older than the checkpoints, and publish into
+   the model repository only the ONNX files it does not already hold (sha256 against each model's
+   newest version), so re-running never publishes duplicate versions;
+3. stack: a local Triton with every model plus the four services, each its own process, milvus-lite
+   files under ``<out>/serving/milvus`` (wiped first: every run indexes into an empty store);
+4. indexing: the whole catalogue through the orchestrator's ``IndexCatalogue``;
+5. flows: Recommend, DesignAndShop, Alter, SellerFeedback, MultimodalShop and SearchByImage through
+   :class:`~couturier.services.client.CouturierClient`, plus precision@10 of image search;
+6. diagnostics of every service; then the stack is stopped (always, also on Ctrl-C);
+7. report: ``demo_report.html`` (self-contained), ``demo_report.json`` and ``demo_report.md``.
+
+A flow that fails is recorded in the report (section ``errors``) and the others still run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
+import shutil
+import statistics
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from tqdm import tqdm
+import numpy as np
 
-from couturier.services.client import get_status, list_services
-from couturier.services.launcher import LocalStack
+from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER, TEXT_ENCODER
+
+#: The networks ``couturier train`` trains, each into ``runs/<profile>/<network>/checkpoint.pt``.
+NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
+CHECKPOINT = "checkpoint.pt"
+USER_VECTORS = "user_vectors.npz"
+
+#: Shoppers in the DesignAndShop group and in the SellerFeedback segment.
+DESIGN_GROUP_SIZE = 20
+SELLER_GROUP_SIZE = 30
+#: Held-out queries of the precision@10 measurement (spread evenly over the Fashion-MNIST classes).
+PRECISION_QUERIES = 100
+PRECISION_K = 10
+#: Adam steps of the design flows (the service default is Kang et al.'s 10; more steps reach further).
+DESIGN_STEPS = 50
+GROUP_DESIGN_STEPS = 150
+#: GIGS settings of the seller flow: a radius and diversity weight above the paper's defaults (0.5, 1.0)
+#: make the variants visibly different from each other on these 32 x 32 images.
+SELLER_RADIUS = 1.0
+SELLER_DIVERSITY = 10.0
+SELLER_STEPS = 50
+#: Per-call deadline of the demo's requests (seconds).
+CALL_TIMEOUT_S = 300.0
+#: MultimodalShop queries: (text, requested colour, category of the held-out query image). The texts
+#: follow the colour templates SynthTriplet was trained on (export/training/modifications.py).
+MULTIMODAL_QUERIES = (("same but in red", "red", "tops"), ("same but in black", "black", "dresses"),
+                      ("make it navy", "navy", "outerwear"))
 
 
-async def _probe_stack(stack: LocalStack) -> dict[str, Any]:
-    waited = await stack.wait_until_serving(timeout_s=60.0)
-    services: dict[str, Any] = {}
-    for key, proc in stack.processes.items():
-        status = MessageToDict(await get_status(proc.target), preserving_proto_field_name=True)
-        services[key] = {
-            "target": proc.target,
-            "seconds_to_serving": round(waited[key], 3),
-            "reflection": await list_services(proc.target),
-            "status": status,
-        }
-    return services
+@dataclass
+class Locations:
+    """Where the demo reads and writes besides its report folder."""
+
+    runs_root: Path = Path("runs")
+    repo_dir: Path = Path("var/model_repository")
+    user_vectors_dir: Path = Path("var/user_vectors")
 
 
-def check_services(log_dir: Path) -> dict[str, Any]:
-    """Start every service as a process, check health/reflection/diagnostics, stop them."""
-    stack = LocalStack(log_dir=log_dir)
+# -- progress ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stages:
+    """One line when a stage starts and one when it ends, with elapsed seconds."""
+
+    total: int
+    echo: Callable[[str], None] = field(default=lambda line: print(line, flush=True))
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    _n: int = 0
+
+    @contextmanager
+    def stage(self, name: str, what: str) -> Iterator[None]:
+        self._n += 1
+        prefix = f"[{self._n}/{self.total}] {name}"
+        self.echo(f"{prefix}: {what} ...")
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - begin
+            self.timings[name] = round(elapsed, 2)
+            self.echo(f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
+
+    def note(self, line: str) -> None:
+        self.echo(f"      {line}")
+
+
+# -- models: train, export, publish only what is missing ----------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_reasons(run_dir: Path) -> list[str]:
+    """Why the networks must be trained ([] when every checkpoint and the user vectors exist)."""
+    reasons = [f"{run_dir / net / CHECKPOINT} is missing" for net in NETWORKS if not (run_dir / net / CHECKPOINT).is_file()]
+    if not (run_dir / USER_VECTORS).is_file():
+        reasons.append(f"{run_dir / USER_VECTORS} is missing")
+    return reasons
+
+
+def export_reasons(run_dir: Path) -> list[str]:
+    """Why the ONNX export must be (re)done: missing files, or a checkpoint newer than the export."""
+    onnx = run_dir / "onnx"
+    missing = [name for name in ALL_MODELS if not (onnx / f"{name}.onnx").is_file()]
+    if missing:
+        return [f"{onnx} lacks {', '.join(missing)}"]
+    oldest = min((onnx / f"{name}.onnx").stat().st_mtime for name in ALL_MODELS)
+    newer = [net for net in NETWORKS if (run_dir / net / CHECKPOINT).is_file()
+             and (run_dir / net / CHECKPOINT).stat().st_mtime > oldest]
+    return [f"the {', '.join(newer)} checkpoint is newer than the ONNX export"] if newer else []
+
+
+def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
+    """Models whose exported ONNX file the repository's newest version does not hold, with the reason."""
+    from couturier.export.triton.layout import list_versions, model_path
+
+    reasons: dict[str, str] = {}
+    for name in ALL_MODELS:
+        versions = list_versions(repo_dir, name)
+        if not versions:
+            reasons[name] = "not in the repository"
+        elif sha256_file(onnx_dir / f"{name}.onnx") != sha256_file(model_path(repo_dir, name, versions[-1])):
+            reasons[name] = f"differs from v{versions[-1]}"
+    return reasons
+
+
+def newest_versions(repo_dir: Path) -> dict[str, str]:
+    from couturier.export.triton.layout import list_versions
+
+    return {name: str(versions[-1]) for name in ALL_MODELS if (versions := list_versions(repo_dir, name))}
+
+
+def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages) -> dict[str, Any]:
+    """Train / export / publish what is missing; returns what was done and the versions to serve."""
+    run_dir = where.runs_root / profile
+    info: dict[str, Any] = {"run_dir": str(run_dir), "trained": False, "exported": False, "published": False}
+    reasons = training_reasons(run_dir)
+    if reasons:
+        from couturier.export.pipeline import train_all
+
+        info.update(trained=True, training_reason="; ".join(reasons))
+        stages.note(f"training all four networks because {'; '.join(reasons)} "
+                    "(about 12 minutes on a 2-core CPU; later runs reuse the result)")
+        started = time.perf_counter()
+        train_all(prepared, where.runs_root, profile)
+        info["training_s"] = round(time.perf_counter() - started, 1)
+    else:
+        info["training_reason"] = f"every checkpoint and the user vectors are in {run_dir}"
+    why_export = ["freshly trained"] if info["trained"] else export_reasons(run_dir)
+    if why_export:
+        from couturier.export.pipeline import export_all
+
+        stages.note(f"exporting to ONNX ({'; '.join(why_export)})")
+        started = time.perf_counter()
+        exported = export_all(run_dir)
+        info.update(exported=True, export_reason="; ".join(why_export), export_s=round(time.perf_counter() - started, 1))
+        failed = [name for name, report in exported.parity.items() if not report.get("ok")]
+        if failed:
+            info["parity_failed"] = failed
+            stages.note(f"WARNING: ONNX parity check failed for {', '.join(failed)} (see {run_dir / 'onnx' / 'parity.json'})")
+    onnx_dir = run_dir / "onnx"
+    to_publish = publish_reasons(onnx_dir, where.repo_dir)
+    if to_publish:
+        from couturier.export.pipeline import publish_all
+
+        stages.note("publishing " + ", ".join(f"{name} ({why})" for name, why in to_publish.items()))
+        published = publish_all({name: onnx_dir / f"{name}.onnx" for name in to_publish}, where.repo_dir)
+        info.update(published=True, publish_reason="published " + ", ".join(f"{n} v{v}" for n, v in published.items()))
+    else:
+        info["publish_reason"] = f"{where.repo_dir} already holds these exact ONNX files (sha256); nothing published"
+    tokenizer = where.repo_dir / TEXT_ENCODER / "tokenizer.json"
+    if not tokenizer.is_file() and (onnx_dir / "tokenizer.json").is_file():
+        shutil.copyfile(onnx_dir / "tokenizer.json", tokenizer)
+    versions = newest_versions(where.repo_dir)
+    info["versions"] = versions
+    vectors = where.user_vectors_dir / f"{ITEM_ENCODER}_v{versions[ITEM_ENCODER]}.npz"
+    if ITEM_ENCODER in to_publish or not vectors.is_file():
+        from couturier.export.pipeline import publish_user_vectors
+
+        vectors = publish_user_vectors(run_dir, versions[ITEM_ENCODER], where.user_vectors_dir)
+        info["user_vectors"] = f"published {vectors} for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}"
+    else:
+        info["user_vectors"] = f"{vectors} (already there)"
+    stages.note(info["publish_reason"] + "; serving " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
+    return info
+
+
+# -- the flows -----------------------------------------------------------------------------------------
+
+
+class _Flows:
+    """Runs every flow against the started stack and fills ``results``."""
+
+    def __init__(self, client: Any, prepared: Any, results: dict[str, Any], stages: Stages) -> None:
+        from couturier.services.common.images import encode_png
+
+        self.client, self.prepared, self.results, self.stages = client, prepared, results, stages
+        self.encode_png = encode_png
+        self.cat = prepared.catalogue
+        self.held = prepared.heldout
+        self.inter = prepared.interactions
+        self.latency: dict[str, float] = results.setdefault("latency_ms", {})
+        self.errors: dict[str, str] = results.setdefault("errors", {})
+        self.served: dict[str, str] = results.setdefault("served_models", {})
+
+    # helpers ---------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def section(self, key: str, what: str) -> AsyncIterator[None]:
+        """A flow: its failure is recorded (and printed), the demo goes on with the next one."""
+        import grpc
+
+        begin = time.perf_counter()
+        try:
+            yield
+        except grpc.aio.AioRpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+            self.errors[key] = f"{what}: {message}" if key not in self.errors else self.errors[key] + f"; {what}: {message}"
+            self.stages.note(f"{what}: FAILED ({message})")
+        except Exception as exc:  # noqa: BLE001 - any failure of one flow goes into the report
+            message = f"{type(exc).__name__}: {exc}"
+            self.errors[key] = f"{what}: {message}" if key not in self.errors else self.errors[key] + f"; {what}: {message}"
+            self.stages.note(f"{what}: FAILED ({message})")
+        else:
+            self.stages.note(f"{what}: ok in {time.perf_counter() - begin:.1f} s")
+
+    async def timed(self, name: str, call: Any) -> Any:
+        begin = time.perf_counter()
+        reply = await call
+        self.latency[name] = round((time.perf_counter() - begin) * 1000, 1)
+        return reply
+
+    def item(self, row: int, **extra: Any) -> dict[str, Any]:
+        """A catalogue product as a report item."""
+        return {**self._labels(self.cat, row), "image": self.encode_png(self.cat.images[row]), **extra}
+
+    def held_item(self, row: int, **extra: Any) -> dict[str, Any]:
+        item = self._labels(self.held, row)
+        return {**item, "product_id": f"held-out {item['product_id']}", "image": self.encode_png(self.held.images[row]), **extra}
+
+    @staticmethod
+    def _labels(catalogue: Any, row: int) -> dict[str, Any]:
+        colour = int(catalogue.colour[row])
+        return {"product_id": str(catalogue.product_ids[row]),
+                "category": catalogue.category_names[int(catalogue.category[row])],
+                "colour": catalogue.colour_names[colour] if colour >= 0 else ""}
+
+    def hit_item(self, scored: Any, **extra: Any) -> dict[str, Any]:
+        """A ScoredProduct from a reply, with its catalogue image."""
+        product = scored.product
+        try:
+            image = self.encode_png(self.cat.images[self.cat.index_of(product.product_id)])
+        except Exception:  # noqa: BLE001 - a product the local catalogue does not know is shown without image
+            image = None
+        item = {"product_id": product.product_id, "category": product.category, "colour": product.colour, "image": image}
+        if "similarity" in product.attributes:
+            item["similarity"] = float(product.attributes["similarity"])
+        return {**item, **extra}
+
+    def rows_of(self, category: str) -> np.ndarray:
+        return np.flatnonzero(self.cat.category == self.cat.category_names.index(category))
+
+    def segment(self, category: str, size: int) -> list[str]:
+        """The ``size`` shoppers whose training purchases are most in ``category`` (ties: more purchases)."""
+        c = self.cat.category_names.index(category)
+        shares = [(-float(np.mean(self.cat.category[t] == c)) if len(t) else 0.0, -len(t), u)
+                  for u, t in enumerate(self.inter.train)]
+        return [str(self.inter.user_ids[u]) for _, _, u in sorted(shares)[:size]]
+
+    @staticmethod
+    def _version(model: Any) -> str:
+        return f"{model.name} v{model.version}" if model.name else ""
+
+    # flows -----------------------------------------------------------------------------------------
+
+    def pick_user(self) -> int:
+        """The simulated shopper with the most training purchases (the clearest taste to look at)."""
+        return int(np.argmax([len(t) for t in self.inter.train]))
+
+    async def run(self) -> None:
+        from couturier.v1 import common_pb2
+
+        self.user_row = self.pick_user()
+        self.user_id = str(self.inter.user_ids[self.user_row])
+        bought = self.inter.train[self.user_row]
+        self.user_category = self.cat.category_names[int(np.bincount(self.cat.category[bought]).argmax())]
+        self.user_ref = common_pb2.UserRef(user_id=self.user_id)
+        await self.recommend()
+        await self.design()
+        await self.alter()
+        await self.seller()
+        await self.multimodal()
+        await self.search()
+
+    async def recommend(self) -> None:
+        from couturier.v1 import common_pb2, scoring_pb2
+
+        out = self.results.setdefault("recommend", {})
+        async with self.section("recommend", "Recommend (trained shopper)"):
+            bought = self.inter.train[self.user_row]
+            reply = await self.timed("Recommend (trained shopper)", self.client.scoring.Recommend(
+                scoring_pb2.RecommendRequest(user=self.user_ref, k=10), timeout=CALL_TIMEOUT_S))
+            bought_categories = {self.cat.category_names[int(c)] for c in self.cat.category[bought]}
+            products = [self.hit_item(p, preference=p.score) for p in reply.products]
+            out["user"] = {
+                "user_id": self.user_id, "purchases": [self.item(int(r)) for r in bought[:24]],
+                "n_purchases": len(bought), "products": products, "model": self._version(reply.model),
+                "folded_in": reply.folded_in, "latency_ms": self.latency["Recommend (trained shopper)"],
+                "share_bought_category": float(np.mean([p["category"] in bought_categories for p in products])) if products else None,
+            }
+            self.served["scoring Recommend"] = self._version(reply.model)
+        async with self.section("recommend", "Recommend (new shopper, folded in)"):
+            colour, category = "red", "dresses"
+            rows = [int(r) for r in self.rows_of(category) if self.cat.colour_names[int(self.cat.colour[r])] == colour][:4]
+            liked = [str(self.cat.product_ids[r]) for r in rows]
+            reply = await self.timed("Recommend (new shopper)", self.client.scoring.Recommend(
+                scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="new-shopper", liked_product_ids=liked), k=10),
+                timeout=CALL_TIMEOUT_S))
+            products = [self.hit_item(p, preference=p.score) for p in reply.products]
+            out["new_user"] = {
+                "user_id": "new-shopper", "liked": [self.item(r) for r in rows], "liked_colour": colour,
+                "liked_category": category, "products": products, "folded_in": reply.folded_in,
+                "latency_ms": self.latency["Recommend (new shopper)"],
+                "share_same_colour": float(np.mean([p["colour"] == colour for p in products])) if products else None,
+                "share_same_category": float(np.mean([p["category"] == category for p in products])) if products else None,
+            }
+
+    def _design_part(self, reply: Any, **meta: Any) -> dict[str, Any]:
+        designs = []
+        for result in reply.results:
+            d = result.design
+            designs.append({
+                "image": d.generated.image.data, "objective": d.objective, "preference_before": d.preference_before,
+                "preference_after": d.preference_after, "realism": d.realism,
+                "products": [self.hit_item(p, preference=p.score) for p in result.nearest_products],
+            })
+        return {**meta, "designs": designs}
+
+    async def design(self) -> None:
+        from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
+
+        out = self.results.setdefault("design", {})
+        async with self.section("design", "DesignAndShop (one shopper)"):
+            request = orchestrator_pb2.DesignAndShopRequest(
+                design=latent_pb2.DesignRequest(audience=common_pb2.Audience(user=self.user_ref),
+                                                category=self.user_category, n=4, seed=7,
+                                                optimizer=latent_pb2.OptimizerParams(steps=DESIGN_STEPS)),
+                products_per_design=5)
+            reply = await self.timed("DesignAndShop (one shopper)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S))
+            out["user"] = self._design_part(
+                reply, title=f"Designs for shopper {self.user_id}", audience=f"shopper {self.user_id}",
+                category=self.user_category, steps=DESIGN_STEPS,
+                objective_name="mean preference (optimised together with Kang et al.'s realism term)",
+                latency_ms=self.latency["DesignAndShop (one shopper)"])
+        async with self.section("design", "DesignAndShop (group of 20, top-10 share)"):
+            category = "shoes"
+            users = self.segment(category, DESIGN_GROUP_SIZE)
+            audience = common_pb2.Audience(group=common_pb2.UserGroup(
+                users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"))
+            request = orchestrator_pb2.DesignAndShopRequest(
+                design=latent_pb2.DesignRequest(audience=audience, category=category, n=4, seed=11,
+                                                objective=latent_pb2.TOP_K_SHARE, top_k=10,
+                                                optimizer=latent_pb2.OptimizerParams(steps=GROUP_DESIGN_STEPS)),
+                products_per_design=5)
+            reply = await self.timed("DesignAndShop (group of 20)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S))
+            # What a design has to beat: each member's 10th-best score among the catalogue's products of the category.
+            described = await self.client.scoring.DescribeUsers(
+                scoring_pb2.DescribeUsersRequest(audience=audience, top_k=10, category=category), timeout=CALL_TIMEOUT_S)
+            thresholds = [u.kth_best_score for u in described.users]
+            out["group"] = self._design_part(
+                reply, title=f"Designs for a group of {len(users)} shoppers",
+                audience=f"{len(users)} simulated shoppers who buy the most {category} ({users[0]}, ...)",
+                category=category, top_k=10, users=users, steps=GROUP_DESIGN_STEPS,
+                median_threshold=float(np.median(thresholds)) if thresholds else None,
+                objective_name="share of the group for whom the design enters their top-10 of the catalogue (TOP_K_SHARE)",
+                latency_ms=self.latency["DesignAndShop (group of 20)"])
+
+    async def alter(self) -> None:
+        from couturier.v1 import common_pb2, latent_pb2, scoring_pb2
+
+        async with self.section("alter", "Alter (stream)"):
+            bought = set(int(r) for r in self.inter.train[self.user_row])
+            bought_colours = {int(self.cat.colour[r]) for r in bought}
+            row = next((int(r) for r in self.rows_of(self.user_category)
+                        if int(r) not in bought and int(self.cat.colour[r]) not in bought_colours),
+                       int(self.rows_of(self.user_category)[0]))
+            product_id = str(self.cat.product_ids[row])
+            request = latent_pb2.AlterRequest(
+                audience=common_pb2.Audience(user=self.user_ref), item=common_pb2.ItemSource(product_id=product_id),
+                optimizer=latent_pb2.OptimizerParams(steps=60), report_every=20)
+            frames: list[dict[str, Any]] = []
+            begin = time.perf_counter()
+            first_ms = None
+            async for progress in self.client.latent.Alter(request, timeout=CALL_TIMEOUT_S):
+                if first_ms is None:
+                    first_ms = (time.perf_counter() - begin) * 1000
+                phase = latent_pb2.AlterProgress.Phase.Name(progress.phase)
+                frame: dict[str, Any] = {"phase": phase, "step": progress.step, "image": progress.current.image.data}
+                if phase == "INVERSION":
+                    frame["reconstruction_loss"] = progress.reconstruction_loss
+                else:
+                    frame["objective"] = progress.preference
+                if phase == "DONE":
+                    frame["reconstruction_loss"] = progress.reconstruction_loss
+                frames.append(frame)
+            self.latency["Alter (whole stream)"] = round((time.perf_counter() - begin) * 1000, 1)
+            # The audience's preference for the original and for every frame, from the scoring service.
+            items = [common_pb2.ItemSource(product_id=product_id)]
+            items += [common_pb2.ItemSource(image=common_pb2.ImagePayload(data=f["image"], mime_type="image/png")) for f in frames]
+            scored = await self.client.scoring.ScoreItems(
+                scoring_pb2.ScoreItemsRequest(audience=common_pb2.Audience(user=self.user_ref), items=items), timeout=CALL_TIMEOUT_S)
+            scores = [s.score for s in sorted(scored.scores, key=lambda s: s.item_index)]
+            for frame, score in zip(frames, scores[1:]):
+                frame["preference"] = score
+            inverted = [f for f in frames if f["phase"] == "INVERSION"]
+            done = [f for f in frames if f["phase"] == "DONE"]
+            self.results["alter"] = {
+                "user_id": self.user_id, "product": self.item(row), "frames": frames, "messages": len(frames),
+                "latency_ms": self.latency["Alter (whole stream)"], "first_message_ms": round(first_ms or 0.0, 1),
+                "preference_original": scores[0],
+                "preference_inverted": inverted[-1]["preference"] if inverted else None,
+                "preference_final": done[-1]["preference"] if done else None,
+                "reconstruction_loss_final": inverted[-1]["reconstruction_loss"] if inverted else None,
+            }
+
+    async def seller(self) -> None:
+        from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
+
+        async with self.section("seller", "SellerFeedback (group of 30)"):
+            category = "outerwear"
+            rows = self.rows_of(category)
+            row = int(rows[np.random.default_rng(3).integers(len(rows))])
+            product_id = str(self.cat.product_ids[row])
+            users = self.segment(category, SELLER_GROUP_SIZE)
+            audience = common_pb2.Audience(group=common_pb2.UserGroup(
+                users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"))
+            request = orchestrator_pb2.SellerFeedbackRequest(
+                shifts=latent_pb2.SellerShiftsRequest(
+                    item=common_pb2.ItemSource(product_id=product_id), audience=audience, n=4, radius=SELLER_RADIUS,
+                    diversity_weight=SELLER_DIVERSITY, optimizer=latent_pb2.OptimizerParams(steps=SELLER_STEPS)),
+                competitors_per_variant=4)
+            reply = await self.timed("SellerFeedback (group of 30)", self.client.orchestrator.SellerFeedback(request, timeout=CALL_TIMEOUT_S))
+            original = await self.client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
+                audience=audience, items=[common_pb2.ItemSource(product_id=product_id)]), timeout=CALL_TIMEOUT_S)
+            self.results["seller"] = {
+                "product": self.item(row), "users": users, "latency_ms": self.latency["SellerFeedback (group of 30)"],
+                "audience": f"{len(users)} simulated shoppers who buy the most {category}",
+                "settings": f"n=4 variants, radius {SELLER_RADIUS:g}, diversity weight {SELLER_DIVERSITY:g}, "
+                            f"{SELLER_STEPS} shift steps, default inversion",
+                "base_image": reply.base.image.data, "base_preference": reply.base_preference,
+                "original_preference": original.scores[0].score if original.scores else None,
+                "item_competitors": [self.hit_item(p, similarity=p.score) for p in reply.item_competitors],
+                "variants": [{
+                    "image": v.variant.generated.image.data, "preference_before": v.variant.preference_before,
+                    "preference_after": v.variant.preference_after, "preference_shift": v.variant.preference_shift,
+                    "opposite_ssim": v.variant.opposite_ssim, "shift_norm": v.variant.shift_norm,
+                    "competitors": [self.hit_item(p, similarity=p.score) for p in v.competitors],
+                } for v in reply.variants],
+            }
+
+    async def multimodal(self) -> None:
+        from couturier.v1 import common_pb2, orchestrator_pb2, retrieval_pb2
+
+        out = self.results.setdefault("multimodal", {"user_id": self.user_id, "queries": []})
+        for text, colour, category in MULTIMODAL_QUERIES:
+            async with self.section("multimodal", f"MultimodalShop ({text!r})"):
+                c, k = self.held.category_names.index(category), self.held.colour_names.index(colour)
+                row = int(next(r for r in range(len(self.held)) if self.held.category[r] == c and self.held.colour[r] != k))
+                request = orchestrator_pb2.MultimodalShopRequest(
+                    search=retrieval_pb2.SearchByImageAndTextRequest(
+                        image=common_pb2.ImagePayload(data=self.encode_png(self.held.images[row]), mime_type="image/png"),
+                        text=text, k=10),
+                    user=self.user_ref)
+                name = f"MultimodalShop ({text!r})"
+                reply = await self.timed(name, self.client.orchestrator.MultimodalShop(request, timeout=CALL_TIMEOUT_S))
+                preference = list(reply.preference) or [None] * len(reply.hits)
+                hits = [self.hit_item(h, similarity=h.score, preference=p) for h, p in zip(reply.hits, preference)]
+                out["queries"].append({
+                    "text": text, "requested_colour": colour, "query": self.held_item(row),
+                    "synthetic_image": reply.synthetic_query.data, "hits": hits, "latency_ms": self.latency[name],
+                    "share_requested_colour": float(np.mean([h["colour"] == colour for h in hits])) if hits else None,
+                    "share_same_category": float(np.mean([h["category"] == category for h in hits])) if hits else None,
+                })
+
+    async def search(self) -> None:
+        from couturier.v1 import common_pb2, retrieval_pb2
+
+        out = self.results.setdefault("search", {"examples": []})
+
+        async def query(row: int, k: int) -> tuple[Any, float]:
+            request = retrieval_pb2.SearchByImageRequest(
+                image=common_pb2.ImagePayload(data=self.encode_png(self.held.images[row]), mime_type="image/png"), k=k)
+            begin = time.perf_counter()
+            reply = await self.client.retrieval.SearchByImage(request, timeout=CALL_TIMEOUT_S)
+            return reply, (time.perf_counter() - begin) * 1000
+
+        for category in ("shoes", "bags", "trousers"):
+            async with self.section("search", f"SearchByImage ({category})"):
+                c = self.held.category_names.index(category)
+                row = int(np.flatnonzero(self.held.category == c)[0])
+                reply, ms = await query(row, 8)
+                self.latency[f"SearchByImage ({category})"] = round(ms, 1)
+                self.served["retrieval SearchByImage"] = self._version(reply.encoder)
+                out["examples"].append({"query": self.held_item(row), "latency_ms": ms,
+                                        "hits": [self.hit_item(h, similarity=h.score) for h in reply.hits]})
+        async with self.section("search", f"precision@{PRECISION_K} over {PRECISION_QUERIES} held-out queries"):
+            rows = precision_rows(np.asarray(self.held.fm_class), PRECISION_QUERIES)
+            cat_hits, col_hits, cls_hits, times = [], [], [], []
+            per: dict[str, dict[str, list[float]]] = {}
+            for row in rows:
+                reply, ms = await query(int(row), PRECISION_K)
+                times.append(ms)
+                labels = self._labels(self.held, int(row))
+                hit_rows = [self.cat.index_of(h.product.product_id) for h in reply.hits]
+                same_cat = [h.product.category == labels["category"] for h in reply.hits]
+                same_col = [h.product.colour == labels["colour"] for h in reply.hits]
+                same_cls = [int(self.cat.fm_class[r]) == int(self.held.fm_class[row]) for r in hit_rows]
+                k = max(len(reply.hits), 1)
+                cat_hits.append(sum(same_cat) / PRECISION_K if reply.hits else 0.0)
+                col_hits.append(sum(same_col) / PRECISION_K if reply.hits else 0.0)
+                cls_hits.append(sum(same_cls) / PRECISION_K if reply.hits else 0.0)
+                entry = per.setdefault(labels["category"], {"category": [], "colour": []})
+                entry["category"].append(sum(same_cat) / k)
+                entry["colour"].append(sum(same_col) / k)
+            counts = np.bincount(self.cat.category, minlength=len(self.cat.category_names)) / len(self.cat)
+            out["precision"] = {
+                "queries": len(rows), "k": PRECISION_K,
+                "category": float(np.mean(cat_hits)), "colour": float(np.mean(col_hits)), "class": float(np.mean(cls_hits)),
+                "median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2),
+                "chance_category": float(np.mean([counts[int(self.held.category[r])] for r in rows])),
+                "chance_colour": 1.0 / len(self.cat.colour_names),
+                "per_category": {c: {"category": float(np.mean(v["category"])), "colour": float(np.mean(v["colour"])),
+                                     "queries": len(v["category"])} for c, v in sorted(per.items())},
+            }
+            self.latency[f"SearchByImage (median of {len(rows)})"] = round(statistics.median(times), 1)
+
+
+def precision_rows(fm_class: np.ndarray, n: int) -> np.ndarray:
+    """``n`` held-out rows spread evenly over the classes (the first rows of each class, round robin)."""
+    classes = sorted(set(int(c) for c in fm_class))
+    per_class = [list(np.flatnonzero(fm_class == c)) for c in classes]
+    rows: list[int] = []
+    depth = 0
+    while len(rows) < n and any(depth < len(p) for p in per_class):
+        rows.extend(int(p[depth]) for p in per_class if depth < len(p) and len(rows) < n)
+        depth += 1
+    return np.asarray(rows[:n], dtype=np.int64)
+
+
+# -- stack -----------------------------------------------------------------------------------------------
+
+
+async def _index(client: Any, prepared: Any, results: dict[str, Any]) -> None:
+    from couturier.services.indexing import index_catalogue
+    from couturier.v1 import catalogue_pb2
+
+    begin = time.perf_counter()
+    reply = await index_catalogue(client, prepared.catalogue)
+    seconds = time.perf_counter() - begin
+    n = len(prepared.catalogue)
+    side = lambda r: {"upserted": r.upserted, "total": r.total, "encoder": f"{r.encoder.name} v{r.encoder.version}"}  # noqa: E731
+    stats = await client.retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=CALL_TIMEOUT_S)
+    results["indexing"] = {
+        "items": n, "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1),
+        "scoring": side(reply.scoring), "retrieval": side(reply.retrieval),
+        "per_category": dict(sorted(stats.per_category.items())),
+    }
+
+
+async def _diagnostics(stack: Any, results: dict[str, Any]) -> None:
+    from google.protobuf.json_format import MessageToDict
+
+    from couturier.services.client import get_status, list_services
+    from couturier.services.registry import SERVICE_KEYS
+
+    services = results.setdefault("services", {})
+    for key in SERVICE_KEYS:
+        target = stack.target(key)
+        try:
+            status = MessageToDict(await get_status(target), preserving_proto_field_name=True,
+                                   always_print_fields_with_no_presence=True)
+            reflection = await list_services(target)
+        except Exception as exc:  # noqa: BLE001
+            results.setdefault("errors", {})["services"] = f"{key}: {exc}"
+            continue
+        services[key] = {"target": target, "reflection": reflection, **status}
+
+
+async def _serve_and_run(stack: Any, prepared: Any, results: dict[str, Any], stages: Stages) -> None:
+    from couturier.services.client import CouturierClient
+
+    with stages.stage("stack", "starting a local Triton (all models) and the four services as processes"):
+        await stack.start(timeout_s=180.0)
+        for key in ("scoring", "latent", "retrieval", "orchestrator"):
+            stages.note(f"{key}: {stack.target(key)}")
+    client = CouturierClient(stack.target("orchestrator"), stack.target("scoring"), stack.target("latent"),
+                             stack.target("retrieval"))
     try:
-        stack.start()
-        services = asyncio.run(_probe_stack(stack))
+        with stages.stage("indexing", f"indexing {len(prepared.catalogue)} products through the orchestrator"):
+            await _index(client, prepared, results)
+            idx = results["indexing"]
+            stages.note(f"{idx['items']} products in {idx['seconds']:.1f} s ({idx['items_per_s']:.0f} products/s)")
+        with stages.stage("flows", "Recommend, DesignAndShop, Alter, SellerFeedback, MultimodalShop, SearchByImage"):
+            await _Flows(client, prepared, results, stages).run()
+        with stages.stage("diagnostics", "asking every service for its status"):
+            await _diagnostics(stack, results)
     finally:
-        exit_codes = stack.stop()
-    for key, code in exit_codes.items():
-        services.setdefault(key, {})["exit_code"] = code
-    return services
+        await client.close()
 
 
-def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo") -> Path:
-    """Run the main job; returns the path of the markdown report."""
+def _stop(stack: Any) -> dict[str, int]:
+    codes: dict[str, int] = {}
+    try:
+        if stack.services is not None:
+            codes = stack.services.stop()
+    finally:
+        stack.stop()
+    return codes
+
+
+# -- entry ---------------------------------------------------------------------------------------------------
+
+
+def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo", *,
+             where: Locations | None = None) -> Path:
+    """Run the main job; returns the path of the HTML report (``<out_dir>/demo_report.html``)."""
     from couturier.export.data.dataset import prepare
     from couturier.export.data.paths import default_data_dir
-    from couturier.export.data.report import write_contact_sheet, write_stats
+    from couturier.services.stack import ServingStack
 
+    where = where or Locations()
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = data_dir or default_data_dir()
-    timings: dict[str, float] = {}
-    steps = tqdm(total=3, desc="couturier demo", unit="step")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    stages = Stages(total=7)
+    results: dict[str, Any] = {"profile": profile, "data_dir": str(data_dir), "errors": {}, "latency_ms": {},
+                               "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    started = time.perf_counter()
-    steps.set_postfix_str("data")
-    prepared = prepare(data_dir, profile=profile)
-    stats_paths = write_stats(prepared, out_dir)
-    sheet = write_contact_sheet(prepared.catalogue, out_dir / "catalogue_contact_sheet.png")
-    timings["data_s"] = time.perf_counter() - started
-    steps.update()
+    with stages.stage("data", f"preparing the {profile!r} data in {data_dir}"):
+        prepared = prepare(data_dir, profile=profile)
+        cat = prepared.catalogue
+        results["data"] = {"catalogue_items": len(cat), "heldout_items": len(prepared.heldout),
+                           "users": int(prepared.interactions.n_users), "categories": list(cat.category_names),
+                           "colours": list(cat.colour_names), "manifest": prepared.manifest}
+        stages.note(f"{len(cat)} products, {len(prepared.heldout)} held-out images, "
+                    f"{prepared.interactions.n_users} simulated shoppers")
+    with stages.stage("models", f"checking the trained models in {where.runs_root / profile} and {where.repo_dir}"):
+        results["models"] = ensure_models(prepared, profile, where, stages)
 
-    started = time.perf_counter()
-    steps.set_postfix_str("services")
-    services = check_services(out_dir / "logs")
-    timings["services_s"] = time.perf_counter() - started
-    steps.update()
+    work_dir = (out_dir / "serving").resolve()
+    shutil.rmtree(work_dir / "milvus", ignore_errors=True)  # every run indexes into an empty store
+    stack = ServingStack(where.repo_dir.resolve(), where.user_vectors_dir.resolve(), work_dir)
+    try:
+        asyncio.run(_serve_and_run(stack, prepared, results, stages))
+    finally:
+        stages.echo("stopping the stack ...")
+        exit_codes = _stop(stack)
+        stages.echo("stack stopped" + (f" (exit codes: {exit_codes})" if exit_codes else ""))
+    for key, code in exit_codes.items():
+        results.setdefault("services", {}).setdefault(key, {})["exit_code"] = code
 
-    steps.set_postfix_str("report")
-    summary = {
-        "profile": profile,
-        "data_dir": str(data_dir),
-        "contact_sheet": str(sheet),
-        "stats": [str(path) for path in stats_paths],
-        "services": services,
-        "timings_s": {key: round(value, 2) for key, value in timings.items()},
-    }
-    (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    report = out_dir / "demo_report.md"
-    report.write_text(_markdown(summary))
-    steps.update()
-    steps.close()
-    return report
+    with stages.stage("report", f"writing the report into {out_dir}"):
+        results["timings_s"] = {**stages.timings, "total": round(time.perf_counter() - stages.started, 2)}
+        html_path = write_report(results, out_dir)
+    return html_path
 
 
-def _markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        "# couturier demo (embedded default)",
-        "",
-        "Images are REAL (Fashion-MNIST); colours and shoppers are SIMULATED (see the data statistics).",
-        "",
-        f"- profile: `{summary['profile']}`, data dir: `{summary['data_dir']}`",
-        f"- contact sheet: `{summary['contact_sheet']}`",
-        *(f"- statistics: `{path}`" for path in summary["stats"]),
-        f"- timings: {summary['timings_s']}",
-        "",
-        "## Services (each its own process on 127.0.0.1)",
-        "",
-        "| service | target | SERVING after (s) | dependencies | reflected services | exit code |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, info in summary["services"].items():
-        deps = ", ".join(
-            f"{dep['name']}={'ready' if dep.get('ready') else 'NOT ready'}"
-            for dep in info.get("status", {}).get("dependencies", [])
-        ) or "none"
-        lines.append(
-            f"| {key} | {info.get('target', '')} | {info.get('seconds_to_serving', '')} | {deps} | "
-            f"{len(info.get('reflection', []))} | {info.get('exit_code', '')} |"
-        )
-    return "\n".join(lines) + "\n"
+def write_report(results: dict[str, Any], out_dir: Path) -> Path:
+    """``demo_report.html`` (images inline), ``demo_report.json`` (numbers) and ``demo_report.md``."""
+    import json
+
+    from couturier.services.demo_report import json_ready, render_html, render_markdown
+
+    html_path = out_dir / "demo_report.html"
+    html_path.write_text(render_html(results), encoding="utf-8")
+    (out_dir / "demo_report.json").write_text(json.dumps(json_ready(results), indent=2, default=str) + "\n")
+    (out_dir / "demo_report.md").write_text(render_markdown(results, html_path.name))
+    return html_path

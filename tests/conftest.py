@@ -66,6 +66,11 @@ class TrainedModels:
         """``user_vectors.npz`` (``theta`` (U,K), ``user_ids``) of the trained DVBPR."""
         return self.runs_root / "user_vectors.npz"
 
+    @property
+    def user_vectors_dir(self) -> Path:
+        """Where the scoring service reads ``item_encoder_v<N>.npz`` (published with the models)."""
+        return self.root / "user_vectors"
+
 
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
@@ -89,6 +94,7 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> TrainedModels:
     wall["export"] = time.perf_counter() - mark
     mark = time.perf_counter()
     versions = pipeline.publish_all(exported.paths, root / "repo")
+    pipeline.publish_user_vectors(runs.root, versions["item_encoder"], root / "user_vectors")
     wall["publish"] = time.perf_counter() - mark
     wall["total"] = time.perf_counter() - started
     models = TrainedModels(

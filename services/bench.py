@@ -1,0 +1,638 @@
+"""``couturier bench``: latency and throughput of every RPC under closed-loop load at several
+concurrency levels, and Triton vs in-process onnxruntime per model, in one run (JSON + markdown).
+
+The load runner is generic: ``run_load(call, concurrency, duration_s=..., count=...)`` starts
+``concurrency`` asyncio workers that share the caller's channels; each worker issues the next call as
+soon as its previous one returns (closed loop) until the duration is over or ``count`` calls were
+issued. Latency percentiles are over successful calls; failed calls are counted by status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+# -- closed-loop load runner -----------------------------------------------------------------------
+
+Call = Callable[[int], Awaitable[Any]]
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation between closest ranks); nan when empty."""
+    if not len(values):
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+@dataclass
+class LoadResult:
+    """One load level. ``latencies_ms`` holds successful calls only; ``extra_ms`` holds durations a
+    call reported itself (a mapping name -> seconds returned by the call, e.g. time to first message)."""
+
+    concurrency: int
+    elapsed_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    extra_ms: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def calls(self) -> int:
+        return self.ok + sum(self.errors.values())
+
+    def summary(self) -> dict[str, Any]:
+        lat = self.latencies_ms
+        out: dict[str, Any] = {
+            "concurrency": self.concurrency,
+            "calls": self.calls,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "throughput_per_s": self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+            "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+            **{f"p{q}_ms": percentile(lat, q) for q in (50, 90, 99)},
+            "max_ms": max(lat) if lat else float("nan"),
+        }
+        for name, values in self.extra_ms.items():
+            out[name] = {f"p{q}_ms": percentile(values, q) for q in (50, 90, 99)}
+        return out
+
+
+def _error_name(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name
+    return type(exc).__name__
+
+
+async def run_load(call: Call, concurrency: int, duration_s: float | None = None, count: int | None = None) -> LoadResult:
+    """Closed loop: ``concurrency`` workers call ``call(i)`` (``i`` = 0, 1, ... across all workers)
+    back to back until ``duration_s`` has passed or ``count`` calls were issued (whichever first).
+
+    Calls already running at the deadline finish and count. ``elapsed_s`` runs until the last one.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    if duration_s is None and count is None:
+        raise ValueError("give duration_s or count")
+    result = LoadResult(concurrency=concurrency, elapsed_s=0.0)
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + duration_s if duration_s is not None else float("inf")
+
+    async def worker() -> None:
+        nonlocal issued
+        while time.perf_counter() < deadline and (count is None or issued < count):
+            index, issued = issued, issued + 1
+            t0 = time.perf_counter()
+            try:
+                reply = await call(index)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted by its status/type
+                result.errors[_error_name(exc)] += 1
+                continue
+            result.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+            if isinstance(reply, Mapping):
+                for name, seconds in reply.items():
+                    result.extra_ms.setdefault(name, []).append(float(seconds) * 1e3)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+# -- the RPC cases --------------------------------------------------------------------------------
+
+TEXTS = ("same but in red", "like this but in black", "the same in blue", "this but in green")
+
+
+@dataclass
+class BenchData:
+    """What requests are built from: prepared users, indexed product ids and held-out query images."""
+
+    users: list[str]
+    product_ids: list[str]
+    query_pngs: list[bytes]
+    images: np.ndarray  # (N, S, S, 3) uint8 catalogue images, for the model inputs
+    categories: np.ndarray  # (N,) category index of ``images``
+    theta: np.ndarray  # (U, K) trained user vectors
+    tokenizer_json: Path
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, data_dir: Path, user_vectors: Path, tokenizer_json: Path, index_limit: int, n_queries: int = 64) -> BenchData:
+        from couturier.export.data.dataset import load_prepared
+        from couturier.services.common.images import encode_png
+
+        prepared = load_prepared(data_dir)
+        cat, held = prepared.catalogue, prepared.heldout
+        indexed = min(index_limit, len(cat))
+        rng = np.random.default_rng(0)
+        queries = rng.choice(len(held), size=min(n_queries, len(held)), replace=False)
+        vectors = np.load(user_vectors)
+        users = [str(u) for u in rng.permutation(prepared.interactions.user_ids)[:256]]
+        return cls(
+            users=users,
+            product_ids=[str(p) for p in rng.permutation(cat.product_ids[:indexed])],
+            query_pngs=[encode_png(held.images[i]) for i in queries],
+            images=cat.images[:64],
+            categories=np.asarray(cat.category[:64]),
+            theta=np.asarray(vectors["theta"], dtype=np.float32),
+            tokenizer_json=tokenizer_json,
+            sizes={"catalogue_items": len(cat), "indexed_items": indexed, "heldout_items": len(held),
+                   "users": int(prepared.interactions.n_users), "query_images": len(queries)},
+        )
+
+
+@dataclass(frozen=True)
+class RpcCase:
+    name: str
+    request: str  # what one call asks for
+    call: Call
+    heavy: bool = False
+
+
+def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
+    """One realistic fixed request per RPC; call ``i`` varies the user, product and image."""
+    from couturier.services.common.models import CATEGORIES
+    from couturier.v1 import common_pb2 as c, latent_pb2 as lat, orchestrator_pb2 as orc, retrieval_pb2 as ret, scoring_pb2 as sc
+
+    def user(i: int) -> Any:
+        return c.UserRef(user_id=data.users[i % len(data.users)])
+
+    def pid(i: int) -> str:
+        return data.product_ids[i % len(data.product_ids)]
+
+    def image(i: int) -> Any:
+        return c.ImagePayload(data=data.query_pngs[i % len(data.query_pngs)], mime_type="image/png")
+
+    def score(i: int) -> Any:
+        items = [c.ItemSource(product_id=pid(10 * i + j)) for j in range(10)]
+        return sc.ScoreItemsRequest(audience=c.Audience(user=user(i)), items=items)
+
+    def text_search(i: int) -> Any:
+        return ret.SearchByImageAndTextRequest(image=image(i), text=TEXTS[i % len(TEXTS)], k=10)
+
+    def design(i: int) -> Any:
+        return lat.DesignRequest(audience=c.Audience(user=user(i)), category=CATEGORIES[i % len(CATEGORIES)], n=4, seed=i + 1)
+
+    def shifts(i: int) -> Any:
+        return lat.SellerShiftsRequest(item=c.ItemSource(product_id=pid(i)), audience=c.Audience(user=user(i)), n=4,
+                                       inversion=lat.InversionParams(steps=50))
+
+    async def alter(i: int) -> dict[str, float]:
+        request = lat.AlterRequest(audience=c.Audience(user=user(i)), item=c.ItemSource(product_id=pid(i)),
+                                   inversion=lat.InversionParams(steps=50), report_every=10)
+        t0, first = time.perf_counter(), None
+        async for _ in client.latent.Alter(request, timeout=timeout_s):
+            first = first if first is not None else time.perf_counter() - t0
+        return {"first_message": first if first is not None else float("nan")}
+
+    def unary(method: Callable[..., Awaitable[Any]], build: Callable[[int], Any]) -> Call:
+        return lambda i: method(build(i), timeout=timeout_s)
+
+    return [
+        RpcCase("scoring.ScoreItems", "1 user, 10 catalogue product ids", unary(client.scoring.ScoreItems, score)),
+        RpcCase("scoring.Recommend", "1 user, k=10", unary(
+            client.scoring.Recommend, lambda i: sc.RecommendRequest(user=user(i), k=10))),
+        RpcCase("retrieval.SearchByImage", "held-out 32x32 PNG, k=10", unary(
+            client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=10))),
+        RpcCase("retrieval.SearchByImageAndText", "held-out PNG + 'same but in <colour>', k=10",
+                unary(client.retrieval.SearchByImageAndText, text_search)),
+        RpcCase("latent.Design", "1 user, n=4 designs, 10 steps (default)", unary(client.latent.Design, design), heavy=True),
+        RpcCase("latent.SellerShifts", "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, 20 shift steps",
+                unary(client.latent.SellerShifts, shifts), heavy=True),
+        RpcCase("latent.Alter (stream)", "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
+                "report_every=10; also time to first message", alter, heavy=True),
+        RpcCase("orchestrator.DesignAndShop", "Design as above + 5 products per design", unary(
+            client.orchestrator.DesignAndShop, lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=5)),
+            heavy=True),
+        RpcCase("orchestrator.MultimodalShop", "SearchByImageAndText as above, re-ranked for 1 user", unary(
+            client.orchestrator.MultimodalShop, lambda i: orc.MultimodalShopRequest(search=text_search(i), user=user(i)))),
+        RpcCase("orchestrator.SellerFeedback", "SellerShifts as above + 3 competitors per variant", unary(
+            client.orchestrator.SellerFeedback,
+            lambda i: orc.SellerFeedbackRequest(shifts=shifts(i), competitors_per_variant=3)), heavy=True),
+    ]
+
+
+# -- Triton vs in-process onnxruntime -----------------------------------------------------------------
+
+
+def model_inputs(model: str, shapes: Mapping[str, tuple[int, ...]], batch: int, data: BenchData,
+                 text_embedding: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Realistic inputs: catalogue images and their categories, prior latents, a trained user (U=1).
+
+    ``batch`` is the leading axis (designs, restarts); for ``shift_grad`` it is the number of shifts.
+    """
+    from couturier.export.models.text_encoder import Tokenizer
+    from couturier.services.common.images import to_model_input
+    from couturier.services.common.models import SHIFT_GRAD
+
+    rng = np.random.default_rng(1)
+    lead = 1 if model == SHIFT_GRAD else batch
+    rows = np.arange(lead) % len(data.images)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in shapes.items():
+        if name in ("image", "reference", "target"):
+            out[name] = to_model_input(list(data.images[rows]), shape[-1])
+        elif name == "category":
+            out[name] = np.eye(shape[-1], dtype=np.float32)[data.categories[rows] % shape[-1]]
+        elif name in ("z", "base_z"):
+            out[name] = rng.uniform(-1, 1, (lead, shape[-1])).astype(np.float32)
+        elif name == "shifts":
+            out[name] = rng.normal(0, 0.05, (1, batch, shape[-1])).astype(np.float32)
+        elif name == "theta":
+            out[name] = data.theta[:1]
+        elif name in ("user_weight", "realism_weight"):
+            out[name] = np.ones((lead, 1), np.float32)
+        elif name == "weights":
+            out[name] = np.ones((1, 2), np.float32)
+        elif name == "text_embedding":
+            assert text_embedding is not None
+            out[name] = np.repeat(text_embedding[:1], lead, axis=0)
+        elif name in ("input_ids", "attention_mask"):
+            texts = [TEXTS[i % len(TEXTS)] for i in range(lead)]
+            out.update(Tokenizer(data.tokenizer_json)(texts))
+        else:
+            raise ValueError(f"no realistic input for {model}.{name}")
+    return out
+
+
+_STAT_FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+async def triton_stats(client: Any, models: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Cumulative Triton statistics per model (summed over versions): counts and nanoseconds."""
+    out: dict[str, dict[str, int]] = {}
+    for model in models:
+        reply = await client.get_inference_statistics(model_name=model)
+        row = Counter[str]()
+        for stats in reply.model_stats:
+            row["inference_count"] += stats.inference_count
+            row["execution_count"] += stats.execution_count
+            for name in _STAT_FIELDS:
+                part = getattr(stats.inference_stats, name)
+                row[f"{name}_count"] += part.count
+                row[f"{name}_ns"] += part.ns
+        out[model] = dict(row)
+    return out
+
+
+async def settled_stats(client: Any, models: Sequence[str], expect: Mapping[str, int] | None = None,
+                        timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+    """Statistics once they have caught up: success counts reach ``expect`` (else stop changing)."""
+    deadline = time.monotonic() + timeout_s
+    last = await triton_stats(client, models)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        now = await triton_stats(client, models)
+        if expect is not None and all(now[m].get("success_count", 0) >= n for m, n in expect.items()):
+            return now
+        if expect is None and now == last:
+            return now
+        last = now
+    return last
+
+
+def stats_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, Any]:
+    """Requests, executions, average batch and mean per-request queue/compute time (ms) between two snapshots."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    n = d.get("success_count", 0)
+    ms = lambda name: d.get(f"{name}_ns", 0) / n / 1e6 if n else float("nan")  # noqa: E731
+    return {
+        "requests": n,
+        "executions": d.get("execution_count", 0),
+        "avg_batch": d.get("inference_count", 0) / d["execution_count"] if d.get("execution_count") else float("nan"),
+        "queue_ms": ms("queue"),
+        "compute_ms": ms("compute_input") + ms("compute_infer") + ms("compute_output"),
+        "compute_infer_ms": ms("compute_infer"),
+        "request_ms": ms("success"),
+    }
+
+
+async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, calls: int,
+                           echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Median latency of ``TritonBackend.infer`` vs ``OnnxRuntimeBackend.infer`` per model and batch
+    (calls alternate between the two), with Triton's own queue/compute split for the same calls."""
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
+    from couturier.services.common.models import ALL_MODELS, GRADIENT_MODELS, TEXT_ENCODER
+
+    triton, ort = TritonBackend(triton_url, timeout_s=60), OnnxRuntimeBackend(repo_dir)
+    stats_client = InferenceServerClient(triton_url)
+    rows: list[dict[str, Any]] = []
+    try:
+        text = next(iter((await ort.infer(TEXT_ENCODER, model_inputs(
+            TEXT_ENCODER, await ort.input_shapes(TEXT_ENCODER), 1, data))).values()))
+        for model in ALL_MODELS:
+            shapes = await ort.input_shapes(model)
+            for batch in (1, 4) if model in GRADIENT_MODELS else (1, 16):
+                inputs = model_inputs(model, shapes, batch, data, text)
+                for _ in range(2):  # warm-up: sessions, configs, first-call allocations
+                    await triton.infer(model, inputs)
+                    await ort.infer(model, inputs)
+                before = await settled_stats(stats_client, [model])
+                times: dict[str, list[float]] = {"triton": [], "onnxruntime": []}
+                for _ in range(calls):
+                    for key, backend in (("triton", triton), ("onnxruntime", ort)):
+                        t0 = time.perf_counter()
+                        await backend.infer(model, inputs)
+                        times[key].append((time.perf_counter() - t0) * 1e3)
+                expect = {model: before[model].get("success_count", 0) + calls}
+                after = await settled_stats(stats_client, [model], expect)
+                t_ms, o_ms = statistics.median(times["triton"]), statistics.median(times["onnxruntime"])
+                server = stats_delta(before[model], after[model])
+                t_mean = statistics.fmean(times["triton"])
+                row = {"model": model, "batch": batch, "calls": calls, "triton_ms": t_ms, "onnxruntime_ms": o_ms,
+                       "ratio": t_ms / o_ms, "triton_p90_ms": percentile(times["triton"], 90),
+                       "onnxruntime_p90_ms": percentile(times["onnxruntime"], 90), "triton_mean_ms": t_mean,
+                       "triton_server_requests": server["requests"], "triton_server_ms": server["request_ms"],
+                       "triton_queue_ms": server["queue_ms"], "triton_compute_ms": server["compute_ms"],
+                       "outside_server_ms": t_mean - server["request_ms"]}
+                rows.append(row)
+                echo(f"  {model:<18} batch {batch:>2}: triton {t_ms:7.2f} ms  onnxruntime {o_ms:7.2f} ms  "
+                     f"ratio {row['ratio']:5.2f}  (triton queue {row['triton_queue_ms']:.2f} ms, "
+                     f"compute {row['triton_compute_ms']:.2f} ms)")
+    finally:
+        await triton.close()
+        await ort.close()
+        await stats_client.close()
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+SECTIONS = ("## Setup", "## RPC latency and throughput", "## Headline", "## Triton vs in-process onnxruntime",
+            "## Triton server statistics during the load", "## Notes")
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.{digits if abs(value) >= 1 else 2}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_f(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    machine, stack, run = report["machine"], report["stack"], report["settings"]
+    lines = [f"# couturier bench ({report['started_at']})", "",
+             f"**{machine['cpu_count']}-core CPU numbers, no GPU.** Triton here is the local CPU stand-in: "
+             "tritonserver from the nvidia-pytriton wheel with couturier's *Python-based* `onnxruntime` "
+             "backend (a Python stub running onnxruntime). Production serves the same model repository with the "
+             "NGC Triton image's native onnxruntime backend on GPU, so the Triton overhead and every absolute "
+             "number below are specific to this machine. The load client runs on the same cores as the stack.", "",
+             "## Setup", ""]
+    lines += [f"- machine: {machine['platform']}, Python {machine['python']}, {machine['cpu_count']} CPUs, "
+              f"load average before/after {machine['loadavg_before']} / {machine.get('loadavg_after', '-')}",
+              f"- stack: {stack['mode']}; Triton {stack.get('triton_url') or '-'} (server {stack.get('triton_version', '-')}); "
+              f"model repository {stack.get('repo_dir', '-')}; model versions {stack.get('model_versions', {})}",
+              f"- targets: {stack['targets']}",
+              f"- data: {report['data_sizes']}; index stats: {stack.get('index', {})}",
+              f"- load: closed loop, concurrency {run['levels']}, {run['duration_s']:g} s per level "
+              f"(heavy RPCs: at most max({run['heavy_calls']}, concurrency) calls per level), one warm-up call per "
+              f"RPC excluded, per-call timeout {run['timeout_s']:g} s; Triton/onnxruntime: median of "
+              f"{run['compare_calls']} alternating calls per model and batch",
+              f"- wall time: {report.get('wall_s', float('nan')):.0f} s", "", "Requests:", ""]
+    lines += [f"- `{name}`: {case['request']}{' (heavy: fewer calls)' if case['heavy'] else ''}"
+              for name, case in report["rpcs"].items()]
+    lines += ["", "## RPC latency and throughput", "",
+              "Latencies in ms over successful calls; throughput = successful calls / wall time of the level.", ""]
+    rows = []
+    for name, case in report["rpcs"].items():
+        for lvl in case["levels"]:
+            first = lvl.get("first_message", {})
+            errors = ", ".join(f"{k} {v}" for k, v in lvl["errors"].items()) or "0"
+            rows.append([name, lvl["concurrency"], lvl["calls"], errors, lvl["p50_ms"], lvl["p90_ms"], lvl["p99_ms"],
+                         lvl["throughput_per_s"], first.get("p50_ms", float("nan")), first.get("p99_ms", float("nan"))])
+    lines += _table(["RPC", "conc.", "calls", "errors", "p50", "p90", "p99", "calls/s", "first msg p50", "first msg p99"], rows)
+    levels = run["levels"]
+    lines += ["", "## Headline", "", "p50 / p99 ms and calls/s per concurrency level.", ""]
+    head = []
+    for name, case in report["rpcs"].items():
+        by = {lvl["concurrency"]: lvl for lvl in case["levels"]}
+        head.append([name] + [f"{_f(by[c]['p50_ms'])} / {_f(by[c]['p99_ms'])} ({_f(by[c]['throughput_per_s'])}/s)"
+                              if c in by else "-" for c in levels])
+    lines += _table(["RPC"] + [f"c={c}" for c in levels], head)
+    lines += ["", "## Triton vs in-process onnxruntime", ""]
+    if report["backends"]:
+        lines += ["`triton` and `onnxruntime`: median client-side ms per `infer` call (sequential, the two "
+                  "alternating); ratio = Triton / onnxruntime. The last four columns are means over the same Triton "
+                  "calls: client-side, Triton's own request time and its queue / compute split (compute includes "
+                  "the Python backend stub's round trip); `outside` = client mean - server request time (gRPC, "
+                  "(de)serialisation, client library).", ""]
+        lines += _table(["model", "batch", "triton", "onnxruntime", "ratio", "triton mean", "server", "queue",
+                         "compute", "outside"],
+                        [[r["model"], r["batch"], r["triton_ms"], r["onnxruntime_ms"], f"{r['ratio']:.2f}",
+                          r["triton_mean_ms"], r["triton_server_ms"], r["triton_queue_ms"], r["triton_compute_ms"],
+                          r["outside_server_ms"]] for r in report["backends"]])
+        ratios = [r["ratio"] for r in report["backends"]]
+        lines += ["", f"Median ratio over all rows: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})."]
+    else:
+        lines += ["Not measured: no Triton URL (attach with `--triton HOST:PORT`)."]
+    lines += ["", "## Triton server statistics during the load", ""]
+    if report["triton_load_stats"]:
+        lines += ["Over the whole RPC load phase: requests, executions (dynamic batching merges requests), mean "
+                  "per-request queue and compute ms.", ""]
+        lines += _table(["model", "requests", "executions", "avg batch", "queue ms", "compute ms"],
+                        [[m, s["requests"], s["executions"], s["avg_batch"], s["queue_ms"], s["compute_ms"]]
+                         for m, s in report["triton_load_stats"].items()])
+    else:
+        lines += ["Not available (no Triton URL)."]
+    lines += ["", "## Notes", ""] + [f"- {note}" for note in report.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """``bench.json`` (everything) and ``bench.md`` (tables) under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+# -- the whole run --------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchOptions:
+    out: Path = Path("runs/bench")
+    targets: dict[str, str] = field(default_factory=dict)  # attach: service key -> host:port (all four)
+    triton_url: str = ""  # attach mode: for the Triton/onnxruntime comparison and statistics
+    repo_dir: Path = Path("var/model_repository")
+    user_vectors_dir: Path = Path("var/user_vectors")
+    data_dir: Path = Path("var/data")
+    index_limit: int = 2000
+    index: bool | None = None  # None: index when the bench starts its own stack
+    levels: tuple[int, ...] = (1, 16, 64)
+    duration_s: float = 3.0
+    heavy_calls: int = 8
+    only: tuple[str, ...] = ()  # substrings of RPC names; empty = all
+    compare_calls: int = 30
+    timeout_s: float = 120.0
+
+
+def _machine() -> dict[str, Any]:
+    import onnxruntime
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(), "onnxruntime": onnxruntime.__version__,
+            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+
+
+async def _describe_stack(client: Any, stack: dict[str, Any], opts: BenchOptions) -> None:
+    from couturier.services.client import get_status
+    from couturier.v1 import catalogue_pb2
+
+    stack["settings"] = {}
+    for key, target in stack["targets"].items():
+        status = await get_status(target)
+        stack["settings"][key] = dict(status.settings)
+    for key in ("scoring", "retrieval"):
+        stats = await getattr(client, key).GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=30)
+        stack.setdefault("index", {})[key] = {"products": stats.products, "encoder": f"{stats.encoder.name}:{stats.encoder.version}"}
+    if opts.repo_dir.is_dir():
+        from couturier.export.triton.layout import served_versions
+        from couturier.services.common.models import ALL_MODELS
+
+        stack["model_versions"] = {m: max(served_versions(opts.repo_dir, m), default=None) for m in ALL_MODELS if (opts.repo_dir / m).is_dir()}
+
+
+async def load_phase(cases: Sequence[RpcCase], opts: BenchOptions, report: dict[str, Any],
+                     echo: Callable[[str], None]) -> None:
+    """Every case (filtered by ``opts.only``) at every level into ``report["rpcs"]``, one line per level."""
+    offset = 0  # call indices keep growing across levels, so users and images keep changing
+    for case in cases:
+        if opts.only and not any(s in case.name for s in opts.only):
+            continue
+        entry = report["rpcs"][case.name] = {"request": case.request, "heavy": case.heavy, "levels": []}
+        try:
+            await case.call(1_000_000)  # warm-up, excluded
+        except Exception as exc:  # noqa: BLE001 - reported; the load still runs and counts its errors
+            entry["warmup_error"] = f"{_error_name(exc)}: {getattr(exc, 'details', lambda: exc)()}"
+            echo(f"{case.name}: warm-up call failed: {entry['warmup_error']}")
+        for level in opts.levels:
+            count = max(opts.heavy_calls, level) if case.heavy else None
+            base = offset
+            result = await run_load(lambda i: case.call(base + i), level, opts.duration_s, count)
+            offset += result.calls
+            summary = result.summary()
+            entry["levels"].append(summary)
+            errors = f", errors {summary['errors']}" if summary["errors"] else ""
+            echo(f"{case.name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
+                 f"p99 {summary['p99_ms']:8.1f} ms  {summary['throughput_per_s']:7.1f}/s{errors}")
+
+
+async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """Start (or attach to) the stack, index, load every RPC at every level, compare backends, write."""
+    from couturier.services.client import CouturierClient
+    from couturier.services.common.models import ALL_MODELS
+
+    started, wall0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    machine = _machine()
+    repo = opts.repo_dir.absolute()
+    data = BenchData.load(opts.data_dir, opts.user_vectors_dir / "item_encoder_v1.npz",
+                          repo / "text_encoder" / "tokenizer.json", opts.index_limit)
+    report: dict[str, Any] = {"started_at": started, "machine": machine, "data_sizes": data.sizes, "rpcs": {},
+                              "backends": [], "triton_load_stats": {}, "notes": [],
+                              "settings": {**asdict(opts), "levels": list(opts.levels)}}
+    serving = None
+    if opts.targets:
+        stack: dict[str, Any] = {"mode": "attached to a running stack", "targets": dict(opts.targets),
+                                 "triton_url": opts.triton_url, "repo_dir": str(repo)}
+    else:
+        from couturier.services.stack import ServingStack
+
+        work = (opts.out / "serving").absolute()
+        shutil.rmtree(work / "milvus", ignore_errors=True)  # a fresh index every run
+        serving = ServingStack(repo_dir=repo, user_vectors_dir=opts.user_vectors_dir.absolute(), work_dir=work)
+        stack = {"mode": "started by the bench: local Triton + one process per service (127.0.0.1)", "repo_dir": str(repo),
+                 "work_dir": str(work)}
+    try:
+        if serving is not None:
+            t0 = time.perf_counter()
+            echo("starting the stack (local Triton with every model, then each service as its own process) ...")
+            await serving.start()
+            stack["targets"] = {k: serving.target(k) for k in ("orchestrator", "scoring", "latent", "retrieval")}
+            stack["triton_url"] = serving.triton.grpc_url  # type: ignore[attr-defined]
+            stack["start_s"] = round(time.perf_counter() - t0, 1)
+        triton_url = stack.get("triton_url") or ""
+        async with CouturierClient(**{f"{k}_target": v for k, v in stack["targets"].items()}) as client:
+            if opts.index if opts.index is not None else serving is not None:
+                from couturier.export.data.dataset import load_prepared
+                from couturier.services.indexing import index_catalogue
+
+                t0 = time.perf_counter()
+                await index_catalogue(client, load_prepared(opts.data_dir).catalogue, limit=opts.index_limit, progress=False)
+                stack["index_s"] = round(time.perf_counter() - t0, 1)
+                echo(f"indexed {data.sizes['indexed_items']} products in {stack['index_s']} s")
+            await _describe_stack(client, stack, opts)
+            scoring_settings = stack["settings"].get("scoring", {})
+            if not triton_url and scoring_settings.get("inference_backend") == "triton":
+                triton_url = stack["triton_url"] = scoring_settings.get("triton_url", "")
+            stats_client = None
+            if triton_url:
+                from tritonclient.grpc.aio import InferenceServerClient
+
+                stats_client = InferenceServerClient(triton_url)
+            try:
+                if stats_client is not None:
+                    stack["triton_version"] = (await stats_client.get_server_metadata()).version
+                    stats_before = await settled_stats(stats_client, ALL_MODELS)
+                await load_phase(rpc_cases(client, data, opts.timeout_s), opts, report, echo)
+                if stats_client is not None:
+                    after = await settled_stats(stats_client, ALL_MODELS)
+                    report["triton_load_stats"] = {m: stats_delta(stats_before[m], after[m]) for m in ALL_MODELS}
+            finally:
+                if stats_client is not None:
+                    await stats_client.close()
+        if triton_url and opts.compare_calls > 0:
+            echo("Triton vs in-process onnxruntime (median ms per infer call):")
+            report["backends"] = await compare_backends(triton_url, repo, data, opts.compare_calls, echo)
+    except BaseException:
+        if serving is not None:
+            echo(f"bench failed; service and Triton logs: {serving.work_dir / 'logs'}, {serving.triton and serving.triton.log_path}")
+        raise
+    finally:
+        if serving is not None:
+            serving.stop()
+    report["stack"] = stack
+    machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["notes"] = [
+        "2-core CPU numbers; Triton is the CPU stand-in (Python-based onnxruntime backend); production runs the "
+        "NGC Triton image's native onnxruntime backend on GPU.",
+        f"Light RPCs run {opts.duration_s:g} s per level. Heavy RPCs (latent optimisation and the orchestrator "
+        f"flows around it) issue at most max({opts.heavy_calls}, concurrency) calls per level (and none after "
+        f"{opts.duration_s:g} s): at c=16 and c=64 that is one call per worker, so their percentiles there come from "
+        "one round of concurrent calls, and p99 of a handful of calls is close to the maximum.",
+        "Alter and SellerShifts use 50 inversion steps (the default is 200) to keep the run short.",
+        "Batched models wait up to Triton's dynamic-batching window (max_queue_delay 500 us) for company: at batch 1 "
+        "with nothing else in flight that shows as ~0.5 ms queue time per request.",
+        "The load client (Python grpc.aio, one channel per service) runs on the same 2 cores as Triton and the "
+        "services, so high-concurrency numbers include client-side contention.",
+        "Gradient models are compared at leading axis 1 and 4 (designs / restarts / shifts, U=1 user); forward "
+        "models at batch 1 and 16.",
+        "Machine is shared: load average is recorded before and after the run.",
+    ] + [f"{name}: warm-up call failed ({e['warmup_error']})" for name, e in report["rpcs"].items() if "warmup_error" in e]
+    report["wall_s"] = round(time.perf_counter() - wall0, 1)
+    return write_report(report, opts.out)
