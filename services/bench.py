@@ -295,17 +295,22 @@ async def triton_stats(client: Any, models: Sequence[str]) -> dict[str, dict[str
 
 async def settled_stats(client: Any, models: Sequence[str], expect: Mapping[str, int] | None = None,
                         timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
-    """Statistics once they have caught up: success counts reach ``expect`` (else stop changing)."""
+    """Statistics once they have caught up (Triton records them just after each response): when the
+    success counts reach ``expect``, or, without ``expect``, when two reads 0.2 s apart agree."""
+
+    def reached(stats: Mapping[str, Mapping[str, int]]) -> bool:
+        return expect is not None and all(stats[m].get("success_count", 0) >= n for m, n in expect.items())
+
     deadline = time.monotonic() + timeout_s
     last = await triton_stats(client, models)
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    while not reached(last) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05 if expect is not None else 0.2)
         now = await triton_stats(client, models)
-        if expect is not None and all(now[m].get("success_count", 0) >= n for m, n in expect.items()):
-            return now
         if expect is None and now == last:
-            return now
+            break
         last = now
+    if expect is not None and not reached(last):
+        raise TimeoutError(f"Triton statistics did not reach {dict(expect)} within {timeout_s:g} s")
     return last
 
 
@@ -344,10 +349,12 @@ async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, cal
             shapes = await ort.input_shapes(model)
             for batch in (1, 4) if model in GRADIENT_MODELS else (1, 16):
                 inputs = model_inputs(model, shapes, batch, data, text)
+                start = (await settled_stats(stats_client, [model]))[model].get("success_count", 0)
                 for _ in range(2):  # warm-up: sessions, configs, first-call allocations
                     await triton.infer(model, inputs)
                     await ort.infer(model, inputs)
-                before = await settled_stats(stats_client, [model])
+                # statistics land just after each response: wait until exactly the warm-up calls are in
+                before = await settled_stats(stats_client, [model], {model: start + 2})
                 times: dict[str, list[float]] = {"triton": [], "onnxruntime": []}
                 for _ in range(calls):
                     for key, backend in (("triton", triton), ("onnxruntime", ort)):
@@ -363,8 +370,7 @@ async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, cal
                        "ratio": t_ms / o_ms, "triton_p90_ms": percentile(times["triton"], 90),
                        "onnxruntime_p90_ms": percentile(times["onnxruntime"], 90), "triton_mean_ms": t_mean,
                        "triton_server_requests": server["requests"], "triton_server_ms": server["request_ms"],
-                       "triton_queue_ms": server["queue_ms"], "triton_compute_ms": server["compute_ms"],
-                       "outside_server_ms": t_mean - server["request_ms"]}
+                       "triton_queue_ms": server["queue_ms"], "triton_compute_ms": server["compute_ms"]}
                 rows.append(row)
                 echo(f"  {model:<18} batch {batch:>2}: triton {t_ms:7.2f} ms  onnxruntime {o_ms:7.2f} ms  "
                      f"ratio {row['ratio']:5.2f}  (triton queue {row['triton_queue_ms']:.2f} ms, "
@@ -436,15 +442,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Triton vs in-process onnxruntime", ""]
     if report["backends"]:
         lines += ["`triton` and `onnxruntime`: median client-side ms per `infer` call (sequential, the two "
-                  "alternating); ratio = Triton / onnxruntime. The last four columns are means over the same Triton "
-                  "calls: client-side, Triton's own request time and its queue / compute split (compute includes "
-                  "the Python backend stub's round trip); `outside` = client mean - server request time (gRPC, "
-                  "(de)serialisation, client library).", ""]
-        lines += _table(["model", "batch", "triton", "onnxruntime", "ratio", "triton mean", "server", "queue",
-                         "compute", "outside"],
+                  "alternating); ratio = Triton / onnxruntime. `queue` and `compute` are Triton's own statistics, "
+                  "means over the same Triton calls (compute includes the Python backend stub's round trip; Triton "
+                  "closes a request's statistics when it is released, just after the response, so they can exceed "
+                  "the client-side time on this busy machine).", ""]
+        lines += _table(["model", "batch", "triton", "onnxruntime", "ratio", "triton p90", "onnxruntime p90", "queue",
+                         "compute"],
                         [[r["model"], r["batch"], r["triton_ms"], r["onnxruntime_ms"], f"{r['ratio']:.2f}",
-                          r["triton_mean_ms"], r["triton_server_ms"], r["triton_queue_ms"], r["triton_compute_ms"],
-                          r["outside_server_ms"]] for r in report["backends"]])
+                          r["triton_p90_ms"], r["onnxruntime_p90_ms"], r["triton_queue_ms"], r["triton_compute_ms"]]
+                         for r in report["backends"]])
         ratios = [r["ratio"] for r in report["backends"]]
         lines += ["", f"Median ratio over all rows: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})."]
     else:
@@ -462,11 +468,22 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN (no calls, no statistics) -> null, so the file is strict JSON."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
     """``bench.json`` (everything) and ``bench.md`` (tables) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "bench.json", out_dir / "bench.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str, allow_nan=True) + "\n")
+    json_path.write_text(json.dumps(_json_safe(report), indent=2, default=str, allow_nan=False) + "\n")
     md_path.write_text(render_markdown(report))
     return json_path, md_path
 
@@ -485,10 +502,10 @@ class BenchOptions:
     index_limit: int = 2000
     index: bool | None = None  # None: index when the bench starts its own stack
     levels: tuple[int, ...] = (1, 16, 64)
-    duration_s: float = 3.0
+    duration_s: float = 5.0
     heavy_calls: int = 8
     only: tuple[str, ...] = ()  # substrings of RPC names; empty = all
-    compare_calls: int = 30
+    compare_calls: int = 50
     timeout_s: float = 120.0
 
 

@@ -51,9 +51,12 @@ def serve(
     overrides = {"host": host, "metrics_port": metrics_port, "log_format": log_format, "log_level": log_level}
     try:
         settings = {key: load_settings(key, **overrides, port=port) for key in keys}
-        if service == "all":  # the orchestrator talks to its siblings in this process
+        if service == "all":  # the orchestrator and the latent service talk to their siblings in this process
             peers = {f"{key}_target": f"127.0.0.1:{settings[key].port}" for key in ("scoring", "latent", "retrieval")}
             settings["orchestrator"] = load_settings("orchestrator", **overrides, **peers)
+            settings["latent"] = load_settings(
+                "latent", **overrides, scoring_target=peers["scoring_target"], retrieval_target=peers["retrieval_target"]
+            )
             for key in ("scoring", "latent", "retrieval"):  # one /metrics endpoint per process
                 settings[key] = settings[key].model_copy(update={"metrics_port": None})
     except CouturierError as exc:
@@ -109,9 +112,7 @@ def demo(
 ) -> None:
     """The main job on the embedded default: data, models (trained once), the whole stack, every flow, a report.
 
-    Trains and publishes the models only when they are missing (about 12 minutes on a 2-core CPU the
-    first time), starts a local Triton and the four services as processes, indexes the catalogue, runs
-    every flow through the Python client, stops the stack and writes runs/demo/demo_report.html.
+    Trains and publishes models only when missing (about 12 minutes on a 2-core CPU the first time), runs every flow against a local Triton and the four services, stops them, writes <out>/demo_report.html.
     """
     from couturier.services.demo import run_demo
 
@@ -120,7 +121,7 @@ def demo(
     except CouturierError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        typer.echo("interrupted; the stack was stopped", err=True)
+        typer.echo("interrupted (the serving stack, if it had started, was stopped)", err=True)
         raise typer.Exit(code=130) from None
     failed = json.loads((report.parent / "demo_report.json").read_text()).get("errors", {})
     for section, message in failed.items():
@@ -144,10 +145,10 @@ def bench(
     index_limit: Annotated[int, typer.Option(help="Catalogue products indexed and used in requests.")] = 2000,
     index: Annotated[Optional[bool], typer.Option("--index/--no-index", help="Index the catalogue subset first (default: only for a stack the bench starts).")] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
-    duration_s: Annotated[float, typer.Option(help="Seconds of closed-loop load per RPC and level.")] = 3.0,
+    duration_s: Annotated[float, typer.Option(help="Seconds of closed-loop load per RPC and level.")] = 5.0,
     heavy_calls: Annotated[int, typer.Option(help="Latent/orchestrator-design RPCs: at most max(this, concurrency) calls per level.")] = 8,
     only: Annotated[str, typer.Option(help="Comma-separated substrings of RPC names to run (default all).")] = "",
-    compare_calls: Annotated[int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")] = 30,
+    compare_calls: Annotated[int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")] = 50,
     timeout_s: Annotated[float, typer.Option(help="Deadline of each RPC.")] = 120.0,
 ) -> None:
     """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model."""
@@ -177,10 +178,12 @@ def _mount_subcommands() -> None:
     from couturier.export.data.cli import data_app
     from couturier.export.cli import register
     from couturier.export.triton.cli import triton_app
+    from couturier.services.indexing import register as register_index
 
     app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
     app.add_typer(triton_app, name="triton", help="Local Triton server and model repository versions.")
     register(app)
+    register_index(app)
 
 
 _mount_subcommands()

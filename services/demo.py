@@ -91,12 +91,21 @@ class Stages:
         prefix = f"[{self._n}/{self.total}] {name}"
         self.echo(f"{prefix}: {what} ...")
         begin = time.perf_counter()
+        outcome = "done"
         try:
             yield
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            outcome = "interrupted"
+            raise
+        except BaseException:
+            outcome = "FAILED"
+            raise
         finally:
             elapsed = time.perf_counter() - begin
             self.timings[name] = round(elapsed, 2)
-            self.echo(f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
+            self.echo(f"{prefix}: {outcome} after {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)"
+                      if outcome != "done" else
+                      f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
 
     def note(self, line: str) -> None:
         self.echo(f"      {line}")
@@ -236,13 +245,13 @@ class _Flows:
         begin = time.perf_counter()
         try:
             yield
-        except grpc.aio.AioRpcError as exc:
-            message = f"{exc.code().name}: {exc.details()}"
-            self.errors[key] = f"{what}: {message}" if key not in self.errors else self.errors[key] + f"; {what}: {message}"
-            self.stages.note(f"{what}: FAILED ({message})")
         except Exception as exc:  # noqa: BLE001 - any failure of one flow goes into the report
-            message = f"{type(exc).__name__}: {exc}"
-            self.errors[key] = f"{what}: {message}" if key not in self.errors else self.errors[key] + f"; {what}: {message}"
+            if isinstance(exc, grpc.aio.AioRpcError):
+                message = f"{exc.code().name}: {exc.details()}"
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            previous = self.errors.get(key)
+            self.errors[key] = f"{previous}; {what}: {message}" if previous else f"{what}: {message}"
             self.stages.note(f"{what}: FAILED ({message})")
         else:
             self.stages.note(f"{what}: ok in {time.perf_counter() - begin:.1f} s")

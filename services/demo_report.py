@@ -55,6 +55,11 @@ SIMULATED_NOTICE = (
     "taste of real people."
 )
 
+GAN_NOTE = (
+    "Generated images come from the conditional GAN of the training profile; the demo profile trains it for a few "
+    "minutes on a CPU, so its images are rough. What to look at is the preference gain and the real products found."
+)
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#222}
 h1{margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px} h3{margin-bottom:6px}
@@ -327,7 +332,7 @@ def _design(r: Mapping[str, Any]) -> str:
     des = r.get("design", {})
     out = [_what("New items designed by gradient ascent on the GAN latent (preference maximisation) for one "
                  "shopper and for a group, then the nearest real catalogue products to each design with the "
-                 "audience's preference for them (sim = image similarity of the product to the design).")]
+                 "audience's preference for them (sim = image similarity of the product to the design)."), f'<p class="small">{_e(GAN_NOTE)}</p>']
     for key in ("user", "group"):
         part = des.get(key)
         if not part:
@@ -358,7 +363,7 @@ def _alter(r: Mapping[str, Any]) -> str:
     alt = r.get("alter")
     out = [_what("Personalised alteration of an existing catalogue product, streamed by the latent service: the "
                  "product is first inverted into the GAN's latent space (reconstruction loss falls), then the latent "
-                 "is optimised for the shopper (preference rises). Each frame below is a reported step.")]
+                 "is optimised for the shopper (preference rises). Each frame below is a reported step."), f'<p class="small">{_e(GAN_NOTE)}</p>']
     if not alt:
         return "".join(out)
     out.append(f"<p>Shopper {_e(alt.get('user_id'))}, product {_e(alt.get('product', {}).get('product_id', ''))}; "
@@ -418,7 +423,7 @@ def _seller(r: Mapping[str, Any]) -> str:
     sel = r.get("seller")
     out = [_what("GIGS seller feedback: the seller's product is inverted into the latent space, then several "
                  "distinct variants within a small radius are optimised to raise the mean preference of a group of "
-                 "shoppers; each variant comes with the existing products it would compete with.")]
+                 "shoppers; each variant comes with the existing products it would compete with."), f'<p class="small">{_e(GAN_NOTE)}</p>']
     if not sel:
         return "".join(out)
     out.append(f"<p>{_e(sel.get('audience', ''))}; {_e(sel.get('settings', ''))}; {fmt(sel.get('latency_ms'), 0)} ms "

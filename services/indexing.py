@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
 from tqdm import tqdm
 
 from couturier.services.client import CouturierClient, product_batches
@@ -54,3 +57,35 @@ async def index_catalogue(
         return await stub.IndexProducts(stream(), timeout=timeout_s)
     finally:
         bar.close()
+
+
+def register(app: Any) -> None:
+    """Adds ``couturier index`` to the CLI."""
+
+    @app.command("index")
+    def index(
+        target: Annotated[str, typer.Option(help="host:port of the orchestrator (or of --service).")] = "127.0.0.1:50050",
+        service: Annotated[
+            str, typer.Option(help="orchestrator (both vector spaces), scoring or retrieval.")
+        ] = "orchestrator",
+        data_dir: Annotated[Path | None, typer.Option(help="Prepared data (default var/data).")] = None,
+        limit: Annotated[int | None, typer.Option(help="Index only the first N products.")] = None,
+        encoder_version: Annotated[
+            str,
+            typer.Option("--model-version", help="Encoder version to embed with (re-index before moving a pin)."),
+        ] = "",
+    ) -> None:
+        """Index the prepared catalogue into the running services (idempotent; re-index after an encoder change)."""
+        from couturier.export.data.dataset import load_prepared
+
+        if service not in ("orchestrator", "scoring", "retrieval"):
+            raise typer.BadParameter("--service must be orchestrator, scoring or retrieval")
+        catalogue = load_prepared(data_dir).catalogue
+
+        async def run() -> Any:
+            async with CouturierClient(**{f"{service}_target": target}) as client:
+                return await index_catalogue(
+                    client, catalogue, service=service, limit=limit, encoder_version=encoder_version
+                )
+
+        typer.echo(asyncio.run(run()))

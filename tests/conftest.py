@@ -15,22 +15,90 @@ from couturier.services.common.server import ServiceHost
 from couturier.services.registry import make_host
 
 
+#: Seconds between dependency checks of the services the tests start (the latent service and the
+#: orchestrator follow their downstream services' health at this pace).
+HEALTH_INTERVAL_S = 0.1
+
+
+def service_overrides(key: str, models: TrainedModels, work_dir: Path) -> dict[str, Any]:
+    """Settings (``make_host`` overrides) wiring service ``key`` to the session's trained models.
+
+    In-process onnxruntime over ``models.repo_dir``; scoring and retrieval each get their own milvus-lite
+    file under ``work_dir`` (never the repository's var/). Downstream targets are not included.
+    """
+    if key == "orchestrator":
+        return {}
+    wiring: dict[str, Any] = {"inference_backend": "onnxruntime", "model_repository": str(models.repo_dir)}
+    if key == "scoring":
+        wiring["milvus_uri"] = str(work_dir / "milvus" / "scoring.db")
+        wiring["user_vectors_dir"] = str(models.user_vectors_dir)
+    elif key == "retrieval":
+        wiring["milvus_uri"] = str(work_dir / "milvus" / "retrieval.db")
+        wiring["tokenizer_json"] = str(models.repo_dir / "text_encoder" / "tokenizer.json")
+    return wiring
+
+
+def service_env(models: TrainedModels, work_dir: Path) -> dict[str, str]:
+    """``service_overrides`` of every service as ``COUTURIER_<SERVICE>_<FIELD>`` environment variables."""
+    return {
+        f"COUTURIER_{key.upper()}_{field.upper()}": str(value)
+        for key in ("scoring", "latent", "retrieval", "orchestrator")
+        for field, value in service_overrides(key, models, work_dir).items()
+    }
+
+
+def real_host(key: str, models: TrainedModels, work_dir: Path, **overrides: Any) -> ServiceHost:
+    """An unstarted in-process host of ``key`` over the trained models (``overrides`` on top)."""
+    settings = {"port": 0, "health_interval_s": HEALTH_INTERVAL_S, **service_overrides(key, models, work_dir)}
+    return make_host(key, **{**settings, **overrides})
+
+
+async def assert_serving(host: ServiceHost, timeout_s: float = 30.0) -> None:
+    """Waits until ``host`` reports SERVING; fails with its diagnostics (which dependency, why) if not."""
+    from couturier.services.client import get_status, wait_until_serving
+
+    try:
+        await wait_until_serving(host.address, timeout_s=timeout_s)
+    except TimeoutError as exc:
+        status = await get_status(host.address)
+        reasons = "; ".join(f"{d.name}: {d.detail}" for d in status.dependencies if not d.ready)
+        pytest.fail(f"{host.definition.key} at {host.address} is not SERVING ({exc}): {reasons}")
+
+
 @pytest.fixture
-async def skeleton_hosts() -> AsyncIterator[dict[str, ServiceHost]]:
-    """The three backend services plus an orchestrator wired to them, each on its own port."""
-    hosts = {key: make_host(key, port=0) for key in ("scoring", "latent", "retrieval")}
-    for host in hosts.values():
-        await host.start()
-    hosts["orchestrator"] = make_host(
-        "orchestrator",
-        port=0,
-        health_interval_s=0.1,
-        **{f"{key}_target": hosts[key].address for key in ("scoring", "latent", "retrieval")},
-    )
-    await hosts["orchestrator"].start()
-    yield hosts
-    for host in hosts.values():
-        await host.stop(grace_s=0)
+async def service_hosts(trained_models: TrainedModels, tmp_path: Path) -> AsyncIterator[dict[str, ServiceHost]]:
+    """The four real services in-process, each on its own port, over the session's trained models.
+
+    Scoring and retrieval (models, milvus-lite files under ``tmp_path``, user vectors, tokenizer) start
+    first; then the latent service wired to them (its health follows theirs), then the orchestrator
+    wired to all three. Every host is SERVING when the test starts; the indexes are empty.
+    """
+    hosts: dict[str, ServiceHost] = {}
+    try:
+        for key in ("scoring", "retrieval"):
+            hosts[key] = real_host(key, trained_models, tmp_path)
+            await hosts[key].start()
+        hosts["latent"] = real_host(
+            "latent",
+            trained_models,
+            tmp_path,
+            scoring_target=hosts["scoring"].address,
+            retrieval_target=hosts["retrieval"].address,
+        )
+        await hosts["latent"].start()
+        hosts["orchestrator"] = real_host(
+            "orchestrator",
+            trained_models,
+            tmp_path,
+            **{f"{key}_target": hosts[key].address for key in ("scoring", "latent", "retrieval")},
+        )
+        await hosts["orchestrator"].start()
+        for host in hosts.values():
+            await assert_serving(host)
+        yield hosts
+    finally:
+        for host in reversed(list(hosts.values())):
+            await host.stop(grace_s=0)
 
 
 # -- trained models (once per session) -----------------------------------------------------------

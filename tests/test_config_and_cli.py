@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from couturier.services.client import check_health, list_services
+from conftest import TrainedModels, service_env
+from couturier.services.client import check_health, get_status, list_services, wait_until_serving
 from couturier.services.common.config import load_settings
 from couturier.services.common.errors import InvalidInput
 from couturier.services.launcher import LocalStack, free_port
@@ -86,40 +88,68 @@ def test_cli_serve_rejects_unknown_service() -> None:
     assert "unknown service 'billing'" in result.output
 
 
-def test_every_service_as_its_own_process(tmp_path: Path) -> None:
+#: Health polling of the services that follow other services (they may start before those are ready).
+FOLLOWER_HEALTH = {"COUTURIER_LATENT_HEALTH_INTERVAL_S": "0.2", "COUTURIER_ORCHESTRATOR_HEALTH_INTERVAL_S": "0.2"}
+
+
+def test_every_service_as_its_own_process(trained_models: TrainedModels, tmp_path: Path) -> None:
     """Each service runs via `couturier serve <name>` in its own process and stops cleanly on SIGTERM."""
-    with LocalStack(log_dir=tmp_path) as stack:
+    env = {**service_env(trained_models, tmp_path / "work"), **FOLLOWER_HEALTH}
+    with LocalStack(log_dir=tmp_path / "logs", extra_env=env) as stack:
         stack.start()
-        waited = asyncio.run(stack.wait_until_serving(timeout_s=60))
+        try:
+            waited = asyncio.run(stack.wait_until_serving(timeout_s=90))
+        except (RuntimeError, TimeoutError):
+            for key in stack.processes:
+                print(f"--- {key} log ---\n{stack.log_tail(key)}")
+            raise
         assert set(waited) == {"scoring", "latent", "retrieval", "orchestrator"}
         pids = {proc.process.pid for proc in stack.processes.values()}
         assert len(pids) == 4
         names = asyncio.run(list_services(stack.processes["orchestrator"].target))
         assert "couturier.v1.OrchestratorService" in names
+        status = asyncio.run(get_status(stack.target("scoring")))
+        assert status.settings["milvus_uri"] == str(tmp_path / "work" / "milvus" / "scoring.db")
         codes = stack.stop()
     assert codes == {"scoring": 0, "latent": 0, "retrieval": 0, "orchestrator": 0}
-    assert "service stopped" in (tmp_path / "scoring.log").read_text()
+    assert "service stopped" in (tmp_path / "logs" / "scoring.log").read_text()
 
 
-def test_serve_all_in_one_process(tmp_path: Path) -> None:
+def test_serve_all_in_one_process(trained_models: TrainedModels, tmp_path: Path) -> None:
+    """`couturier serve all`: the four services share one process and one event loop, wired by environment."""
     ports = {key: free_port() for key in ("scoring", "latent", "retrieval", "orchestrator")}
-    env = {f"COUTURIER_{key.upper()}_PORT": str(port) for key, port in ports.items()}
-    env["COUTURIER_ORCHESTRATOR_HEALTH_INTERVAL_S"] = "0.2"
-    import os
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "couturier.services.cli", "serve", "all"],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=(tmp_path / "all.log").open("wb"),
-    )
+    env = {**service_env(trained_models, tmp_path), **FOLLOWER_HEALTH}
+    env.update({f"COUTURIER_{key.upper()}_PORT": str(port) for key, port in ports.items()})
+    # The latent service's downstream targets come from its own settings; `serve all` wires only the orchestrator.
+    env["COUTURIER_LATENT_SCORING_TARGET"] = f"127.0.0.1:{ports['scoring']}"
+    env["COUTURIER_LATENT_RETRIEVAL_TARGET"] = f"127.0.0.1:{ports['retrieval']}"
+    log_path = tmp_path / "all.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "couturier.services.cli", "serve", "all"],
+            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log,
+        )
     try:
-        from couturier.services.client import wait_until_serving
-
         for key, port in ports.items():
-            asyncio.run(wait_until_serving(f"127.0.0.1:{port}", timeout_s=60))
+            try:
+                asyncio.run(wait_until_serving(f"127.0.0.1:{port}", timeout_s=90))
+            except TimeoutError as exc:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+                pytest.fail(f"{key}: {exc}\n--- serve all log ---\n{tail}")
             assert asyncio.run(check_health(f"127.0.0.1:{port}")) == "SERVING", key
+        status = asyncio.run(get_status(f"127.0.0.1:{ports['orchestrator']}"))
+        assert {key: status.settings[f"{key}_target"] for key in ("scoring", "latent", "retrieval")} == {
+            key: f"127.0.0.1:{ports[key]}" for key in ("scoring", "latent", "retrieval")
+        }
     finally:
         process.terminate()
-        assert process.wait(timeout=30) == 0
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    assert code == 0, log_path.read_text(errors="replace")[-4000:]
 
 
 def test_cli_health_command_exit_codes() -> None:

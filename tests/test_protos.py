@@ -12,7 +12,7 @@ PROTO_NAMES = sorted(path.stem for path in PROTO_DIR.glob("*.proto"))
 
 
 def test_proto_files_present() -> None:
-    assert PROTO_NAMES == ["common", "diagnostics", "latent", "orchestrator", "retrieval", "scoring"]
+    assert PROTO_NAMES == ["catalogue", "common", "diagnostics", "latent", "orchestrator", "retrieval", "scoring"]
 
 
 @pytest.mark.parametrize("name", PROTO_NAMES)
@@ -25,13 +25,23 @@ def test_generated_modules_import(name: str) -> None:
         assert hasattr(stubs, f"add_{service}Servicer_to_server")
 
 
+def _service(module: str, service: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(f"couturier.v1.{module}_pb2").DESCRIPTOR.services_by_name[service]
+
+
 def _methods(module: str, service: str) -> dict[str, tuple[bool, bool]]:
-    descriptor = importlib.import_module(f"couturier.v1.{module}_pb2").DESCRIPTOR.services_by_name[service]
-    return {m.name: (m.client_streaming, m.server_streaming) for m in descriptor.methods}
+    return {m.name: (m.client_streaming, m.server_streaming) for m in _service(module, service).methods}
 
 
 def test_every_operation_of_the_mission_is_in_the_contract() -> None:
-    assert _methods("scoring", "ScoringService") == {"ScoreItems": (False, False), "Recommend": (False, False)}
+    assert _methods("scoring", "ScoringService") == {
+        "ScoreItems": (False, False),
+        "Recommend": (False, False),
+        "DescribeUsers": (False, False),  # user vectors for the latent service
+        "IndexProducts": (True, False),  # streamed batches
+        "DeleteProducts": (False, False),
+        "GetIndexStats": (False, False),
+    }
     assert _methods("latent", "LatentOptimizationService") == {
         "Design": (False, False),
         "Alter": (False, True),  # the trajectory is streamed
@@ -42,9 +52,38 @@ def test_every_operation_of_the_mission_is_in_the_contract() -> None:
         "DeleteProducts": (False, False),
         "SearchByImage": (False, False),
         "SearchByImageAndText": (False, False),
+        "GetProducts": (False, False),  # stored product images for the latent service
         "GetIndexStats": (False, False),
     }
-    assert set(_methods("orchestrator", "OrchestratorService")) == {"DesignAndShop", "SellerFeedback", "MultimodalShop"}
+    assert _methods("orchestrator", "OrchestratorService") == {
+        "DesignAndShop": (False, False),
+        "SellerFeedback": (False, False),
+        "MultimodalShop": (False, False),
+        "IndexCatalogue": (True, False),  # one stream feeds both vector spaces
+    }
+
+
+def test_catalogue_messages_are_shared_by_every_indexing_service() -> None:
+    """Scoring, retrieval and the orchestrator index from the same catalogue.proto messages."""
+    expected = {
+        "IndexProducts": ("couturier.v1.IndexProductsRequest", "couturier.v1.IndexProductsResponse"),
+        "DeleteProducts": ("couturier.v1.DeleteProductsRequest", "couturier.v1.DeleteProductsResponse"),
+        "GetIndexStats": ("couturier.v1.GetIndexStatsRequest", "couturier.v1.IndexStats"),
+    }
+    for module, service in (("scoring", "ScoringService"), ("retrieval", "VisualRetrievalService")):
+        methods = _service(module, service).methods_by_name
+        for name, (request, response) in expected.items():
+            assert (methods[name].input_type.full_name, methods[name].output_type.full_name) == (request, response), (
+                f"{service}.{name}"
+            )
+    index = _service("orchestrator", "OrchestratorService").methods_by_name["IndexCatalogue"]
+    assert index.input_type.full_name == "couturier.v1.IndexProductsRequest"
+    response = index.output_type.fields_by_name
+    assert {response[n].message_type.full_name for n in ("scoring", "retrieval")} == {"couturier.v1.IndexProductsResponse"}
+    from couturier.v1 import catalogue_pb2, retrieval_pb2
+
+    assert catalogue_pb2.DESCRIPTOR.services_by_name == {}  # messages only
+    assert "IndexStats" not in retrieval_pb2.DESCRIPTOR.message_types_by_name  # moved to catalogue.proto
 
 
 def test_search_by_image_and_text_returns_the_synthetic_query() -> None:
@@ -56,15 +95,18 @@ def test_search_by_image_and_text_returns_the_synthetic_query() -> None:
 
 
 def test_results_carry_the_model_version() -> None:
-    from couturier.v1 import latent_pb2, retrieval_pb2, scoring_pb2
+    from couturier.v1 import catalogue_pb2, latent_pb2, retrieval_pb2, scoring_pb2
 
     for message in (
         scoring_pb2.RecommendResponse,
         scoring_pb2.ScoreItemsResponse,
+        scoring_pb2.DescribeUsersResponse,
         latent_pb2.DesignResponse,
         latent_pb2.SellerShiftsResponse,
         retrieval_pb2.SearchResponse,
-        retrieval_pb2.IndexProductsResponse,
+        retrieval_pb2.SearchByImageAndTextResponse,
+        catalogue_pb2.IndexProductsResponse,
+        catalogue_pb2.IndexStats,
     ):
         types = {f.message_type.full_name for f in message.DESCRIPTOR.fields if f.message_type is not None}
         assert "couturier.v1.ModelVersion" in types, message.DESCRIPTOR.full_name

@@ -1,10 +1,13 @@
 """The service framework over real gRPC on 127.0.0.1: health, reflection, diagnostics, error
-mapping, deadlines, metrics and size limits."""
+mapping, deadlines, metrics and size limits, on the real services over the session's trained models
+(in-process onnxruntime, milvus-lite files under tmp_path)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -13,17 +16,22 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from couturier.services.client import check_health, get_status, list_services
+from conftest import TrainedModels, assert_serving, real_host
+from couturier.services.client import check_health, get_status, list_services, product_batches
 from couturier.services.common import errors, limits
 from couturier.services.common.config import ServerSettings
 from couturier.services.common.health import DependencyCheck
+from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
 from couturier.services.common.server import ServiceDefinition, ServiceHost
-from couturier.services.registry import make_host
+from couturier.services.launcher import free_port
 from couturier.v1 import (
+    catalogue_pb2,
     common_pb2,
+    diagnostics_pb2,
     latent_pb2,
     latent_pb2_grpc,
     orchestrator_pb2,
+    orchestrator_pb2_grpc,
     retrieval_pb2,
     retrieval_pb2_grpc,
     scoring_pb2,
@@ -36,6 +44,13 @@ EXPECTED_SERVICE = {
     "retrieval": "couturier.v1.VisualRetrievalService",
     "orchestrator": "couturier.v1.OrchestratorService",
 }
+#: The dependency checks behind each service's health.
+EXPECTED_DEPENDENCIES = {
+    "scoring": {"item_encoder", "user_vectors", "vector_store"},
+    "latent": {"pref_grad", "inv_grad", "shift_grad", "scoring", "retrieval"},
+    "retrieval": {"retrieval_encoder", "text_encoder", "query_generator", "vector_store", "tokenizer"},
+    "orchestrator": {"scoring", "latent", "retrieval"},
+}
 
 
 def png_bytes(size: int = 8) -> bytes:
@@ -44,79 +59,157 @@ def png_bytes(size: int = 8) -> bytes:
     return buffer.getvalue()
 
 
-async def test_each_skeleton_is_healthy_and_reflects_its_services(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    for key, host in skeleton_hosts.items():
+async def expect_error(call: object, code: grpc.StatusCode, *needles: str) -> str:
+    """Awaits ``call``; it must fail with ``code`` and a message holding every needle (and no traceback)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    details = info.value.details() or ""
+    assert info.value.code() == code, details
+    for needle in needles:
+        assert needle in details, details
+    assert "Traceback" not in details
+    return details
+
+
+async def wait_for_status(
+    address: str, predicate: Callable[[diagnostics_pb2.ServiceStatus], bool], timeout_s: float = 10.0
+) -> diagnostics_pb2.ServiceStatus:
+    """Polls GetStatus until ``predicate`` holds; fails with the last status."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        status = await get_status(address)
+        if predicate(status):
+            return status
+        if loop.time() > deadline:
+            pytest.fail(f"{address}: condition not reached within {timeout_s:g}s; last status:\n{status}")
+        await asyncio.sleep(0.05)
+
+
+def ready_of(status: diagnostics_pb2.ServiceStatus) -> dict[str, bool]:
+    return {dep.name: dep.ready for dep in status.dependencies}
+
+
+def detail_of(status: diagnostics_pb2.ServiceStatus, name: str) -> str:
+    return next(dep.detail for dep in status.dependencies if dep.name == name)
+
+
+async def test_each_service_is_healthy_and_reflects_its_services(
+    service_hosts: dict[str, ServiceHost], tmp_path: Path
+) -> None:
+    for key, host in service_hosts.items():
         assert host.settings.host == "127.0.0.1"
         assert await check_health(host.address) == "SERVING"
         assert await check_health(host.address, EXPECTED_SERVICE[key]) == "SERVING"
         names = await list_services(host.address)
         assert EXPECTED_SERVICE[key] in names
         assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "couturier.v1.DiagnosticsService"} <= set(names)
+        status = await get_status(host.address)
+        assert status.serving and list(status.services) == [EXPECTED_SERVICE[key]]
+        assert ready_of(status) == dict.fromkeys(EXPECTED_DEPENDENCIES[key], True), key
+    for key in ("scoring", "retrieval"):  # each its own milvus-lite file, never the repository's var/
+        status = await get_status(service_hosts[key].address)
+        assert status.settings["milvus_uri"] == str(tmp_path / "milvus" / f"{key}.db")
+        assert status.settings["inference_backend"] == "onnxruntime"
 
 
-async def test_unknown_health_service_is_not_found(skeleton_hosts: dict[str, ServiceHost]) -> None:
+async def test_unknown_health_service_is_not_found(service_hosts: dict[str, ServiceHost]) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await check_health(skeleton_hosts["scoring"].address, "couturier.v1.NoSuchService")
+        await check_health(service_hosts["scoring"].address, "couturier.v1.NoSuchService")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_orchestrator_health_follows_its_dependencies() -> None:
-    scoring, latent = make_host("scoring", port=0), make_host("latent", port=0)
+async def test_orchestrator_health_follows_its_dependencies(trained_models: TrainedModels, tmp_path: Path) -> None:
+    """NOT_SERVING (naming the missing dependency) -> SERVING when it comes up -> NOT_SERVING when one goes."""
+    retrieval_address = f"127.0.0.1:{free_port()}"  # nothing listens there yet
+    scoring = real_host("scoring", trained_models, tmp_path)
     await scoring.start()
+    latent = real_host(
+        "latent", trained_models, tmp_path, scoring_target=scoring.address, retrieval_target=retrieval_address
+    )
     await latent.start()
-    orchestrator = make_host(
+    orchestrator = real_host(
         "orchestrator",
-        port=0,
-        health_interval_s=0.1,
+        trained_models,
+        tmp_path,
         scoring_target=scoring.address,
         latent_target=latent.address,
-        retrieval_target="127.0.0.1:1",  # nothing listens there
+        retrieval_target=retrieval_address,
     )
     await orchestrator.start()
+    retrieval: ServiceHost | None = None
     try:
+        assert await check_health(scoring.address) == "SERVING"
+        # The latent service needs the retrieval service (stored product images), so it is not ready either.
+        assert await check_health(latent.address) == "NOT_SERVING"
+        status = await get_status(latent.address)
+        assert ready_of(status) == {"pref_grad": True, "inv_grad": True, "shift_grad": True, "scoring": True, "retrieval": False}
+        assert retrieval_address in detail_of(status, "retrieval")
+
         assert await check_health(orchestrator.address) == "NOT_SERVING"
         status = await get_status(orchestrator.address)
-        ready = {dep.name: dep.ready for dep in status.dependencies}
-        assert ready == {"scoring": True, "latent": True, "retrieval": False}
-        assert "127.0.0.1:1" in next(d.detail for d in status.dependencies if d.name == "retrieval")
+        assert ready_of(status) == {"scoring": True, "latent": False, "retrieval": False}
+        assert retrieval_address in detail_of(status, "retrieval")
+        assert "NOT_SERVING" in detail_of(status, "latent")
+
+        # The missing service comes up where both expect it: both recover without a restart.
+        retrieval = real_host("retrieval", trained_models, tmp_path, port=int(retrieval_address.rsplit(":", 1)[1]))
+        await retrieval.start()
+        await assert_serving(retrieval)
+        await assert_serving(latent, timeout_s=10)
+        await assert_serving(orchestrator, timeout_s=10)
+        assert all(ready_of(await get_status(orchestrator.address)).values())
 
         await latent.stop(grace_s=0)  # a ready dependency goes away -> NOT_SERVING, with the reason
-        await asyncio.sleep(0.4)
-        status = await get_status(orchestrator.address)
-        assert not status.serving
-        assert not next(d.ready for d in status.dependencies if d.name == "latent")
+        status = await wait_for_status(orchestrator.address, lambda s: not s.serving)
+        assert ready_of(status) == {"scoring": True, "latent": False, "retrieval": True}
+        assert await check_health(orchestrator.address) == "NOT_SERVING"
     finally:
-        for host in (orchestrator, scoring, latent):
-            await host.stop(grace_s=0)
+        for host in (orchestrator, latent, retrieval, scoring):
+            if host is not None:
+                await host.stop(grace_s=0)
 
 
-async def test_orchestrator_recovers_when_dependencies_come_up(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    orchestrator = skeleton_hosts["orchestrator"]
+async def test_orchestrator_serves_when_every_dependency_does(service_hosts: dict[str, ServiceHost]) -> None:
+    orchestrator = service_hosts["orchestrator"]
     assert await check_health(orchestrator.address) == "SERVING"
     status = await get_status(orchestrator.address)
     assert status.serving and all(dep.ready for dep in status.dependencies)
-    assert status.settings["scoring_target"] == skeleton_hosts["scoring"].address
+    for key in ("scoring", "latent", "retrieval"):
+        assert status.settings[f"{key}_target"] == service_hosts[key].address
+        assert f"{service_hosts[key].address} SERVING" == detail_of(status, key)
+    latent = await get_status(service_hosts["latent"].address)
+    assert latent.settings["scoring_target"] == service_hosts["scoring"].address
+    assert latent.settings["retrieval_target"] == service_hosts["retrieval"].address
 
 
-async def test_invalid_requests_get_invalid_argument_with_the_field_named(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    async with grpc.aio.insecure_channel(skeleton_hosts["scoring"].address) as channel:
+async def test_invalid_requests_get_invalid_argument_with_the_field_named(service_hosts: dict[str, ServiceHost]) -> None:
+    async with grpc.aio.insecure_channel(service_hosts["scoring"].address) as channel:
         stub = scoring_pb2_grpc.ScoringServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1"), k=0))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "k must be between 1 and 1000" in info.value.details()
-        assert "Traceback" not in info.value.details()
-
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Recommend(scoring_pb2.RecommendRequest(k=5))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "user.user_id is required" in info.value.details()
-
-        # A valid request reaches the skeleton, which says plainly what it cannot do yet.
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1"), k=5))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "DVBPR" in info.value.details()
+        await expect_error(
+            stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1"), k=0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "k must be between 1 and 1000",
+        )
+        await expect_error(
+            stub.Recommend(scoring_pb2.RecommendRequest(k=5)), grpc.StatusCode.INVALID_ARGUMENT, "user.user_id is required"
+        )
+        # Valid requests reach the real service, which says plainly what is missing.
+        await expect_error(
+            stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1"), k=5)),
+            grpc.StatusCode.NOT_FOUND,
+            "unknown users without liked products: 'u1'",
+            "liked_product_ids",
+        )
+        # Liked products let an unknown user be folded in, but the index is still empty: say how to fill it.
+        await expect_error(
+            stub.Recommend(
+                scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1", liked_product_ids=["p-404"]), k=5)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            ITEM_ENCODER,
+            "`couturier index`",
+        )
 
 
 @pytest.mark.parametrize(
@@ -129,33 +222,36 @@ async def test_invalid_requests_get_invalid_argument_with_the_field_named(skelet
     ],
 )
 async def test_corrupt_or_oversized_images_are_rejected(
-    skeleton_hosts: dict[str, ServiceHost], payload: bytes, needle: str
+    service_hosts: dict[str, ServiceHost], payload: bytes, needle: str
 ) -> None:
-    async with grpc.aio.insecure_channel(skeleton_hosts["retrieval"].address) as channel:
+    async with grpc.aio.insecure_channel(service_hosts["retrieval"].address) as channel:
         stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.SearchByImage(retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=payload), k=3))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert needle in info.value.details()
+        request = retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=payload), k=3)
+        await expect_error(stub.SearchByImage(request), grpc.StatusCode.INVALID_ARGUMENT, needle)
 
 
-async def test_too_many_pixels_are_rejected(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    async with grpc.aio.insecure_channel(skeleton_hosts["retrieval"].address) as channel:
+async def test_too_many_pixels_are_rejected(service_hosts: dict[str, ServiceHost]) -> None:
+    async with grpc.aio.insecure_channel(service_hosts["retrieval"].address) as channel:
         stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
         big = png_bytes(limits.MAX_IMAGE_SIDE + 1)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.SearchByImage(retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=big), k=3))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert f"the limit is {limits.MAX_IMAGE_SIDE} per side" in info.value.details()
+        await expect_error(
+            stub.SearchByImage(retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=big), k=3)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the limit is {limits.MAX_IMAGE_SIDE} per side",
+        )
+        # A valid image reaches the encoder; the index is empty, and the answer says how to fill it.
         ok = png_bytes(8)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.SearchByImage(retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=ok), k=3))
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await expect_error(
+            stub.SearchByImage(retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=ok), k=3)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            RETRIEVAL_ENCODER,
+            "`couturier index`",
+        )
 
 
-async def test_nan_and_ranges_in_latent_requests(skeleton_hosts: dict[str, ServiceHost]) -> None:
+async def test_nan_and_ranges_in_latent_requests(service_hosts: dict[str, ServiceHost]) -> None:
     audience = common_pb2.Audience(user=common_pb2.UserRef(user_id="u1"))
-    async with grpc.aio.insecure_channel(skeleton_hosts["latent"].address) as channel:
+    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
         stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
         cases = [
             (latent_pb2.DesignRequest(audience=audience, category="tops", n=17), "n must be between 1 and 16"),
@@ -170,49 +266,185 @@ async def test_nan_and_ranges_in_latent_requests(skeleton_hosts: dict[str, Servi
                 latent_pb2.DesignRequest(audience=common_pb2.Audience(group=common_pb2.UserGroup()), category="tops"),
                 "audience.group has no users",
             ),
+            (latent_pb2.DesignRequest(audience=audience, category="hats"), "unknown category 'hats'"),
         ]
         for request, needle in cases:
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Design(request)
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, needle
-            assert needle in info.value.details()
+            await expect_error(stub.Design(request), grpc.StatusCode.INVALID_ARGUMENT, needle)
 
 
-async def test_errors_inside_server_streams_are_mapped(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    async with grpc.aio.insecure_channel(skeleton_hosts["latent"].address) as channel:
+async def test_downstream_failures_keep_their_code_and_name_the_step(service_hosts: dict[str, ServiceHost]) -> None:
+    """A valid request for an unknown user: scoring says NOT_FOUND, latent and orchestrator pass it on, naming each hop."""
+    design = latent_pb2.DesignRequest(
+        audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
+        category="tops",
+        n=1,
+        optimizer=latent_pb2.OptimizerParams(steps=1),
+    )
+    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
         stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
-        request = latent_pb2.AlterRequest(
-            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
-            item=common_pb2.ItemSource(image=common_pb2.ImagePayload(data=png_bytes())),
+        await expect_error(
+            stub.Design(design),
+            grpc.StatusCode.NOT_FOUND,
+            "scoring.DescribeUsers failed (NOT_FOUND): unknown users without liked products: 'u1'",
         )
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        await expect_error(
+            stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(design=design)),
+            grpc.StatusCode.NOT_FOUND,
+            "latent.Design failed (NOT_FOUND): scoring.DescribeUsers failed (NOT_FOUND)",
+        )
+
+
+async def test_errors_inside_server_streams_are_mapped(service_hosts: dict[str, ServiceHost]) -> None:
+    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
+        stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
+        audience = common_pb2.Audience(user=common_pb2.UserRef(user_id="u1"))
+
+        async def drain(request: latent_pb2.AlterRequest) -> None:
             async for _ in stub.Alter(request):
                 pass
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "category is required" in info.value.details()
+
+        uploaded = latent_pb2.AlterRequest(
+            audience=audience, item=common_pb2.ItemSource(image=common_pb2.ImagePayload(data=png_bytes()))
+        )
+        await expect_error(drain(uploaded), grpc.StatusCode.INVALID_ARGUMENT, "category is required")
+        # A catalogue product while the index is empty: the retrieval service's answer, with the step named.
+        missing = latent_pb2.AlterRequest(audience=audience, item=common_pb2.ItemSource(product_id="p-404"))
+        await expect_error(
+            drain(missing), grpc.StatusCode.FAILED_PRECONDITION, "retrieval.GetProducts failed", "`couturier index`"
+        )
 
 
-async def test_client_streams_are_validated(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    async with grpc.aio.insecure_channel(skeleton_hosts["retrieval"].address) as channel:
-        stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
-        bad = retrieval_pb2.IndexProductsRequest(
-            products=[retrieval_pb2.ProductToIndex(product=common_pb2.Product(product_id="p1"), image=common_pb2.ImagePayload(data=b"junk"))]
+async def test_client_streams_are_validated(service_hosts: dict[str, ServiceHost]) -> None:
+    def request(product: common_pb2.Product, image: bytes) -> catalogue_pb2.IndexProductsRequest:
+        return catalogue_pb2.IndexProductsRequest(
+            products=[catalogue_pb2.ProductToIndex(product=product, image=common_pb2.ImagePayload(data=image))]
+        )
+
+    cases = [
+        (request(common_pb2.Product(product_id="p1"), png_bytes()), "message 0: products[0].product.category is required"),
+        (request(common_pb2.Product(product_id="p1", category="tops"), b"junk"), "message 0: products[0].image.data is not a readable"),
+        (catalogue_pb2.IndexProductsRequest(), "message 0 has 0 products"),
+    ]
+    for key, stub_type in (
+        ("retrieval", retrieval_pb2_grpc.VisualRetrievalServiceStub),
+        ("scoring", scoring_pb2_grpc.ScoringServiceStub),
+    ):
+        async with grpc.aio.insecure_channel(service_hosts[key].address) as channel:
+            stub = stub_type(channel)
+            for bad, needle in cases:
+                await expect_error(stub.IndexProducts(iter([bad])), grpc.StatusCode.INVALID_ARGUMENT, needle)
+            await expect_error(stub.IndexProducts(iter([])), grpc.StatusCode.INVALID_ARGUMENT, "carried no IndexProductsRequest")
+            stats = await stub.GetIndexStats(catalogue_pb2.GetIndexStatsRequest())
+            assert stats.products == 0  # nothing was written by the refused streams
+
+
+async def test_indexed_products_are_found_recommended_and_deleted(
+    service_hosts: dict[str, ServiceHost], trained_models: TrainedModels
+) -> None:
+    """Index a few real catalogue products through the orchestrator, then search, recommend and delete."""
+    from couturier.export.data.dataset import load_prepared
+    from couturier.services.indexing import catalogue_products
+
+    prepared = load_prepared(trained_models.data_dir)
+    products = list(catalogue_products(prepared.catalogue, limit=24))
+    ids = [product.product_id for product, _ in products]
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
+        orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        indexed = await orchestrator.IndexCatalogue(iter(product_batches(products, batch_size=10)), timeout=60)
+    assert (indexed.scoring.upserted, indexed.scoring.total) == (24, 24)
+    assert (indexed.retrieval.upserted, indexed.retrieval.total) == (24, 24)
+    assert indexed.scoring.encoder == common_pb2.ModelVersion(name=ITEM_ENCODER, version=trained_models.versions[ITEM_ENCODER])
+    assert indexed.retrieval.encoder == common_pb2.ModelVersion(
+        name=RETRIEVAL_ENCODER, version=trained_models.versions[RETRIEVAL_ENCODER]
+    )
+
+    async with grpc.aio.insecure_channel(service_hosts["retrieval"].address) as channel:
+        retrieval = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
+        stats = await retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest())
+        assert stats.products == 24 and sum(stats.per_category.values()) == 24
+        assert list(stats.indexed_versions) == [trained_models.versions[RETRIEVAL_ENCODER]]
+
+        query, query_image = products[3]
+        found = await retrieval.SearchByImage(
+            retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=query_image), k=5)
+        )
+        assert len(found.hits) == 5 and found.encoder == indexed.retrieval.encoder
+        scores = [hit.score for hit in found.hits]
+        assert scores == sorted(scores, reverse=True)
+        assert {hit.product.product_id for hit in found.hits} <= set(ids)
+        own = [hit for hit in found.hits if hit.product.product_id == query.product_id]
+        assert own and own[0].score == pytest.approx(1.0, abs=1e-3)  # cosine of a product with itself
+        filtered = await retrieval.SearchByImage(
+            retrieval_pb2.SearchByImageRequest(
+                image=common_pb2.ImagePayload(data=query_image),
+                k=24,
+                filter=retrieval_pb2.SearchFilter(categories=[query.category], exclude_product_ids=[query.product_id]),
+            )
+        )
+        assert filtered.hits and all(h.product.category == query.category for h in filtered.hits)
+        assert query.product_id not in {h.product.product_id for h in filtered.hits}
+
+        got = await retrieval.GetProducts(retrieval_pb2.GetProductsRequest(product_ids=[query.product_id, "p-404"]))
+        assert [p.product.product_id for p in got.products] == [query.product_id]
+        assert list(got.not_found) == ["p-404"]
+        assert Image.open(io.BytesIO(got.products[0].image.data)).format == "PNG"
+
+    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
+        latent = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
+        unknown = latent_pb2.AlterRequest(
+            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
+            item=common_pb2.ItemSource(product_id="p-404"),
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.IndexProducts(iter([bad]))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "products[0].image.data is not a readable" in info.value.details()
+            async for _ in latent.Alter(unknown):
+                pass
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "product 'p-404' is not in the catalogue index" in (info.value.details() or "")
+
+    user_id = str(prepared.interactions.user_ids[0])
+    async with grpc.aio.insecure_channel(service_hosts["scoring"].address) as channel:
+        scoring = scoring_pb2_grpc.ScoringServiceStub(channel)
+        known = await scoring.Recommend(
+            scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id=user_id), k=5, include_purchased=True)
+        )
+        assert len(known.products) == 5 and not known.folded_in
+        assert known.model == indexed.scoring.encoder
+        assert {p.product.product_id for p in known.products} <= set(ids)
+        liked = ids[:3]
+        new = await scoring.Recommend(
+            scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="new-shopper", liked_product_ids=liked), k=5)
+        )
+        assert new.folded_in and 1 <= len(new.products) <= 5
+        assert not set(liked) & {p.product.product_id for p in new.products}  # liked products are not recommended
+
+        await expect_error(
+            scoring.Recommend(
+                scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1", liked_product_ids=["p-404"]), k=5)
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "liked products not in the catalogue index",
+            "'p-404'",
+        )
+
+        deleted = await scoring.DeleteProducts(catalogue_pb2.DeleteProductsRequest(product_ids=[ids[0], "p-404"]))
+        assert deleted.deleted == 1 and list(deleted.not_found) == ["p-404"]
+        assert (await scoring.GetIndexStats(catalogue_pb2.GetIndexStatsRequest())).products == 23
 
 
-async def test_orchestrator_requires_its_nested_requests(skeleton_hosts: dict[str, ServiceHost]) -> None:
-    from couturier.v1 import orchestrator_pb2_grpc
-
-    async with grpc.aio.insecure_channel(skeleton_hosts["orchestrator"].address) as channel:
+async def test_orchestrator_requires_its_nested_requests(service_hosts: dict[str, ServiceHost]) -> None:
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest())
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "design is required" in info.value.details()
+        await expect_error(
+            stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest()), grpc.StatusCode.INVALID_ARGUMENT, "design is required"
+        )
+        await expect_error(
+            stub.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest()), grpc.StatusCode.INVALID_ARGUMENT, "shifts is required"
+        )
+        await expect_error(
+            stub.MultimodalShop(orchestrator_pb2.MultimodalShopRequest()), grpc.StatusCode.INVALID_ARGUMENT, "search is required"
+        )
 
 
 # --- the error interceptor on a service that raises every domain error -------------------------
@@ -309,24 +541,22 @@ async def test_server_side_deadline_and_metrics(fault_host: ServiceHost) -> None
     assert latency is not None and latency >= 1
 
 
-async def test_message_size_limit_from_config() -> None:
-    host = make_host("retrieval", port=0, max_message_bytes=64 * 1024)
+async def test_message_size_limit_from_config(trained_models: TrainedModels, tmp_path: Path) -> None:
+    host = real_host("retrieval", trained_models, tmp_path, max_message_bytes=64 * 1024)
     await host.start()
     try:
         async with grpc.aio.insecure_channel(host.address) as channel:
             stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
             request = retrieval_pb2.SearchByImageRequest(image=common_pb2.ImagePayload(data=b"x" * 100_000), k=1)
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.SearchByImage(request)
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await expect_error(stub.SearchByImage(request), grpc.StatusCode.RESOURCE_EXHAUSTED)
     finally:
         await host.stop(grace_s=0)
 
 
-async def test_metrics_endpoint_serves_prometheus_text() -> None:
+async def test_metrics_endpoint_serves_prometheus_text(trained_models: TrainedModels, tmp_path: Path) -> None:
     import urllib.request
 
-    host = make_host("scoring", port=0, metrics_port=0)
+    host = real_host("scoring", trained_models, tmp_path, metrics_port=0)
     await host.start()
     try:
         assert host.metrics_port

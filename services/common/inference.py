@@ -410,3 +410,33 @@ def make_backend(
         raise ValueError(f"unknown inference backend {kind!r}; use 'triton' or 'onnxruntime'")
     log.info("inference backend selected", backend=backend.name)
     return backend
+
+
+def backend_for(settings: Any) -> InferenceBackend:
+    """The backend a service's ``ModelBackendSettings`` describe."""
+    return make_backend(
+        settings.inference_backend,
+        url=settings.triton_url,
+        repo_dir=settings.model_repository,
+        timeout_s=settings.inference_timeout_s,
+    )
+
+
+def model_check(backend: InferenceBackend, model: str, pinned: str = "") -> Any:
+    """A health dependency: ready while ``model`` (the pinned version, or any) can serve."""
+    from couturier.services.common.health import DependencyCheck
+
+    async def probe() -> str:
+        return f"{model} v{await backend.resolve_version(model, pinned)}"
+
+    return DependencyCheck(model, probe)
+
+
+def shown_backend_settings(settings: Any) -> dict[str, str]:
+    """What GetStatus shows about where a service's models run."""
+    return {
+        "inference_backend": settings.inference_backend,
+        "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+        "model_repository": settings.model_repository if settings.inference_backend == "onnxruntime" else "",
+        "model_versions": ",".join(f"{k}={v}" for k, v in sorted(settings.model_versions.items())),
+    }

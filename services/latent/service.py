@@ -21,7 +21,7 @@ from couturier.services.common.downstream import Stubs, remaining_s, step
 from couturier.services.common.errors import InvalidInput, UnknownEntity
 from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
 from couturier.services.common.images import chw_png, decode_image, to_model_input
-from couturier.services.common.inference import InferenceBackend, make_backend
+from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import CATEGORIES, GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
@@ -308,20 +308,9 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
 
 
 def build(settings: LatentSettings) -> ServiceDefinition:
-    backend = make_backend(
-        settings.inference_backend,
-        url=settings.triton_url,
-        repo_dir=settings.model_repository,
-        timeout_s=settings.inference_timeout_s,
-    )
+    backend = backend_for(settings)
     latent = Latent(backend, settings)
     probes = {"scoring": GrpcHealthProbe(settings.scoring_target), "retrieval": GrpcHealthProbe(settings.retrieval_target)}
-
-    def model_check(model: str) -> DependencyCheck:
-        async def probe() -> str:
-            return f"{model} v{await backend.resolve_version(model, latent.pins[model])}"
-
-        return DependencyCheck(model, probe)
 
     async def close() -> None:
         await asyncio.gather(*(probe.close() for probe in probes.values()))
@@ -332,13 +321,11 @@ def build(settings: LatentSettings) -> ServiceDefinition:
         key="latent",
         service_names=[SERVICE_NAME],
         register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(LatentServicer(latent), server),
-        checks=[*(model_check(m) for m in GRADIENT_MODELS), *(DependencyCheck(k, p) for k, p in probes.items())],
+        checks=[*(model_check(backend, m, latent.pins[m]) for m in GRADIENT_MODELS), *(DependencyCheck(k, p) for k, p in probes.items())],
         on_stop=close,
         shown_settings={
-            "inference_backend": settings.inference_backend,
-            "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+            **shown_backend_settings(settings),
             "scoring_target": settings.scoring_target,
             "retrieval_target": settings.retrieval_target,
-            "model_versions": ",".join(f"{k}={v}" for k, v in settings.model_versions.items()),
         },
     )

@@ -22,7 +22,7 @@ from couturier.services.common.encoders import ImageEncoder
 from couturier.services.common.errors import InvalidInput, PreconditionFailed
 from couturier.services.common.health import DependencyCheck
 from couturier.services.common.images import chw_png, decode_image, to_model_input
-from couturier.services.common.inference import InferenceBackend, make_backend
+from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import QUERY_GENERATOR, RETRIEVAL_ENCODER, TEXT_ENCODER
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import bounded_list, int_in_range
@@ -146,12 +146,7 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
 
 
 def build(settings: RetrievalSettings) -> ServiceDefinition:
-    backend = make_backend(
-        settings.inference_backend,
-        url=settings.triton_url,
-        repo_dir=settings.model_repository,
-        timeout_s=settings.inference_timeout_s,
-    )
+    backend = backend_for(settings)
     store = VectorStore(settings.milvus_uri, token=settings.milvus_token)
     catalogue = CatalogueIndex(
         ImageEncoder(backend, RETRIEVAL_ENCODER, settings.model_version(RETRIEVAL_ENCODER)),
@@ -165,12 +160,6 @@ def build(settings: RetrievalSettings) -> ServiceDefinition:
         TextEncoder(backend, settings.tokenizer_json, settings.model_version(TEXT_ENCODER)),
         settings.model_version(QUERY_GENERATOR),
     )
-
-    def model_check(model: str, pin: str) -> DependencyCheck:
-        async def probe() -> str:
-            return f"{model} v{await backend.resolve_version(model, pin)}"
-
-        return DependencyCheck(model, probe)
 
     async def store_ready() -> str:
         await store.ping()
@@ -191,16 +180,14 @@ def build(settings: RetrievalSettings) -> ServiceDefinition:
             RetrievalServicer(retrieval), server
         ),
         checks=[
-            *(model_check(m, settings.model_version(m)) for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)),
+            *(model_check(backend, m, settings.model_version(m)) for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)),
             DependencyCheck("vector_store", store_ready),
             DependencyCheck("tokenizer", tokenizer_ready),
         ],
         on_stop=close,
         shown_settings={
-            "inference_backend": settings.inference_backend,
-            "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+            **shown_backend_settings(settings),
             "milvus_uri": settings.milvus_uri,
             "tokenizer_json": settings.tokenizer_json,
-            "model_versions": ",".join(f"{k}={v}" for k, v in settings.model_versions.items()),
         },
     )

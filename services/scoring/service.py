@@ -20,7 +20,7 @@ from couturier.services.common.encoders import ImageEncoder
 from couturier.services.common.errors import UnknownEntity
 from couturier.services.common.health import DependencyCheck
 from couturier.services.common.images import decode_image
-from couturier.services.common.inference import InferenceBackend, make_backend
+from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.users import UserDirectory, UserTable, unknown_users_error
@@ -175,18 +175,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
 
 def build(settings: ScoringSettings) -> ServiceDefinition:
-    backend = make_backend(
-        settings.inference_backend,
-        url=settings.triton_url,
-        repo_dir=settings.model_repository,
-        timeout_s=settings.inference_timeout_s,
-    )
+    backend = backend_for(settings)
     store = VectorStore(settings.milvus_uri, token=settings.milvus_token)
     scoring = Scoring(backend, store, UserDirectory(settings.user_vectors_dir), settings.model_version(ITEM_ENCODER))
-
-    async def model_ready() -> str:
-        version = await scoring.catalogue.encoder.version()
-        return f"{ITEM_ENCODER} v{version}"
 
     async def users_ready() -> str:
         version = await scoring.catalogue.encoder.version()
@@ -206,16 +197,14 @@ def build(settings: ScoringSettings) -> ServiceDefinition:
         service_names=[SERVICE_NAME],
         register=lambda server: scoring_pb2_grpc.add_ScoringServiceServicer_to_server(ScoringServicer(scoring), server),
         checks=[
-            DependencyCheck("model", model_ready),
+            model_check(backend, ITEM_ENCODER, settings.model_version(ITEM_ENCODER)),
             DependencyCheck("user_vectors", users_ready),
             DependencyCheck("vector_store", store_ready),
         ],
         on_stop=close,
         shown_settings={
-            "inference_backend": settings.inference_backend,
-            "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+            **shown_backend_settings(settings),
             "milvus_uri": settings.milvus_uri,
             "user_vectors_dir": settings.user_vectors_dir,
-            "model_versions": ",".join(f"{k}={v}" for k, v in settings.model_versions.items()),
         },
     )
