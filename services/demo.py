@@ -21,7 +21,6 @@ A flow that fails is recorded in the report (section ``errors``) and the others 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import shutil
 import statistics
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from couturier.export.data.fashion_mnist import sha256_file
 from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER, TEXT_ENCODER
 
 #: The networks ``couturier train`` trains, each into ``runs/<profile>/<network>/checkpoint.pt``.
@@ -112,14 +112,6 @@ class Stages:
 
 
 # -- models: train, export, publish only what is missing ----------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_reasons(run_dir: Path) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from couturier.services.common import limits
 from couturier.services.common.errors import InvalidInput
 from couturier.v1 import common_pb2
@@ -75,8 +77,9 @@ def audience_users(audience: common_pb2.Audience, field: str = "audience") -> li
     return users
 
 
-def item_source(item: common_pb2.ItemSource, field: str = "item") -> str:
-    """An item is a product id or a readable image; returns which ("product_id" or "image")."""
+def item_source(item: common_pb2.ItemSource, field: str = "item") -> np.ndarray | None:
+    """An item is a product id or a readable image: the decoded RGB pixels of an upload (decoded once
+    here, for the caller to use), None for a product id."""
     from couturier.services.common.images import decode_image
 
     kind = item.WhichOneof("source")
@@ -84,12 +87,15 @@ def item_source(item: common_pb2.ItemSource, field: str = "item") -> str:
         raise InvalidInput(f"{field} must be a product_id or an image")
     if kind == "product_id":
         require_id(item.product_id, f"{field}.product_id")
-    else:
-        decode_image(item.image.data, f"{field}.image")
-    return kind
+        return None
+    return decode_image(item.image.data, f"{field}.image")
 
 
-def categorised_item(item: common_pb2.ItemSource, category: str, field: str = "item") -> None:
-    """An item whose category must be known: a product carries its own, an uploaded image needs one."""
-    if item_source(item, field) == "image" and not category:
+def categorised_item(item: common_pb2.ItemSource, category: str, field: str = "item") -> np.ndarray | None:
+    """An item whose category must be known: a product carries its own, an uploaded image needs one.
+
+    Returns the upload's pixels (None for a product id), like :func:`item_source`."""
+    pixels = item_source(item, field)
+    if pixels is not None and not category:
         raise InvalidInput(f"category is required with an uploaded {field}.image")
+    return pixels

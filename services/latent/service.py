@@ -138,11 +138,12 @@ class Latent:
         )
 
     async def item(
-        self, item: common_pb2.ItemSource, category: str, context: grpc.aio.ServicerContext
+        self, item: common_pb2.ItemSource, upload: np.ndarray | None, category: str, context: grpc.aio.ServicerContext
     ) -> tuple[np.ndarray, str]:
-        """The RGB image of an uploaded image or a catalogue product, and its category."""
-        if item.WhichOneof("source") == "image":
-            return decode_image(item.image.data, "item.image"), category
+        """The RGB image of an upload (``upload``: its pixels, from categorised_item) or of a catalogue
+        product, and its category."""
+        if upload is not None:
+            return upload, category
         request = retrieval_pb2.GetProductsRequest(product_ids=[item.product_id])
         async with step("retrieval.GetProducts"):
             response = await self.stubs["retrieval"].GetProducts(request, timeout=remaining_s(context, self.cap_s))
@@ -211,13 +212,13 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
 
     async def Alter(self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[latent_pb2.AlterProgress]:  # noqa: N802
         audience_users(request.audience)
-        categorised_item(request.item, request.category)
+        upload = categorised_item(request.item, request.category)
         if request.category:
             category_index(request.category)
         inv = inversion_params(request.inversion)
         opt = optimizer_params(request.optimizer)
         every = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
-        image, category = await self.latent.item(request.item, request.category, context)
+        image, category = await self.latent.item(request.item, upload, request.category, context)
         cat = category_index(category)
         users = await self.latent.users(request.audience, context)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD)
@@ -263,7 +264,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
             task.cancel()
 
     async def SellerShifts(self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext) -> latent_pb2.SellerShiftsResponse:  # noqa: N802
-        categorised_item(request.item, request.category)
+        upload = categorised_item(request.item, request.category)
         if request.category:
             category_index(request.category)
         audience_users(request.audience)
@@ -272,7 +273,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         diversity = float_in_range(request.diversity_weight, 0.0, limits.MAX_WEIGHT, "diversity_weight", default=optimize.DEFAULT_DIVERSITY_WEIGHT)
         opt = optimizer_params(request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE)
         inv = inversion_params(request.inversion)
-        image, category = await self.latent.item(request.item, request.category, context)
+        image, category = await self.latent.item(request.item, upload, request.category, context)
         cat = category_index(category)
         users = await self.latent.users(request.audience, context)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)

@@ -19,7 +19,6 @@ from couturier.services.common.config import ScoringSettings
 from couturier.services.common.encoders import ImageEncoder
 from couturier.services.common.errors import UnknownEntity
 from couturier.services.common.health import DependencyCheck
-from couturier.services.common.images import decode_image
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.common.server import ServiceDefinition
@@ -85,10 +84,12 @@ class Scoring:
             space=space,
         )
 
-    async def item_vectors(self, items: list[common_pb2.ItemSource], space: EmbeddingSpace) -> np.ndarray:
-        kinds = [item_source(item, f"items[{i}]") for i, item in enumerate(items)]
+    async def item_vectors(
+        self, items: list[common_pb2.ItemSource], pixels: list[np.ndarray | None], space: EmbeddingSpace
+    ) -> np.ndarray:
+        """Item vectors: stored ones for product ids, encoded now for uploads (``pixels`` from item_source)."""
         vectors = np.zeros((len(items), space.dim), np.float32)
-        ids = [item.product_id for item, kind in zip(items, kinds, strict=True) if kind == "product_id"]
+        ids = [item.product_id for item, image in zip(items, pixels, strict=True) if image is None]
         if ids:
             stored = await self.store.get(space, ids)
             missing = [pid for pid in dict.fromkeys(ids) if pid not in stored]
@@ -97,12 +98,11 @@ class Scoring:
                     f"products not in the catalogue index of {space.model} v{space.version}: "
                     + ", ".join(repr(p) for p in missing[:10])
                 )
-        uploads = [i for i, kind in enumerate(kinds) if kind == "image"]
+        uploads = [i for i, image in enumerate(pixels) if image is not None]
         if uploads:
-            images = [decode_image(items[i].image.data, f"items[{i}].image") for i in uploads]
-            vectors[uploads] = await self.catalogue.encoder.encode(images, space.version)
-        for i, kind in enumerate(kinds):
-            if kind == "product_id":
+            vectors[uploads] = await self.catalogue.encoder.encode([pixels[i] for i in uploads], space.version)
+        for i, image in enumerate(pixels):
+            if image is None:
                 vectors[i] = stored[items[i].product_id].vector
         return vectors
 
@@ -114,10 +114,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     async def ScoreItems(self, request: scoring_pb2.ScoreItemsRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.ScoreItemsResponse:  # noqa: N802
         refs = audience_users(request.audience)
         int_in_range(len(request.items), 1, limits.MAX_SCORE_ITEMS, "number of items")
-        for index, item in enumerate(request.items):
-            item_source(item, f"items[{index}]")
+        pixels = [item_source(item, f"items[{index}]") for index, item in enumerate(request.items)]
         users = await self.scoring.resolve_users(refs)
-        vectors = await self.scoring.item_vectors(list(request.items), users.space)
+        vectors = await self.scoring.item_vectors(list(request.items), pixels, users.space)
         per_user = vectors @ users.theta.T  # (items, users)
         response = scoring_pb2.ScoreItemsResponse(model=model_version(users.space))
         for index, item in enumerate(request.items):
