@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from couturier.services.bench import SECTIONS, LoadResult, percentile, render_markdown, run_load, write_report
-from couturier.services.launcher import free_port
+from couturier.export.tools.bench import SECTIONS, LoadResult, percentile, render_markdown, run_load, write_report
+from couturier.export.tools.launcher import free_port
 from couturier.services.registry import make_host
 
 pytestmark = pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ from conftest import TrainedModels, service_env
 from couturier.services.client import check_health, get_status, list_services, wait_until_serving
 from couturier.services.common.config import load_settings
 from couturier.services.common.errors import InvalidInput
-from couturier.services.launcher import LocalStack, free_port
+from couturier.export.tools.launcher import LocalStack, free_port
 
 runner = CliRunner()
 

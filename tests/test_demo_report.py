@@ -22,7 +22,7 @@ from PIL import Image
 
 from couturier.services.common.images import encode_png
 from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER
-from couturier.services.demo import (
+from couturier.export.tools.demo import (
     NETWORKS,
     Locations,
     Stages,
@@ -33,7 +33,7 @@ from couturier.services.demo import (
     training_reasons,
     write_report,
 )
-from couturier.services.demo_report import (
+from couturier.export.tools.demo_report import (
     SECTIONS,
     SIMULATED_NOTICE,
     alter_chart_series,

@@ -11,7 +11,7 @@ import pytest
 from couturier.services.common.images import to_model_input
 from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER
-from couturier.services.common.ssim import gaussian_window, ssim
+from couturier.services.latent.ssim import gaussian_window, ssim
 from couturier.services.latent import optimize as opt
 from conftest import TrainedModels
 

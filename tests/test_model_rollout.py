@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.environment import default_home
 from couturier.export.triton.errors import ModelControlError
-from couturier.export.triton.layout import read_model_config
+from couturier.services.common.model_repository import read_model_config
 from couturier.export.triton.local_server import LocalTriton
 from couturier.export.triton.repository import publish_model
 from couturier.export.triton.rollout import (

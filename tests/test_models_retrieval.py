@@ -141,8 +141,9 @@ def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_tokenizer_is_torch_free() -> None:
-    code = ("import sys; from couturier.export.models.text_encoder import Tokenizer; "
-            "t = Tokenizer()(['same but in red', 'make it a sandal']); "
+    code = ("import sys; from couturier.services.retrieval.text_encoder import Tokenizer; "
+            "from couturier.export.models.text_encoder import model_dir; "
+            "t = Tokenizer(model_dir() / 'tokenizer.json')(['same but in red', 'make it a sandal']); "
             "assert t['input_ids'].shape == t['attention_mask'].shape and t['input_ids'][0, 0] == 101; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

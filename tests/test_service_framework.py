@@ -23,7 +23,7 @@ from couturier.services.common.config import ServerSettings
 from couturier.services.common.health import DependencyCheck
 from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
 from couturier.services.common.server import ServiceDefinition, ServiceHost
-from couturier.services.launcher import free_port
+from couturier.export.tools.launcher import free_port
 from couturier.v1 import (
     catalogue_pb2,
     common_pb2,
@@ -345,7 +345,7 @@ async def test_indexed_products_are_found_recommended_and_deleted(
 ) -> None:
     """Index a few real catalogue products through the orchestrator, then search, recommend and delete."""
     from couturier.export.data.dataset import load_prepared
-    from couturier.services.indexing import catalogue_products
+    from couturier.export.tools.indexing import catalogue_products
 
     prepared = load_prepared(trained_models.data_dir)
     products = list(catalogue_products(prepared.catalogue, limit=24))

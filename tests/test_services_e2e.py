@@ -23,8 +23,8 @@ from couturier.services.common import limits
 from couturier.services.common.images import encode_png, to_model_input
 from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
-from couturier.services.indexing import catalogue_products, index_catalogue
-from couturier.services.stack import ServingStack
+from couturier.export.tools.indexing import catalogue_products, index_catalogue
+from couturier.export.tools.stack import ServingStack
 from couturier.v1 import (
     catalogue_pb2,
     common_pb2,

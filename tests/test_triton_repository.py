@@ -10,7 +10,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError, SignatureError
-from couturier.export.triton.model_config import ServingOptions, VersionPolicy, build_model_config, config_signature
+from couturier.export.triton.model_config import ServingOptions, build_model_config, config_signature
+from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
 from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
 from triton_models import linear_model, linear_weights, two_output_model, user_weights, users_model

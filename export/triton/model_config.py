@@ -11,83 +11,13 @@ from typing import Literal
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from couturier.export.triton.errors import RepositoryError
+from couturier.services.common.model_repository import RepositoryError, VersionPolicy
 from couturier.export.triton.signature import ModelSignature, TensorSpec
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 #: The backend name written to every config: NGC Triton's native onnxruntime backend in production,
 #: couturier's Python-based backend of the same name on the local server.
 BACKEND = "onnxruntime"
-
-
-@dataclass(frozen=True)
-class VersionPolicy:
-    """Which numbered versions Triton serves: the ``latest`` N, ``all``, or ``specific`` ones."""
-
-    latest: int | None = 1
-    specific: tuple[int, ...] = ()
-    all: bool = False
-
-    @classmethod
-    def latest_n(cls, n: int = 1) -> VersionPolicy:
-        if n < 1:
-            raise ValueError("latest needs n >= 1")
-        return cls(latest=n)
-
-    @classmethod
-    def only(cls, *versions: int) -> VersionPolicy:
-        if not versions or any(v < 1 for v in versions):
-            raise ValueError("specific versions must be positive integers")
-        return cls(latest=None, specific=tuple(sorted(set(versions))))
-
-    @classmethod
-    def every(cls) -> VersionPolicy:
-        return cls(latest=None, all=True)
-
-    @classmethod
-    def parse(cls, text: str) -> VersionPolicy:
-        """``latest`` / ``latest:2`` / ``all`` / ``specific:1,3`` (the CLI spelling)."""
-        kind, _, arg = text.strip().partition(":")
-        try:
-            if kind == "latest":
-                return cls.latest_n(int(arg) if arg else 1)
-            if kind == "all" and not arg:
-                return cls.every()
-            if kind == "specific":
-                return cls.only(*(int(v) for v in arg.split(",") if v.strip()))
-        except ValueError as exc:
-            raise ValueError(f"bad version policy {text!r}: {exc}") from exc
-        raise ValueError(f"bad version policy {text!r}; use latest[:N], all or specific:V1,V2")
-
-    def to_proto(self) -> pb.ModelVersionPolicy:
-        policy = pb.ModelVersionPolicy()
-        if self.all:
-            policy.all.SetInParent()
-        elif self.specific:
-            policy.specific.versions.extend(self.specific)
-        else:
-            policy.latest.num_versions = self.latest or 1
-        return policy
-
-    @classmethod
-    def from_proto(cls, policy: pb.ModelVersionPolicy) -> VersionPolicy:
-        which = policy.WhichOneof("policy_choice")
-        if which == "all":
-            return cls.every()
-        if which == "specific":
-            return cls.only(*policy.specific.versions)
-        if which == "latest":
-            return cls.latest_n(policy.latest.num_versions or 1)
-        return cls()  # Triton's default: latest 1
-
-    def select(self, available: Sequence[int]) -> list[int]:
-        """The versions of ``available`` this policy serves, ascending."""
-        ordered = sorted(set(available))
-        if self.all:
-            return ordered
-        if self.specific:
-            return [v for v in ordered if v in self.specific]
-        return ordered[-(self.latest or 1):]
 
 
 @dataclass(frozen=True)
@@ -169,22 +99,6 @@ def build_model_config(name: str, signature: ModelSignature, options: ServingOpt
 def render_config(config: pb.ModelConfig) -> str:
     """``config.pbtxt`` text of ``config``."""
     return text_format.MessageToString(config)
-
-
-def parse_config(text: str) -> pb.ModelConfig:
-    """Parse ``config.pbtxt`` text; raises :class:`RepositoryError` when it is not a valid ModelConfig."""
-    try:
-        return text_format.Parse(text, pb.ModelConfig())
-    except text_format.ParseError as exc:
-        raise RepositoryError(f"invalid config.pbtxt: {exc}") from exc
-
-
-def read_config(path: str | Path) -> pb.ModelConfig:
-    """Parse a ``config.pbtxt`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RepositoryError(f"no config.pbtxt at {path}")
-    return parse_config(path.read_text())
 
 
 def config_to_json(config: pb.ModelConfig) -> str:

@@ -17,10 +17,12 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError
-from couturier.export.triton.layout import (
+from couturier.services.common.model_repository import (
     CONFIG_FILENAME,
     MODEL_FILENAME,
+    VersionPolicy,
     list_versions,
+    read_config,
     read_model_config,
     served_versions,
 )
@@ -28,11 +30,9 @@ from couturier.export.triton.model_config import (
     BACKEND,
     InstanceKind,
     ServingOptions,
-    VersionPolicy,
     build_model_config,
     config_signature,
     is_batched,
-    read_config,
     render_config,
 )
 from couturier.export.triton.signature import ModelSignature, read_signature

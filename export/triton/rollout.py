@@ -31,8 +31,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.control import ModelControl
 from couturier.export.triton.errors import ModelControlError
-from couturier.export.triton.layout import list_versions, read_model_config
-from couturier.export.triton.model_config import VersionPolicy
+from couturier.services.common.model_repository import list_versions, read_model_config
+from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.versions import swap_version
 
 Mode = Literal["canary", "promoted", "rolled-back"]

@@ -18,8 +18,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.control import ModelControl
 from couturier.export.triton.errors import ModelControlError
-from couturier.export.triton.layout import list_versions, read_model_config
-from couturier.export.triton.model_config import VersionPolicy
+from couturier.services.common.model_repository import list_versions, read_model_config
+from couturier.services.common.model_repository import VersionPolicy
 
 
 @dataclass(frozen=True)

@@ -279,7 +279,7 @@ class OnnxRuntimeBackend:
         self._lock = threading.Lock()
 
     def _served_version(self, model: str) -> int:
-        from couturier.export.triton.layout import CONFIG_FILENAME, served_versions
+        from couturier.services.common.model_repository import CONFIG_FILENAME, served_versions
 
         model_dir = self.repo_dir / model
         try:
@@ -301,7 +301,7 @@ class OnnxRuntimeBackend:
     def _session(self, model: str, version: str) -> onnxruntime.InferenceSession:
         import onnxruntime
 
-        from couturier.export.triton.layout import model_path
+        from couturier.services.common.model_repository import model_path
 
         if version:
             if not version.isdigit():

@@ -1,7 +1,7 @@
 """Latent optimisers of the latent service: numpy Adam over gradients served by the model backend.
 
 Every forward pass and gradient comes from the ONNX gradient models (``pref_grad``, ``inv_grad``,
-``shift_grad``; signatures in ``couturier.export.gradient_models``) through an
+``shift_grad``; their signatures are written by the exporter) through an
 :class:`~couturier.services.common.inference.InferenceBackend`; only the optimiser state lives here
 (numpy, float64; float32 goes over the wire). Images are float32 NCHW in [-1, 1].
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from couturier.services.common.inference import InferenceBackend
 from couturier.services.common.models import INV_GRAD, PREF_GRAD, SHIFT_GRAD
-from couturier.services.common.ssim import ssim
+from couturier.services.latent.ssim import ssim
 
 __all__ = [
     "DEFAULT_DIVERSITY_WEIGHT",

@@ -27,38 +27,10 @@ from couturier.services.common.models import QUERY_GENERATOR, RETRIEVAL_ENCODER,
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import bounded_list, int_in_range
 from couturier.services.common.vectors import VectorStore
+from couturier.services.retrieval.text_encoder import TextEncoder
 from couturier.v1 import catalogue_pb2, common_pb2, retrieval_pb2, retrieval_pb2_grpc
 
-#: Output of the text encoder (couturier.export.models.text_encoder.OUTPUT_NAME).
-TEXT_OUTPUT = "sentence_embedding"
 SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["VisualRetrievalService"].full_name
-
-
-class TextEncoder:
-    """Tokeniser (``tokenizer.json``, no torch) + the text encoder on the inference backend."""
-
-    def __init__(self, backend: InferenceBackend, tokenizer_json: str, pinned_version: str = "") -> None:
-        self.backend = backend
-        self.tokenizer_json = Path(tokenizer_json)
-        self.pinned_version = pinned_version
-        self._tokenizer = None
-
-    def tokenizer(self):  # type: ignore[no-untyped-def]
-        if self._tokenizer is None:
-            if not self.tokenizer_json.is_file():
-                raise PreconditionFailed(
-                    f"tokenizer {self.tokenizer_json} is missing; couturier export publishes it beside the text "
-                    "encoder (set COUTURIER_RETRIEVAL_TOKENIZER_JSON)"
-                )
-            from couturier.export.models.text_encoder import Tokenizer
-
-            self._tokenizer = Tokenizer(self.tokenizer_json)
-        return self._tokenizer
-
-    async def encode(self, text: str) -> tuple[np.ndarray, common_pb2.ModelVersion]:
-        version = await self.backend.resolve_version(TEXT_ENCODER, self.pinned_version)
-        out = await self.backend.infer(TEXT_ENCODER, self.tokenizer()([text]), [TEXT_OUTPUT], version=version)
-        return np.asarray(out[TEXT_OUTPUT], np.float32), common_pb2.ModelVersion(name=TEXT_ENCODER, version=version)
 
 
 class Retrieval:

@@ -22,7 +22,7 @@ from couturier.services.common.health import DependencyCheck
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.common.server import ServiceDefinition
-from couturier.services.common.users import UserDirectory, UserTable, unknown_users_error
+from couturier.services.scoring.users import UserDirectory, UserTable, unknown_users_error
 from couturier.services.common.validation import (
     audience_users,
     bounded_list,

@@ -1,6 +1,6 @@
 """Render the main job's results (``couturier demo``) as one self-contained HTML page, markdown and JSON.
 
-Pure functions: they take the results dictionary that :mod:`couturier.services.demo` collects and
+Pure functions: they take the results dictionary that :mod:`couturier.export.tools.demo` collects and
 return text; nothing here talks to a service. Images are PNG ``bytes`` inside the dictionary; the
 HTML embeds them as ``data:image/png;base64`` URIs (no file next to the page is needed), the JSON
 drops them.

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from couturier.services.common.models import ALL_MODELS
-from couturier.services.launcher import LocalStack
+from couturier.export.tools.launcher import LocalStack
 from couturier.services.registry import SERVICE_KEYS
 
 

@@ -239,7 +239,7 @@ def model_inputs(model: str, shapes: Mapping[str, tuple[int, ...]], batch: int, 
 
     ``batch`` is the leading axis (designs, restarts); for ``shift_grad`` it is the number of shifts.
     """
-    from couturier.export.models.text_encoder import Tokenizer
+    from couturier.services.retrieval.text_encoder import Tokenizer
     from couturier.services.common.images import to_model_input
     from couturier.services.common.models import SHIFT_GRAD
 
@@ -529,7 +529,7 @@ async def _describe_stack(client: Any, stack: dict[str, Any], opts: BenchOptions
         stats = await getattr(client, key).GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=30)
         stack.setdefault("index", {})[key] = {"products": stats.products, "encoder": f"{stats.encoder.name}:{stats.encoder.version}"}
     if opts.repo_dir.is_dir():
-        from couturier.export.triton.layout import served_versions
+        from couturier.services.common.model_repository import served_versions
         from couturier.services.common.models import ALL_MODELS
 
         stack["model_versions"] = {m: max(served_versions(opts.repo_dir, m), default=None) for m in ALL_MODELS if (opts.repo_dir / m).is_dir()}
@@ -578,7 +578,7 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
         stack: dict[str, Any] = {"mode": "attached to a running stack", "targets": dict(opts.targets),
                                  "triton_url": opts.triton_url, "repo_dir": str(repo)}
     else:
-        from couturier.services.stack import ServingStack
+        from couturier.export.tools.stack import ServingStack
 
         work = (opts.out / "serving").absolute()
         shutil.rmtree(work / "milvus", ignore_errors=True)  # a fresh index every run
@@ -597,7 +597,7 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
         async with CouturierClient(**{f"{k}_target": v for k, v in stack["targets"].items()}) as client:
             if opts.index if opts.index is not None else serving is not None:
                 from couturier.export.data.dataset import load_prepared
-                from couturier.services.indexing import index_catalogue
+                from couturier.export.tools.indexing import index_catalogue
 
                 t0 = time.perf_counter()
                 await index_catalogue(client, load_prepared(opts.data_dir).catalogue, limit=opts.index_limit, progress=False)

@@ -136,7 +136,7 @@ def export_reasons(run_dir: Path) -> list[str]:
 
 def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
     """Models whose exported ONNX file the repository's newest version does not hold, with the reason."""
-    from couturier.export.triton.layout import list_versions, model_path
+    from couturier.services.common.model_repository import list_versions, model_path
 
     reasons: dict[str, str] = {}
     for name in ALL_MODELS:
@@ -149,7 +149,7 @@ def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
 
 
 def newest_versions(repo_dir: Path) -> dict[str, str]:
-    from couturier.export.triton.layout import list_versions
+    from couturier.services.common.model_repository import list_versions
 
     return {name: str(versions[-1]) for name in ALL_MODELS if (versions := list_versions(repo_dir, name))}
 
@@ -575,7 +575,7 @@ def precision_rows(fm_class: np.ndarray, n: int) -> np.ndarray:
 
 
 async def _index(client: Any, prepared: Any, results: dict[str, Any]) -> None:
-    from couturier.services.indexing import index_catalogue
+    from couturier.export.tools.indexing import index_catalogue
     from couturier.v1 import catalogue_pb2
 
     begin = time.perf_counter()
@@ -650,7 +650,7 @@ def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo",
     """Run the main job; returns the path of the HTML report (``<out_dir>/demo_report.html``)."""
     from couturier.export.data.dataset import prepare
     from couturier.export.data.paths import default_data_dir
-    from couturier.services.stack import ServingStack
+    from couturier.export.tools.stack import ServingStack
 
     where = where or Locations()
     out_dir = Path(out_dir)
@@ -693,7 +693,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """``demo_report.html`` (images inline), ``demo_report.json`` (numbers) and ``demo_report.md``."""
     import json
 
-    from couturier.services.demo_report import json_ready, render_html, render_markdown
+    from couturier.export.tools.demo_report import json_ready, render_html, render_markdown
 
     html_path = out_dir / "demo_report.html"
     html_path.write_text(render_html(results), encoding="utf-8")

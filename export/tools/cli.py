@@ -1,0 +1,106 @@
+"""Offline subcommands of ``couturier``: data, train, export, eval, triton, index, demo and bench.
+
+Registered into the serving CLI (``couturier.services.cli``) through the ``couturier.cli`` entry point,
+so the serving package never imports this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from couturier.services.common.errors import CouturierError
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("runs/demo"),
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data directory (default var/data or COUTURIER_DATA_DIR).")] = None,
+    profile: Annotated[str, typer.Option(help="Data and training profile: demo (2-core machine) or full.")] = "demo",
+) -> None:
+    """The main job on the embedded default: data, models (trained once), the whole stack, every flow, a report.
+
+    Trains and publishes models only when missing (about 12 minutes on a 2-core CPU the first time), runs every flow against a local Triton and the four services, stops them, writes <out>/demo_report.html.
+    """
+    from couturier.export.tools.demo import run_demo
+
+    try:
+        report = run_demo(out, data_dir=data_dir, profile=profile)
+    except CouturierError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted (the serving stack, if it had started, was stopped)", err=True)
+        raise typer.Exit(code=130) from None
+    failed = json.loads((report.parent / "demo_report.json").read_text()).get("errors", {})
+    for section, message in failed.items():
+        typer.echo(f"error: {section}: {message}", err=True)
+    typer.echo(f"report: {report}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+
+def bench(
+    out: Annotated[Path, typer.Option(help="Where bench.json and bench.md go.")] = Path("runs/bench"),
+    orchestrator: Annotated[Optional[str], typer.Option(help="Attach: orchestrator host:port (give all four services).")] = None,
+    scoring: Annotated[Optional[str], typer.Option(help="Attach: scoring host:port.")] = None,
+    latent: Annotated[Optional[str], typer.Option(help="Attach: latent host:port.")] = None,
+    retrieval: Annotated[Optional[str], typer.Option(help="Attach: retrieval host:port.")] = None,
+    triton: Annotated[Optional[str], typer.Option(help="Attach: Triton gRPC host:port (backend comparison, statistics).")] = None,
+    repo_dir: Annotated[Path, typer.Option(help="Model repository (Triton and in-process onnxruntime).")] = Path("var/model_repository"),
+    user_vectors_dir: Annotated[Path, typer.Option(help="Published user vectors.")] = Path("var/user_vectors"),
+    data_dir: Annotated[Optional[Path], typer.Option(help="Prepared data (default var/data or COUTURIER_DATA_DIR).")] = None,
+    index_limit: Annotated[int, typer.Option(help="Catalogue products indexed and used in requests.")] = 2000,
+    index: Annotated[Optional[bool], typer.Option("--index/--no-index", help="Index the catalogue subset first (default: only for a stack the bench starts).")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
+    duration_s: Annotated[float, typer.Option(help="Seconds of closed-loop load per RPC and level.")] = 5.0,
+    heavy_calls: Annotated[int, typer.Option(help="Latent/orchestrator-design RPCs: at most max(this, concurrency) calls per level.")] = 8,
+    only: Annotated[str, typer.Option(help="Comma-separated substrings of RPC names to run (default all).")] = "",
+    compare_calls: Annotated[int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")] = 50,
+    timeout_s: Annotated[float, typer.Option(help="Deadline of each RPC.")] = 120.0,
+) -> None:
+    """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model."""
+    import os
+
+    from couturier.export.tools.bench import BenchOptions, bench as run_bench
+
+    attach = {"orchestrator": orchestrator, "scoring": scoring, "latent": latent, "retrieval": retrieval}
+    given = {k: v for k, v in attach.items() if v}
+    if given and len(given) != len(attach):
+        _fail(f"attaching needs all four services; missing --{', --'.join(k for k in attach if k not in given)}")
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    except ValueError:
+        _fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
+    options = BenchOptions(
+        out=out, targets=given, triton_url=triton or "", repo_dir=repo_dir, user_vectors_dir=user_vectors_dir,
+        data_dir=data_dir or Path(os.environ.get("COUTURIER_DATA_DIR", "var/data")), index_limit=index_limit,
+        index=index, levels=levels, duration_s=duration_s, heavy_calls=heavy_calls,
+        only=tuple(s.strip() for s in only.split(",") if s.strip()), compare_calls=compare_calls, timeout_s=timeout_s,
+    )
+    json_path, md_path = asyncio.run(run_bench(options, echo=typer.echo))
+    typer.echo(f"results: {md_path} and {json_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the offline subcommands to the ``couturier`` command."""
+    from couturier.export.cli import register as register_models
+    from couturier.export.data.cli import data_app
+    from couturier.export.tools.indexing import register as register_index
+    from couturier.export.triton.cli import triton_app
+
+    app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
+    app.add_typer(triton_app, name="triton", help="Local Triton server and model repository versions.")
+    register_models(app)
+    register_index(app)
+    app.command("demo")(demo)
+    app.command("bench")(bench)
