@@ -2,7 +2,7 @@
 
 The text encoder is all-MiniLM-L6-v2 exported to ONNX (``input_ids``, ``attention_mask`` ->
 mean-pooled, L2-normalised 384-d ``sentence_embedding``). The tokeniser is the ``tokenizers`` package on
-the ``tokenizer.json`` that ``couturier export`` publishes beside the model. These constants are the one
+the ``tokenizer.json`` that the ``export`` subcommand of couturier publishes beside the model. These constants are the one
 definition of the model's interface; the exporter imports them.
 """
 
@@ -59,7 +59,7 @@ class TextEncoder:
         if self._tokenizer is None:
             if not self.tokenizer_json.is_file():
                 raise PreconditionFailed(
-                    f"tokenizer {self.tokenizer_json} is missing; couturier export publishes it beside the text "
+                    f"tokenizer {self.tokenizer_json} is missing; the export subcommand of couturier publishes it beside the text "
                     "encoder (set COUTURIER_RETRIEVAL_TOKENIZER_JSON)"
                 )
             self._tokenizer = Tokenizer(self.tokenizer_json)

@@ -1,6 +1,6 @@
 """DVBPR user vectors: the trained table (one file per item encoder version) and fold-in of new users.
 
-A table is ``<dir>/item_encoder_v<N>.npz`` written by ``couturier export`` with arrays ``user_ids``,
+A table is ``<dir>/item_encoder_v<N>.npz`` written by the ``export`` subcommand of couturier with arrays ``user_ids``,
 ``theta (U,K)``, ``purchased_indptr`` + ``purchased_product_ids`` (training purchases, CSR) and
 ``item_mean (K,)`` (mean item vector of the training catalogue).
 
@@ -41,7 +41,7 @@ class UserTable:
         with np.load(path, allow_pickle=False) as data:
             missing = {"user_ids", "theta", "purchased_indptr", "purchased_product_ids", "item_mean"} - set(data.files)
             if missing:
-                raise PreconditionFailed(f"user vectors {path} lack {sorted(missing)}; re-run couturier export")
+                raise PreconditionFailed(f"user vectors {path} lack {sorted(missing)}; re-run the export subcommand of couturier")
             user_ids = data["user_ids"].astype(str)
             theta = data["theta"].astype(np.float32)
             table = cls(
@@ -55,7 +55,7 @@ class UserTable:
                 fold_in_scale=float(np.median(np.linalg.norm(theta, axis=1))) if len(theta) else 1.0,
             )
         if table.theta.ndim != 2 or len(table.theta) != len(table.user_ids) or table.item_mean.shape != table.theta.shape[1:]:
-            raise PreconditionFailed(f"user vectors {path} have inconsistent shapes; re-run couturier export")
+            raise PreconditionFailed(f"user vectors {path} have inconsistent shapes; re-run the export subcommand of couturier")
         return table
 
     @property
@@ -103,7 +103,7 @@ class UserDirectory:
                 if not path.is_file():
                     raise PreconditionFailed(
                         f"no user vectors for {ITEM_ENCODER} v{version} ({path} is missing); publish them with "
-                        "couturier export, or pin the scoring service to a version that has them"
+                        "the export subcommand of couturier, or pin the scoring service to a version that has them"
                     )
                 table = self._tables[version] = UserTable.load(path, version)
             return table
