@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps python-deps protos demo test test-fast clean
+.PHONY: setup system-deps python-deps protos pkgview check demo test test-fast clean
 
 setup: system-deps python-deps
 
@@ -30,6 +30,22 @@ $(VENV)/.installed: pyproject.toml setup.py
 # Regenerate the gRPC stubs after editing protos/ (an install does it too).
 protos: python-deps
 	$(BIN)/pip install -q --no-deps -e .
+
+# Static tools cannot see the editable finder that maps services/, export/ and protos/couturier/v1/
+# into the `couturier` package: build/pkgview/couturier holds one symlink per mapped folder (new
+# files show up without a reinstall). Point an editor's extra import path at build/pkgview.
+pkgview:
+	@mkdir -p build/pkgview/couturier
+	@ln -sfn ../../../services build/pkgview/couturier/services
+	@ln -sfn ../../../export build/pkgview/couturier/export
+	@ln -sfn ../../../protos/couturier/v1 build/pkgview/couturier/v1
+
+# Gates: lint, format, types (serving package, strict), the import contract (pyproject [tool.importlinter]).
+check: setup pkgview
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p couturier.services
+	cd build/pkgview && ../../$(BIN)/lint-imports --config ../../pyproject.toml
 
 demo: setup
 	$(BIN)/couturier demo

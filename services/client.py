@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from couturier.services.common import limits
@@ -61,7 +62,7 @@ class CouturierClient:
             "latent": self.latent_target,
             "retrieval": self.retrieval_target,
         }
-        stubs = {
+        stubs: dict[str, Callable[[grpc.aio.Channel], Any]] = {
             "orchestrator": orchestrator_pb2_grpc.OrchestratorServiceStub,
             "scoring": scoring_pb2_grpc.ScoringServiceStub,
             "latent": latent_pb2_grpc.LatentOptimizationServiceStub,
@@ -70,7 +71,7 @@ class CouturierClient:
         for name, target in targets.items():
             setattr(self, f"_{name}", stubs[name](self._channel(target, name)) if target else None)
 
-    def _stub(self, name: str):  # type: ignore[no-untyped-def]
+    def _stub(self, name: str) -> Any:
         stub = getattr(self, f"_{name}")
         if stub is None:
             raise ValueError(f"CouturierClient was created without {name}_target")
@@ -78,19 +79,23 @@ class CouturierClient:
 
     @property
     def orchestrator(self) -> orchestrator_pb2_grpc.OrchestratorServiceStub:
-        return self._stub("orchestrator")
+        stub: orchestrator_pb2_grpc.OrchestratorServiceStub = self._stub("orchestrator")
+        return stub
 
     @property
     def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
-        return self._stub("scoring")
+        stub: scoring_pb2_grpc.ScoringServiceStub = self._stub("scoring")
+        return stub
 
     @property
     def latent(self) -> latent_pb2_grpc.LatentOptimizationServiceStub:
-        return self._stub("latent")
+        stub: latent_pb2_grpc.LatentOptimizationServiceStub = self._stub("latent")
+        return stub
 
     @property
     def retrieval(self) -> retrieval_pb2_grpc.VisualRetrievalServiceStub:
-        return self._stub("retrieval")
+        stub: retrieval_pb2_grpc.VisualRetrievalServiceStub = self._stub("retrieval")
+        return stub
 
     async def close(self) -> None:
         await asyncio.gather(*(channel.close() for channel in self._channels))
@@ -119,7 +124,8 @@ def product_batches(
 
 
 def serving_status_name(status: int) -> str:
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    return name
 
 
 async def check_health(target: str, service: str = "", timeout_s: float = 2.0) -> str:
@@ -162,6 +168,7 @@ async def list_services(target: str, timeout_s: float = 5.0) -> list[str]:
 async def get_status(target: str, timeout_s: float = 5.0) -> diagnostics_pb2.ServiceStatus:
     """Why a service is (not) serving: dependencies, settings shown, fallbacks taken."""
     async with grpc.aio.insecure_channel(target) as channel:
-        return await diagnostics_pb2_grpc.DiagnosticsServiceStub(channel).GetStatus(
+        status: diagnostics_pb2.ServiceStatus = await diagnostics_pb2_grpc.DiagnosticsServiceStub(channel).GetStatus(
             diagnostics_pb2.GetStatusRequest(), timeout=timeout_s
         )
+    return status

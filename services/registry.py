@@ -10,18 +10,25 @@ from couturier.services.common.server import ServiceDefinition, ServiceHost
 SERVICE_KEYS = ("scoring", "latent", "retrieval", "orchestrator")
 
 
-def _builder(key: str) -> Callable[[ServerSettings], ServiceDefinition]:
+def _builder(key: str) -> Callable[..., ServiceDefinition]:
+    """The ``build(settings)`` of service ``key``, imported only when asked for (one service per process)."""
     if key == "scoring":
-        from couturier.services.scoring.service import build
-    elif key == "latent":
-        from couturier.services.latent.service import build
-    elif key == "retrieval":
-        from couturier.services.retrieval.service import build
-    elif key == "orchestrator":
-        from couturier.services.orchestrator.service import build
-    else:
-        raise KeyError(key)
-    return build  # type: ignore[return-value]
+        from couturier.services.scoring.service import build as scoring
+
+        return scoring
+    if key == "latent":
+        from couturier.services.latent.service import build as latent
+
+        return latent
+    if key == "retrieval":
+        from couturier.services.retrieval.service import build as retrieval
+
+        return retrieval
+    if key == "orchestrator":
+        from couturier.services.orchestrator.service import build as orchestrator
+
+        return orchestrator
+    raise KeyError(key)
 
 
 def make_host(key: str, settings: ServerSettings | None = None, **overrides: object) -> ServiceHost:

@@ -39,7 +39,7 @@ def remaining_s(context: grpc.aio.ServicerContext, cap_s: float) -> float:
         return cap_s
     if left <= 0:
         raise DeadlineExpired("the call's deadline passed before the next step could start")
-    return min(left, cap_s)
+    return min(float(left), cap_s)
 
 
 @asynccontextmanager

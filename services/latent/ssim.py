@@ -25,14 +25,16 @@ _K1, _K2 = 0.01, 0.03
 def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA) -> np.ndarray:
     """Normalised 1-D Gaussian of ``size`` taps (the 2-D window is its outer product)."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
+    g: np.ndarray = np.exp(-(x**2) / (2 * sigma**2))
+    window: np.ndarray = g / g.sum()
+    return window
 
 
 def _filter(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Separable 'valid' filtering of the last two axes of ``x`` with the 1-D window ``g``."""
-    x = sliding_window_view(x, g.size, axis=-1) @ g
-    return sliding_window_view(x, g.size, axis=-2) @ g
+    rows: np.ndarray = sliding_window_view(x, g.size, axis=-1) @ g
+    both: np.ndarray = sliding_window_view(rows, g.size, axis=-2) @ g
+    return both
 
 
 def ssim(
@@ -69,4 +71,5 @@ def ssim(
     cov = _filter(a * b, g) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
-    return (num / den).mean(axis=(-3, -2, -1))
+    ssim: np.ndarray = (num / den).mean(axis=(-3, -2, -1))
+    return ssim

@@ -70,7 +70,8 @@ class UserTable:
         row = self.index.get(user_id)
         if row is None:
             return []
-        return self.purchased_product_ids[self.purchased_indptr[row] : self.purchased_indptr[row + 1]].tolist()
+        ids: list[str] = self.purchased_product_ids[self.purchased_indptr[row] : self.purchased_indptr[row + 1]].tolist()
+        return ids
 
     def fold_in(self, liked_vectors: np.ndarray, user_id: str) -> np.ndarray:
         """A vector for a user known only by the item vectors of products they liked."""
@@ -81,7 +82,8 @@ class UserTable:
                 f"user {user_id!r}: the liked products are indistinguishable from an average product; "
                 "send other liked_product_ids"
             )
-        return (self.fold_in_scale * direction / norm).astype(np.float32)
+        theta: np.ndarray = (self.fold_in_scale * direction / norm).astype(np.float32)
+        return theta
 
 
 class UserDirectory:
