@@ -1,6 +1,7 @@
 # One entry point for a new user on a fresh Debian/Ubuntu machine (see README):
 #   make demo   - set everything up, then run the main job on the embedded default
 #   make test   - set everything up, then run the test suite
+#   make test-fast - the unit tests only (no training, no Triton; under a minute)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -53,8 +54,9 @@ demo: setup
 test: setup
 	$(BIN)/pytest -q
 
+# Unit tests only (fakes instead of trained models, no Triton, no training): under a minute.
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not integration"
 
 clean:
 	rm -rf var runs build *.egg-info

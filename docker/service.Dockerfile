@@ -22,9 +22,11 @@ RUN pip wheel --wheel-dir /wheels ".[serving]"
 # -- runtime: slim Python, non-root user, couturier[serving] from the wheels (nothing else fetched)
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# product_images/ exists owned by the user, so a volume mounted there (compose) starts out writable
 RUN groupadd --system --gid 10001 couturier \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/couturier --create-home \
-       --shell /usr/sbin/nologin couturier
+       --shell /usr/sbin/nologin couturier \
+    && install -d -o 10001 -g 10001 /var/lib/couturier/product_images
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels "couturier[serving]" \
     && python -c "import importlib.util, sys; sys.exit('torch found in a serving image' if importlib.util.find_spec('torch') else 0)"

@@ -57,6 +57,8 @@ import onnx
 import torch
 from torch import nn
 
+from couturier.services.common.models import GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
+
 from .grad_export import export_value_and_grad, per_sample_relative_error, value_and_grad
 from .objectives import (
     DEFAULT_DIVERSITY_SIGMA,
@@ -68,7 +70,6 @@ from .objectives import (
 from .onnx_io import export_forward, make_session, onnx_signature
 
 __all__ = [
-    "GRADIENT_MODELS",
     "IO",
     "check_gradient_models",
     "example_inputs",
@@ -76,21 +77,19 @@ __all__ = [
     "read_metadata",
 ]
 
-GRADIENT_MODELS = ("pref_grad", "inv_grad", "shift_grad")
-
 #: (input names, output names) of every gradient model; the gradient is output 1.
 IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "pref_grad": (("z", "category", "theta", "user_weight", "realism_weight"),
+    PREF_GRAD: (("z", "category", "theta", "user_weight", "realism_weight"),
                   ("value", "grad_z", "scores", "image", "realism")),
-    "inv_grad": (("z", "category", "target"), ("value", "grad_z", "image")),
-    "shift_grad": (("base_z", "shifts", "category", "theta", "user_weight", "weights"),
+    INV_GRAD: (("z", "category", "target"), ("value", "grad_z", "image")),
+    SHIFT_GRAD: (("base_z", "shifts", "category", "theta", "user_weight", "weights"),
                    ("value", "grad_shifts", "images", "pref", "diversity")),
 }
-_WRT = {"pref_grad": 0, "inv_grad": 0, "shift_grad": 1}
+_WRT = {PREF_GRAD: 0, INV_GRAD: 0, SHIFT_GRAD: 1}
 _DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
-    "pref_grad": {"theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
-    "inv_grad": {},
-    "shift_grad": {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"},
+    PREF_GRAD: {"theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
+    INV_GRAD: {},
+    SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"},
                    "user_weight": {0: "batch", 1: "users"}},
 }
 _META_PREFIX = "couturier."
@@ -134,10 +133,10 @@ def example_inputs(name: str, dims: Mapping[str, int], *, batch: int, n_users: i
         th = theta.detach().to(torch.float32).cpu()
     u = th.shape[0]
     uw = torch.rand(batch, u, generator=g) / u
-    if name == "pref_grad":
+    if name == PREF_GRAD:
         out = {"z": z, "category": cat, "theta": th, "user_weight": uw,
                "realism_weight": torch.rand(batch, 1, generator=g) + 0.5}
-    elif name == "inv_grad":
+    elif name == INV_GRAD:
         if target is not None:
             if target.shape[0] < batch:
                 raise ValueError(f"need at least {batch} target images, got {target.shape[0]}")
@@ -150,7 +149,7 @@ def example_inputs(name: str, dims: Mapping[str, int], *, batch: int, n_users: i
         else:
             tgt = torch.rand(batch, dims["channels"], s, s, generator=g) * 2 - 1
         out = {"z": z, "category": cat, "target": tgt}
-    elif name == "shift_grad":
+    elif name == SHIFT_GRAD:
         shifts = torch.randn(batch, n_shifts, dz, generator=g)
         shifts = 0.3 * shifts / shifts.norm(dim=-1, keepdim=True)
         weights = torch.stack([torch.rand(batch, generator=g) + 0.5, torch.rand(batch, generator=g) + 0.5], 1)
@@ -161,9 +160,9 @@ def example_inputs(name: str, dims: Mapping[str, int], *, batch: int, n_users: i
 
 
 def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]) -> nn.Module:
-    if name == "pref_grad":
+    if name == PREF_GRAD:
         return PreferenceObjective(nets["generator"], nets["discriminator"], nets["encoder"])
-    if name == "inv_grad":
+    if name == INV_GRAD:
         return InversionObjective(nets["generator"], nets["perceptual"],
                                   float(meta.get("perceptual_weight", DEFAULT_PERCEPTUAL_WEIGHT)))
     return ShiftObjective(nets["generator"], nets["discriminator"], nets["encoder"],
@@ -218,11 +217,11 @@ def export_gradient_models(
     dims = _infer_dims(generator, encoder, z_dim, n_categories)
     meta_common = {**{k: v for k, v in dims.items()}, "torch": torch.__version__}
     meta = {
-        "pref_grad": {**meta_common, "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*(D(G(z))-1)^2",
+        PREF_GRAD: {**meta_common, "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*(D(G(z))-1)^2",
                       "direction": "maximise"},
-        "inv_grad": {**meta_common, "objective": "mse(G(z),target) + perceptual_weight*perceptual(G(z),target)",
+        INV_GRAD: {**meta_common, "objective": "mse(G(z),target) + perceptual_weight*perceptual(G(z),target)",
                      "direction": "minimise", "perceptual_weight": float(perceptual_weight)},
-        "shift_grad": {**meta_common, "objective": "mean_i pref(base_z+shift_i) - diversity_weight*diversity",
+        SHIFT_GRAD: {**meta_common, "objective": "mean_i pref(base_z+shift_i) - diversity_weight*diversity",
                        "direction": "maximise", "diversity_sigma": float(diversity_sigma),
                        "diversity_space": diversity_space},
     }

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 import torch
 
+from couturier.export.triton.signature import TensorSpec, tensor_specs, written_opset
+
 __all__ = [
     "MIN_OPSET",
     "DynamicAxes",
@@ -26,7 +28,6 @@ __all__ = [
     "OnnxSignature",
     "OutputParity",
     "ParityReport",
-    "TensorSpec",
     "build_dynamic_shapes",
     "check_parity",
     "export_forward",
@@ -36,7 +37,6 @@ __all__ = [
     "drop_unused_pool_indices",
     "onnx_signature",
     "run_onnx",
-    "written_opset",
 ]
 
 #: The lowest default-domain opset couturier accepts in an exported file.
@@ -51,17 +51,8 @@ class OnnxExportError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, numpy dtype name and shape (``str`` = symbolic dim)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int | str, ...]
-
-
-@dataclass(frozen=True)
 class OnnxSignature:
-    """Inputs, outputs and default-domain opset of an ONNX file."""
+    """Inputs, outputs (as the graph declares them: symbolic axes by name) and default-domain opset of an ONNX file."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -106,38 +97,13 @@ class ParityReport:
         return f"parity rtol={self.rtol:g} atol={self.atol:g}: " + "; ".join(rows)
 
 
-def written_opset(model: onnx.ModelProto) -> int:
-    """The default-domain (``""`` / ``ai.onnx``) opset a model declares, or 0 if none."""
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
-def _np_dtype_name(elem_type: int) -> str:
-    try:
-        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
-    except Exception:  # bfloat16, float8 ... have no numpy dtype
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
-def _specs(values: Sequence[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
-    out = []
-    for v in values:
-        tt = v.type.tensor_type
-        dims: list[int | str] = []
-        for d in tt.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-        out.append(TensorSpec(v.name, _np_dtype_name(tt.elem_type), tuple(dims)))
-    return tuple(out)
-
-
 def onnx_signature(path: str | os.PathLike[str] | onnx.ModelProto) -> OnnxSignature:
     """Graph inputs (initializers excluded), outputs and opset of an ONNX file."""
     model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in inits]
-    return OnnxSignature(_specs(inputs), _specs(model.graph.output), written_opset(model))
+    outputs = tensor_specs(model.graph.output, "output")
+    return OnnxSignature(tensor_specs(inputs, "input"), outputs, written_opset(model))
 
 
 def build_dynamic_shapes(

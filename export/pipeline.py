@@ -19,13 +19,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from couturier.export.onnx_io import check_parity, export_forward
 from couturier.services.common import models as names
+from couturier.services.scoring.users import UserDirectory
+
+if TYPE_CHECKING:  # torch is imported where a network is trained or exported: the run layout above is torch-free
+    import torch
+
+#: The networks ``couturier train`` trains, in this order, each into ``runs/<profile>/<network>/``.
+NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
+#: DVBPR's user table in a run folder (the scoring service's user vectors).
+USER_VECTORS = "user_vectors.npz"
 
 #: Training-size overrides of the "tiny" profile: seconds per network, for tests of the pipeline
 #: itself (export, repository, serving); its models are not meant to be good.
@@ -54,8 +61,6 @@ def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
         return "demo", TINY_OVERRIDES
     return profile, {}
 
-
-NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
 
 
 def train_all(
@@ -120,6 +125,8 @@ def _save_user_vectors(prepared: Any, runs: TrainedRuns) -> Path:
     ``item_mean`` (mean Phi over the training catalogue) is what the service folds a new user in
     against: the first BPR step from theta = 0 moves along mean(Phi liked) - mean(Phi catalogue).
     """
+    import torch
+
     from couturier.export.training.common import images_to_tensor
     from couturier.export.training.train_dvbpr import load_dvbpr
 
@@ -134,7 +141,7 @@ def _save_user_vectors(prepared: Any, runs: TrainedRuns) -> Path:
     item_mean = (total / max(len(images), 1)).float().numpy() if total is not None else np.zeros(0, np.float32)
     purchases = prepared.interactions.train
     product_ids = np.asarray(prepared.catalogue.product_ids)
-    path = runs.root / "user_vectors.npz"
+    path = runs.root / USER_VECTORS
     np.savez(
         path,
         user_ids=np.asarray(prepared.interactions.user_ids),
@@ -148,10 +155,10 @@ def _save_user_vectors(prepared: Any, runs: TrainedRuns) -> Path:
 
 def publish_user_vectors(runs_root: Path, item_encoder_version: str, user_vectors_dir: Path) -> Path:
     """Copy ``user_vectors.npz`` to ``<dir>/item_encoder_v<N>.npz``: user vectors belong to one encoder version."""
-    source = Path(runs_root) / "user_vectors.npz"
+    source = Path(runs_root) / USER_VECTORS
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing; train DVBPR first (couturier train --only dvbpr)")
-    target = Path(user_vectors_dir) / f"{names.ITEM_ENCODER}_v{item_encoder_version}.npz"
+    target = UserDirectory(user_vectors_dir).path(item_encoder_version)  # where the scoring service looks
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     return target
@@ -168,6 +175,9 @@ class ExportedModels:
 
 def export_all(runs_root: Path, *, with_text_encoder: bool = True) -> ExportedModels:
     """Export every trained network (and the gradient models) to ``runs_root/onnx``; check parity."""
+    import torch
+
+    from couturier.export.onnx_io import check_parity, export_forward
     from couturier.export.training.train_dvbpr import load_dvbpr
     from couturier.export.training.train_gan import load_gan
 

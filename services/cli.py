@@ -51,12 +51,9 @@ def serve(
     overrides = {"host": host, "metrics_port": metrics_port, "log_format": log_format, "log_level": log_level}
     try:
         settings = {key: load_settings(key, **overrides, port=port) for key in keys}
-        if service == "all":  # the orchestrator and the latent service talk to their siblings in this process
+        if service == "all":  # the orchestrator (the only caller of other services) talks to its siblings here
             peers = {f"{key}_target": f"127.0.0.1:{settings[key].port}" for key in ("scoring", "latent", "retrieval")}
             settings["orchestrator"] = load_settings("orchestrator", **overrides, **peers)
-            settings["latent"] = load_settings(
-                "latent", **overrides, scoring_target=peers["scoring_target"], retrieval_target=peers["retrieval_target"]
-            )
             for key in ("scoring", "latent", "retrieval"):  # one /metrics endpoint per process
                 settings[key] = settings[key].model_copy(update={"metrics_port": None})
     except CouturierError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TrainedModels, service_env
+from support.hosts import service_env
+from support.trained import TrainedModels
 from couturier.services.client import check_health, get_status, list_services, wait_until_serving
-from couturier.services.common.config import load_settings
+from couturier.services.common.config import SETTINGS_BY_SERVICE, load_settings
 from couturier.services.common.errors import InvalidInput
 from couturier.export.tools.launcher import LocalStack, free_port
 
@@ -55,6 +57,39 @@ def test_bad_config_names_the_problem(monkeypatch: pytest.MonkeyPatch, env: str,
     with pytest.raises(InvalidInput) as info:
         load_settings("scoring")
     assert needle in str(info.value)
+
+
+def test_only_the_orchestrator_has_downstream_targets() -> None:
+    """The orchestrator is the only service that calls other services (it resolves ids for latent)."""
+    targets = {key: sorted(f for f in cls.model_fields if f.endswith("_target"))
+               for key, cls in SETTINGS_BY_SERVICE.items()}
+    assert targets == {"scoring": [], "latent": [], "retrieval": [],
+                       "orchestrator": ["latent_target", "retrieval_target", "scoring_target"]}
+    with pytest.raises(InvalidInput, match="scoring_target"):  # a stale flag is named, not ignored
+        load_settings("latent", scoring_target="127.0.0.1:50051")
+
+
+def test_milvus_uri_is_one_setting_with_each_service_its_own_lite_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from couturier.services.common.config import RetrievalSettings, ScoringSettings, VectorStoreSettings
+
+    for name in [n for n in os.environ if n.startswith("COUTURIER_")]:
+        monkeypatch.delenv(name)
+    for cls in (ScoringSettings, RetrievalSettings):  # declared once, by the shared base
+        assert [c for c in cls.__mro__ if "milvus_uri" in inspect.get_annotations(c)] == [VectorStoreSettings]
+    assert load_settings("scoring").milvus_uri == "var/milvus/scoring.db"  # a lite file belongs to one process
+    assert load_settings("retrieval").milvus_uri == "var/milvus/retrieval.db"
+    assert not hasattr(load_settings("latent"), "milvus_uri")
+    monkeypatch.setenv("COUTURIER_SCORING_MILVUS_URI", "http://milvus:19530")
+    monkeypatch.setenv("COUTURIER_RETRIEVAL_MILVUS_URI", "/data/retrieval.db")
+    assert load_settings("scoring").milvus_uri == "http://milvus:19530"
+    assert load_settings("retrieval").milvus_uri == "/data/retrieval.db"  # each service reads its own variable
+    assert load_settings("retrieval", milvus_uri="http://other:19530").milvus_uri == "http://other:19530"  # flag
+    monkeypatch.setenv("COUTURIER_RETRIEVAL_MILVUS_URI", "")
+    assert load_settings("retrieval").milvus_uri == ""  # given empty stays empty (the store refuses it)
+    monkeypatch.setenv("COUTURIER_RETRIEVAL_PRODUCT_IMAGES_DIR", "/data/images")
+    assert load_settings("retrieval").product_images_dir == "/data/images"
+    monkeypatch.delenv("COUTURIER_RETRIEVAL_PRODUCT_IMAGES_DIR")
+    assert load_settings("retrieval").product_images_dir == "var/product_images"
 
 
 def test_unknown_service_is_refused() -> None:
@@ -120,9 +155,7 @@ def test_serve_all_in_one_process(trained_models: TrainedModels, tmp_path: Path)
     ports = {key: free_port() for key in ("scoring", "latent", "retrieval", "orchestrator")}
     env = {**service_env(trained_models, tmp_path), **FOLLOWER_HEALTH}
     env.update({f"COUTURIER_{key.upper()}_PORT": str(port) for key, port in ports.items()})
-    # The latent service's downstream targets come from its own settings; `serve all` wires only the orchestrator.
-    env["COUTURIER_LATENT_SCORING_TARGET"] = f"127.0.0.1:{ports['scoring']}"
-    env["COUTURIER_LATENT_RETRIEVAL_TARGET"] = f"127.0.0.1:{ports['retrieval']}"
+    # `serve all` wires the orchestrator to its siblings (the latent service calls no other service).
     log_path = tmp_path / "all.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

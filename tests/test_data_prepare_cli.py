@@ -106,6 +106,7 @@ def test_cli_commands(prepared_dir: Path, tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 2 and "unknown data profile" in result.output
 
 
+@pytest.mark.integration  # the full demo data set (10,000 items, 2,000 shoppers)
 def test_cli_prepare_demo_profile(tmp_path: Path) -> None:
     """The default demo profile end to end (about 7 s on 2 cores)."""
     result = CliRunner().invoke(_cli(), ["data", "prepare", "--data-dir", str(tmp_path), "--no-progress"])

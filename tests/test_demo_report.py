@@ -8,6 +8,7 @@ simulated-data notice is there, failures show up, and the train/export/publish d
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -20,10 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from couturier.services.common.images import encode_png
-from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER
+from couturier.export.pipeline import NETWORKS, USER_VECTORS
 from couturier.export.tools.demo import (
-    NETWORKS,
     Locations,
     Stages,
     ensure_models,
@@ -33,6 +32,7 @@ from couturier.export.tools.demo import (
     training_reasons,
     write_report,
 )
+from couturier.export.training.common import CHECKPOINT
 from couturier.export.tools.demo_report import (
     SECTIONS,
     SIMULATED_NOTICE,
@@ -42,6 +42,35 @@ from couturier.export.tools.demo_report import (
     render_markdown,
     svg_line_chart,
 )
+from couturier.export.tools.demo_results import (
+    AlterationTrajectory,
+    AlterFrame,
+    CategoryPrecision,
+    DataSummary,
+    DemoResults,
+    Dependency,
+    Design,
+    Designs,
+    DesignRun,
+    ImageSearch,
+    ImageSearchExample,
+    Indexing,
+    IndexSide,
+    Item,
+    ModelsSummary,
+    MultimodalQuery,
+    MultimodalSearches,
+    NewShopperRecommendations,
+    Recommendations,
+    SearchPrecision,
+    SellerVariant,
+    SellerVariants,
+    ServiceDiagnostics,
+    Timings,
+    TrainedShopperRecommendations,
+)
+from couturier.services.common.images import encode_png
+from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -51,64 +80,73 @@ def _png(seed: int) -> bytes:
     return encode_png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
 
 
-def _item(n: int, **extra: Any) -> dict[str, Any]:
-    return {"product_id": f"fm-train-{n:06d}", "category": "dresses", "colour": "red", "image": _png(n), **extra}
+def _item(n: int, **extra: Any) -> Item:
+    return Item(**{"product_id": f"fm-train-{n:06d}", "category": "dresses", "colour": "red", "image": _png(n), **extra})
 
 
-def synthetic_results() -> dict[str, Any]:
-    """A small results dictionary with every section the demo fills."""
-    frames = [{"phase": "INVERSION", "step": s, "image": _png(100 + s), "reconstruction_loss": 0.4 / (1 + s),
-               "preference": 2.0 + 0.01 * s} for s in (0, 20, 40)]
-    frames += [{"phase": "OPTIMIZATION", "step": s, "image": _png(200 + s), "objective": 3.0 + s / 10,
-                "preference": 3.0 + s / 10} for s in (0, 20)]
-    frames.append({"phase": "DONE", "step": 20, "image": _png(300), "preference": 5.0, "objective": 5.0})
-    design = {"image": _png(7), "objective": 4.2, "preference_before": 1.0, "preference_after": 4.2, "realism": 0.7,
-              "products": [_item(8, preference=3.1, similarity=0.91), _item(9, preference=2.5, similarity=0.88)]}
-    return {
-        "profile": "demo", "data_dir": "var/data", "generated_at": "2026-11-23T16:00:00+00:00",
-        "data": {"catalogue_items": 10, "heldout_items": 2, "users": 3, "categories": ["dresses"], "colours": ["red"]},
-        "models": {"trained": False, "training_reason": "checkpoints found", "exported": False, "published": False,
-                   "publish_reason": "nothing published", "versions": {"item_encoder": "1"}, "user_vectors": "v1.npz"},
-        "timings_s": {"data": 0.1, "stack": 5.0, "total": 30.0},
-        "latency_ms": {"Recommend (trained shopper)": 12.5},
-        "indexing": {"items": 10, "seconds": 0.5, "items_per_s": 20.0, "per_category": {"dresses": 10},
-                     "scoring": {"upserted": 10, "total": 10, "encoder": "item_encoder v1"},
-                     "retrieval": {"upserted": 10, "total": 10, "encoder": "retrieval_encoder v1"}},
-        "recommend": {
-            "user": {"user_id": "sim-user-00001", "purchases": [_item(1)], "products": [_item(2, preference=5.0)],
-                     "model": "item_encoder v1", "latency_ms": 12.5, "share_bought_category": 1.0},
-            "new_user": {"user_id": "new-shopper", "liked": [_item(3)], "liked_colour": "red", "liked_category": "dresses",
-                         "products": [_item(4, preference=1.0)], "folded_in": True, "latency_ms": 3.0,
-                         "share_same_colour": 1.0, "share_same_category": 1.0},
-        },
-        "design": {"user": {"title": "Designs for one", "audience": "shopper x", "category": "dresses", "steps": 50,
-                            "objective_name": "mean preference", "designs": [design], "latency_ms": 300.0},
-                   "group": {"title": "Designs for a group", "audience": "20 shoppers", "category": "shoes", "top_k": 10,
-                             "median_threshold": 7.5, "objective_name": "TOP_K_SHARE", "designs": [design]}},
-        "alter": {"user_id": "sim-user-00001", "product": _item(5), "frames": frames, "messages": len(frames),
-                  "latency_ms": 900.0, "preference_original": 2.1, "preference_inverted": 2.4, "preference_final": 5.0},
-        "seller": {"product": _item(6), "audience": "30 shoppers", "settings": "n=4", "base_image": _png(400),
-                   "base_preference": -0.8, "original_preference": -0.9, "item_competitors": [_item(10, similarity=0.9)],
-                   "variants": [{"image": _png(401), "preference_before": -0.8, "preference_after": -0.3,
-                                 "preference_shift": 0.5, "opposite_ssim": 0.1, "shift_norm": 1.0,
-                                 "competitors": [_item(11, similarity=0.8)]}]},
-        "multimodal": {"user_id": "sim-user-00001", "queries": [{
-            "text": "same but in red", "requested_colour": "red", "query": _item(12, colour="cream"),
-            "synthetic_image": _png(500), "hits": [_item(13, similarity=0.9, preference=2.0)], "latency_ms": 80.0,
-            "share_requested_colour": 1.0, "share_same_category": 1.0}]},
-        "search": {"examples": [{"query": _item(14), "hits": [_item(15, similarity=0.95)], "latency_ms": 20.0}],
-                   "precision": {"queries": 100, "k": 10, "category": 0.8, "colour": 0.9, "class": 0.6,
-                                 "median_ms": 25.0, "p90_ms": 50.0, "chance_category": 0.2,
-                                 "per_category": {"dresses": {"category": 0.8, "colour": 0.9, "queries": 10}}}},
-        "services": {"scoring": {"target": "127.0.0.1:1", "serving": True, "version": "0.1.0", "exit_code": 0,
-                                 "dependencies": [{"name": "model", "ready": True, "detail": "item_encoder v1"}],
-                                 "settings": {"inference_backend": "triton"}, "reflection": ["couturier.v1.ScoringService"]}},
-        "served_models": {"scoring Recommend": "item_encoder v1"},
-        "errors": {},
-    }
+def synthetic_results() -> DemoResults:
+    """Small results with every section the demo fills."""
+    frames = [AlterFrame(phase="INVERSION", step=s, image=_png(100 + s), reconstruction_loss=0.4 / (1 + s),
+                         preference=2.0 + 0.01 * s) for s in (0, 20, 40)]
+    frames += [AlterFrame(phase="OPTIMIZATION", step=s, image=_png(200 + s), objective=3.0 + s / 10,
+                          preference=3.0 + s / 10) for s in (0, 20)]
+    frames.append(AlterFrame(phase="DONE", step=20, image=_png(300), preference=5.0, objective=5.0))
+    design = Design(image=_png(7), objective=4.2, preference_before=1.0, preference_after=4.2, realism=0.7,
+                    products=[_item(8, preference=3.1, similarity=0.91), _item(9, preference=2.5, similarity=0.88)])
+    return DemoResults(
+        profile="demo", data_dir="var/data", generated_at="2026-11-23T16:00:00+00:00",
+        data=DataSummary(catalogue_items=10, heldout_items=2, users=3, categories=["dresses"], colours=["red"]),
+        models=ModelsSummary(run_dir="runs/demo", training_reason="checkpoints found",
+                             publish_reason="nothing published", versions={"item_encoder": "1"}, user_vectors="v1.npz"),
+        timings=Timings(stages_s={"data": 0.1, "stack": 5.0, "total": 30.0},
+                        calls_ms={"Recommend (trained shopper)": 12.5}),
+        indexing=Indexing(items=10, seconds=0.5, items_per_s=20.0, per_category={"dresses": 10},
+                          scoring=IndexSide(upserted=10, total=10, encoder="item_encoder v1"),
+                          retrieval=IndexSide(upserted=10, total=10, encoder="retrieval_encoder v1")),
+        recommend=Recommendations(
+            user=TrainedShopperRecommendations(
+                user_id="sim-user-00001", purchases=[_item(1)], n_purchases=1, products=[_item(2, preference=5.0)],
+                model="item_encoder v1", folded_in=False, latency_ms=12.5, share_bought_category=1.0),
+            new_user=NewShopperRecommendations(
+                user_id="new-shopper", liked=[_item(3)], liked_colour="red", liked_category="dresses",
+                products=[_item(4, preference=1.0)], folded_in=True, latency_ms=3.0,
+                share_same_colour=1.0, share_same_category=1.0),
+        ),
+        design=Designs(
+            user=DesignRun(title="Designs for one", audience="shopper x", category="dresses", steps=50,
+                           objective_name="mean preference", designs=[design], latency_ms=300.0),
+            group=DesignRun(title="Designs for a group", audience="20 shoppers", category="shoes", top_k=10,
+                            median_threshold=7.5, objective_name="TOP_K_SHARE", designs=[design], latency_ms=900.0)),
+        alter=AlterationTrajectory(
+            user_id="sim-user-00001", product=_item(5), frames=frames, latency_ms=900.0, first_message_ms=40.0,
+            preference_original=2.1, preference_inverted=2.4, preference_final=5.0, reconstruction_loss_final=0.01),
+        seller=SellerVariants(
+            product=_item(6), users=["sim-user-00002"], audience="30 shoppers", settings="n=4", latency_ms=700.0,
+            base_image=_png(400), base_preference=-0.8, original_preference=-0.9,
+            item_competitors=[_item(10, similarity=0.9)],
+            variants=[SellerVariant(image=_png(401), preference_before=-0.8, preference_after=-0.3,
+                                    preference_shift=0.5, opposite_ssim=0.1, shift_norm=1.0,
+                                    competitors=[_item(11, similarity=0.8)])]),
+        multimodal=MultimodalSearches(user_id="sim-user-00001", queries=[MultimodalQuery(
+            text="same but in red", requested_colour="red", query=_item(12, colour="cream"),
+            synthetic_image=_png(500), hits=[_item(13, similarity=0.9, preference=2.0)], latency_ms=80.0,
+            share_requested_colour=1.0, share_same_category=1.0)]),
+        search=ImageSearch(
+            examples=[ImageSearchExample(query=_item(14), hits=[_item(15, similarity=0.95)], latency_ms=20.0)],
+            precision=SearchPrecision(queries=100, k=10, category=0.8, colour=0.9, fm_class=0.6, median_ms=25.0,
+                                      p90_ms=50.0, chance_category=0.2, chance_colour=0.1,
+                                      per_category={"dresses": CategoryPrecision(category=0.8, colour=0.9, queries=10)})),
+        services={"scoring": ServiceDiagnostics(
+            target="127.0.0.1:1", serving=True, version="0.1.0", exit_code=0,
+            dependencies=[Dependency(name="model", ready=True, detail="item_encoder v1")],
+            settings={"inference_backend": "triton"}, reflection=["couturier.v1.ScoringService"])},
+        served_models={"scoring Recommend": "item_encoder v1"},
+    )
 
 
 def _count_images(value: Any) -> int:
+    if dataclasses.is_dataclass(value):
+        return _count_images(dataclasses.asdict(value))
     if isinstance(value, bytes):
         return 1
     if isinstance(value, dict):
@@ -138,13 +176,13 @@ def test_html_has_every_section_the_notice_and_decodable_inline_images() -> None
 
 def test_failed_sections_and_missing_parts_are_shown() -> None:
     results = synthetic_results()
-    del results["seller"]
-    results["errors"] = {"seller": "SellerFeedback: UNAVAILABLE: latent down"}
+    results.seller = None
+    results.add_error("seller", "SellerFeedback: UNAVAILABLE: latent down")
     page = render_html(results)
     section = page.split('<section id="seller">')[1].split("</section>")[0]
     assert "This part failed" in section and "UNAVAILABLE: latent down" in section
-    assert render_html({})  # nothing collected still renders every heading
-    assert all(f'<section id="{sid}">' in render_html({}) for sid, _ in SECTIONS)
+    empty = render_html(DemoResults())  # nothing collected still renders every heading
+    assert all(f'<section id="{sid}">' in empty for sid, _ in SECTIONS)
 
 
 def test_markdown_and_json_carry_the_numbers_without_images(tmp_path: Path) -> None:
@@ -158,10 +196,15 @@ def test_markdown_and_json_carry_the_numbers_without_images(tmp_path: Path) -> N
     html_path = write_report(results, tmp_path)
     assert html_path == tmp_path / "demo_report.html"
     assert {p.name for p in tmp_path.iterdir()} == {"demo_report.html", "demo_report.json", "demo_report.md"}
+    written = json.loads((tmp_path / "demo_report.json").read_text())
+    assert written == json.loads(text) and "base64" not in text
+    assert written["seller"]["variants"][0]["preference_shift"] == 0.5 and "image" not in written["seller"]["variants"][0]
 
 
 def test_alter_chart_puts_optimisation_after_inversion() -> None:
-    frames = synthetic_results()["alter"]["frames"]
+    alter = synthetic_results().alter
+    assert alter is not None
+    frames = alter.frames
     series, vlines, loss = alter_chart_series(frames)
     xs = series[0][1]
     assert xs == [0.0, 20.0, 40.0, 40.0, 60.0]  # optimisation steps 0, 20 follow inversion step 40
@@ -187,11 +230,11 @@ def _fake_run(root: Path, profile: str = "demo") -> Path:
     run = root / "runs" / profile
     for net in NETWORKS:
         (run / net).mkdir(parents=True)
-        (run / net / "checkpoint.pt").write_bytes(b"ckpt")
+        (run / net / CHECKPOINT).write_bytes(b"ckpt")
     (run / "onnx").mkdir()
     for n, name in enumerate(ALL_MODELS):
         (run / "onnx" / f"{name}.onnx").write_bytes(f"onnx {name} {n}".encode())
-    np.savez(run / "user_vectors.npz", theta=np.zeros((2, 2), np.float32))
+    np.savez(run / USER_VECTORS, theta=np.zeros((2, 2), np.float32))
     return run
 
 
@@ -213,12 +256,12 @@ def test_decisions_follow_the_files(tmp_path: Path) -> None:
     (run / "onnx" / "generator.onnx").write_bytes(b"retrained")
     assert publish_reasons(run / "onnx", repo) == {"generator": "differs from v1"}
     later = time.time() + 10
-    os.utime(run / "gan" / "checkpoint.pt", (later, later))
+    os.utime(run / "gan" / CHECKPOINT, (later, later))
     assert "gan" in export_reasons(run)[0]
     (run / "onnx" / "inv_grad.onnx").unlink()
     assert "inv_grad" in export_reasons(run)[0]
-    (run / "user_vectors.npz").unlink()
-    (run / "dvbpr" / "checkpoint.pt").unlink()
+    (run / USER_VECTORS).unlink()
+    (run / "dvbpr" / CHECKPOINT).unlink()
     assert len(training_reasons(run)) == 2
 
 
@@ -227,13 +270,13 @@ def test_up_to_date_models_are_not_published_again(tmp_path: Path) -> None:
     repo, vectors = tmp_path / "repo", tmp_path / "user_vectors"
     _fake_repo(repo, run)
     vectors.mkdir()
-    (vectors / f"{ITEM_ENCODER}_v1.npz").write_bytes((run / "user_vectors.npz").read_bytes())
+    (vectors / f"{ITEM_ENCODER}_v1.npz").write_bytes((run / USER_VECTORS).read_bytes())
     lines: list[str] = []
     where = Locations(runs_root=tmp_path / "runs", repo_dir=repo, user_vectors_dir=vectors)
     before = sorted(str(p) for p in repo.rglob("*"))
     info = ensure_models(None, "demo", where, Stages(total=1, echo=lines.append))
-    assert not info["trained"] and not info["exported"] and not info["published"]
-    assert info["versions"] == {name: "1" for name in ALL_MODELS}
+    assert not info.trained and not info.exported and not info.published
+    assert info.versions == {name: "1" for name in ALL_MODELS}
     assert sorted(str(p) for p in repo.rglob("*")) == before  # no new version, nothing copied
     assert any("nothing published" in line for line in lines)
 
@@ -244,5 +287,5 @@ def test_missing_user_vectors_are_published_for_the_served_encoder(tmp_path: Pat
     _fake_repo(repo, run, version=3)
     where = Locations(runs_root=tmp_path / "runs", repo_dir=repo, user_vectors_dir=vectors)
     info = ensure_models(None, "demo", where, Stages(total=1, echo=lambda line: None))
-    assert not info["published"]
-    assert (vectors / f"{ITEM_ENCODER}_v3.npz").read_bytes() == (run / "user_vectors.npz").read_bytes()
+    assert not info.published
+    assert (vectors / f"{ITEM_ENCODER}_v3.npz").read_bytes() == (run / USER_VECTORS).read_bytes()

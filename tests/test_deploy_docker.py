@@ -312,7 +312,8 @@ def test_compose_targets_name_compose_services_and_ports(compose: dict) -> None:
                 assert host in services and int(port) == ports[host], f"{key}: {name}={value}"
                 assert svc["depends_on"][host] == {"condition": "service_healthy"}, f"{key} must wait for {host}"
                 checked += 1
-    assert checked == 10  # includes latent -> retrieval (product images)
+    assert checked == 8  # latent has triton_url only: it calls no other couturier service
+    assert set(services["latent"]["depends_on"]) == {"triton"}
     assert services["retrieval"]["environment"]["COUTURIER_RETRIEVAL_TOKENIZER_JSON"].startswith("/models/")
     assert any(v.endswith(":/models:ro") for v in services["retrieval"]["volumes"])
     assert any(v.endswith(":/models:ro") for v in services["triton"]["volumes"])

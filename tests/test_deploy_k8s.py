@@ -270,7 +270,7 @@ def test_targets_name_existing_services_and_ports(renders: dict[str, list[Obj]],
                 checked.add((key, field))
     assert checked == {
         ("scoring", "triton_url"), ("scoring", "milvus_uri"),
-        ("latent", "triton_url"), ("latent", "scoring_target"), ("latent", "retrieval_target"),
+        ("latent", "triton_url"),  # latent calls no other couturier service
         ("retrieval", "triton_url"), ("retrieval", "milvus_uri"),
         ("orchestrator", "scoring_target"), ("orchestrator", "latent_target"), ("orchestrator", "retrieval_target"),
     }
@@ -451,8 +451,8 @@ def test_network_policies_allow_exactly_the_call_graph(renders: dict[str, list[O
                 if "namespaceSelector" in peer and peer["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name") == NAMESPACE:
                     assert any(matches(peer["podSelector"], labels) for labels in pods.values())
     ports = {key: cls.model_fields["port"].default for key, cls in SETTINGS_BY_SERVICE.items()}
-    edges = {("orchestrator", "scoring"), ("orchestrator", "latent"), ("orchestrator", "retrieval"), ("latent", "scoring"),
-             ("latent", "retrieval")}
+    # the orchestrator is the only caller of other couturier services (it resolves ids for latent)
+    edges = {("orchestrator", "scoring"), ("orchestrator", "latent"), ("orchestrator", "retrieval")}
     outside = ("elsewhere", {"app": "client"})
     for dst in ports:
         assert allowed(policies, outside, (NAMESPACE, pods[dst]), ports[dst]) == (dst == "orchestrator"), dst

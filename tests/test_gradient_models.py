@@ -23,7 +23,6 @@ from torch import nn  # noqa: E402
 
 from couturier.export.grad_export import export_value_and_grad, value_and_grad  # noqa: E402
 from couturier.export.gradient_models import (  # noqa: E402
-    GRADIENT_MODELS,
     IO,
     check_gradient_models,
     example_inputs,
@@ -40,6 +39,7 @@ from couturier.export.objectives import (  # noqa: E402
     diversity_penalty,
 )
 from couturier.export.onnx_io import make_session, onnx_signature  # noqa: E402
+from couturier.services.common.models import GRADIENT_MODELS  # noqa: E402
 
 DZ, NCAT, K, S = 8, 3, 8, 32
 
@@ -95,6 +95,7 @@ def _double(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
 # --------------------------------------------------------------------------- files and signatures
 
 
+@pytest.mark.integration
 def test_files_signatures_and_metadata(paths: dict[str, Path]) -> None:
     assert set(paths) == set(GRADIENT_MODELS)
     for name, path in paths.items():
@@ -114,6 +115,7 @@ def test_files_signatures_and_metadata(paths: dict[str, Path]) -> None:
     assert read_metadata(paths["shift_grad"])["diversity_space"] == "phi"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("batch", [2, 5])
 @pytest.mark.parametrize("users", [1, 4])
 def test_dynamic_batch_users_and_aux_shapes(sessions: dict[str, object], batch: int, users: int) -> None:
@@ -138,6 +140,7 @@ def test_dynamic_batch_users_and_aux_shapes(sessions: dict[str, object], batch: 
 # --------------------------------------------------------------------------- accuracy
 
 
+@pytest.mark.integration
 def test_float64_parity_report(nets: dict[str, nn.Module], paths: dict[str, Path]) -> None:
     report = check_gradient_models(**nets, paths=paths, batch=16, n_users=4, n_shifts=3, threads=1)
     for name in GRADIENT_MODELS:
@@ -147,6 +150,7 @@ def test_float64_parity_report(nets: dict[str, nn.Module], paths: dict[str, Path
         assert m["value_rel_err"] < 1e-5, (name, m)
 
 
+@pytest.mark.integration
 def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict[str, object]) -> None:
     """The ONNX gradient agrees with float64 central differences of the torch objective."""
     n64 = _double(nets)
@@ -180,6 +184,7 @@ def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict
 # --------------------------------------------------------------------------- group objectives
 
 
+@pytest.mark.integration
 def test_mean_group_equals_one_user_with_mean_theta(sessions: dict[str, object]) -> None:
     b, u = 5, 4
     x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=3)
@@ -191,6 +196,7 @@ def test_mean_group_equals_one_user_with_mean_theta(sessions: dict[str, object])
     np.testing.assert_allclose(group["scores"].mean(1), mean["scores"][:, 0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_nonlinear_group_objective_by_chain_rule(nets: dict[str, nn.Module], sessions: dict[str, object]) -> None:
     """F = mean_u sigmoid((s_u - tau_u)/T) - realism: user_weight = dF/ds from the scores output."""
     b, u, temp = 4, 4, 2.0
@@ -226,6 +232,7 @@ def test_diversity_penalty_values() -> None:
     assert torch.all(diversity_penalty(f[:, :1], 0.5) == 0)
 
 
+@pytest.mark.integration
 def test_shift_diversity_lower_for_spread_shifts(sessions: dict[str, object]) -> None:
     b, n = 3, 4
     x = example_inputs("shift_grad", _dims(), batch=b, n_users=2, n_shifts=n, seed=9)
@@ -250,6 +257,7 @@ def test_shift_diversity_lower_for_spread_shifts(sessions: dict[str, object]) ->
 # --------------------------------------------------------------------------- export helper
 
 
+@pytest.mark.integration
 def test_value_and_grad_aux_outputs(tmp_path: Path) -> None:
     def fn(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.tanh(x @ w)
@@ -268,6 +276,7 @@ def test_value_and_grad_aux_outputs(tmp_path: Path) -> None:
                               output_names=["value", "grad_x"], dynamic_axes={"w": {}})
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_cost_measurement(nets: dict[str, nn.Module], paths: dict[str, Path]) -> None:
     report = check_gradient_models(**nets, paths=paths, batch=8, measure_cost=True, cost_batch=8,

@@ -13,7 +13,7 @@ from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.latent.ssim import gaussian_window, ssim
 from couturier.services.latent import optimize as opt
-from conftest import TrainedModels
+from support.trained import TrainedModels
 
 B = 4
 N_USERS = 12
@@ -85,6 +85,22 @@ async def test_shape_mismatches_raise_before_any_call() -> None:
         await opt.seller_shifts(None, base_z=z[0], category=cat[0], theta=theta, user_weight=np.ones(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target"):
         await opt.invert(None, target=np.zeros((2, 3, 32, 32)), category=cat[:1], z_dim=100)  # type: ignore[arg-type]
+
+
+def test_one_tanh_adam_step_serves_ascent_and_descent() -> None:
+    """The step shared by preference maximisation (ascent) and inversion (descent): Adam on w, z = tanh(w)."""
+    rng = np.random.default_rng(5)
+    z0 = rng.uniform(-0.9, 0.9, (3, 4))
+    grad_z = rng.normal(size=(3, 4))
+    for maximise in (True, False):
+        adam, reference = opt.Adam(0.05, maximise=maximise), opt.Adam(0.05, maximise=maximise)
+        w = opt._to_w(z0)
+        new_w, new_z = opt._tanh_adam_step(adam, w, grad_z)
+        expected_w = reference.step(w, grad_z * (1.0 - np.tanh(w) ** 2))  # chain rule through tanh
+        np.testing.assert_allclose(new_w, expected_w)
+        np.testing.assert_allclose(new_z, np.tanh(expected_w))
+        assert np.all(np.sign(new_z - np.tanh(w)) == (1 if maximise else -1) * np.sign(grad_z))
+        assert adam.t == 1
 
 
 # -- over the served gradient models -------------------------------------------------------------

@@ -16,7 +16,7 @@ from couturier.export.triton.local_server import LocalTriton
 from couturier.export.triton.repository import read_model_config
 from couturier.services.common import models as names
 from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
-from conftest import TrainedModels
+from support.trained import TrainedModels
 
 pytestmark = pytest.mark.slow
 

@@ -32,7 +32,7 @@ from couturier.export.triton.rollout import (
     smoke_inputs,
 )
 from couturier.services.common.inference import TritonBackend
-from triton_models import linear_model, linear_weights, users_model
+from support.onnx_models import linear_model, linear_weights, users_model
 
 ENV_DIR = default_home() / "env"
 X = np.random.default_rng(7).normal(size=(2, 8)).astype(np.float32)

@@ -120,6 +120,7 @@ def test_sampler_negatives_never_bought() -> None:
             assert jj not in data.interactions.train[uu]
 
 
+@pytest.mark.integration
 def test_dvbpr_beats_popularity_when_pixels_matter_and_round_trip(tmp_path: Path) -> None:
     data = _colour_world()
     prof = dvbpr_profile("demo", epochs=20, batch_size=32, lr=1e-2, k=8, channels=(4, 8, 8), hidden=16,
@@ -197,6 +198,7 @@ def test_lsgan_losses_known_values() -> None:
     assert lsgan_g_loss(torch.tensor([3.0])).item() == pytest.approx(2.0)
 
 
+@pytest.mark.integration
 def test_gan_training_writes_and_round_trips(tmp_path: Path) -> None:
     data = _colour_world()
     prof = gan_profile("demo", steps=3, batch_size=8, z_dim=8, g_channels=(8, 8, 4), d_channels=(4, 8, 8),

@@ -113,6 +113,7 @@ def test_modifications_deterministic_and_targets_differ() -> None:
     assert all(m.target != m.reference for m in self_mods)
 
 
+@pytest.mark.integration
 def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
     from couturier.export.training.train_infogan import load_infogan, train_infogan
     from couturier.export.training.train_synthtriplet import load_synthtriplet, train_synthtriplet
@@ -156,6 +157,7 @@ def text_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_text_encoder(tmp_path_factory.mktemp("text") / "model.onnx")
 
 
+@pytest.mark.integration
 def test_text_encoder_onnx_parity(text_onnx: Path) -> None:
     import onnx
 
@@ -175,6 +177,7 @@ def test_text_encoder_onnx_parity(text_onnx: Path) -> None:
     assert np.abs(single[0] - ref[0]).max() < 1e-4
 
 
+@pytest.mark.integration
 def test_retrieval_encoder_and_query_generator_export_to_onnx(tmp_path: Path) -> None:
     from couturier.export.onnx_io import check_parity, export_forward
 

@@ -258,6 +258,7 @@ def forward_models(nets: dict[str, nn.Module], tmp_path_factory: pytest.TempPath
     }
 
 
+@pytest.mark.integration
 def test_forward_exports_dynamic_batch_and_parity(nets: dict[str, nn.Module], forward_models: dict[str, Path]) -> None:
     _check_file(forward_models["G"], ["z", "cat"], ["image"])
     _check_file(forward_models["Phi"], ["image"], ["embedding"])
@@ -272,6 +273,7 @@ def test_forward_exports_dynamic_batch_and_parity(nets: dict[str, nn.Module], fo
             assert run_onnx(forward_models[key], {"image": ex["target"]})[out].shape[0] == b
 
 
+@pytest.mark.integration
 def test_forward_with_users_axis(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     class Pref(nn.Module):
         def forward(self, z, cat, theta, w):  # noqa: ANN001, ANN201
@@ -290,6 +292,7 @@ def test_forward_with_users_axis(nets: dict[str, nn.Module], tmp_path: Path) -> 
 # --------------------------------------------------------------------------- gradient models
 
 
+@pytest.mark.integration
 def test_preference_gradient(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _pref_inputs(2, 3, 0)
     path = export_value_and_grad(
@@ -310,6 +313,7 @@ def test_preference_gradient(nets: dict[str, nn.Module], tmp_path: Path) -> None
     assert rep.ok, rep
 
 
+@pytest.mark.integration
 def test_inversion_gradient_multi_wrt(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _inv_inputs(2, 0)
     path = export_value_and_grad(
@@ -322,6 +326,7 @@ def test_inversion_gradient_multi_wrt(nets: dict[str, nn.Module], tmp_path: Path
     _assert_grad_stats(np.concatenate(errs))
 
 
+@pytest.mark.integration
 def test_gigs_shift_gradient_3d(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _gigs_inputs(2, 3, 0)
     path = export_value_and_grad(
@@ -337,6 +342,7 @@ def test_gigs_shift_gradient_3d(nets: dict[str, nn.Module], tmp_path: Path) -> N
     _assert_grad_stats(np.concatenate(errs))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_grad_cost_vs_forward(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     """Reports (prints) the gradient/forward call-cost ratio in onnxruntime; no timing assertion."""

@@ -37,7 +37,7 @@ def test_every_operation_of_the_mission_is_in_the_contract() -> None:
     assert _methods("scoring", "ScoringService") == {
         "ScoreItems": (False, False),
         "Recommend": (False, False),
-        "DescribeUsers": (False, False),  # user vectors for the latent service
+        "DescribeUsers": (False, False),  # user vectors: the orchestrator resolves audiences for latent
         "IndexProducts": (True, False),  # streamed batches
         "DeleteProducts": (False, False),
         "GetIndexStats": (False, False),
@@ -52,10 +52,13 @@ def test_every_operation_of_the_mission_is_in_the_contract() -> None:
         "DeleteProducts": (False, False),
         "SearchByImage": (False, False),
         "SearchByImageAndText": (False, False),
-        "GetProducts": (False, False),  # stored product images for the latent service
+        "GetProducts": (False, False),  # stored product images: the orchestrator resolves product ids for latent
         "GetIndexStats": (False, False),
     }
     assert _methods("orchestrator", "OrchestratorService") == {
+        "Design": (False, False),  # every latent capability by ids (the orchestrator resolves them)
+        "Alter": (False, True),
+        "SellerShifts": (False, False),
         "DesignAndShop": (False, False),
         "SellerFeedback": (False, False),
         "MultimodalShop": (False, False),
@@ -129,3 +132,27 @@ def test_every_proto_field_is_documented_or_self_describing() -> None:
             if not previous.startswith("//") and not self_describing:
                 undocumented.append(f"{path.name}:{number + 1}: {stripped}")
     assert undocumented == [], "\n".join(undocumented)
+
+
+def test_latent_requests_take_a_resolved_audience_next_to_the_ids() -> None:
+    """ResolvedAudience is a new field of each latent request; the existing fields keep their numbers."""
+    from couturier.v1 import latent_pb2
+
+    for message, number, kept in (
+        (latent_pb2.DesignRequest, 8, {"audience": 1, "category": 2, "n": 3, "seed": 7}),
+        (latent_pb2.AlterRequest, 7, {"audience": 1, "item": 2, "category": 3, "report_every": 6}),
+        (latent_pb2.SellerShiftsRequest, 9, {"item": 1, "category": 2, "audience": 3, "inversion": 8}),
+    ):
+        fields = message.DESCRIPTOR.fields_by_name
+        assert fields["resolved_audience"].number == number
+        assert fields["resolved_audience"].message_type.full_name == "couturier.v1.ResolvedAudience"
+        assert {name: fields[name].number for name in kept} == kept
+    resolved = latent_pb2.ResolvedAudience.DESCRIPTOR.fields_by_name
+    assert resolved["model"].message_type.full_name == "couturier.v1.ModelVersion"
+    user_fields = set(latent_pb2.ResolvedUser.DESCRIPTOR.fields_by_name)
+    assert user_fields == {"user_id", "vector", "best_score", "kth_best_score"}
+    orchestrator = _service("orchestrator", "OrchestratorService").methods_by_name
+    for name in ("Design", "Alter", "SellerShifts"):
+        latent = _service("latent", "LatentOptimizationService").methods_by_name[name]
+        assert orchestrator[name].input_type == latent.input_type, name
+        assert orchestrator[name].output_type == latent.output_type, name

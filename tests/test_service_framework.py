@@ -1,12 +1,13 @@
 """The service framework over real gRPC on 127.0.0.1: health, reflection, diagnostics, error
 mapping, deadlines, metrics and size limits, on the real services over the session's trained models
-(in-process onnxruntime, milvus-lite files under tmp_path)."""
+(in-process onnxruntime, milvus-lite files under tmp_path; marked integration automatically) and, for
+the fast suite, on scoring and retrieval over the fakes of tests/support/fakes.py."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -16,12 +17,15 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from conftest import TrainedModels, assert_serving, real_host
+from support.fakes import FakeInferenceBackend, InMemoryImageStore, InMemoryVectorStore, write_tokenizer
+from support.hosts import assert_serving, injected_host, real_host
+from support.trained import TrainedModels
 from couturier.services.client import check_health, get_status, list_services, product_batches
 from couturier.services.common import errors, limits
 from couturier.services.common.config import ServerSettings
 from couturier.services.common.health import DependencyCheck
 from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
+from couturier.services.common.product_images import FileImageStore
 from couturier.services.common.server import ServiceDefinition, ServiceHost
 from couturier.export.tools.launcher import free_port
 from couturier.v1 import (
@@ -47,8 +51,9 @@ EXPECTED_SERVICE = {
 #: The dependency checks behind each service's health.
 EXPECTED_DEPENDENCIES = {
     "scoring": {"item_encoder", "user_vectors", "vector_store"},
-    "latent": {"pref_grad", "inv_grad", "shift_grad", "scoring", "retrieval"},
-    "retrieval": {"retrieval_encoder", "text_encoder", "query_generator", "vector_store", "tokenizer"},
+    "latent": {"pref_grad", "inv_grad", "shift_grad"},  # no other service: it takes resolved inputs
+    "retrieval": {"retrieval_encoder", "text_encoder", "query_generator", "vector_store", "product_images",
+                  "tokenizer"},
     "orchestrator": {"scoring", "latent", "retrieval"},
 }
 
@@ -111,12 +116,53 @@ async def test_each_service_is_healthy_and_reflects_its_services(
         status = await get_status(service_hosts[key].address)
         assert status.settings["milvus_uri"] == str(tmp_path / "milvus" / f"{key}.db")
         assert status.settings["inference_backend"] == "onnxruntime"
+    status = await get_status(service_hosts["retrieval"].address)
+    assert status.settings["product_images_dir"] == str(tmp_path / "product_images")
 
 
-async def test_unknown_health_service_is_not_found(service_hosts: dict[str, ServiceHost]) -> None:
+async def test_fake_backed_services_are_healthy_and_reflect_their_services(fake_hosts: dict[str, ServiceHost]) -> None:
+    """The framework on scoring and retrieval over the fakes (no models): health per service name,
+    reflection, diagnostics naming every dependency."""
+    for key, host in fake_hosts.items():
+        assert await check_health(host.address) == "SERVING"
+        assert await check_health(host.address, EXPECTED_SERVICE[key]) == "SERVING"
+        names = await list_services(host.address)
+        assert set(names) == {
+            EXPECTED_SERVICE[key], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+            "couturier.v1.DiagnosticsService",
+        }
+        status = await get_status(host.address)
+        assert status.serving and list(status.services) == [EXPECTED_SERVICE[key]]
+        assert ready_of(status) == dict.fromkeys(EXPECTED_DEPENDENCIES[key], True), key
+
+
+async def test_unknown_health_service_is_not_found(fake_hosts: dict[str, ServiceHost]) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await check_health(service_hosts["scoring"].address, "couturier.v1.NoSuchService")
+        await check_health(fake_hosts["scoring"].address, "couturier.v1.NoSuchService")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_says_which_dependency_is_missing(tmp_path: Path) -> None:
+    """A retrieval service without its tokenizer and with an unreachable store starts NOT_SERVING and
+    says why; it turns SERVING once both are there."""
+    store, backend = InMemoryVectorStore(), FakeInferenceBackend()
+    store.unavailable = True
+    host = injected_host(
+        "retrieval", backend=backend, store=store, images=InMemoryImageStore(),
+        tokenizer_json=str(tmp_path / "tokenizer.json"),
+    )
+    await host.start()
+    try:
+        assert await check_health(host.address) == "NOT_SERVING"
+        status = await get_status(host.address)
+        assert {name for name, ready in ready_of(status).items() if not ready} == {"vector_store", "tokenizer"}
+        assert "tokenizer.json is missing" in detail_of(status, "tokenizer")
+        assert "cannot reach" in detail_of(status, "vector_store")
+        store.unavailable = False
+        write_tokenizer(tmp_path / "tokenizer.json")
+        await assert_serving(host, timeout_s=5)
+    finally:
+        await host.stop(grace_s=0)
 
 
 async def test_orchestrator_health_follows_its_dependencies(trained_models: TrainedModels, tmp_path: Path) -> None:
@@ -124,9 +170,7 @@ async def test_orchestrator_health_follows_its_dependencies(trained_models: Trai
     retrieval_address = f"127.0.0.1:{free_port()}"  # nothing listens there yet
     scoring = real_host("scoring", trained_models, tmp_path)
     await scoring.start()
-    latent = real_host(
-        "latent", trained_models, tmp_path, scoring_target=scoring.address, retrieval_target=retrieval_address
-    )
+    latent = real_host("latent", trained_models, tmp_path)
     await latent.start()
     orchestrator = real_host(
         "orchestrator",
@@ -140,23 +184,20 @@ async def test_orchestrator_health_follows_its_dependencies(trained_models: Trai
     retrieval: ServiceHost | None = None
     try:
         assert await check_health(scoring.address) == "SERVING"
-        # The latent service needs the retrieval service (stored product images), so it is not ready either.
-        assert await check_health(latent.address) == "NOT_SERVING"
+        # The latent service calls no other service: only its models decide its health.
+        await assert_serving(latent)
         status = await get_status(latent.address)
-        assert ready_of(status) == {"pref_grad": True, "inv_grad": True, "shift_grad": True, "scoring": True, "retrieval": False}
-        assert retrieval_address in detail_of(status, "retrieval")
+        assert ready_of(status) == {"pref_grad": True, "inv_grad": True, "shift_grad": True}
 
         assert await check_health(orchestrator.address) == "NOT_SERVING"
-        status = await get_status(orchestrator.address)
-        assert ready_of(status) == {"scoring": True, "latent": False, "retrieval": False}
+        status = await wait_for_status(orchestrator.address, lambda s: ready_of(s)["latent"])
+        assert ready_of(status) == {"scoring": True, "latent": True, "retrieval": False}
         assert retrieval_address in detail_of(status, "retrieval")
-        assert "NOT_SERVING" in detail_of(status, "latent")
 
-        # The missing service comes up where both expect it: both recover without a restart.
+        # The missing service comes up where the orchestrator expects it: it recovers without a restart.
         retrieval = real_host("retrieval", trained_models, tmp_path, port=int(retrieval_address.rsplit(":", 1)[1]))
         await retrieval.start()
         await assert_serving(retrieval)
-        await assert_serving(latent, timeout_s=10)
         await assert_serving(orchestrator, timeout_s=10)
         assert all(ready_of(await get_status(orchestrator.address)).values())
 
@@ -179,8 +220,7 @@ async def test_orchestrator_serves_when_every_dependency_does(service_hosts: dic
         assert status.settings[f"{key}_target"] == service_hosts[key].address
         assert f"{service_hosts[key].address} SERVING" == detail_of(status, key)
     latent = await get_status(service_hosts["latent"].address)
-    assert latent.settings["scoring_target"] == service_hosts["scoring"].address
-    assert latent.settings["retrieval_target"] == service_hosts["retrieval"].address
+    assert not [name for name in latent.settings if name.endswith("_target")]  # it calls no other service
 
 
 async def test_invalid_requests_get_invalid_argument_with_the_field_named(service_hosts: dict[str, ServiceHost]) -> None:
@@ -249,71 +289,97 @@ async def test_too_many_pixels_are_rejected(service_hosts: dict[str, ServiceHost
         )
 
 
+def trained_user(models: TrainedModels) -> str:
+    """A user id with a trained vector (the scoring service knows it)."""
+    return str(np.load(models.user_vectors)["user_ids"][0])
+
+
+def resolved_audience(dim: int = 4) -> latent_pb2.ResolvedAudience:
+    """A resolved audience of one user (as the orchestrator sends it; the values do not matter here)."""
+    audience = latent_pb2.ResolvedAudience(model=common_pb2.ModelVersion(name=ITEM_ENCODER, version="1"))
+    audience.users.add(user_id="u1", vector=[0.1] * dim)
+    return audience
+
+
 async def test_nan_and_ranges_in_latent_requests(service_hosts: dict[str, ServiceHost]) -> None:
-    audience = common_pb2.Audience(user=common_pb2.UserRef(user_id="u1"))
+    resolved = resolved_audience()
     async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
         stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
         cases = [
-            (latent_pb2.DesignRequest(audience=audience, category="tops", n=17), "n must be between 1 and 16"),
+            (latent_pb2.DesignRequest(resolved_audience=resolved, category="tops", n=17), "n must be between 1 and 16"),
             (
                 latent_pb2.DesignRequest(
-                    audience=audience, category="tops", optimizer=latent_pb2.OptimizerParams(learning_rate=float("nan"))
+                    resolved_audience=resolved, category="tops",
+                    optimizer=latent_pb2.OptimizerParams(learning_rate=float("nan")),
                 ),
                 "optimizer.learning_rate must be a finite number",
             ),
-            (latent_pb2.DesignRequest(category="tops"), "audience must name a user or a group"),
+            (latent_pb2.DesignRequest(category="tops"), "resolved_audience is required"),
             (
-                latent_pb2.DesignRequest(audience=common_pb2.Audience(group=common_pb2.UserGroup()), category="tops"),
-                "audience.group has no users",
+                latent_pb2.DesignRequest(resolved_audience=latent_pb2.ResolvedAudience(), category="tops"),
+                "resolved_audience.users is empty",
             ),
-            (latent_pb2.DesignRequest(audience=audience, category="hats"), "unknown category 'hats'"),
+            (latent_pb2.DesignRequest(resolved_audience=resolved, category="hats"), "unknown category 'hats'"),
+            # user ids are the orchestrator's to resolve
+            (
+                latent_pb2.DesignRequest(audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1"))),
+                "OrchestratorService.Design",
+            ),
         ]
         for request, needle in cases:
             await expect_error(stub.Design(request), grpc.StatusCode.INVALID_ARGUMENT, needle)
 
 
 async def test_downstream_failures_keep_their_code_and_name_the_step(service_hosts: dict[str, ServiceHost]) -> None:
-    """A valid request for an unknown user: scoring says NOT_FOUND, latent and orchestrator pass it on, naming each hop."""
+    """A valid request for an unknown user: scoring says NOT_FOUND, the orchestrator passes it on, naming the step."""
     design = latent_pb2.DesignRequest(
         audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
         category="tops",
         n=1,
         optimizer=latent_pb2.OptimizerParams(steps=1),
     )
-    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
-        stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         await expect_error(
             stub.Design(design),
             grpc.StatusCode.NOT_FOUND,
             "scoring.DescribeUsers failed (NOT_FOUND): unknown users without liked products: 'u1'",
         )
-    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
-        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         await expect_error(
             stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(design=design)),
             grpc.StatusCode.NOT_FOUND,
-            "latent.Design failed (NOT_FOUND): scoring.DescribeUsers failed (NOT_FOUND)",
+            "scoring.DescribeUsers failed (NOT_FOUND)",
         )
 
 
-async def test_errors_inside_server_streams_are_mapped(service_hosts: dict[str, ServiceHost]) -> None:
+async def test_errors_inside_server_streams_are_mapped(
+    service_hosts: dict[str, ServiceHost], trained_models: TrainedModels
+) -> None:
     async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
         stub = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
-        audience = common_pb2.Audience(user=common_pb2.UserRef(user_id="u1"))
-
-        async def drain(request: latent_pb2.AlterRequest) -> None:
-            async for _ in stub.Alter(request):
-                pass
-
         uploaded = latent_pb2.AlterRequest(
-            audience=audience, item=common_pb2.ItemSource(image=common_pb2.ImagePayload(data=png_bytes()))
+            resolved_audience=resolved_audience(),
+            item=common_pb2.ItemSource(image=common_pb2.ImagePayload(data=png_bytes())),
         )
-        await expect_error(drain(uploaded), grpc.StatusCode.INVALID_ARGUMENT, "category is required")
+        await expect_error(drain(stub.Alter(uploaded)), grpc.StatusCode.INVALID_ARGUMENT, "category is required")
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
+        orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         # A catalogue product while the index is empty: the retrieval service's answer, with the step named.
-        missing = latent_pb2.AlterRequest(audience=audience, item=common_pb2.ItemSource(product_id="p-404"))
-        await expect_error(
-            drain(missing), grpc.StatusCode.FAILED_PRECONDITION, "retrieval.GetProducts failed", "`couturier index`"
+        missing = latent_pb2.AlterRequest(
+            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id=trained_user(trained_models))),
+            item=common_pb2.ItemSource(product_id="p-404"),
         )
+        await expect_error(
+            drain(orchestrator.Alter(missing)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "retrieval.GetProducts failed",
+            "`couturier index`",
+        )
+
+
+async def drain(stream: AsyncIterator[object]) -> None:
+    async for _ in stream:
+        pass
 
 
 async def test_client_streams_are_validated(service_hosts: dict[str, ServiceHost]) -> None:
@@ -341,7 +407,7 @@ async def test_client_streams_are_validated(service_hosts: dict[str, ServiceHost
 
 
 async def test_indexed_products_are_found_recommended_and_deleted(
-    service_hosts: dict[str, ServiceHost], trained_models: TrainedModels
+    service_hosts: dict[str, ServiceHost], trained_models: TrainedModels, tmp_path: Path
 ) -> None:
     """Index a few real catalogue products through the orchestrator, then search, recommend and delete."""
     from couturier.export.data.dataset import load_prepared
@@ -390,18 +456,20 @@ async def test_indexed_products_are_found_recommended_and_deleted(
         assert [p.product.product_id for p in got.products] == [query.product_id]
         assert list(got.not_found) == ["p-404"]
         assert Image.open(io.BytesIO(got.products[0].image.data)).format == "PNG"
+        # the image lives in the product image store (the retrieval service's product_images_dir), not in Milvus
+        kept = FileImageStore(tmp_path / "product_images")
+        assert (await kept.get_many([query.product_id])) == {query.product_id: got.products[0].image.data}
+        await kept.close()
 
-    async with grpc.aio.insecure_channel(service_hosts["latent"].address) as channel:
-        latent = latent_pb2_grpc.LatentOptimizationServiceStub(channel)
+    async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
+        orchestrator = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         unknown = latent_pb2.AlterRequest(
-            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
+            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id=trained_user(trained_models))),
             item=common_pb2.ItemSource(product_id="p-404"),
         )
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in latent.Alter(unknown):
-                pass
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "product 'p-404' is not in the catalogue index" in (info.value.details() or "")
+        await expect_error(
+            drain(orchestrator.Alter(unknown)), grpc.StatusCode.NOT_FOUND, "product 'p-404' is not in the catalogue index"
+        )
 
     user_id = str(prepared.interactions.user_ids[0])
     async with grpc.aio.insecure_channel(service_hosts["scoring"].address) as channel:
@@ -541,8 +609,11 @@ async def test_server_side_deadline_and_metrics(fault_host: ServiceHost) -> None
     assert latency is not None and latency >= 1
 
 
-async def test_message_size_limit_from_config(trained_models: TrainedModels, tmp_path: Path) -> None:
-    host = real_host("retrieval", trained_models, tmp_path, max_message_bytes=64 * 1024)
+async def test_message_size_limit_from_config() -> None:
+    host = injected_host(
+        "retrieval", backend=FakeInferenceBackend(), store=InMemoryVectorStore(), images=InMemoryImageStore(),
+        max_message_bytes=64 * 1024,
+    )
     await host.start()
     try:
         async with grpc.aio.insecure_channel(host.address) as channel:
@@ -553,10 +624,13 @@ async def test_message_size_limit_from_config(trained_models: TrainedModels, tmp
         await host.stop(grace_s=0)
 
 
-async def test_metrics_endpoint_serves_prometheus_text(trained_models: TrainedModels, tmp_path: Path) -> None:
+async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
     import urllib.request
 
-    host = real_host("scoring", trained_models, tmp_path, metrics_port=0)
+    host = injected_host(
+        "scoring", backend=FakeInferenceBackend(), store=InMemoryVectorStore(), metrics_port=0,
+        user_vectors_dir=str(tmp_path / "user_vectors"),
+    )
     await host.start()
     try:
         assert host.metrics_port

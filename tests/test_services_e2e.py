@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TrainedModels
+from support.trained import TrainedModels
 from couturier.services.client import CouturierClient, check_health, product_batches
 from couturier.services.common import limits
 from couturier.services.common.images import encode_png, to_model_input
@@ -88,6 +88,11 @@ def stack(trained_models: TrainedModels, tmp_path_factory: pytest.TempPathFactor
         raise
     finally:
         serving.stop()
+
+
+async def _drain(stream: object) -> None:
+    async for _ in stream:  # type: ignore[attr-defined]
+        pass
 
 
 def _decode(payload: common_pb2.ImagePayload) -> np.ndarray:
@@ -225,7 +230,7 @@ async def test_design_beats_the_best_catalogue_item_for_most_users(stack: Stack)
         for row in range(n_users):
             audience = common_pb2.Audience(user=stack.user(row))
             best = await client.scoring.DescribeUsers(scoring_pb2.DescribeUsersRequest(audience=audience, top_k=1, category="dresses"))
-            designed = await client.latent.Design(latent_pb2.DesignRequest(audience=audience, category="dresses", n=4, seed=row + 1, optimizer=optimizer))
+            designed = await client.orchestrator.Design(latent_pb2.DesignRequest(audience=audience, category="dresses", n=4, seed=row + 1, optimizer=optimizer))
             assert len(designed.designs) == 4
             objectives = [d.objective for d in designed.designs]
             assert objectives == sorted(objectives, reverse=True)
@@ -240,13 +245,13 @@ async def test_design_beats_the_best_catalogue_item_for_most_users(stack: Stack)
 async def test_design_for_a_group_mean_and_top_k_share(stack: Stack) -> None:
     group = stack.group(12)
     async with stack.client() as client:
-        mean = await client.latent.Design(latent_pb2.DesignRequest(
+        mean = await client.orchestrator.Design(latent_pb2.DesignRequest(
             audience=group, category="tops", n=2, seed=7, optimizer=latent_pb2.OptimizerParams(use_zero_realism=True)))
         for design in mean.designs:
             assert len(design.per_user_preference) == 12
             assert design.objective == pytest.approx(float(np.mean(design.per_user_preference)), abs=1e-3)
             assert design.preference_after > design.preference_before
-        share = await client.latent.Design(latent_pb2.DesignRequest(
+        share = await client.orchestrator.Design(latent_pb2.DesignRequest(
             audience=group, category="tops", n=2, seed=7, objective=latent_pb2.TOP_K_SHARE, top_k=10, optimizer=latent_pb2.OptimizerParams(steps=20)))
         profiles = await client.scoring.DescribeUsers(scoring_pb2.DescribeUsersRequest(audience=group, top_k=10, category="tops"))
         tau = np.array([u.kth_best_score for u in profiles.users])
@@ -256,6 +261,25 @@ async def test_design_for_a_group_mean_and_top_k_share(stack: Stack) -> None:
         assert share.designs[0].objective > 0
 
 
+async def test_latent_takes_the_audience_describe_users_resolves(stack: Stack) -> None:
+    """A direct caller resolves the audience itself (ScoringService.DescribeUsers): the same designs as
+    the orchestrator, which resolves the ids the same way."""
+    group = stack.group(3)
+    settings = dict(category="bags", n=2, seed=3, optimizer=latent_pb2.OptimizerParams(steps=5))
+    async with stack.client() as client:
+        profiles = await client.scoring.DescribeUsers(scoring_pb2.DescribeUsersRequest(audience=group))
+        resolved = latent_pb2.ResolvedAudience(model=profiles.model)
+        for profile in profiles.users:
+            resolved.users.add(user_id=profile.user_id, vector=profile.vector)
+        direct = await client.latent.Design(latent_pb2.DesignRequest(resolved_audience=resolved, **settings))
+        via = await client.orchestrator.Design(latent_pb2.DesignRequest(audience=group, **settings))
+    assert direct.scorer == via.scorer == profiles.model and direct.generator == via.generator
+    assert len(direct.designs) == len(via.designs) == 2
+    for a, b in zip(direct.designs, via.designs, strict=True):
+        assert a.objective == pytest.approx(b.objective, rel=1e-4, abs=1e-5)
+        np.testing.assert_allclose(a.generated.latent.values, b.generated.latent.values, atol=1e-5)
+
+
 async def test_alter_streams_inversion_then_rising_preference(stack: Stack) -> None:
     request = latent_pb2.AlterRequest(
         audience=common_pb2.Audience(user=stack.user(1)),
@@ -263,8 +287,8 @@ async def test_alter_streams_inversion_then_rising_preference(stack: Stack) -> N
         inversion=latent_pb2.InversionParams(steps=60),
         report_every=10,
     )
-    async with stack.client() as client:
-        messages = [m async for m in client.latent.Alter(request)]
+    async with stack.client() as client:  # by product id: the orchestrator resolves it (and the user)
+        messages = [m async for m in client.orchestrator.Alter(request)]
     phases = [m.phase for m in messages]
     inversion = [m for m in messages if m.phase == latent_pb2.AlterProgress.INVERSION]
     optimisation = [m for m in messages if m.phase == latent_pb2.AlterProgress.OPTIMIZATION]
@@ -286,7 +310,7 @@ async def test_seller_shifts_are_distinct_and_raise_the_group_preference(stack: 
         inversion=latent_pb2.InversionParams(steps=60),
     )
     async with stack.client() as client:
-        response = await client.latent.SellerShifts(request)
+        response = await client.orchestrator.SellerShifts(request)
     variants = list(response.variants)
     assert len(variants) == 4
     images = [_decode(v.generated.image) for v in variants]
@@ -348,7 +372,7 @@ async def test_orchestrator_flows(stack: Stack) -> None:
         for result in shop.results:
             assert len(result.nearest_products) == 3
             assert {p.product.category for p in result.nearest_products} == {"shoes"}
-            assert all("similarity" in p.product.attributes for p in result.nearest_products)
+            assert all(p.HasField("similarity") for p in result.nearest_products)  # score: the preference
         feedback = await client.orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
             shifts=latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[7])),
                                                   audience=stack.group(5), n=3, inversion=latent_pb2.InversionParams(steps=30)),
@@ -370,7 +394,7 @@ async def test_orchestrator_names_the_failed_step_and_honours_deadlines(stack: S
     design = latent_pb2.DesignRequest(audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="nobody")), category="bags")
     async with stack.client() as client:
         await _expect(grpc.StatusCode.NOT_FOUND, client.orchestrator.DesignAndShop(
-            orchestrator_pb2.DesignAndShopRequest(design=design)), "latent.Design", "scoring.DescribeUsers", "nobody")
+            orchestrator_pb2.DesignAndShopRequest(design=design)), "scoring.DescribeUsers", "nobody")
         slow = latent_pb2.DesignRequest(audience=common_pb2.Audience(user=stack.user(0)), category="bags", n=16,
                                         optimizer=latent_pb2.OptimizerParams(steps=500))
         await _expect(grpc.StatusCode.DEADLINE_EXCEEDED, client.orchestrator.DesignAndShop(
@@ -396,14 +420,22 @@ async def test_bad_input_gets_a_precise_status(stack: Stack) -> None:
         await _expect(bad, client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(audience=user, items=[common_pb2.ItemSource(image=corrupt)])), "items[0].image")
         await _expect(grpc.StatusCode.NOT_FOUND, client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
             audience=user, items=[common_pb2.ItemSource(product_id="no-such-product")])), "no-such-product")
-        await _expect(bad, client.latent.Design(latent_pb2.DesignRequest(audience=user, category="dresses", n=limits.MAX_DESIGNS + 1)), "n must be")
-        await _expect(bad, client.latent.Design(latent_pb2.DesignRequest(audience=user, category="hats")), "hats")
-        await _expect(bad, client.latent.Design(latent_pb2.DesignRequest(
+        await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(audience=user, category="dresses", n=limits.MAX_DESIGNS + 1)), "n must be")
+        await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(audience=user, category="hats")), "hats")
+        await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(
             audience=user, category="dresses", optimizer=latent_pb2.OptimizerParams(learning_rate=math.nan))), "learning_rate", "finite")
-        await _expect(bad, client.latent.SellerShifts(latent_pb2.SellerShiftsRequest(
+        await _expect(bad, client.orchestrator.SellerShifts(latent_pb2.SellerShiftsRequest(
             item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0])), audience=user, radius=math.inf)), "radius")
-        await _expect(grpc.StatusCode.NOT_FOUND, client.latent.SellerShifts(latent_pb2.SellerShiftsRequest(
+        await _expect(grpc.StatusCode.NOT_FOUND, client.orchestrator.SellerShifts(latent_pb2.SellerShiftsRequest(
             item=common_pb2.ItemSource(product_id="no-such-product"), audience=user)), "no-such-product")
+        # the latent service takes resolved inputs only: ids are the orchestrator's to resolve
+        await _expect(bad, client.latent.Design(latent_pb2.DesignRequest(audience=user, category="dresses")),
+                      "resolved_audience", "OrchestratorService.Design")
+        resolved = latent_pb2.ResolvedAudience(model=common_pb2.ModelVersion(name=ITEM_ENCODER))
+        resolved.users.add(user_id=stack.users[0], vector=[0.1, 0.2])
+        await _expect(bad, _drain(client.latent.Alter(latent_pb2.AlterRequest(
+            resolved_audience=resolved, item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0]))))),
+            "VisualRetrievalService.GetProducts", "OrchestratorService.Alter")
         await _expect(bad, client.orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
             shifts=latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(image=stack.png(0))), competitors_per_variant=3)), "category")
         nan_batch = catalogue_pb2.IndexProductsRequest(products=[catalogue_pb2.ProductToIndex(
@@ -427,6 +459,14 @@ async def test_new_encoder_version_needs_a_reindex_before_searching(stack: Stack
     new = str(result.version)
     query = retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=3)
     async with stack.client() as client:
+        # resolved versions are reused for model_version_cache_s (the health probe refreshes them sooner)
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                await client.retrieval.SearchByImage(query)
+            except grpc.aio.AioRpcError:
+                break
+            await asyncio.sleep(0.2)
         details = await _expect(grpc.StatusCode.FAILED_PRECONDITION, client.retrieval.SearchByImage(query), new)
         assert "couturier index" in details
         reindexed = await index_catalogue(client, stack.catalogue, service="retrieval", encoder_version=new, progress=False)
@@ -462,7 +502,7 @@ async def test_triton_outage_turns_services_not_serving_and_they_recover(stack: 
         async with stack.client() as client:
             await _expect(grpc.StatusCode.UNAVAILABLE, client.retrieval.SearchByImage(
                 retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=3)), "Triton")
-            await _expect(grpc.StatusCode.UNAVAILABLE, client.latent.Design(latent_pb2.DesignRequest(
+            await _expect(grpc.StatusCode.UNAVAILABLE, client.orchestrator.Design(latent_pb2.DesignRequest(
                 audience=common_pb2.Audience(user=stack.user(0)), category="tops")))
     finally:
         stack.serving.start_triton(grpc_port=port)

@@ -14,7 +14,7 @@ from couturier.export.triton.model_config import ServingOptions, build_model_con
 from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
 from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
-from triton_models import linear_model, linear_weights, two_output_model, user_weights, users_model
+from support.onnx_models import linear_model, linear_weights, two_output_model, user_weights, users_model
 
 
 def test_config_is_generated_from_the_onnx_signature(tmp_path: Path) -> None:
@@ -94,6 +94,8 @@ async def test_onnxruntime_backend_serves_the_repository(tmp_path: Path) -> None
     x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
     w0, b0 = linear_weights(0)
     assert await backend.is_ready("lin")
+    assert await backend.input_shapes("lin") == {"x": (-1, 8)}
+    assert await backend.output_shapes("lin") == {"y": (-1, 4)}  # from the session, without running the model
     out = await backend.infer("lin", {"x": x})
     np.testing.assert_allclose(out["y"], x @ w0 + b0, rtol=1e-5, atol=1e-5)
     publish_model(repo, "lin", linear_model(tmp_path / "b.onnx", seed=1))  # latest 1 -> serves v2 now
@@ -151,6 +153,7 @@ async def test_onnxruntime_backend_serves_an_unbatched_model(tmp_path: Path) -> 
     repo = tmp_path / "repo"
     publish_model(repo, "users", users_model(tmp_path / "users.onnx", dim=4), batched=False)
     backend = OnnxRuntimeBackend(repo)
+    assert await backend.output_shapes("users") == {"out": (-1, -1), "value": (-1,)}
     rng = np.random.default_rng(4)
     for b, u in ((3, 5), (2, 1)):
         z = rng.normal(size=(b, 4)).astype(np.float32)

@@ -30,7 +30,7 @@ from couturier.services.common.inference import (
     OnnxRuntimeBackend,
     TritonBackend,
 )
-from triton_models import linear_model, linear_weights, two_output_model, user_weights, users_model
+from support.onnx_models import linear_model, linear_weights, two_output_model, user_weights, users_model
 
 pytestmark = pytest.mark.slow
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ async def test_triton_matches_in_process_onnxruntime(
         np.testing.assert_allclose(served["y"], local["y"], rtol=0, atol=1e-6)
         w, b = linear_weights(0)
         np.testing.assert_allclose(served["y"], x @ w + b, rtol=1e-5, atol=1e-5)
+    for model in ("lin", "two", "users"):  # metadata: the ONNX shapes on both (Triton's reshape undone)
+        assert await triton_backend.input_shapes(model) == await local_backend.input_shapes(model), model
+        assert await triton_backend.output_shapes(model) == await local_backend.output_shapes(model), model
+    assert await triton_backend.output_shapes("two") == {"score": (-1,), "ids": (-1,)}
     img = rng.normal(size=(5, 3, 6)).astype(np.float32)
     w_in = rng.normal(size=5).astype(np.float32)
     served = await triton_backend.infer("two", {"img": img, "w": w_in})

@@ -197,6 +197,47 @@ async def test_create_upsert_get_search_count_delete(store: VectorStore) -> None
     assert await store.versions("item_encoder") == []
 
 
+async def test_collections_hold_vectors_and_filter_fields_only(store: VectorStore) -> None:
+    """No images in Milvus (they live in the product image store), and every VARCHAR fits a real server's
+    limit (max_length <= 65535)."""
+    await store.upsert(SPACE, _items(3))
+
+    def schema() -> dict[str, dict]:
+        return {f["name"]: f for f in store._connect().describe_collection(SPACE.collection)["fields"]}
+
+    fields = await store._run(None, schema)
+    assert set(fields) == {"product_id", "vector", "category", "colour", "model", "model_version"}
+    lengths = [int(f["params"]["max_length"]) for f in fields.values() if "max_length" in f.get("params", {})]
+    assert len(lengths) == 5 and max(lengths) <= 65_535
+    assert not hasattr(ProductVector("p", np.zeros(DIM)), "thumbnail")
+
+
+async def test_collections_created_with_a_thumbnail_field_still_take_writes(lite_store: VectorStore) -> None:
+    """Collections of earlier versions kept a base64 thumbnail VARCHAR: writes fill it with "" (images now live
+    in the product image store), reads and searches ignore it."""
+    from pymilvus import DataType, MilvusClient
+
+    def create_legacy() -> None:
+        client = lite_store._connect()
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("product_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        for name in ("category", "colour", "model", "model_version"):
+            schema.add_field(name, DataType.VARCHAR, max_length=128)
+        schema.add_field("thumbnail", DataType.VARCHAR, max_length=65_536)
+        index = client.prepare_index_params()
+        index.add_index("vector", index_type="FLAT", metric_type="IP")
+        client.create_collection(SPACE.collection, schema=schema, index_params=index)
+
+    await lite_store._run(None, create_legacy)
+    items = _items(20, seed=12)
+    assert await lite_store.upsert(SPACE, items) == 20
+    assert await lite_store.count(SPACE) == 20
+    got = await lite_store.get(SPACE, ["p4"])
+    np.testing.assert_array_equal(got["p4"].vector, items[4].vector)
+    assert (await lite_store.search(SPACE, items[4].vector * 10, 1))[0][0].product_id == "p4"
+
+
 async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
     first = _items(200, seed=1)
     await store.upsert(SPACE, first)

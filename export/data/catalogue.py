@@ -22,7 +22,6 @@ item ``fm-train-012345`` is the same product in every catalogue that contains it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from couturier.export.data.errors import DataFormatError, NotPreparedError
+from couturier.export.data.errors import DataFormatError
 from couturier.export.data.fashion_mnist import FM_CLASSES, FashionMNIST
+from couturier.export.data.stored import load_stored, save_stored
 from couturier.services.common.models import CATEGORIES as MODEL_CATEGORIES
 
 #: Category groups; the order is the generator's one-hot order (defined once, in services.common.models).
@@ -199,15 +199,9 @@ class Catalogue:
 
     def save(self, directory: Path | str, name: str = "catalogue") -> Path:
         """Write ``<name>.npz`` (arrays) and ``<name>.json`` (metadata); returns the npz path."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        npz = folder / f"{name}.npz"
         arrays = {key: getattr(self, key) for key in self._ARRAYS}
         arrays["product_ids"] = np.asarray(self.product_ids, dtype=str)
         arrays["source_split"] = np.asarray(self.source_split, dtype=str)
-        tmp = folder / f".{name}.tmp.npz"
-        np.savez(tmp, **arrays)
-        tmp.replace(npz)
         meta = {
             "n_items": len(self),
             "image_size": self.image_size,
@@ -215,21 +209,14 @@ class Catalogue:
             "colour_names": list(self.colour_names),
             "metadata": self.metadata,
         }
-        (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return npz
+        return save_stored(directory, name, arrays, meta)
 
     @classmethod
     def load(cls, directory: Path | str, name: str = "catalogue") -> Catalogue:
         """Read a catalogue written by :meth:`save`."""
-        folder = Path(directory)
-        npz, js = folder / f"{name}.npz", folder / f"{name}.json"
-        if not npz.is_file() or not js.is_file():
-            raise NotPreparedError(f"no catalogue '{name}' in {folder} (expected {npz.name} and {js.name})")
-        meta = json.loads(js.read_text())
-        with np.load(npz, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in cls._ARRAYS}
+        arrays, meta = load_stored(directory, name, f"catalogue '{name}'")
         return cls(
-            **arrays,
+            **{key: arrays[key] for key in cls._ARRAYS},
             category_names=tuple(meta["category_names"]),
             colour_names=tuple(meta["colour_names"]),
             metadata=meta.get("metadata", {}),

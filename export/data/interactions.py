@@ -3,14 +3,14 @@ validation and one test item."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from couturier.export.data.errors import DataFormatError, NotPreparedError
+from couturier.export.data.errors import DataFormatError
+from couturier.export.data.stored import load_stored, save_stored
 
 
 @dataclass
@@ -64,40 +64,28 @@ class Interactions:
 
     def save(self, directory: Path | str, name: str = "interactions") -> Path:
         """Write ``<name>.npz`` (CSR train lists, validation, test, user ids) and ``<name>.json``."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
         indptr = np.concatenate([[0], np.cumsum([len(t) for t in self.train])]).astype(np.int64)
-        npz = folder / f"{name}.npz"
-        tmp = folder / f".{name}.tmp.npz"
-        np.savez(
-            tmp,
-            user_ids=np.asarray(self.user_ids, dtype=str),
-            train_indptr=indptr,
-            train_indices=self.train_pairs()[:, 1],
-            validation=self.validation,
-            test=self.test,
-        )
-        tmp.replace(npz)
+        arrays = {
+            "user_ids": np.asarray(self.user_ids, dtype=str),
+            "train_indptr": indptr,
+            "train_indices": self.train_pairs()[:, 1],
+            "validation": self.validation,
+            "test": self.test,
+        }
         meta = {"n_users": self.n_users, "n_items": self.n_items, "metadata": self.metadata}
-        (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return npz
+        return save_stored(directory, name, arrays, meta)
 
     @classmethod
     def load(cls, directory: Path | str, name: str = "interactions") -> Interactions:
         """Read interactions written by :meth:`save`."""
-        folder = Path(directory)
-        npz, js = folder / f"{name}.npz", folder / f"{name}.json"
-        if not npz.is_file() or not js.is_file():
-            raise NotPreparedError(f"no interactions '{name}' in {folder} (expected {npz.name} and {js.name})")
-        meta = json.loads(js.read_text())
-        with np.load(npz, allow_pickle=False) as data:
-            indptr, indices = data["train_indptr"], data["train_indices"]
-            return cls(
-                n_users=int(meta["n_users"]),
-                n_items=int(meta["n_items"]),
-                user_ids=data["user_ids"],
-                train=[indices[indptr[u] : indptr[u + 1]] for u in range(len(indptr) - 1)],
-                validation=data["validation"],
-                test=data["test"],
-                metadata=meta.get("metadata", {}),
-            )
+        data, meta = load_stored(directory, name, f"interactions '{name}'")
+        indptr, indices = data["train_indptr"], data["train_indices"]
+        return cls(
+            n_users=int(meta["n_users"]),
+            n_items=int(meta["n_items"]),
+            user_ids=data["user_ids"],
+            train=[indices[indptr[u] : indptr[u + 1]] for u in range(len(indptr) - 1)],
+            validation=data["validation"],
+            test=data["test"],
+            metadata=meta.get("metadata", {}),
+        )

@@ -18,7 +18,6 @@ training purchases, so the catalogue always has cold items.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from couturier.export.data.catalogue import Catalogue, PALETTE_RGB
-from couturier.export.data.errors import NotPreparedError
 from couturier.export.data.interactions import Interactions
+from couturier.export.data.stored import load_stored, save_stored
 
 __all__ = [
     "ORACLE_FILE",
@@ -171,19 +170,13 @@ class Oracle:
 
     def save(self, directory: Path | str) -> Path:
         """Write ``oracle_simulated_tastes.npz`` and ``.json`` into ``directory``."""
-        folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{ORACLE_FILE}.npz"
-        tmp = folder / f".{ORACLE_FILE}.tmp.npz"
-        np.savez(
-            tmp,
-            category_weights=self.category_weights,
-            colour_prefs=self.colour_prefs,
-            style_dirs=self.style_dirs,
-            style_mean=self.style_mean,
-            style_std=self.style_std,
-        )
-        tmp.replace(path)
+        arrays = {
+            "category_weights": self.category_weights,
+            "colour_prefs": self.colour_prefs,
+            "style_dirs": self.style_dirs,
+            "style_mean": self.style_mean,
+            "style_std": self.style_std,
+        }
         meta = {
             "category_scale": self.category_scale,
             "colour_scale": self.colour_scale,
@@ -191,19 +184,12 @@ class Oracle:
             "temperature": self.temperature,
             "metadata": self.metadata,
         }
-        (folder / f"{ORACLE_FILE}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return path
+        return save_stored(directory, ORACLE_FILE, arrays, meta)
 
     @classmethod
     def load(cls, directory: Path | str) -> Oracle:
         """Read an oracle written by :meth:`save`."""
-        folder = Path(directory)
-        npz, js = folder / f"{ORACLE_FILE}.npz", folder / f"{ORACLE_FILE}.json"
-        if not npz.is_file() or not js.is_file():
-            raise NotPreparedError(f"no simulated-taste oracle in {folder} (expected {npz.name})")
-        meta = json.loads(js.read_text())
-        with np.load(npz, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+        arrays, meta = load_stored(directory, ORACLE_FILE, "simulated-taste oracle")
         return cls(**arrays, **meta)
 
 

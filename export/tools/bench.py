@@ -199,7 +199,7 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
         request = lat.AlterRequest(audience=c.Audience(user=user(i)), item=c.ItemSource(product_id=pid(i)),
                                    inversion=lat.InversionParams(steps=50), report_every=10)
         t0, first = time.perf_counter(), None
-        async for _ in client.latent.Alter(request, timeout=timeout_s):
+        async for _ in client.orchestrator.Alter(request, timeout=timeout_s):
             first = first if first is not None else time.perf_counter() - t0
         return {"first_message": first if first is not None else float("nan")}
 
@@ -214,10 +214,12 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
             client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=10))),
         RpcCase("retrieval.SearchByImageAndText", "held-out PNG + 'same but in <colour>', k=10",
                 unary(client.retrieval.SearchByImageAndText, text_search)),
-        RpcCase("latent.Design", "1 user, n=4 designs, 10 steps (default)", unary(client.latent.Design, design), heavy=True),
-        RpcCase("latent.SellerShifts", "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, 20 shift steps",
-                unary(client.latent.SellerShifts, shifts), heavy=True),
-        RpcCase("latent.Alter (stream)", "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
+        # the latent capabilities by ids: the orchestrator resolves them (scoring.DescribeUsers, retrieval.GetProducts)
+        RpcCase("orchestrator.Design", "1 user, n=4 designs, 10 steps (default)",
+                unary(client.orchestrator.Design, design), heavy=True),
+        RpcCase("orchestrator.SellerShifts", "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, "
+                "20 shift steps", unary(client.orchestrator.SellerShifts, shifts), heavy=True),
+        RpcCase("orchestrator.Alter (stream)", "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
                 "report_every=10; also time to first message", alter, heavy=True),
         RpcCase("orchestrator.DesignAndShop", "Design as above + 5 products per design", unary(
             client.orchestrator.DesignAndShop, lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=5)),

@@ -15,7 +15,9 @@ Stages, each announced with its elapsed time:
 6. diagnostics of every service; then the stack is stopped (always, also on Ctrl-C);
 7. report: ``demo_report.html`` (self-contained), ``demo_report.json`` and ``demo_report.md``.
 
-A flow that fails is recorded in the report (section ``errors``) and the others still run.
+What the stages collect is a :class:`~couturier.export.tools.demo_results.DemoResults`, which
+:mod:`couturier.export.tools.demo_report` renders. A flow that fails is recorded in the report
+(``DemoResults.errors``) and the others still run.
 """
 
 from __future__ import annotations
@@ -29,17 +31,36 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from couturier.export.data.fashion_mnist import sha256_file
+from couturier.export.pipeline import NETWORKS, USER_VECTORS
+from couturier.export.tools.demo_results import (
+    AlterationTrajectory,
+    AlterFrame,
+    CategoryPrecision,
+    DataSummary,
+    DemoResults,
+    Dependency,
+    Design,
+    DesignRun,
+    ImageSearchExample,
+    Indexing,
+    IndexSide,
+    Item,
+    ModelsSummary,
+    MultimodalQuery,
+    NewShopperRecommendations,
+    SearchPrecision,
+    SellerVariant,
+    SellerVariants,
+    ServiceDiagnostics,
+    TrainedShopperRecommendations,
+)
 from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER, TEXT_ENCODER
-
-#: The networks ``couturier train`` trains, each into ``runs/<profile>/<network>/checkpoint.pt``.
-NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
-CHECKPOINT = "checkpoint.pt"
-USER_VECTORS = "user_vectors.npz"
+from couturier.services.scoring.users import UserDirectory
 
 #: Shoppers in the DesignAndShop group and in the SellerFeedback segment.
 DESIGN_GROUP_SIZE = 20
@@ -114,9 +135,16 @@ class Stages:
 # -- models: train, export, publish only what is missing ----------------------------------------------
 
 
+def checkpoints(run_dir: Path) -> dict[str, Path]:
+    """Network -> where ``couturier train`` writes its checkpoint in ``run_dir``."""
+    from couturier.export.training.common import CHECKPOINT
+
+    return {net: run_dir / net / CHECKPOINT for net in NETWORKS}
+
+
 def training_reasons(run_dir: Path) -> list[str]:
     """Why the networks must be trained ([] when every checkpoint and the user vectors exist)."""
-    reasons = [f"{run_dir / net / CHECKPOINT} is missing" for net in NETWORKS if not (run_dir / net / CHECKPOINT).is_file()]
+    reasons = [f"{path} is missing" for path in checkpoints(run_dir).values() if not path.is_file()]
     if not (run_dir / USER_VECTORS).is_file():
         reasons.append(f"{run_dir / USER_VECTORS} is missing")
     return reasons
@@ -129,8 +157,7 @@ def export_reasons(run_dir: Path) -> list[str]:
     if missing:
         return [f"{onnx} lacks {', '.join(missing)}"]
     oldest = min((onnx / f"{name}.onnx").stat().st_mtime for name in ALL_MODELS)
-    newer = [net for net in NETWORKS if (run_dir / net / CHECKPOINT).is_file()
-             and (run_dir / net / CHECKPOINT).stat().st_mtime > oldest]
+    newer = [net for net, path in checkpoints(run_dir).items() if path.is_file() and path.stat().st_mtime > oldest]
     return [f"the {', '.join(newer)} checkpoint is newer than the ONNX export"] if newer else []
 
 
@@ -154,34 +181,35 @@ def newest_versions(repo_dir: Path) -> dict[str, str]:
     return {name: str(versions[-1]) for name in ALL_MODELS if (versions := list_versions(repo_dir, name))}
 
 
-def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages) -> dict[str, Any]:
+def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages) -> ModelsSummary:
     """Train / export / publish what is missing; returns what was done and the versions to serve."""
     run_dir = where.runs_root / profile
-    info: dict[str, Any] = {"run_dir": str(run_dir), "trained": False, "exported": False, "published": False}
+    info = ModelsSummary(run_dir=str(run_dir))
     reasons = training_reasons(run_dir)
     if reasons:
         from couturier.export.pipeline import train_all
 
-        info.update(trained=True, training_reason="; ".join(reasons))
+        info.trained, info.training_reason = True, "; ".join(reasons)
         stages.note(f"training all four networks because {'; '.join(reasons)} "
                     "(about 12 minutes on a 2-core CPU; later runs reuse the result)")
         started = time.perf_counter()
         train_all(prepared, where.runs_root, profile)
-        info["training_s"] = round(time.perf_counter() - started, 1)
+        info.training_s = round(time.perf_counter() - started, 1)
     else:
-        info["training_reason"] = f"every checkpoint and the user vectors are in {run_dir}"
-    why_export = ["freshly trained"] if info["trained"] else export_reasons(run_dir)
+        info.training_reason = f"every checkpoint and the user vectors are in {run_dir}"
+    why_export = ["freshly trained"] if info.trained else export_reasons(run_dir)
     if why_export:
         from couturier.export.pipeline import export_all
 
         stages.note(f"exporting to ONNX ({'; '.join(why_export)})")
         started = time.perf_counter()
         exported = export_all(run_dir)
-        info.update(exported=True, export_reason="; ".join(why_export), export_s=round(time.perf_counter() - started, 1))
-        failed = [name for name, report in exported.parity.items() if not report.get("ok")]
-        if failed:
-            info["parity_failed"] = failed
-            stages.note(f"WARNING: ONNX parity check failed for {', '.join(failed)} (see {run_dir / 'onnx' / 'parity.json'})")
+        info.exported, info.export_reason = True, "; ".join(why_export)
+        info.export_s = round(time.perf_counter() - started, 1)
+        info.parity_failed = [name for name, report in exported.parity.items() if not report.get("ok")]
+        if info.parity_failed:
+            stages.note(f"WARNING: ONNX parity check failed for {', '.join(info.parity_failed)} "
+                        f"(see {run_dir / 'onnx' / 'parity.json'})")
     onnx_dir = run_dir / "onnx"
     to_publish = publish_reasons(onnx_dir, where.repo_dir)
     if to_publish:
@@ -189,33 +217,39 @@ def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages)
 
         stages.note("publishing " + ", ".join(f"{name} ({why})" for name, why in to_publish.items()))
         published = publish_all({name: onnx_dir / f"{name}.onnx" for name in to_publish}, where.repo_dir)
-        info.update(published=True, publish_reason="published " + ", ".join(f"{n} v{v}" for n, v in published.items()))
+        info.published = True
+        info.publish_reason = "published " + ", ".join(f"{n} v{v}" for n, v in published.items())
     else:
-        info["publish_reason"] = f"{where.repo_dir} already holds these exact ONNX files (sha256); nothing published"
+        info.publish_reason = f"{where.repo_dir} already holds these exact ONNX files (sha256); nothing published"
     tokenizer = where.repo_dir / TEXT_ENCODER / "tokenizer.json"
     if not tokenizer.is_file() and (onnx_dir / "tokenizer.json").is_file():
         shutil.copyfile(onnx_dir / "tokenizer.json", tokenizer)
     versions = newest_versions(where.repo_dir)
-    info["versions"] = versions
-    vectors = where.user_vectors_dir / f"{ITEM_ENCODER}_v{versions[ITEM_ENCODER]}.npz"
+    info.versions = versions
+    vectors = UserDirectory(where.user_vectors_dir).path(versions[ITEM_ENCODER])
     if ITEM_ENCODER in to_publish or not vectors.is_file():
         from couturier.export.pipeline import publish_user_vectors
 
         vectors = publish_user_vectors(run_dir, versions[ITEM_ENCODER], where.user_vectors_dir)
-        info["user_vectors"] = f"published {vectors} for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}"
+        info.user_vectors = f"published {vectors} for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}"
     else:
-        info["user_vectors"] = f"{vectors} (already there)"
-    stages.note(info["publish_reason"] + "; serving " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
+        info.user_vectors = f"{vectors} (already there)"
+    stages.note(info.publish_reason + "; serving " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
     return info
 
 
 # -- the flows -----------------------------------------------------------------------------------------
 
 
+def _share(flags: list[bool]) -> float | None:
+    """The share of true flags (None for no flags)."""
+    return float(np.mean(flags)) if flags else None
+
+
 class _Flows:
     """Runs every flow against the started stack and fills ``results``."""
 
-    def __init__(self, client: Any, prepared: Any, results: dict[str, Any], stages: Stages) -> None:
+    def __init__(self, client: Any, prepared: Any, results: DemoResults, stages: Stages) -> None:
         from couturier.services.common.images import encode_png
 
         self.client, self.prepared, self.results, self.stages = client, prepared, results, stages
@@ -223,9 +257,8 @@ class _Flows:
         self.cat = prepared.catalogue
         self.held = prepared.heldout
         self.inter = prepared.interactions
-        self.latency: dict[str, float] = results.setdefault("latency_ms", {})
-        self.errors: dict[str, str] = results.setdefault("errors", {})
-        self.served: dict[str, str] = results.setdefault("served_models", {})
+        self.latency: dict[str, float] = results.timings.calls_ms
+        self.served: dict[str, str] = results.served_models
 
     # helpers ---------------------------------------------------------------------------------------
 
@@ -242,8 +275,7 @@ class _Flows:
                 message = f"{exc.code().name}: {exc.details()}"
             else:
                 message = f"{type(exc).__name__}: {exc}"
-            previous = self.errors.get(key)
-            self.errors[key] = f"{previous}; {what}: {message}" if previous else f"{what}: {message}"
+            self.results.add_error(key, f"{what}: {message}")
             self.stages.note(f"{what}: FAILED ({message})")
         else:
             self.stages.note(f"{what}: ok in {time.perf_counter() - begin:.1f} s")
@@ -254,32 +286,41 @@ class _Flows:
         self.latency[name] = round((time.perf_counter() - begin) * 1000, 1)
         return reply
 
-    def item(self, row: int, **extra: Any) -> dict[str, Any]:
+    def item(self, row: int) -> Item:
         """A catalogue product as a report item."""
-        return {**self._labels(self.cat, row), "image": self.encode_png(self.cat.images[row]), **extra}
+        return self._labelled(self.cat, row, str(self.cat.product_ids[row]))
 
-    def held_item(self, row: int, **extra: Any) -> dict[str, Any]:
-        item = self._labels(self.held, row)
-        return {**item, "product_id": f"held-out {item['product_id']}", "image": self.encode_png(self.held.images[row]), **extra}
+    def held_item(self, row: int) -> Item:
+        return self._labelled(self.held, row, f"held-out {self.held.product_ids[row]}")
+
+    def _labelled(self, catalogue: Any, row: int, product_id: str) -> Item:
+        category, colour = self._labels(catalogue, row)
+        return Item(product_id=product_id, category=category, colour=colour,
+                    image=self.encode_png(catalogue.images[row]))
 
     @staticmethod
-    def _labels(catalogue: Any, row: int) -> dict[str, Any]:
+    def _labels(catalogue: Any, row: int) -> tuple[str, str]:
+        """(category, colour) of a row ('' for a product without a simulated colour)."""
         colour = int(catalogue.colour[row])
-        return {"product_id": str(catalogue.product_ids[row]),
-                "category": catalogue.category_names[int(catalogue.category[row])],
-                "colour": catalogue.colour_names[colour] if colour >= 0 else ""}
+        return (catalogue.category_names[int(catalogue.category[row])],
+                catalogue.colour_names[colour] if colour >= 0 else "")
 
-    def hit_item(self, scored: Any, **extra: Any) -> dict[str, Any]:
-        """A ScoredProduct from a reply, with its catalogue image."""
+    def hit(self, scored: Any, *, score_is: Literal["similarity", "preference"]) -> Item:
+        """A ScoredProduct from a reply, with its catalogue image; the reply's ``score`` is a
+        similarity or a preference (``score_is``, see the RPC)."""
         product = scored.product
         try:
             image = self.encode_png(self.cat.images[self.cat.index_of(product.product_id)])
         except Exception:  # noqa: BLE001 - a product the local catalogue does not know is shown without image
             image = None
-        item = {"product_id": product.product_id, "category": product.category, "colour": product.colour, "image": image}
-        if "similarity" in product.attributes:
-            item["similarity"] = float(product.attributes["similarity"])
-        return {**item, **extra}
+        item = Item(product_id=product.product_id, category=product.category, colour=product.colour, image=image)
+        if score_is == "similarity":
+            item.similarity = scored.score
+        else:
+            item.preference = scored.score
+            if scored.HasField("similarity"):  # e.g. a nearest product's similarity to a design
+                item.similarity = scored.similarity
+        return item
 
     def rows_of(self, category: str) -> np.ndarray:
         return np.flatnonzero(self.cat.category == self.cat.category_names.index(category))
@@ -319,19 +360,18 @@ class _Flows:
     async def recommend(self) -> None:
         from couturier.v1 import common_pb2, scoring_pb2
 
-        out = self.results.setdefault("recommend", {})
+        out = self.results.recommend
         async with self.section("recommend", "Recommend (trained shopper)"):
             bought = self.inter.train[self.user_row]
             reply = await self.timed("Recommend (trained shopper)", self.client.scoring.Recommend(
                 scoring_pb2.RecommendRequest(user=self.user_ref, k=10), timeout=CALL_TIMEOUT_S))
             bought_categories = {self.cat.category_names[int(c)] for c in self.cat.category[bought]}
-            products = [self.hit_item(p, preference=p.score) for p in reply.products]
-            out["user"] = {
-                "user_id": self.user_id, "purchases": [self.item(int(r)) for r in bought[:24]],
-                "n_purchases": len(bought), "products": products, "model": self._version(reply.model),
-                "folded_in": reply.folded_in, "latency_ms": self.latency["Recommend (trained shopper)"],
-                "share_bought_category": float(np.mean([p["category"] in bought_categories for p in products])) if products else None,
-            }
+            products = [self.hit(p, score_is="preference") for p in reply.products]
+            out.user = TrainedShopperRecommendations(
+                user_id=self.user_id, purchases=[self.item(int(r)) for r in bought[:24]], n_purchases=len(bought),
+                products=products, model=self._version(reply.model), folded_in=reply.folded_in,
+                latency_ms=self.latency["Recommend (trained shopper)"],
+                share_bought_category=_share([p.category in bought_categories for p in products]))
             self.served["scoring Recommend"] = self._version(reply.model)
         async with self.section("recommend", "Recommend (new shopper, folded in)"):
             colour, category = "red", "dresses"
@@ -340,30 +380,25 @@ class _Flows:
             reply = await self.timed("Recommend (new shopper)", self.client.scoring.Recommend(
                 scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="new-shopper", liked_product_ids=liked), k=10),
                 timeout=CALL_TIMEOUT_S))
-            products = [self.hit_item(p, preference=p.score) for p in reply.products]
-            out["new_user"] = {
-                "user_id": "new-shopper", "liked": [self.item(r) for r in rows], "liked_colour": colour,
-                "liked_category": category, "products": products, "folded_in": reply.folded_in,
-                "latency_ms": self.latency["Recommend (new shopper)"],
-                "share_same_colour": float(np.mean([p["colour"] == colour for p in products])) if products else None,
-                "share_same_category": float(np.mean([p["category"] == category for p in products])) if products else None,
-            }
+            products = [self.hit(p, score_is="preference") for p in reply.products]
+            out.new_user = NewShopperRecommendations(
+                user_id="new-shopper", liked=[self.item(r) for r in rows], liked_colour=colour,
+                liked_category=category, products=products, folded_in=reply.folded_in,
+                latency_ms=self.latency["Recommend (new shopper)"],
+                share_same_colour=_share([p.colour == colour for p in products]),
+                share_same_category=_share([p.category == category for p in products]))
 
-    def _design_part(self, reply: Any, **meta: Any) -> dict[str, Any]:
-        designs = []
-        for result in reply.results:
-            d = result.design
-            designs.append({
-                "image": d.generated.image.data, "objective": d.objective, "preference_before": d.preference_before,
-                "preference_after": d.preference_after, "realism": d.realism,
-                "products": [self.hit_item(p, preference=p.score) for p in result.nearest_products],
-            })
-        return {**meta, "designs": designs}
+    def _designs(self, reply: Any) -> list[Design]:
+        return [Design(image=r.design.generated.image.data, objective=r.design.objective,
+                       preference_before=r.design.preference_before, preference_after=r.design.preference_after,
+                       realism=r.design.realism,
+                       products=[self.hit(p, score_is="preference") for p in r.nearest_products])
+                for r in reply.results]
 
     async def design(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
 
-        out = self.results.setdefault("design", {})
+        out = self.results.design
         async with self.section("design", "DesignAndShop (one shopper)"):
             request = orchestrator_pb2.DesignAndShopRequest(
                 design=latent_pb2.DesignRequest(audience=common_pb2.Audience(user=self.user_ref),
@@ -371,11 +406,11 @@ class _Flows:
                                                 optimizer=latent_pb2.OptimizerParams(steps=DESIGN_STEPS)),
                 products_per_design=5)
             reply = await self.timed("DesignAndShop (one shopper)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S))
-            out["user"] = self._design_part(
-                reply, title=f"Designs for shopper {self.user_id}", audience=f"shopper {self.user_id}",
+            out.user = DesignRun(
+                title=f"Designs for shopper {self.user_id}", audience=f"shopper {self.user_id}",
                 category=self.user_category, steps=DESIGN_STEPS,
                 objective_name="mean preference (optimised together with Kang et al.'s realism term)",
-                latency_ms=self.latency["DesignAndShop (one shopper)"])
+                latency_ms=self.latency["DesignAndShop (one shopper)"], designs=self._designs(reply))
         async with self.section("design", "DesignAndShop (group of 20, top-10 share)"):
             category = "shoes"
             users = self.segment(category, DESIGN_GROUP_SIZE)
@@ -391,13 +426,13 @@ class _Flows:
             described = await self.client.scoring.DescribeUsers(
                 scoring_pb2.DescribeUsersRequest(audience=audience, top_k=10, category=category), timeout=CALL_TIMEOUT_S)
             thresholds = [u.kth_best_score for u in described.users]
-            out["group"] = self._design_part(
-                reply, title=f"Designs for a group of {len(users)} shoppers",
+            out.group = DesignRun(
+                title=f"Designs for a group of {len(users)} shoppers",
                 audience=f"{len(users)} simulated shoppers who buy the most {category} ({users[0]}, ...)",
                 category=category, top_k=10, users=users, steps=GROUP_DESIGN_STEPS,
                 median_threshold=float(np.median(thresholds)) if thresholds else None,
                 objective_name="share of the group for whom the design enters their top-10 of the catalogue (TOP_K_SHARE)",
-                latency_ms=self.latency["DesignAndShop (group of 20)"])
+                latency_ms=self.latency["DesignAndShop (group of 20)"], designs=self._designs(reply))
 
     async def alter(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, scoring_pb2
@@ -409,43 +444,40 @@ class _Flows:
                         if int(r) not in bought and int(self.cat.colour[r]) not in bought_colours),
                        int(self.rows_of(self.user_category)[0]))
             product_id = str(self.cat.product_ids[row])
+            # Addressed by ids: the orchestrator resolves the shopper and the product for the latent service.
             request = latent_pb2.AlterRequest(
                 audience=common_pb2.Audience(user=self.user_ref), item=common_pb2.ItemSource(product_id=product_id),
                 optimizer=latent_pb2.OptimizerParams(steps=60), report_every=20)
-            frames: list[dict[str, Any]] = []
+            frames: list[AlterFrame] = []
             begin = time.perf_counter()
             first_ms = None
-            async for progress in self.client.latent.Alter(request, timeout=CALL_TIMEOUT_S):
+            async for progress in self.client.orchestrator.Alter(request, timeout=CALL_TIMEOUT_S):
                 if first_ms is None:
                     first_ms = (time.perf_counter() - begin) * 1000
                 phase = latent_pb2.AlterProgress.Phase.Name(progress.phase)
-                frame: dict[str, Any] = {"phase": phase, "step": progress.step, "image": progress.current.image.data}
-                if phase == "INVERSION":
-                    frame["reconstruction_loss"] = progress.reconstruction_loss
-                else:
-                    frame["objective"] = progress.preference
-                if phase == "DONE":
-                    frame["reconstruction_loss"] = progress.reconstruction_loss
-                frames.append(frame)
+                frames.append(AlterFrame(
+                    phase=phase, step=progress.step, image=progress.current.image.data,
+                    reconstruction_loss=progress.reconstruction_loss if phase in ("INVERSION", "DONE") else None,
+                    objective=progress.preference if phase != "INVERSION" else None))
             self.latency["Alter (whole stream)"] = round((time.perf_counter() - begin) * 1000, 1)
             # The audience's preference for the original and for every frame, from the scoring service.
             items = [common_pb2.ItemSource(product_id=product_id)]
-            items += [common_pb2.ItemSource(image=common_pb2.ImagePayload(data=f["image"], mime_type="image/png")) for f in frames]
+            items += [common_pb2.ItemSource(image=common_pb2.ImagePayload(data=f.image, mime_type="image/png"))
+                      for f in frames]
             scored = await self.client.scoring.ScoreItems(
                 scoring_pb2.ScoreItemsRequest(audience=common_pb2.Audience(user=self.user_ref), items=items), timeout=CALL_TIMEOUT_S)
             scores = [s.score for s in sorted(scored.scores, key=lambda s: s.item_index)]
             for frame, score in zip(frames, scores[1:]):
-                frame["preference"] = score
-            inverted = [f for f in frames if f["phase"] == "INVERSION"]
-            done = [f for f in frames if f["phase"] == "DONE"]
-            self.results["alter"] = {
-                "user_id": self.user_id, "product": self.item(row), "frames": frames, "messages": len(frames),
-                "latency_ms": self.latency["Alter (whole stream)"], "first_message_ms": round(first_ms or 0.0, 1),
-                "preference_original": scores[0],
-                "preference_inverted": inverted[-1]["preference"] if inverted else None,
-                "preference_final": done[-1]["preference"] if done else None,
-                "reconstruction_loss_final": inverted[-1]["reconstruction_loss"] if inverted else None,
-            }
+                frame.preference = score
+            inverted = [f for f in frames if f.phase == "INVERSION"]
+            done = [f for f in frames if f.phase == "DONE"]
+            self.results.alter = AlterationTrajectory(
+                user_id=self.user_id, product=self.item(row), frames=frames,
+                latency_ms=self.latency["Alter (whole stream)"], first_message_ms=round(first_ms or 0.0, 1),
+                preference_original=scores[0] if scores else None,
+                preference_inverted=inverted[-1].preference if inverted else None,
+                preference_final=done[-1].preference if done else None,
+                reconstruction_loss_final=inverted[-1].reconstruction_loss if inverted else None)
 
     async def seller(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
@@ -466,26 +498,26 @@ class _Flows:
             reply = await self.timed("SellerFeedback (group of 30)", self.client.orchestrator.SellerFeedback(request, timeout=CALL_TIMEOUT_S))
             original = await self.client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
                 audience=audience, items=[common_pb2.ItemSource(product_id=product_id)]), timeout=CALL_TIMEOUT_S)
-            self.results["seller"] = {
-                "product": self.item(row), "users": users, "latency_ms": self.latency["SellerFeedback (group of 30)"],
-                "audience": f"{len(users)} simulated shoppers who buy the most {category}",
-                "settings": f"n=4 variants, radius {SELLER_RADIUS:g}, diversity weight {SELLER_DIVERSITY:g}, "
-                            f"{SELLER_STEPS} shift steps, default inversion",
-                "base_image": reply.base.image.data, "base_preference": reply.base_preference,
-                "original_preference": original.scores[0].score if original.scores else None,
-                "item_competitors": [self.hit_item(p, similarity=p.score) for p in reply.item_competitors],
-                "variants": [{
-                    "image": v.variant.generated.image.data, "preference_before": v.variant.preference_before,
-                    "preference_after": v.variant.preference_after, "preference_shift": v.variant.preference_shift,
-                    "opposite_ssim": v.variant.opposite_ssim, "shift_norm": v.variant.shift_norm,
-                    "competitors": [self.hit_item(p, similarity=p.score) for p in v.competitors],
-                } for v in reply.variants],
-            }
+            self.results.seller = SellerVariants(
+                product=self.item(row), users=users, latency_ms=self.latency["SellerFeedback (group of 30)"],
+                audience=f"{len(users)} simulated shoppers who buy the most {category}",
+                settings=f"n=4 variants, radius {SELLER_RADIUS:g}, diversity weight {SELLER_DIVERSITY:g}, "
+                         f"{SELLER_STEPS} shift steps, default inversion",
+                base_image=reply.base.image.data, base_preference=reply.base_preference,
+                original_preference=original.scores[0].score if original.scores else None,
+                item_competitors=[self.hit(p, score_is="similarity") for p in reply.item_competitors],
+                variants=[SellerVariant(
+                    image=v.variant.generated.image.data, preference_before=v.variant.preference_before,
+                    preference_after=v.variant.preference_after, preference_shift=v.variant.preference_shift,
+                    opposite_ssim=v.variant.opposite_ssim, shift_norm=v.variant.shift_norm,
+                    competitors=[self.hit(p, score_is="similarity") for p in v.competitors],
+                ) for v in reply.variants])
 
     async def multimodal(self) -> None:
         from couturier.v1 import common_pb2, orchestrator_pb2, retrieval_pb2
 
-        out = self.results.setdefault("multimodal", {"user_id": self.user_id, "queries": []})
+        out = self.results.multimodal
+        out.user_id = self.user_id
         for text, colour, category in MULTIMODAL_QUERIES:
             async with self.section("multimodal", f"MultimodalShop ({text!r})"):
                 c, k = self.held.category_names.index(category), self.held.colour_names.index(colour)
@@ -498,18 +530,19 @@ class _Flows:
                 name = f"MultimodalShop ({text!r})"
                 reply = await self.timed(name, self.client.orchestrator.MultimodalShop(request, timeout=CALL_TIMEOUT_S))
                 preference = list(reply.preference) or [None] * len(reply.hits)
-                hits = [self.hit_item(h, similarity=h.score, preference=p) for h, p in zip(reply.hits, preference)]
-                out["queries"].append({
-                    "text": text, "requested_colour": colour, "query": self.held_item(row),
-                    "synthetic_image": reply.synthetic_query.data, "hits": hits, "latency_ms": self.latency[name],
-                    "share_requested_colour": float(np.mean([h["colour"] == colour for h in hits])) if hits else None,
-                    "share_same_category": float(np.mean([h["category"] == category for h in hits])) if hits else None,
-                })
+                hits = [self.hit(h, score_is="similarity") for h in reply.hits]
+                for hit, p in zip(hits, preference):
+                    hit.preference = p
+                out.queries.append(MultimodalQuery(
+                    text=text, requested_colour=colour, query=self.held_item(row),
+                    synthetic_image=reply.synthetic_query.data, hits=hits, latency_ms=self.latency[name],
+                    share_requested_colour=_share([h.colour == colour for h in hits]),
+                    share_same_category=_share([h.category == category for h in hits])))
 
     async def search(self) -> None:
         from couturier.v1 import common_pb2, retrieval_pb2
 
-        out = self.results.setdefault("search", {"examples": []})
+        out = self.results.search
 
         async def query(row: int, k: int) -> tuple[Any, float]:
             request = retrieval_pb2.SearchByImageRequest(
@@ -525,8 +558,8 @@ class _Flows:
                 reply, ms = await query(row, 8)
                 self.latency[f"SearchByImage ({category})"] = round(ms, 1)
                 self.served["retrieval SearchByImage"] = self._version(reply.encoder)
-                out["examples"].append({"query": self.held_item(row), "latency_ms": ms,
-                                        "hits": [self.hit_item(h, similarity=h.score) for h in reply.hits]})
+                out.examples.append(ImageSearchExample(query=self.held_item(row), latency_ms=ms,
+                                                       hits=[self.hit(h, score_is="similarity") for h in reply.hits]))
         async with self.section("search", f"precision@{PRECISION_K} over {PRECISION_QUERIES} held-out queries"):
             rows = precision_rows(np.asarray(self.held.fm_class), PRECISION_QUERIES)
             cat_hits, col_hits, cls_hits, times = [], [], [], []
@@ -534,28 +567,28 @@ class _Flows:
             for row in rows:
                 reply, ms = await query(int(row), PRECISION_K)
                 times.append(ms)
-                labels = self._labels(self.held, int(row))
+                category, colour = self._labels(self.held, int(row))
                 hit_rows = [self.cat.index_of(h.product.product_id) for h in reply.hits]
-                same_cat = [h.product.category == labels["category"] for h in reply.hits]
-                same_col = [h.product.colour == labels["colour"] for h in reply.hits]
+                same_cat = [h.product.category == category for h in reply.hits]
+                same_col = [h.product.colour == colour for h in reply.hits]
                 same_cls = [int(self.cat.fm_class[r]) == int(self.held.fm_class[row]) for r in hit_rows]
                 k = max(len(reply.hits), 1)
                 cat_hits.append(sum(same_cat) / PRECISION_K if reply.hits else 0.0)
                 col_hits.append(sum(same_col) / PRECISION_K if reply.hits else 0.0)
                 cls_hits.append(sum(same_cls) / PRECISION_K if reply.hits else 0.0)
-                entry = per.setdefault(labels["category"], {"category": [], "colour": []})
+                entry = per.setdefault(category, {"category": [], "colour": []})
                 entry["category"].append(sum(same_cat) / k)
                 entry["colour"].append(sum(same_col) / k)
             counts = np.bincount(self.cat.category, minlength=len(self.cat.category_names)) / len(self.cat)
-            out["precision"] = {
-                "queries": len(rows), "k": PRECISION_K,
-                "category": float(np.mean(cat_hits)), "colour": float(np.mean(col_hits)), "class": float(np.mean(cls_hits)),
-                "median_ms": round(statistics.median(times), 2), "p90_ms": round(float(np.percentile(times, 90)), 2),
-                "chance_category": float(np.mean([counts[int(self.held.category[r])] for r in rows])),
-                "chance_colour": 1.0 / len(self.cat.colour_names),
-                "per_category": {c: {"category": float(np.mean(v["category"])), "colour": float(np.mean(v["colour"])),
-                                     "queries": len(v["category"])} for c, v in sorted(per.items())},
-            }
+            out.precision = SearchPrecision(
+                queries=len(rows), k=PRECISION_K,
+                category=float(np.mean(cat_hits)), colour=float(np.mean(col_hits)), fm_class=float(np.mean(cls_hits)),
+                median_ms=round(statistics.median(times), 2), p90_ms=round(float(np.percentile(times, 90)), 2),
+                chance_category=float(np.mean([counts[int(self.held.category[r])] for r in rows])),
+                chance_colour=1.0 / len(self.cat.colour_names),
+                per_category={c: CategoryPrecision(category=float(np.mean(v["category"])),
+                                                   colour=float(np.mean(v["colour"])), queries=len(v["category"]))
+                              for c, v in sorted(per.items())})
             self.latency[f"SearchByImage (median of {len(rows)})"] = round(statistics.median(times), 1)
 
 
@@ -574,7 +607,7 @@ def precision_rows(fm_class: np.ndarray, n: int) -> np.ndarray:
 # -- stack -----------------------------------------------------------------------------------------------
 
 
-async def _index(client: Any, prepared: Any, results: dict[str, Any]) -> None:
+async def _index(client: Any, prepared: Any) -> Indexing:
     from couturier.export.tools.indexing import index_catalogue
     from couturier.v1 import catalogue_pb2
 
@@ -582,35 +615,32 @@ async def _index(client: Any, prepared: Any, results: dict[str, Any]) -> None:
     reply = await index_catalogue(client, prepared.catalogue)
     seconds = time.perf_counter() - begin
     n = len(prepared.catalogue)
-    side = lambda r: {"upserted": r.upserted, "total": r.total, "encoder": f"{r.encoder.name} v{r.encoder.version}"}  # noqa: E731
+    side = lambda r: IndexSide(upserted=r.upserted, total=r.total, encoder=f"{r.encoder.name} v{r.encoder.version}")  # noqa: E731
     stats = await client.retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=CALL_TIMEOUT_S)
-    results["indexing"] = {
-        "items": n, "seconds": round(seconds, 2), "items_per_s": round(n / seconds, 1),
-        "scoring": side(reply.scoring), "retrieval": side(reply.retrieval),
-        "per_category": dict(sorted(stats.per_category.items())),
-    }
+    return Indexing(items=n, seconds=round(seconds, 2), items_per_s=round(n / seconds, 1),
+                    scoring=side(reply.scoring), retrieval=side(reply.retrieval),
+                    per_category=dict(sorted(stats.per_category.items())))
 
 
-async def _diagnostics(stack: Any, results: dict[str, Any]) -> None:
-    from google.protobuf.json_format import MessageToDict
-
+async def _diagnostics(stack: Any, results: DemoResults) -> None:
     from couturier.services.client import get_status, list_services
     from couturier.services.registry import SERVICE_KEYS
 
-    services = results.setdefault("services", {})
     for key in SERVICE_KEYS:
         target = stack.target(key)
         try:
-            status = MessageToDict(await get_status(target), preserving_proto_field_name=True,
-                                   always_print_fields_with_no_presence=True)
+            status = await get_status(target)
             reflection = await list_services(target)
         except Exception as exc:  # noqa: BLE001
-            results.setdefault("errors", {})["services"] = f"{key}: {exc}"
+            results.add_error("services", f"{key}: {exc}")
             continue
-        services[key] = {"target": target, "reflection": reflection, **status}
+        results.services[key] = ServiceDiagnostics(
+            target=target, services=list(status.services), reflection=list(reflection), serving=status.serving,
+            version=status.version, settings=dict(status.settings), fallbacks=list(status.fallbacks),
+            dependencies=[Dependency(name=d.name, ready=d.ready, detail=d.detail) for d in status.dependencies])
 
 
-async def _serve_and_run(stack: Any, prepared: Any, results: dict[str, Any], stages: Stages) -> None:
+async def _serve_and_run(stack: Any, prepared: Any, results: DemoResults, stages: Stages) -> None:
     from couturier.services.client import CouturierClient
 
     with stages.stage("stack", "starting a local Triton (all models) and the four services as processes"):
@@ -621,9 +651,8 @@ async def _serve_and_run(stack: Any, prepared: Any, results: dict[str, Any], sta
                              stack.target("retrieval"))
     try:
         with stages.stage("indexing", f"indexing {len(prepared.catalogue)} products through the orchestrator"):
-            await _index(client, prepared, results)
-            idx = results["indexing"]
-            stages.note(f"{idx['items']} products in {idx['seconds']:.1f} s ({idx['items_per_s']:.0f} products/s)")
+            idx = results.indexing = await _index(client, prepared)
+            stages.note(f"{idx.items} products in {idx.seconds:.1f} s ({idx.items_per_s:.0f} products/s)")
         with stages.stage("flows", "Recommend, DesignAndShop, Alter, SellerFeedback, MultimodalShop, SearchByImage"):
             await _Flows(client, prepared, results, stages).run()
         with stages.stage("diagnostics", "asking every service for its status"):
@@ -657,19 +686,19 @@ def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo",
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     stages = Stages(total=7)
-    results: dict[str, Any] = {"profile": profile, "data_dir": str(data_dir), "errors": {}, "latency_ms": {},
-                               "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results = DemoResults(profile=profile, data_dir=str(data_dir),
+                          generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     with stages.stage("data", f"preparing the {profile!r} data in {data_dir}"):
         prepared = prepare(data_dir, profile=profile)
         cat = prepared.catalogue
-        results["data"] = {"catalogue_items": len(cat), "heldout_items": len(prepared.heldout),
-                           "users": int(prepared.interactions.n_users), "categories": list(cat.category_names),
-                           "colours": list(cat.colour_names), "manifest": prepared.manifest}
+        results.data = DataSummary(catalogue_items=len(cat), heldout_items=len(prepared.heldout),
+                                   users=int(prepared.interactions.n_users), categories=list(cat.category_names),
+                                   colours=list(cat.colour_names), manifest=prepared.manifest)
         stages.note(f"{len(cat)} products, {len(prepared.heldout)} held-out images, "
                     f"{prepared.interactions.n_users} simulated shoppers")
     with stages.stage("models", f"checking the trained models in {where.runs_root / profile} and {where.repo_dir}"):
-        results["models"] = ensure_models(prepared, profile, where, stages)
+        results.models = ensure_models(prepared, profile, where, stages)
 
     work_dir = (out_dir / "serving").resolve()
     shutil.rmtree(work_dir / "milvus", ignore_errors=True)  # every run indexes into an empty store
@@ -681,15 +710,15 @@ def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo",
         exit_codes = _stop(stack)
         stages.echo("stack stopped" + (f" (exit codes: {exit_codes})" if exit_codes else ""))
     for key, code in exit_codes.items():
-        results.setdefault("services", {}).setdefault(key, {})["exit_code"] = code
+        results.services.setdefault(key, ServiceDiagnostics()).exit_code = code
 
     with stages.stage("report", f"writing the report into {out_dir}"):
-        results["timings_s"] = {**stages.timings, "total": round(time.perf_counter() - stages.started, 2)}
+        results.timings.stages_s = {**stages.timings, "total": round(time.perf_counter() - stages.started, 2)}
         html_path = write_report(results, out_dir)
     return html_path
 
 
-def write_report(results: dict[str, Any], out_dir: Path) -> Path:
+def write_report(results: DemoResults, out_dir: Path) -> Path:
     """``demo_report.html`` (images inline), ``demo_report.json`` (numbers) and ``demo_report.md``."""
     import json
 

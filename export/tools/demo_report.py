@@ -1,39 +1,31 @@
 """Render the main job's results (``couturier demo``) as one self-contained HTML page, markdown and JSON.
 
-Pure functions: they take the results dictionary that :mod:`couturier.export.tools.demo` collects and
-return text; nothing here talks to a service. Images are PNG ``bytes`` inside the dictionary; the
-HTML embeds them as ``data:image/png;base64`` URIs (no file next to the page is needed), the JSON
-drops them.
+Pure functions: they take the :class:`~couturier.export.tools.demo_results.DemoResults` that
+:mod:`couturier.export.tools.demo` collects and return text; nothing here talks to a service. Images
+are PNG ``bytes`` in the results; the HTML embeds them as ``data:image/png;base64`` URIs (no file
+next to the page is needed), the JSON drops them.
 
-Shape of the results dictionary (every section may be missing; ``errors`` maps a section id to the
-reason it has no results)::
-
-    {"profile", "data_dir", "generated_at",
-     "data": {"catalogue_items", "heldout_items", "users", "categories", "colours"},
-     "models": {"trained", "training_reason", "exported", "published", "publish_reason", "versions",
-                "user_vectors"},
-     "timings_s": {stage: seconds},
-     "indexing": {"items", "seconds", "items_per_s", "scoring": {...}, "retrieval": {...}},
-     "recommend": {"user": {...}, "new_user": {...}},
-     "design": {"user": {...}, "group": {...}},
-     "alter": {...}, "seller": {...}, "multimodal": {"queries": [...]},
-     "search": {"examples": [...], "precision": {...}},
-     "services": {service: {"target", "serving", "dependencies", "settings", ...}},
-     "latency_ms": {flow: milliseconds},
-     "errors": {section id: message}}
-
-An *item* (a product or an image shown as a tile) is a dict with optional keys ``image`` (PNG
-bytes), ``product_id``, ``category``, ``colour``, ``score``, ``similarity``, ``preference`` and
-``note``.
+Every section may be missing (``None`` or empty); ``DemoResults.errors`` maps a section id of
+:data:`SECTIONS` to the reason it has no (or only part of its) results.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from couturier.export.tools.demo_results import (
+    AlterFrame,
+    DemoResults,
+    DesignRun,
+    IndexSide,
+    Item,
+    ModelsSummary,
+)
 
 #: Section ids in page order with their headings.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -118,34 +110,34 @@ def _share(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.0f}%"
 
 
-def tile(item: Mapping[str, Any], lines: Iterable[str] = (), highlight: bool = False) -> str:
+def tile(item: Item, lines: Iterable[str] = (), highlight: bool = False) -> str:
     """One image with caption lines (already HTML) under it."""
-    image = item.get("image")
-    img = f'<img src="{data_uri(image)}" alt="{_e(item.get("product_id") or "image")}">' if image else ""
+    img = f'<img src="{data_uri(item.image)}" alt="{_e(item.product_id or "image")}">' if item.image else ""
     caption = "<br>".join(lines)
-    ident = f'<div class="id">{_e(item["product_id"])}</div>' if item.get("product_id") else ""
+    ident = f'<div class="id">{_e(item.product_id)}</div>' if item.product_id else ""
     css = "tile hl" if highlight else "tile"
     return f'<div class="{css}">{img}{caption}{ident}</div>'
 
 
-def product_lines(item: Mapping[str, Any]) -> list[str]:
+def image_tile(image: bytes | None, lines: Iterable[str] = (), highlight: bool = True) -> str:
+    """A generated image (no product) with caption lines."""
+    return tile(Item(image=image), lines, highlight)
+
+
+def product_lines(item: Item) -> list[str]:
     """Caption lines for a product: colour + category, then whatever scores it carries."""
     lines = []
-    label = " ".join(part for part in (item.get("colour"), item.get("category")) if part)
+    label = " ".join(part for part in (item.colour, item.category) if part)
     if label:
         lines.append(_e(label))
-    if item.get("note"):
-        lines.append(_e(item["note"]))
-    if item.get("preference") is not None:
-        lines.append(f"pref {fmt(item['preference'])}")
-    if item.get("score") is not None and item.get("preference") is None:
-        lines.append(f"{_e(item.get('score_name', 'score'))} {fmt(item['score'])}")
-    if item.get("similarity") is not None:
-        lines.append(f"sim {fmt(item['similarity'])}")
+    if item.preference is not None:
+        lines.append(f"pref {fmt(item.preference)}")
+    if item.similarity is not None:
+        lines.append(f"sim {fmt(item.similarity)}")
     return lines
 
 
-def grid(items: Sequence[Mapping[str, Any]], highlight: Any = None) -> str:
+def grid(items: Sequence[Item], highlight: Callable[[Item], bool] | None = None) -> str:
     """A CSS grid of product tiles; ``highlight(item)`` marks some tiles."""
     tiles = [tile(item, product_lines(item), bool(highlight and highlight(item))) for item in items]
     return '<div class="grid">' + "".join(tiles) + "</div>"
@@ -239,150 +231,161 @@ def _what(text: str) -> str:
     return f'<p class="what">{_e(text)}</p>'
 
 
-def _error(results: Mapping[str, Any], *keys: str) -> str:
-    errors = results.get("errors", {})
-    found = [f"{key}: {errors[key]}" for key in keys if key in errors]
+def _what_generated(text: str) -> str:
+    """What a section of generated images shows, and why the images are rough."""
+    return _what(text) + f'<p class="small">{_e(GAN_NOTE)}</p>'
+
+
+def _error(results: DemoResults, *keys: str) -> str:
+    found = [f"{key}: {results.errors[key]}" for key in keys if key in results.errors]
     return "".join(f'<div class="error">This part failed: {_e(msg)}</div>' for msg in found)
 
 
-def _overview(r: Mapping[str, Any]) -> str:
-    data, models, timings = r.get("data", {}), r.get("models", {}), r.get("timings_s", {})
+def _overview(r: DemoResults) -> str:
     out = [_what("What ran: the data, the models in the Triton model repository, and the wall time of each stage "
                  "of the demo (every service ran as its own process on 127.0.0.1, all neural compute in a local Triton).")]
-    if data:
+    if r.data:
         out.append(table(["catalogue products", "held-out images (queries)", "simulated shoppers", "categories", "colours"],
-                         [[data.get("catalogue_items"), data.get("heldout_items"), data.get("users"),
-                           ", ".join(data.get("categories", [])), ", ".join(data.get("colours", []))]]))
-    if models:
-        out.append("<p>" + "<br>".join(_e(line) for line in _model_lines(models)) + "</p>")
-        versions = models.get("versions", {})
-        if versions:
-            out.append(table(["model", "version served"], sorted(versions.items())))
-    if timings:
-        out.append(table(["stage", "seconds"], [[k, float(v)] for k, v in timings.items()], numeric=(1,)))
-    latency = r.get("latency_ms", {})
-    if latency:
+                         [[r.data.catalogue_items, r.data.heldout_items, r.data.users,
+                           ", ".join(r.data.categories), ", ".join(r.data.colours)]]))
+    if r.models:
+        out.append("<p>" + "<br>".join(_e(line) for line in _model_lines(r.models)) + "</p>")
+        if r.models.versions:
+            out.append(table(["model", "version served"], sorted(r.models.versions.items())))
+    if r.timings.stages_s:
+        out.append(table(["stage", "seconds"], [[k, float(v)] for k, v in r.timings.stages_s.items()], numeric=(1,)))
+    if r.timings.calls_ms:
         out.append("<h3>Latency per call (client side, one call each)</h3>")
-        out.append(table(["call", "ms"], [[k, float(v)] for k, v in latency.items()], numeric=(1,)))
+        out.append(table(["call", "ms"], [[k, float(v)] for k, v in r.timings.calls_ms.items()], numeric=(1,)))
     return "".join(out)
 
 
-def _model_lines(models: Mapping[str, Any]) -> list[str]:
-    lines = [f"training: {models.get('training_reason', '')}" if models.get("trained")
-             else f"training: not needed ({models.get('training_reason', 'trained models found')})"]
-    if models.get("exported"):
-        lines.append(f"ONNX export: {models.get('export_reason', 'done')}")
-    lines.append(f"model repository: {models.get('publish_reason', '')}")
-    if models.get("user_vectors"):
-        lines.append(f"user vectors: {models['user_vectors']}")
+def _model_lines(models: ModelsSummary) -> list[str]:
+    lines = [f"training: {models.training_reason}" if models.trained
+             else f"training: not needed ({models.training_reason or 'trained models found'})"]
+    if models.exported:
+        lines.append(f"ONNX export: {models.export_reason or 'done'}")
+    if models.parity_failed:
+        lines.append(f"ONNX parity check FAILED for {', '.join(models.parity_failed)}")
+    lines.append(f"model repository: {models.publish_reason}")
+    if models.user_vectors:
+        lines.append(f"user vectors: {models.user_vectors}")
     return lines
 
 
-def _indexing(r: Mapping[str, Any]) -> str:
-    idx = r.get("indexing")
+def _indexing(r: DemoResults) -> str:
+    idx = r.indexing
     out = [_what("The whole catalogue streamed once through the orchestrator's IndexCatalogue, which embeds every "
                  "product twice (DVBPR item vectors in the scoring service, visual embeddings in the retrieval "
                  "service) and stores them in milvus-lite; the index starts empty on every demo run.")]
     if idx:
         out.append(table(
             ["products", "seconds", "products / s", "scoring: upserted / total / encoder", "retrieval: upserted / total / encoder"],
-            [[idx.get("items"), float(idx.get("seconds", 0.0)), float(idx.get("items_per_s", 0.0)),
-              _index_side(idx.get("scoring", {})), _index_side(idx.get("retrieval", {}))]],
+            [[idx.items, float(idx.seconds), float(idx.items_per_s), _index_side(idx.scoring),
+              _index_side(idx.retrieval)]],
             numeric=(0, 1, 2),
         ))
-        per_category = idx.get("per_category", {})
-        if per_category:
-            out.append(table(["category", *per_category.keys()], [["products", *per_category.values()]]))
+        if idx.per_category:
+            out.append(table(["category", *idx.per_category.keys()], [["products", *idx.per_category.values()]]))
     return "".join(out)
 
 
-def _index_side(side: Mapping[str, Any]) -> str:
-    return f"{side.get('upserted', '')} / {side.get('total', '')} / {side.get('encoder', '')}"
+def _index_side(side: IndexSide) -> str:
+    return f"{side.upserted} / {side.total} / {side.encoder}"
 
 
-def _recommend(r: Mapping[str, Any]) -> str:
-    rec = r.get("recommend", {})
+def _recommend(r: DemoResults) -> str:
     out = [_what("Top-10 catalogue products by DVBPR preference (theta_u . Phi(image)) from the scoring service: "
                  "first for a simulated shopper the model was trained on (with their training purchases, which "
                  "Recommend excludes), then for a new shopper folded in from a few liked products.")]
-    user = rec.get("user")
+    user = r.recommend.user
     if user:
-        out.append(f"<h3>Trained shopper {_e(user.get('user_id'))}</h3>")
-        out.append(f"<p>{len(user.get('purchases', []))} training purchases (simulated):</p>")
-        out.append(grid(user.get("purchases", [])))
-        bought = {(p.get("category"), p.get("colour")) for p in user.get("purchases", [])}
-        share = user.get("share_bought_category")
-        out.append(f"<p>Top-10 recommendations ({_e(user.get('model', ''))}, {fmt(user.get('latency_ms'), 1)} ms); "
-                   f"{_share(share)} are in a category the shopper bought; highlighted: same category and colour "
-                   "as a purchase.</p>")
-        out.append(grid(user.get("products", []), lambda it: (it.get("category"), it.get("colour")) in bought))
-    new = rec.get("new_user")
+        out.append(f"<h3>Trained shopper {_e(user.user_id)}</h3>")
+        out.append(f"<p>{len(user.purchases)} training purchases (simulated):</p>")
+        out.append(grid(user.purchases))
+        bought = {(p.category, p.colour) for p in user.purchases}
+        out.append(f"<p>Top-10 recommendations ({_e(user.model)}, {fmt(user.latency_ms, 1)} ms); "
+                   f"{_share(user.share_bought_category)} are in a category the shopper bought; highlighted: same "
+                   "category and colour as a purchase.</p>")
+        out.append(grid(user.products, lambda it: (it.category, it.colour) in bought))
+    new = r.recommend.new_user
     if new:
-        out.append(f"<h3>New shopper {_e(new.get('user_id'))} (folded in: {fmt(new.get('folded_in'))})</h3>")
-        out.append(f"<p>Liked products ({_e(new.get('liked_colour', ''))} {_e(new.get('liked_category', ''))}):</p>")
-        out.append(grid(new.get("liked", [])))
-        out.append(f"<p>Top-10 ({fmt(new.get('latency_ms'), 1)} ms): {_share(new.get('share_same_colour'))} share the liked "
-                   f"colour, {_share(new.get('share_same_category'))} the liked category (highlighted: both).</p>")
-        out.append(grid(new.get("products", []), lambda it: it.get("colour") == new.get("liked_colour")
-                        and it.get("category") == new.get("liked_category")))
+        out.append(f"<h3>New shopper {_e(new.user_id)} (folded in: {fmt(new.folded_in)})</h3>")
+        out.append(f"<p>Liked products ({_e(new.liked_colour)} {_e(new.liked_category)}):</p>")
+        out.append(grid(new.liked))
+        out.append(f"<p>Top-10 ({fmt(new.latency_ms, 1)} ms): {_share(new.share_same_colour)} share the liked "
+                   f"colour, {_share(new.share_same_category)} the liked category (highlighted: both).</p>")
+        out.append(grid(new.products, lambda it: it.colour == new.liked_colour and it.category == new.liked_category))
     return "".join(out)
 
 
-def _design(r: Mapping[str, Any]) -> str:
-    des = r.get("design", {})
-    out = [_what("New items designed by gradient ascent on the GAN latent (preference maximisation) for one "
-                 "shopper and for a group, then the nearest real catalogue products to each design with the "
-                 "audience's preference for them (sim = image similarity of the product to the design)."), f'<p class="small">{_e(GAN_NOTE)}</p>']
-    for key in ("user", "group"):
-        part = des.get(key)
-        if not part:
-            continue
-        out.append(f"<h3>{_e(part.get('title', key))}</h3>")
-        steps = f"{part['steps']} Adam steps; " if part.get("steps") else ""
-        out.append(f"<p>{_e(part.get('audience', ''))}; category {_e(part.get('category', ''))}; objective: "
-                   f"{_e(part.get('objective_name', ''))}; {steps}{fmt(part.get('latency_ms'), 0)} ms for the whole "
-                   "call.</p>")
-        if part.get("median_threshold") is not None:
-            out.append(f"<p>To enter a member's top-{part.get('top_k')} a design must beat that member's "
-                       f"{part.get('top_k')}th-best {_e(part.get('category', ''))} product (median over the group: "
-                       f"{fmt(part['median_threshold'])}).</p>")
-        for n, design in enumerate(part.get("designs", []), 1):
-            objective = (f"top-{part['top_k']} share {_share(design.get('objective'))}" if part.get("top_k")
-                         else f"objective {fmt(design.get('objective'))}")
-            lines = [f"design {n}", objective,
-                     f"pref {fmt(design.get('preference_before'))} &rarr; {fmt(design.get('preference_after'))}",
-                     f"realism {fmt(design.get('realism'))}"]
-            products = design.get("products", [])
-            out.append('<div class="card"><div class="row">' + tile({"image": design.get("image")}, lines, True)
-                       + '<div style="flex:1"><div class="small">nearest real products (pref = audience preference)</div>'
-                       + grid(products) + "</div></div></div>")
+def _design(r: DemoResults) -> str:
+    out = [_what_generated(
+        "New items designed by gradient ascent on the GAN latent (preference maximisation) for one shopper and for a "
+        "group, then the nearest real catalogue products to each design with the audience's preference for them "
+        "(sim = image similarity of the product to the design).")]
+    for part in (r.design.user, r.design.group):
+        if part:
+            out.append(_design_run(part))
     return "".join(out)
 
 
-def _alter(r: Mapping[str, Any]) -> str:
-    alt = r.get("alter")
-    out = [_what("Personalised alteration of an existing catalogue product, streamed by the latent service: the "
-                 "product is first inverted into the GAN's latent space (reconstruction loss falls), then the latent "
-                 "is optimised for the shopper (preference rises). Each frame below is a reported step."), f'<p class="small">{_e(GAN_NOTE)}</p>']
+def _design_run(part: DesignRun) -> str:
+    steps = f"{part.steps} Adam steps; " if part.steps else ""
+    out = [f"<h3>{_e(part.title)}</h3>",
+           f"<p>{_e(part.audience)}; category {_e(part.category)}; objective: {_e(part.objective_name)}; "
+           f"{steps}{fmt(part.latency_ms, 0)} ms for the whole call.</p>"]
+    if part.median_threshold is not None:
+        out.append(f"<p>To enter a member's top-{part.top_k} a design must beat that member's "
+                   f"{part.top_k}th-best {_e(part.category)} product (median over the group: "
+                   f"{fmt(part.median_threshold)}).</p>")
+    for n, design in enumerate(part.designs, 1):
+        objective = (f"top-{part.top_k} share {_share(design.objective)}" if part.top_k
+                     else f"objective {fmt(design.objective)}")
+        lines = [f"design {n}", objective,
+                 f"pref {fmt(design.preference_before)} &rarr; {fmt(design.preference_after)}",
+                 f"realism {fmt(design.realism)}"]
+        out.append(_card(image_tile(design.image, lines), "nearest real products (pref = audience preference)",
+                         grid(design.products)))
+    return "".join(out)
+
+
+def _card(head: str, caption: str, body: str) -> str:
+    """A card: a tile (or tiles) on the left, a small caption and a grid on the right."""
+    return (f'<div class="card"><div class="row">{head}<div style="flex:1"><div class="small">{caption}</div>'
+            f"{body}</div></div></div>")
+
+
+def _pair(first: str, second: str) -> str:
+    """Two tiles side by side (a query and what the system made of it)."""
+    return f'<div class="grid" style="grid-template-columns:repeat(2,112px)">{first}{second}</div>'
+
+
+def _alter(r: DemoResults) -> str:
+    alt = r.alter
+    out = [_what_generated(
+        "Personalised alteration of an existing catalogue product, streamed through the orchestrator: the product is "
+        "first inverted into the GAN's latent space (reconstruction loss falls), then the latent is optimised for the "
+        "shopper (preference rises). Each frame below is a reported step.")]
     if not alt:
         return "".join(out)
-    out.append(f"<p>Shopper {_e(alt.get('user_id'))}, product {_e(alt.get('product', {}).get('product_id', ''))}; "
-               f"{fmt(alt.get('latency_ms'), 0)} ms for the whole stream ({alt.get('messages', 0)} messages).</p>")
+    out.append(f"<p>Shopper {_e(alt.user_id)}, product {_e(alt.product.product_id)}; "
+               f"{fmt(alt.latency_ms, 0)} ms for the whole stream ({alt.messages} messages).</p>")
     out.append(table(
         ["", "seller's original", "inverted (start of optimisation)", "altered (final)", "change"],
-        [["preference", alt.get("preference_original"), alt.get("preference_inverted"), alt.get("preference_final"),
-          _signed(_diff(alt.get("preference_final"), alt.get("preference_inverted")))]],
+        [["preference", alt.preference_original, alt.preference_inverted, alt.preference_final,
+          _signed(_diff(alt.preference_final, alt.preference_inverted))]],
     ))
-    frames = [tile(alt.get("product", {}), ["original"], True)]
-    for frame in alt.get("frames", []):
-        lines = [f"{_e(frame.get('phase', '').lower())} step {frame.get('step')}"]
-        if frame.get("phase") == "INVERSION":
-            lines.append(f"recon loss {fmt(frame.get('reconstruction_loss'), 4)}")
-        if frame.get("preference") is not None:
-            lines.append(f"pref {fmt(frame.get('preference'))}")
-        frames.append(tile(frame, lines, frame.get("phase") == "DONE"))
+    frames = [tile(alt.product, ["original"], True)]
+    for frame in alt.frames:
+        lines = [f"{_e(frame.phase.lower())} step {frame.step}"]
+        if frame.phase == "INVERSION":
+            lines.append(f"recon loss {fmt(frame.reconstruction_loss, 4)}")
+        if frame.preference is not None:
+            lines.append(f"pref {fmt(frame.preference)}")
+        frames.append(image_tile(frame.image, lines, frame.phase == "DONE"))
     out.append('<div class="grid">' + "".join(frames) + "</div>")
-    series, vlines, loss = alter_chart_series(alt.get("frames", []))
+    series, vlines, loss = alter_chart_series(alt.frames)
     if series:
         out.append(svg_line_chart(series, title="preference of the shopper at each reported step",
                                   x_label="step (inversion, then optimisation)", y_label="preference", vlines=vlines))
@@ -393,25 +396,29 @@ def _alter(r: Mapping[str, Any]) -> str:
 
 
 def alter_chart_series(
-    frames: Sequence[Mapping[str, Any]],
+    frames: Sequence[AlterFrame],
 ) -> tuple[list[tuple[str, list[float], list[float]]], list[tuple[float, str]], list[tuple[str, list[float], list[float]]]]:
     """Chart data of an Alter trajectory: preference per frame on one step axis (optimisation steps follow the
     inversion steps), a marker where optimisation starts, and the inversion's reconstruction loss."""
-    inversion = [f for f in frames if f.get("phase") == "INVERSION"]
-    optimisation = [f for f in frames if f.get("phase") == "OPTIMIZATION"]
-    offset = max((int(f.get("step", 0)) for f in inversion), default=0)
+    inversion = [f for f in frames if f.phase == "INVERSION"]
+    optimisation = [f for f in frames if f.phase == "OPTIMIZATION"]
+    offset = max((f.step for f in inversion), default=0)
     series: list[tuple[str, list[float], list[float]]] = []
-    scored = [(float(f["step"]), f.get("preference")) for f in inversion]
-    scored += [(float(offset + int(f["step"])), f.get("preference")) for f in optimisation]
-    scored = [(x, float(y)) for x, y in scored if y is not None]
-    if scored:
-        series.append(("preference (ScoreItems on the frame's image)", [x for x, _ in scored], [y for _, y in scored]))
-    reported = [(float(offset + int(f["step"])), f.get("objective")) for f in optimisation if f.get("objective") is not None]
-    if reported:
-        series.append(("objective the latent service reported", [x for x, _ in reported], [float(y) for _, y in reported]))
+
+    def points(pairs: Iterable[tuple[float, float | None]]) -> tuple[list[float], list[float]]:
+        kept = [(x, float(y)) for x, y in pairs if y is not None]
+        return [x for x, _ in kept], [y for _, y in kept]
+
+    xs, ys = points([(float(f.step), f.preference) for f in inversion]
+                    + [(float(offset + f.step), f.preference) for f in optimisation])
+    if xs:
+        series.append(("preference (ScoreItems on the frame's image)", xs, ys))
+    xs, ys = points((float(offset + f.step), f.objective) for f in optimisation)
+    if xs:
+        series.append(("objective the latent service reported", xs, ys))
     vlines = [(float(offset), "optimisation starts")] if inversion and optimisation else []
-    losses = [(float(f["step"]), f.get("reconstruction_loss")) for f in inversion if f.get("reconstruction_loss") is not None]
-    loss = [("reconstruction loss", [x for x, _ in losses], [float(y) for _, y in losses])] if losses else []
+    xs, ys = points((float(f.step), f.reconstruction_loss) for f in inversion)
+    loss = [("reconstruction loss", xs, ys)] if xs else []
     return series, vlines, loss
 
 
@@ -419,106 +426,91 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def _seller(r: Mapping[str, Any]) -> str:
-    sel = r.get("seller")
-    out = [_what("GIGS seller feedback: the seller's product is inverted into the latent space, then several "
-                 "distinct variants within a small radius are optimised to raise the mean preference of a group of "
-                 "shoppers; each variant comes with the existing products it would compete with."), f'<p class="small">{_e(GAN_NOTE)}</p>']
+def _seller(r: DemoResults) -> str:
+    sel = r.seller
+    out = [_what_generated(
+        "GIGS seller feedback: the seller's product is inverted into the latent space, then several distinct variants "
+        "within a small radius are optimised to raise the mean preference of a group of shoppers; each variant comes "
+        "with the existing products it would compete with.")]
     if not sel:
         return "".join(out)
-    out.append(f"<p>{_e(sel.get('audience', ''))}; {_e(sel.get('settings', ''))}; {fmt(sel.get('latency_ms'), 0)} ms "
+    out.append(f"<p>{_e(sel.audience)}; {_e(sel.settings)}; {fmt(sel.latency_ms, 0)} ms "
                "for the whole call. "
-               f"Base preference (inverted item): {fmt(sel.get('base_preference'))}; preference for the seller's "
-               f"original photo: {fmt(sel.get('original_preference'))}.</p>")
-    base = [tile(sel.get("product", {}), [*product_lines(sel.get("product", {})), "seller's original"], True),
-            tile({"image": sel.get("base_image")}, ["inverted base", f"pref {fmt(sel.get('base_preference'))}"], True)]
-    out.append('<div class="row"><div class="grid" style="grid-template-columns:repeat(2,112px)">' + "".join(base)
-               + '</div><div style="flex:1"><div class="small">competitors of the seller\'s item</div>'
-               + grid(sel.get("item_competitors", [])) + "</div></div>")
-    rows = []
-    for n, variant in enumerate(sel.get("variants", []), 1):
-        lines = [f"variant {n}", f"pref {fmt(variant.get('preference_before'))} &rarr; {fmt(variant.get('preference_after'))}",
-                 f"shift {_signed(variant.get('preference_shift'))}", f"1-SSIM {fmt(variant.get('opposite_ssim'))}",
-                 f"|shift| {fmt(variant.get('shift_norm'))}"]
-        rows.append('<div class="card"><div class="row">' + tile({"image": variant.get("image")}, lines, True)
-                    + '<div style="flex:1"><div class="small">competitors (nearest existing products)</div>'
-                    + grid(variant.get("competitors", [])) + "</div></div></div>")
-    out.extend(rows)
+               f"Base preference (inverted item): {fmt(sel.base_preference)}; preference for the seller's "
+               f"original photo: {fmt(sel.original_preference)}.</p>")
+    base = _pair(tile(sel.product, [*product_lines(sel.product), "seller's original"], True),
+                 image_tile(sel.base_image, ["inverted base", f"pref {fmt(sel.base_preference)}"]))
+    out.append(f'<div class="row">{base}<div style="flex:1"><div class="small">competitors of the seller\'s item</div>'
+               + grid(sel.item_competitors) + "</div></div>")
+    for n, variant in enumerate(sel.variants, 1):
+        lines = [f"variant {n}", f"pref {fmt(variant.preference_before)} &rarr; {fmt(variant.preference_after)}",
+                 f"shift {_signed(variant.preference_shift)}", f"1-SSIM {fmt(variant.opposite_ssim)}",
+                 f"|shift| {fmt(variant.shift_norm)}"]
+        out.append(_card(image_tile(variant.image, lines), "competitors (nearest existing products)",
+                         grid(variant.competitors)))
     return "".join(out)
 
 
-def _multimodal(r: Mapping[str, Any]) -> str:
-    mm = r.get("multimodal", {})
+def _multimodal(r: DemoResults) -> str:
+    mm = r.multimodal
     out = [_what("Image + text search: the SynthTriplet generator turns a held-out image and a change in words into "
                  "a synthetic query image (what the system understood), the retrieval service finds the nearest "
                  "real products, and the orchestrator re-ranks them by the shopper's preference.")]
-    if mm.get("user_id"):
-        out.append(f"<p>Re-ranked for {_e(mm['user_id'])}; highlighted hits have the requested colour.</p>")
-    for q in mm.get("queries", []):
-        query = q.get("query", {})
-        head = [tile(query, [*product_lines(query), "held-out query"], True),
-                tile({"image": q.get("synthetic_image")}, [f"&ldquo;{_e(q.get('text', ''))}&rdquo;", "synthetic query"], True)]
-        out.append('<div class="card"><div class="row"><div class="grid" style="grid-template-columns:repeat(2,112px)">'
-                   + "".join(head) + '</div><div style="flex:1">'
-                   + f'<div class="small">{fmt(q.get("latency_ms"), 0)} ms; {_share(q.get("share_requested_colour"))} of '
-                   f'the hits are {_e(q.get("requested_colour", ""))}, {_share(q.get("share_same_category"))} in the '
-                   f'query\'s category</div>'
-                   + grid(q.get("hits", []), lambda it, c=q.get("requested_colour"): it.get("colour") == c)
-                   + "</div></div></div>")
+    if mm.user_id:
+        out.append(f"<p>Re-ranked for {_e(mm.user_id)}; highlighted hits have the requested colour.</p>")
+    for q in mm.queries:
+        head = _pair(tile(q.query, [*product_lines(q.query), "held-out query"], True),
+                     image_tile(q.synthetic_image, [f"&ldquo;{_e(q.text)}&rdquo;", "synthetic query"]))
+        caption = (f"{fmt(q.latency_ms, 0)} ms; {_share(q.share_requested_colour)} of the hits are "
+                   f"{_e(q.requested_colour)}, {_share(q.share_same_category)} in the query's category")
+        out.append(_card(head, caption, grid(q.hits, lambda it, c=q.requested_colour: it.colour == c)))
     return "".join(out)
 
 
-def _search(r: Mapping[str, Any]) -> str:
-    se = r.get("search", {})
+def _search(r: DemoResults) -> str:
+    se = r.search
     out = [_what("Image-to-image search with the InfoGAN-discriminator embedding (trained without labels): held-out "
                  "images (never indexed) as queries; highlighted hits share the query's category and colour. Then "
                  "precision@10 over many held-out queries: the share of the 10 hits in the query's category, "
                  "colour, and Fashion-MNIST class.")]
-    for ex in se.get("examples", []):
-        query = ex.get("query", {})
-        out.append('<div class="card"><div class="row">' + tile(query, [*product_lines(query), "held-out query"], True)
-                   + f'<div style="flex:1"><div class="small">{fmt(ex.get("latency_ms"), 1)} ms</div>'
-                   + grid(ex.get("hits", []), lambda it, q=query: it.get("category") == q.get("category")
-                          and it.get("colour") == q.get("colour"))
-                   + "</div></div></div>")
-    prec = se.get("precision")
+    for ex in se.examples:
+        query = ex.query
+        out.append(_card(tile(query, [*product_lines(query), "held-out query"], True), f"{fmt(ex.latency_ms, 1)} ms",
+                         grid(ex.hits, lambda it, q=query: it.category == q.category and it.colour == q.colour)))
+    prec = se.precision
     if prec:
-        out.append(f"<h3>precision@{prec.get('k')} over {prec.get('queries')} held-out queries</h3>")
+        out.append(f"<h3>precision@{prec.k} over {prec.queries} held-out queries</h3>")
         out.append(table(
             ["by category", "by colour", "by Fashion-MNIST class", "median ms / query", "p90 ms / query", "chance (category)"],
-            [[prec.get("category"), prec.get("colour"), prec.get("class"), prec.get("median_ms"), prec.get("p90_ms"),
-              prec.get("chance_category")]],
+            [[prec.category, prec.colour, prec.fm_class, prec.median_ms, prec.p90_ms, prec.chance_category]],
             numeric=(0, 1, 2, 3, 4, 5),
         ))
-        per = prec.get("per_category", {})
-        if per:
+        if prec.per_category:
             out.append(table(["query category", "precision by category", "precision by colour", "queries"],
-                             [[c, v.get("category"), v.get("colour"), v.get("queries")] for c, v in per.items()],
+                             [[c, v.category, v.colour, v.queries] for c, v in prec.per_category.items()],
                              numeric=(1, 2, 3)))
     return "".join(out)
 
 
-def _services(r: Mapping[str, Any]) -> str:
+def _services(r: DemoResults) -> str:
     out = [_what("What each service reported through the diagnostics service (GetStatus) and gRPC reflection while "
                  "the demo ran: its dependencies and whether they were ready, its settings (backends, model "
                  "versions) and any fallbacks taken; then its exit code after a graceful stop.")]
-    served = r.get("served_models", {})
-    if served:
-        out.append(table(["reply of", "model version named in the reply"], sorted(served.items())))
-    for key, info in r.get("services", {}).items():
-        deps = table(["dependency", "ready", "detail"],
-                     [[d.get("name"), bool(d.get("ready")), d.get("detail", "")] for d in info.get("dependencies", [])])
-        settings = table(["setting", "value"], sorted(info.get("settings", {}).items()))
-        fallbacks = info.get("fallbacks") or ["none"]
-        out.append(f'<div class="card"><h3>{_e(key)} <span class="small">{_e(info.get("target", ""))}, serving: '
-                   f'{fmt(info.get("serving"))}, version {_e(info.get("version", ""))}, exit code '
-                   f'{_e(fmt(info.get("exit_code")))}</span></h3><div class="row"><div>{deps}</div><div>{settings}</div>'
+    if r.served_models:
+        out.append(table(["reply of", "model version named in the reply"], sorted(r.served_models.items())))
+    for key, info in r.services.items():
+        deps = table(["dependency", "ready", "detail"], [[d.name, d.ready, d.detail] for d in info.dependencies])
+        settings = table(["setting", "value"], sorted(info.settings.items()))
+        fallbacks = info.fallbacks or ["none"]
+        out.append(f'<div class="card"><h3>{_e(key)} <span class="small">{_e(info.target)}, serving: '
+                   f'{fmt(info.serving)}, version {_e(info.version)}, exit code '
+                   f'{_e(fmt(info.exit_code))}</span></h3><div class="row"><div>{deps}</div><div>{settings}</div>'
                    f'</div><div class="small">fallbacks: {_e("; ".join(fallbacks))}<br>reflected services: '
-                   f'{_e(", ".join(info.get("reflection", [])))}</div></div>')
+                   f'{_e(", ".join(info.reflection))}</div></div>')
     return "".join(out)
 
 
-_RENDERERS = {
+_RENDERERS: dict[str, Callable[[DemoResults], str]] = {
     "overview": _overview,
     "indexing": _indexing,
     "recommend": _recommend,
@@ -531,11 +523,11 @@ _RENDERERS = {
 }
 
 
-def render_html(results: Mapping[str, Any]) -> str:
+def render_html(results: DemoResults) -> str:
     """The whole report as one self-contained HTML page."""
     nav = " ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
-    body = [f"<h1>couturier demo</h1><p class=\"small\">profile {_e(results.get('profile', ''))}, generated "
-            f"{_e(results.get('generated_at', ''))}, data {_e(results.get('data_dir', ''))}</p>",
+    body = [f"<h1>couturier demo</h1><p class=\"small\">profile {_e(results.profile)}, generated "
+            f"{_e(results.generated_at)}, data {_e(results.data_dir)}</p>",
             f'<p class="notice">{_e(SIMULATED_NOTICE)}</p>', f"<nav>{nav}</nav>"]
     for sid, title in SECTIONS:
         body.append(f'<section id="{sid}"><h2>{_e(title)}</h2>')
@@ -549,53 +541,53 @@ def render_html(results: Mapping[str, Any]) -> str:
 # -- markdown and JSON ---------------------------------------------------------------------------------
 
 
-def render_markdown(results: Mapping[str, Any], html_name: str = "demo_report.html") -> str:
+def render_markdown(results: DemoResults, html_name: str = "demo_report.html") -> str:
     """A short summary: the numbers, with the pictures left to the HTML report."""
     lines = ["# couturier demo (embedded default)", "", f"> {SIMULATED_NOTICE}", "",
              f"Full report with images: `{html_name}`; numbers: `demo_report.json`.", ""]
-    models = results.get("models", {})
-    if models:
-        lines += [f"- {line}" for line in _model_lines(models)] + [""]
-    timings = results.get("timings_s", {})
-    if timings:
-        lines += ["| stage | seconds |", "|---|---|", *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.items()), ""]
-    idx = results.get("indexing")
+    if results.models:
+        lines += [f"- {line}" for line in _model_lines(results.models)] + [""]
+    timings = results.timings
+    if timings.stages_s:
+        lines += ["| stage | seconds |", "|---|---|",
+                  *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.stages_s.items()), ""]
+    idx = results.indexing
     if idx:
-        lines += [f"Indexing: {idx.get('items')} products in {fmt(idx.get('seconds'), 1)} s "
-                  f"({fmt(idx.get('items_per_s'), 1)} products/s) through the orchestrator.", ""]
-    latency = results.get("latency_ms", {})
-    if latency:
-        lines += ["| call | ms |", "|---|---|", *(f"| {k} | {fmt(float(v), 1)} |" for k, v in latency.items()), ""]
-    prec = results.get("search", {}).get("precision")
+        lines += [f"Indexing: {idx.items} products in {fmt(idx.seconds, 1)} s "
+                  f"({fmt(idx.items_per_s, 1)} products/s) through the orchestrator.", ""]
+    if timings.calls_ms:
+        lines += ["| call | ms |", "|---|---|",
+                  *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.calls_ms.items()), ""]
+    prec = results.search.precision
     if prec:
-        lines += [f"SearchByImage precision@{prec.get('k')} over {prec.get('queries')} held-out queries: category "
-                  f"{fmt(prec.get('category'))}, colour {fmt(prec.get('colour'))}, class {fmt(prec.get('class'))}; "
-                  f"median {fmt(prec.get('median_ms'), 1)} ms per query.", ""]
-    alt = results.get("alter")
+        lines += [f"SearchByImage precision@{prec.k} over {prec.queries} held-out queries: category "
+                  f"{fmt(prec.category)}, colour {fmt(prec.colour)}, class {fmt(prec.fm_class)}; "
+                  f"median {fmt(prec.median_ms, 1)} ms per query.", ""]
+    alt = results.alter
     if alt:
-        lines += [f"Alter: preference {fmt(alt.get('preference_inverted'))} (inverted) -> "
-                  f"{fmt(alt.get('preference_final'))} (altered) for {alt.get('user_id')}.", ""]
-    sel = results.get("seller")
-    if sel and sel.get("variants"):
-        shifts = ", ".join(f"{v.get('preference_shift', 0):+.3f}" for v in sel["variants"])
-        lines += [f"SellerFeedback: base preference {fmt(sel.get('base_preference'))}; variant shifts {shifts}.", ""]
-    services = results.get("services", {})
-    if services:
+        lines += [f"Alter: preference {fmt(alt.preference_inverted)} (inverted) -> "
+                  f"{fmt(alt.preference_final)} (altered) for {alt.user_id}.", ""]
+    sel = results.seller
+    if sel and sel.variants:
+        shifts = ", ".join(f"{v.preference_shift:+.3f}" for v in sel.variants)
+        lines += [f"SellerFeedback: base preference {fmt(sel.base_preference)}; variant shifts {shifts}.", ""]
+    if results.services:
         lines += ["| service | serving | dependencies | exit code |", "|---|---|---|---|"]
-        for key, info in services.items():
-            deps = ", ".join(f"{d.get('name')}={'ready' if d.get('ready') else 'NOT ready'}"
-                             for d in info.get("dependencies", [])) or "none"
-            lines.append(f"| {key} | {fmt(info.get('serving'))} | {deps} | {fmt(info.get('exit_code'))} |")
+        for key, info in results.services.items():
+            deps = ", ".join(f"{d.name}={'ready' if d.ready else 'NOT ready'}" for d in info.dependencies) or "none"
+            lines.append(f"| {key} | {fmt(info.serving)} | {deps} | {fmt(info.exit_code)} |")
         lines.append("")
-    errors = results.get("errors", {})
-    if errors:
-        lines += ["## Failed parts", "", *(f"- {k}: {v}" for k, v in errors.items()), ""]
+    if results.errors:
+        lines += ["## Failed parts", "", *(f"- {k}: {v}" for k, v in results.errors.items()), ""]
     return "\n".join(lines)
 
 
 def json_ready(value: Any) -> Any:
-    """The results without image bytes (and with tuples as lists), ready for ``json.dumps``."""
-    if isinstance(value, Mapping):
+    """The results (a dataclass, or what :func:`dataclasses.asdict` makes of one) without image bytes,
+    with tuples as lists and non-finite floats as None, ready for ``json.dumps``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
         return {str(k): json_ready(v) for k, v in value.items() if not isinstance(v, (bytes, bytearray))}
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value if not isinstance(v, (bytes, bytearray))]

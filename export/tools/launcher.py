@@ -50,10 +50,6 @@ class LocalStack:
         for key in ("scoring", "latent", "retrieval"):
             if key in ports:
                 env[f"COUTURIER_ORCHESTRATOR_{key.upper()}_TARGET"] = f"127.0.0.1:{ports[key]}"
-        if "scoring" in ports:  # the latent service reads user vectors through the scoring service
-            env["COUTURIER_LATENT_SCORING_TARGET"] = f"127.0.0.1:{ports['scoring']}"
-        if "retrieval" in ports:  # ... and catalogue product images through the retrieval service
-            env["COUTURIER_LATENT_RETRIEVAL_TARGET"] = f"127.0.0.1:{ports['retrieval']}"
         env.setdefault("COUTURIER_ORCHESTRATOR_HEALTH_INTERVAL_S", "0.5")
         for key in keys:
             log_path = self.log_dir / f"{key}.log"

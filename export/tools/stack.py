@@ -44,6 +44,7 @@ class ServingStack:
             env[prefix + "HEALTH_INTERVAL_S"] = "0.5"
         env["COUTURIER_SCORING_MILVUS_URI"] = str(self.work_dir / "milvus" / "scoring.db")
         env["COUTURIER_RETRIEVAL_MILVUS_URI"] = str(self.work_dir / "milvus" / "retrieval.db")
+        env["COUTURIER_RETRIEVAL_PRODUCT_IMAGES_DIR"] = str(self.work_dir / "milvus" / "product_images")
         env["COUTURIER_SCORING_USER_VECTORS_DIR"] = str(self.user_vectors_dir)
         env["COUTURIER_RETRIEVAL_TOKENIZER_JSON"] = str(self.repo_dir / "text_encoder" / "tokenizer.json")
         return {**env, **self.extra_env}

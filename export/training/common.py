@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
+#: File name of a network's checkpoint in its run folder (``runs/<profile>/<network>/``).
+CHECKPOINT = "checkpoint.pt"
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator seeded the same way."""

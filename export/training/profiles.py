@@ -14,33 +14,54 @@ from typing import Any
 PROFILES = ("demo", "full")
 
 
-@dataclass(frozen=True)
-class InfoGANProfile:
-    """Optimisation settings for :mod:`couturier.export.training.train_infogan`."""
+@dataclass(frozen=True, kw_only=True)
+class TrainingProfile:
+    """What every network's profile sets. Profiles are built by keyword (e.g. ``steps=20`` for tests)."""
 
     name: str
-    steps: int
     batch_size: int
-    lr_d: float = 2e-4  # InfoGAN paper: D 2e-4, G 1e-3, Adam(0.5, 0.999)
-    lr_g: float = 1e-3
-    lambda_cat: float = 1.0
-    lambda_cont: float = 0.1
-    g_channels: tuple[int, ...] = (128, 64, 32)
-    d_channels: tuple[int, ...] = (32, 64, 128)
-    n_continuous: int = 2
-    noise_dim: int = 62
     seed: int = 0
     use_cuda: bool = False
     threads: int = 2
     max_seconds: float | None = None
-    log_every: int = 10
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class SynthTripletProfile:
+@dataclass(frozen=True, kw_only=True)
+class AdversarialProfile(TrainingProfile):
+    """A generator against a discriminator (critic), trained for ``steps`` with one Adam rate each."""
+
+    steps: int
+    lr_d: float
+    lr_g: float
+    log_every: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvGanProfile(AdversarialProfile):
+    """Convolutional generator / discriminator widths (coarse -> fine, fine -> coarse)."""
+
+    g_channels: tuple[int, ...] = (128, 64, 32)
+    d_channels: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass(frozen=True, kw_only=True)
+class InfoGANProfile(ConvGanProfile):
+    """Optimisation settings for :mod:`couturier.export.training.train_infogan`.
+
+    InfoGAN paper: D 2e-4, G 1e-3, Adam(0.5, 0.999).
+    """
+
+    lambda_cat: float = 1.0
+    lambda_cont: float = 0.1
+    n_continuous: int = 2
+    noise_dim: int = 62
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthTripletProfile(AdversarialProfile):
     """Optimisation settings for :mod:`couturier.export.training.train_synthtriplet`.
 
     Paper: WGAN-GP lambda 10, TTUR lr_D 4e-5 / lr_G 1e-5, triplet margin 1. The demo keeps the
@@ -48,11 +69,6 @@ class SynthTripletProfile:
     and adds an L1 term toward the real target (``lambda_l1``) for the same reason.
     """
 
-    name: str
-    steps: int
-    batch_size: int
-    lr_d: float = 4e-5
-    lr_g: float = 1e-5
     gp_lambda: float = 10.0
     margin: float = 1.0
     lambda_triplet: float = 1.0
@@ -62,26 +78,18 @@ class SynthTripletProfile:
     channels: tuple[int, ...] = (32, 64, 128)
     critic_channels: tuple[int, ...] = (32, 64, 128)
     pairs_per_reference: int = 2
-    seed: int = 0
-    use_cuda: bool = False
-    threads: int = 2
-    max_seconds: float | None = None
-    log_every: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 _INFOGAN = {
-    "demo": InfoGANProfile(name="demo", steps=1500, batch_size=64, threads=1, max_seconds=300.0),
-    "full": InfoGANProfile(name="full", steps=30000, batch_size=128, g_channels=(256, 128, 64),
+    "demo": InfoGANProfile(name="demo", steps=1500, batch_size=64, lr_d=2e-4, lr_g=1e-3, threads=1, max_seconds=300.0),
+    "full": InfoGANProfile(name="full", steps=30000, batch_size=128, lr_d=2e-4, lr_g=1e-3, g_channels=(256, 128, 64),
                            d_channels=(64, 128, 256), use_cuda=True, threads=8, log_every=50),
 }
 _SYNTH = {
     "demo": SynthTripletProfile(name="demo", steps=1200, batch_size=32, lr_d=4e-4, lr_g=1e-4,
                                 lambda_l1=10.0, threads=1, max_seconds=360.0),
-    "full": SynthTripletProfile(name="full", steps=60000, batch_size=64, lambda_l1=0.0, lambda_triplet=1.0,
-                                n_critic=1, channels=(64, 128, 256), critic_channels=(64, 128, 256),
+    "full": SynthTripletProfile(name="full", steps=60000, batch_size=64, lr_d=4e-5, lr_g=1e-5, lambda_l1=0.0,
+                                lambda_triplet=1.0, n_critic=1, channels=(64, 128, 256), critic_channels=(64, 128, 256),
                                 pairs_per_reference=4, use_cuda=True, threads=8, log_every=50),
 }
 
@@ -96,14 +104,12 @@ def synthtriplet_profile(name: str, **overrides: Any) -> SynthTripletProfile:
     return replace(_SYNTH[_check(name)], **overrides)
 
 
-@dataclass(frozen=True)
-class DvbprProfile:
+@dataclass(frozen=True, kw_only=True)
+class DvbprProfile(TrainingProfile):
     """DVBPR optimisation. Official code: Adam 1e-4, K=100; the CPU demo uses 1e-3 (and K=64) to
     converge in minutes."""
 
-    name: str
     epochs: int
-    batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-5  # L2 on the CNN (Adam weight decay)
     lambda_theta: float = 1e-3  # L2 on the user vectors of the batch
@@ -112,46 +118,24 @@ class DvbprProfile:
     hidden: int = 256
     n_negatives: int = 100
     bprmf_epochs: int = 60
-    seed: int = 0
-    use_cuda: bool = False
-    threads: int = 2
-    max_seconds: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
-@dataclass(frozen=True)
-class GanProfile:
+@dataclass(frozen=True, kw_only=True)
+class GanProfile(ConvGanProfile):
     """Conditional LSGAN optimisation: DCGAN's Adam(2e-4, beta1 0.5)."""
 
-    name: str
-    steps: int
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
     z_dim: int = 100
-    g_channels: tuple[int, ...] = (128, 64, 32)
-    d_channels: tuple[int, ...] = (32, 64, 128)
-    seed: int = 0
-    use_cuda: bool = False
-    threads: int = 2
-    max_seconds: float | None = None
-    log_every: int = 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 _DVBPR = {
     # threads=1: on the shared 2-core machine one thread measured ~5x faster per batch than two
-    "demo": DvbprProfile(name="demo", epochs=12, threads=1, max_seconds=300.0),
+    "demo": DvbprProfile(name="demo", epochs=12, batch_size=128, threads=1, max_seconds=300.0),
     "full": DvbprProfile(name="full", epochs=60, batch_size=256, lr=1e-4, k=100, channels=(64, 128, 256, 256),
                          hidden=1024, bprmf_epochs=60, use_cuda=True, threads=8),
 }
 _GAN = {
-    "demo": GanProfile(name="demo", steps=1500, threads=1, max_seconds=360.0),
-    "full": GanProfile(name="full", steps=40000, batch_size=128, g_channels=(512, 256, 128, 64),
+    "demo": GanProfile(name="demo", steps=1500, batch_size=64, lr_d=2e-4, lr_g=2e-4, threads=1, max_seconds=360.0),
+    "full": GanProfile(name="full", steps=40000, batch_size=128, lr_d=2e-4, lr_g=2e-4, g_channels=(512, 256, 128, 64),
                        d_channels=(64, 128, 256, 512), use_cuda=True, threads=8, log_every=50),
 }
 

@@ -25,6 +25,7 @@ from couturier.export.models.dvbpr import Dvbpr, DvbprConfig, dvbpr_objective
 from couturier.export.training.baselines import BprMfConfig, popularity_scorer, train_bpr_mf
 from couturier.export.training.bpr_sampler import BprSampler
 from couturier.export.training.common import (
+    CHECKPOINT,
     images_to_tensor,
     load_checkpoint,
     pick_device,
@@ -41,8 +42,6 @@ from couturier.export.training.rec_eval import (
     sample_negatives,
 )
 from couturier.export.training.profiles import DvbprProfile, dvbpr_profile
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass

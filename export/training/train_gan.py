@@ -30,6 +30,7 @@ from couturier.export.models.gan import (
     sample_z,
 )
 from couturier.export.training.common import (
+    CHECKPOINT,
     images_to_tensor,
     load_checkpoint,
     pick_device,
@@ -40,9 +41,7 @@ from couturier.export.training.common import (
 )
 from couturier.export.training.plots import draw_curves, image_grid
 from couturier.export.training.profiles import GanProfile, gan_profile
-
-CHECKPOINT = "checkpoint.pt"
-_CATEGORY_NAMES = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
+from couturier.services.common.models import CATEGORIES
 
 
 @dataclass
@@ -65,7 +64,7 @@ def train_gan(prepared: Any, run_dir: Path | str, profile: str | GanProfile = "d
     gen = seed_everything(prof.seed)
     device = pick_device(prof.use_cuda)
     cat = prepared.catalogue
-    names = tuple(getattr(cat, "category_names", _CATEGORY_NAMES))
+    names = tuple(getattr(cat, "category_names", CATEGORIES))
     cfg = GanConfig(image_size=cat.images.shape[1], z_dim=prof.z_dim, n_categories=len(names),
                     g_channels=tuple(prof.g_channels), d_channels=tuple(prof.d_channels))
     G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from couturier.export.models.infogan import InfoGAN, InfoGANConfig, build_infogan, sample_latent
 from couturier.export.training.common import (
+    CHECKPOINT,
     images_to_tensor,
     load_checkpoint,
     pick_device,
@@ -32,8 +33,6 @@ from couturier.export.training.common import (
 )
 from couturier.export.training.plots import draw_curves, image_grid
 from couturier.export.training.profiles import InfoGANProfile, infogan_profile
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def config_for(profile: InfoGANProfile, image_size: int) -> InfoGANConfig:

@@ -32,6 +32,7 @@ from couturier.export.models.synthtriplet import (
     triplet_loss,
 )
 from couturier.export.training.common import (
+    CHECKPOINT,
     images_to_tensor,
     load_checkpoint,
     pick_device,
@@ -45,8 +46,6 @@ from couturier.export.training.modifications import Modification, describe, make
 from couturier.export.training.plots import draw_curves, image_grid
 from couturier.export.training.profiles import SynthTripletProfile, synthtriplet_profile
 from couturier.export.training.retrieval_eval import embed_images, rank_of, recall_at_k, top_k
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def encode_texts(texts: Sequence[str]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -28,6 +29,9 @@ HomeOpt = Annotated[
 ]
 UrlOpt = Annotated[str, typer.Option(help="Triton gRPC address host:port.")]
 RepoOpt = Annotated[Path, typer.Option(help="Model repository directory.")]
+#: The local Triton's gRPC address and the model repository, where a command is not told otherwise.
+DEFAULT_URL = "127.0.0.1:8001"
+DEFAULT_REPO = Path("var/model_repository")
 
 
 def _fail(exc: Exception) -> None:
@@ -102,7 +106,7 @@ def start(
 
 
 @triton_app.command()
-def status(url: UrlOpt = "127.0.0.1:8001", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(url: UrlOpt = DEFAULT_URL, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Server readiness and every model version's state; exit 1 when the server is not ready."""
     from couturier.export.triton.control import ModelControl
 
@@ -164,7 +168,7 @@ def swap(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[int, typer.Argument(help="Version to serve (already published).")],
     repo: RepoOpt,
-    url: UrlOpt = "127.0.0.1:8001",
+    url: UrlOpt = DEFAULT_URL,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per load step.")] = 120.0,
 ) -> None:
     """Switch a running Triton to VERSION of NAME without a restart (old version drains first)."""
@@ -221,7 +225,7 @@ def rollout(
         with np.load(inputs) as data:
             feed = {key: data[key] for key in data.files}
     try:
-        result = run_rollout(url or ["127.0.0.1:8001"], repo, name, onnx_path=onnx, version=version, canary=canary,
+        result = run_rollout(url or [DEFAULT_URL], repo, name, onnx_path=onnx, version=version, canary=canary,
                              inputs=feed, atol=atol, rtol=rtol, timeout_s=timeout)
     except (TritonError, ValueError) as exc:
         _fail(exc)
@@ -230,40 +234,41 @@ def rollout(
         typer.echo(pinning_hint(result))
 
 
+def _serve_version(operation: Callable[..., RolloutResult], name: str, version: int | None, repo: Path,
+                   urls: list[str] | None, timeout: float) -> None:
+    """Run :func:`~couturier.export.triton.rollout.promote` or ``rollback`` (same arguments) on every server."""
+    _logging()
+    try:
+        result = operation(urls or [DEFAULT_URL], repo, name, version, timeout_s=timeout)
+    except TritonError as exc:
+        _fail(exc)
+    _print_result(result)
+
+
 @triton_app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
     version: Annotated[Optional[int], typer.Argument(help="Version to keep (default: the newest the config serves).")] = None,
-    repo: RepoOpt = Path("var/model_repository"),
+    repo: RepoOpt = DEFAULT_REPO,
     url: UrlsOpt = None,
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """End a canary: serve only VERSION (the others drain, then unload); persisted in config.pbtxt."""
     from couturier.export.triton.rollout import promote as run_promote
 
-    _logging()
-    try:
-        result = run_promote(url or ["127.0.0.1:8001"], repo, name, version, timeout_s=timeout)
-    except TritonError as exc:
-        _fail(exc)
-    _print_result(result)
+    _serve_version(run_promote, name, version, repo, url, timeout)
 
 
 @triton_app.command()
 def rollback(
     name: Annotated[str, typer.Argument(help="Model name.")],
     to: Annotated[Optional[int], typer.Option(help="Version to serve again (default: the one below the newest loaded).")] = None,
-    repo: RepoOpt = Path("var/model_repository"),
+    repo: RepoOpt = DEFAULT_REPO,
     url: UrlsOpt = None,
     timeout: TimeoutOpt = 120.0,
 ) -> None:
     """Serve an older version again (loaded beside the current one first, so nothing fails); persisted."""
     from couturier.export.triton.rollout import rollback as run_rollback
 
-    _logging()
-    try:
-        result = run_rollback(url or ["127.0.0.1:8001"], repo, name, to, timeout_s=timeout)
-    except TritonError as exc:
-        _fail(exc)
-    _print_result(result)
+    _serve_version(run_rollback, name, to, repo, url, timeout)
     typer.echo("replicas pinned to a version that is no longer loaded now fail: remove their pin (or the canary)")

@@ -12,7 +12,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.services.common.model_repository import RepositoryError, VersionPolicy
-from couturier.export.triton.signature import ModelSignature, TensorSpec
+from couturier.export.triton.signature import ELEMENT_TYPES, ModelSignature, TensorSpec
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 #: The backend name written to every config: NGC Triton's native onnxruntime backend in production,
@@ -60,7 +60,7 @@ def _add_tensors(target, specs: Sequence[TensorSpec], batched: bool) -> None:  #
     for spec in specs:
         tensor = target.add()
         tensor.name = spec.name
-        tensor.data_type = pb.DataType.Value(spec.data_type)
+        tensor.data_type = pb.DataType.Value(spec.triton_type)
         if spec.dims:
             tensor.dims.extend(spec.dims)
         elif batched:  # a [batch] tensor: Triton needs non-empty dims, the model sees no inner axis
@@ -114,10 +114,12 @@ def is_batched(config: pb.ModelConfig) -> bool:
 def config_signature(config: pb.ModelConfig) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """(inputs, outputs) a config declares, comparable with a :class:`ModelSignature` of the same batching."""
 
+    def spec(tensor) -> TensorSpec:  # noqa: ANN001
+        type_name = pb.DataType.Name(tensor.data_type)
+        dims = () if tensor.HasField("reshape") and not tensor.reshape.shape else tuple(tensor.dims)
+        return TensorSpec(tensor.name, ELEMENT_TYPES.get(type_name, type_name), dims)
+
     def specs(tensors) -> tuple[TensorSpec, ...]:  # noqa: ANN001
-        return tuple(
-            TensorSpec(t.name, pb.DataType.Name(t.data_type), () if t.HasField("reshape") and not t.reshape.shape else tuple(t.dims))
-            for t in tensors
-        )
+        return tuple(spec(t) for t in tensors)
 
     return specs(config.input), specs(config.output)

@@ -31,7 +31,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.control import ModelControl
 from couturier.export.triton.errors import ModelControlError
+from couturier.export.triton.signature import ELEMENT_TYPES
 from couturier.services.common.model_repository import list_versions, read_model_config
+from couturier.services.common import models as names
 from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.versions import swap_version
 
@@ -39,28 +41,17 @@ Mode = Literal["canary", "promoted", "rolled-back"]
 
 #: Which service asks Triton for which model (used for the pinning hint printed after a canary).
 SERVICES_BY_MODEL: dict[str, tuple[str, ...]] = {
-    "item_encoder": ("scoring",),
-    "generator": ("latent",),
-    "discriminator": ("latent",),
-    "pref_grad": ("latent",),
-    "inv_grad": ("latent",),
-    "shift_grad": ("latent",),
-    "retrieval_encoder": ("retrieval",),
-    "text_encoder": ("retrieval",),
-    "query_generator": ("retrieval",),
+    names.ITEM_ENCODER: ("scoring",),
+    names.GENERATOR: ("latent",),
+    names.DISCRIMINATOR: ("latent",),
+    **{model: ("latent",) for model in names.GRADIENT_MODELS},
+    names.RETRIEVAL_ENCODER: ("retrieval",),
+    names.TEXT_ENCODER: ("retrieval",),
+    names.QUERY_GENERATOR: ("retrieval",),
 }
 
-_NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-    "TYPE_FP16": np.float16,
-    "TYPE_INT64": np.int64,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT16": np.int16,
-    "TYPE_INT8": np.int8,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_BOOL": np.bool_,
-}
+#: Element types without random smoke inputs (no numpy dtype to draw strings or bfloat16 in).
+_NO_SMOKE_TYPES = ("object", "bfloat16")
 
 
 class RolloutError(ModelControlError):
@@ -178,11 +169,12 @@ def smoke_inputs(config: pb.ModelConfig, seed: int = 0, size: int = 2) -> dict[s
     inputs: dict[str, np.ndarray] = {}
     for tensor in config.input:
         type_name = pb.DataType.Name(tensor.data_type)
-        dtype = _NUMPY_TYPES.get(type_name)
-        if dtype is None:
+        dtype_name = ELEMENT_TYPES.get(type_name)
+        if dtype_name is None or dtype_name in _NO_SMOKE_TYPES:
             raise RolloutError(f"input {tensor.name!r} has type {type_name}; give smoke inputs (--inputs FILE.npz)")
         dims = [] if tensor.HasField("reshape") and not tensor.reshape.shape else [d if d > 0 else size for d in tensor.dims]
         shape = ([size] if batched else []) + dims
+        dtype = np.dtype(dtype_name).type
         if np.issubdtype(dtype, np.floating):
             inputs[tensor.name] = rng.normal(size=shape).astype(dtype)
         elif dtype is np.bool_:

@@ -3,6 +3,9 @@
 Each service indexes the same ``ProductToIndex`` stream into its own embedding space: one collection
 per (encoder, version), vectors upserted by product id with the encoder name and version. A search
 names the encoder version that embedded its query; a collection of another version is never mixed in.
+With an image store (retrieval), each product's PNG at the encoder's resolution is kept there, written
+before its vector (a failed batch leaves at most an unused image, never a vector without its image) and
+deleted after it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from couturier.services.common import limits
 from couturier.services.common.encoders import ImageEncoder
 from couturier.services.common.errors import InvalidInput
 from couturier.services.common.images import decode_image, encode_png, to_model_input
+from couturier.services.common.product_images import ProductImageStore
 from couturier.services.common.validation import bounded_list, require_id
 from couturier.services.common.vectors import EmbeddingSpace, Hit, ProductVector, VectorStore
 from couturier.v1 import catalogue_pb2, common_pb2
@@ -37,10 +41,16 @@ class CatalogueIndex:
     """The product vectors of one encoder in one vector store."""
 
     def __init__(
-        self, encoder: ImageEncoder, store: VectorStore, *, metric: str, index: str = "FLAT", thumbnails: bool = False
+        self,
+        encoder: ImageEncoder,
+        store: VectorStore,
+        *,
+        metric: str,
+        index: str = "FLAT",
+        images: ProductImageStore | None = None,
     ) -> None:
         self.encoder = encoder
-        self.thumbnails = thumbnails  # keep a PNG of each product at the encoder's resolution
+        self.images = images  # keeps a PNG of each product at the encoder's resolution (None: no images)
         self.store = store
         self.metric = metric
         self.index = index
@@ -50,11 +60,9 @@ class CatalogueIndex:
         return EmbeddingSpace(self.encoder.model, version, dim, metric=self.metric, index=self.index)  # type: ignore[arg-type]
 
     async def space_of(self, version: str) -> EmbeddingSpace:
-        """The space of ``version``, its dimension learned from one encoder call (then cached)."""
+        """The space of ``version``, its dimension read from the model's metadata (then cached)."""
         if version not in self._dims:
-            size = await self.encoder.image_size(version)
-            probe = await self.encoder.encode([np.zeros((size, size, 3), np.uint8)], version)
-            self._dims[version] = int(probe.shape[1])
+            self._dims[version] = await self.encoder.dim(version)
         return self.space(version, self._dims[version])
 
     async def embed(self, images: list[np.ndarray], requested_version: str = "") -> tuple[np.ndarray, EmbeddingSpace]:
@@ -82,11 +90,14 @@ class CatalogueIndex:
             images = [decode_image(p.image.data, f"message {message}: products[{i}].image") for i, p in enumerate(products)]
             vectors, space = await self.embed(images, requested)
             await self.store.ensure(space)
-            size = await self.encoder.image_size(space.version)
-            thumbs = [thumbnail(image, size) if self.thumbnails else b"" for image in images]
+            if self.images is not None:
+                size = await self.encoder.image_size(space.version)
+                await self.images.put_many(
+                    {p.product.product_id: thumbnail(image, size) for p, image in zip(products, images, strict=True)}
+                )
             items = [
-                ProductVector(p.product.product_id, vector, p.product.category, p.product.colour, thumb)
-                for p, vector, thumb in zip(products, vectors, thumbs, strict=True)
+                ProductVector(p.product.product_id, vector, p.product.category, p.product.colour)
+                for p, vector in zip(products, vectors, strict=True)
             ]
             upserted += await self.store.upsert(space, items)
         if message < 0:
@@ -105,6 +116,8 @@ class CatalogueIndex:
             if present:
                 await self.store.delete(space, list(present))
                 found.update(present)
+        if self.images is not None:  # every requested id: also removes images a failed indexing left behind
+            await self.images.delete_many(ids)
         return catalogue_pb2.DeleteProductsResponse(
             deleted=len(found), not_found=[i for i in dict.fromkeys(ids) if i not in found]
         )

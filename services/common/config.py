@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from couturier.services.common.errors import InvalidInput
@@ -70,6 +70,13 @@ class ModelBackendSettings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
     model_repository: str = Field("var/model_repository", description="Model repository (in-process backend).")
     inference_timeout_s: float = Field(30.0, gt=0, le=600)
+    model_version_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="Seconds a resolved model version is reused before the backend is asked again "
+        "(0: ask on every request). A new or unloaded version is seen within this time.",
+    )
     model_versions: dict[str, str] = Field(
         default_factory=dict,
         description='Pinned model versions, e.g. {"item_encoder": "2"} (JSON in the environment); '
@@ -82,19 +89,29 @@ class ModelBackendSettings(BaseSettings):
 
 
 class VectorStoreSettings(BaseSettings):
+    """Where a service keeps its vectors (``COUTURIER_<SERVICE>_MILVUS_URI``)."""
+
     milvus_uri: str = Field(
-        "var/milvus/couturier.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
+        "var/milvus/couturier.db",  # replaced by the service's own file, see _own_lite_file
+        description="milvus-lite file path (default var/milvus/<service>.db: a lite file belongs to one "
+        "process), or http://host:19530 for a Milvus server.",
     )
     milvus_token: str = Field("", description="Milvus token (user:password) for a secured server.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_lite_file(cls, data: Any) -> Any:
+        """Unset milvus_uri: each service its own milvus-lite file, var/milvus/<service_key>.db."""
+        key = getattr(cls, "service_key", "")
+        if isinstance(data, dict) and data.get("milvus_uri") is None and key and key != "server":
+            return {**data, "milvus_uri": f"var/milvus/{key}.db"}
+        return data
 
 
 class ScoringSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_SCORING_", extra="forbid")
     service_key: ClassVar[str] = "scoring"
     port: int = Field(50051, ge=0, le=65535)
-    milvus_uri: str = Field(
-        "var/milvus/scoring.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
-    )
     user_vectors_dir: str = Field(
         "var/user_vectors",
         description="Trained DVBPR user vectors, one file per item encoder version: item_encoder_v<N>.npz.",
@@ -105,20 +122,18 @@ class LatentSettings(ServerSettings, ModelBackendSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_LATENT_", extra="forbid")
     service_key: ClassVar[str] = "latent"
     port: int = Field(50052, ge=0, le=65535)
-    scoring_target: str = Field(
-        "127.0.0.1:50051", description="Scoring service (owner of the user vectors and catalogue scores)."
-    )
-    retrieval_target: str = Field(
-        "127.0.0.1:50053", description="Visual retrieval service (images of catalogue products to invert)."
-    )
+    # No downstream targets: the latent service calls no other couturier service (the orchestrator
+    # resolves user ids and product ids into the requests' resolved inputs).
 
 
 class RetrievalSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_RETRIEVAL_", extra="forbid")
     service_key: ClassVar[str] = "retrieval"
     port: int = Field(50053, ge=0, le=65535)
-    milvus_uri: str = Field(
-        "var/milvus/retrieval.db", description="milvus-lite file path, or http://host:19530 for a Milvus server."
+    product_images_dir: str = Field(
+        "var/product_images",
+        description="Where indexed products' images are kept (one file per product); every replica must "
+        "mount the same folder (a shared volume).",
     )
     tokenizer_json: str = Field(
         "var/model_repository/text_encoder/tokenizer.json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from couturier.services.common.errors import PreconditionFailed
 from couturier.services.common.images import to_model_input
 from couturier.services.common.inference import InferenceBackend
 
@@ -19,6 +20,7 @@ class ImageEncoder:
         self.model = model
         self.pinned_version = pinned_version
         self._sizes: dict[str, int] = {}
+        self._dims: dict[str, int] = {}
 
     async def version(self, requested: str = "") -> str:
         """The version to use: ``requested``, else the pinned one, else the newest the backend serves."""
@@ -29,6 +31,18 @@ class ImageEncoder:
             shapes = await self.backend.input_shapes(self.model, version)
             self._sizes[version] = int(shapes["image"][-1])
         return self._sizes[version]
+
+    async def dim(self, version: str) -> int:
+        """The vector dimension D of ``version``, from the model's metadata (cached per version)."""
+        if version not in self._dims:
+            shape = (await self.backend.output_shapes(self.model, version)).get("embedding")
+            if not shape or shape[-1] < 1:
+                raise PreconditionFailed(
+                    f"{self.model} v{version} declares no fixed embedding dimension (output 'embedding' has shape "
+                    f"{shape}); publish a model whose output is (N, D) with a fixed D"
+                )
+            self._dims[version] = int(shape[-1])
+        return self._dims[version]
 
     async def encode(self, images: list[np.ndarray], version: str) -> np.ndarray:
         """RGB uint8 images (any size) -> float32 (N, D) vectors, computed by ``version``."""

@@ -1,14 +1,16 @@
 """Model inference behind one interface: a Triton server over gRPC, or onnxruntime in-process.
 
 Both serve the same model repository (``<repo>/<model>/config.pbtxt`` + ``<N>/model.onnx``), so a
-service switches between them by configuration. Errors become the domain exceptions below.
+service switches between them by configuration. Errors become the domain exceptions below. Both
+resolve model versions through one :class:`VersionCache` (``model_version_cache_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -69,11 +71,13 @@ class InferenceBackend(Protocol):
         """True when ``model`` can serve now."""
         ...
 
-    async def resolve_version(self, model: str, pinned: str = "") -> str:
+    async def resolve_version(self, model: str, pinned: str = "", *, fresh: bool = False) -> str:
         """The version a call should name: ``pinned`` when it is ready, else the newest ready one.
 
         Services resolve once per request and pass the result to every ``infer`` of that request, so
-        one answer never mixes versions and the version it reports is the one that ran.
+        one answer never mixes versions and the version it reports is the one that ran. Answers are
+        reused for the backend's version cache time (:class:`VersionCache`); ``fresh=True`` asks the
+        backend anyway and refreshes the cache (health probes do).
         """
         ...
 
@@ -81,9 +85,58 @@ class InferenceBackend(Protocol):
         """Input name -> full ONNX shape (-1 for a dynamic axis)."""
         ...
 
+    async def output_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        """Output name -> full ONNX shape (-1 for a dynamic axis), from the model's metadata."""
+        ...
+
     async def close(self) -> None:
         """Release connections, sessions and threads."""
         ...
+
+
+# -- resolved versions -------------------------------------------------------------------------
+
+
+class VersionCache:
+    """Resolved model versions, reused for ``ttl_s`` seconds: the one cache of both backends.
+
+    Resolving a version costs one or two Triton round trips (or file checks in-process) and every
+    request resolves its models, so answers are kept per ``(model, pinned)`` for a short time: a
+    newly loaded version is picked up at most ``ttl_s`` later. ``ttl_s`` 0 disables the cache. A
+    failed lookup is never kept (and drops the entry), and a backend forgets a model whose named
+    version stopped serving (:meth:`forget`), so the next request asks again. ``clock`` (seconds,
+    monotonic) is injectable for tests.
+    """
+
+    def __init__(self, ttl_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if ttl_s < 0:
+            raise ValueError(f"ttl_s must be >= 0, got {ttl_s}")
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def resolve(
+        self, model: str, pinned: str, lookup: Callable[[str, str], Awaitable[str]], *, fresh: bool = False
+    ) -> str:
+        """The cached version of ``(model, pinned)`` while it is younger than ``ttl_s``, else ``lookup``'s."""
+        key = (model, pinned)
+        if self.ttl_s > 0 and not fresh:
+            hit = self._entries.get(key)
+            if hit is not None and self._clock() < hit[1]:
+                return hit[0]
+        try:
+            version = await lookup(model, pinned)
+        except BaseException:
+            self._entries.pop(key, None)
+            raise
+        if self.ttl_s > 0:
+            self._entries[key] = (version, self._clock() + self.ttl_s)
+        return version
+
+    def forget(self, model: str) -> None:
+        """Drop every cached version of ``model`` (one of them stopped serving)."""
+        for key in [k for k in self._entries if k[0] == model]:
+            del self._entries[key]
 
 
 # -- Triton ------------------------------------------------------------------------------------
@@ -105,12 +158,15 @@ def _map_triton_error(exc: Exception, model: str, url: str) -> InferenceError:
 
 
 class TritonBackend:
-    """Triton over gRPC (``tritonclient.grpc.aio``); ``url`` like ``127.0.0.1:8001``."""
+    """Triton over gRPC (``tritonclient.grpc.aio``); ``url`` like ``127.0.0.1:8001``.
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+    ``version_cache_s``: how long a resolved version is reused (:class:`VersionCache`; 0: never)."""
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0, version_cache_s: float = 0.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.name = f"triton:{url}"
+        self.version_cache = VersionCache(version_cache_s)
         self._client: Any = None
         # model -> {tensor name: model-side inner shape} for tensors the config reshapes ([batch] ones
         # of a batched model); empty for an unbatched model (max_batch_size 0: full shapes travel as is)
@@ -178,6 +234,7 @@ class TritonBackend:
             error = _map_triton_error(exc, model, self.url)
             if isinstance(error, ModelNotReady):
                 self._reshapes.pop(model, None)
+                self.version_cache.forget(model)
             raise error from exc
         names = outputs or [o.name for o in result.get_response().outputs]
         arrays = {n: result.as_numpy(n) for n in names}
@@ -210,7 +267,10 @@ class TritonBackend:
         except InferenceServerException as exc:
             raise _map_triton_error(exc, model, self.url) from exc
 
-    async def resolve_version(self, model: str, pinned: str = "") -> str:
+    async def resolve_version(self, model: str, pinned: str = "", *, fresh: bool = False) -> str:
+        return await self.version_cache.resolve(model, pinned, self._lookup_version, fresh=fresh)
+
+    async def _lookup_version(self, model: str, pinned: str) -> str:
         if pinned:
             if not await self._version_ready(model, pinned):
                 raise ModelNotReady(f"pinned version {pinned} of {model!r} is not loaded on Triton at {self.url}")
@@ -222,16 +282,24 @@ class TritonBackend:
                 return str(version)
         raise ModelNotReady(f"model {model!r} has no ready version on Triton at {self.url}")
 
-    async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+    async def _shapes(
+        self, model: str, version: str, which: Literal["inputs", "outputs"]
+    ) -> dict[str, tuple[int, ...]]:
         metadata = await self._metadata(model, version)
         reshapes = await self._reshaped(model, version)
         shapes = {}
-        for tensor in metadata.inputs:
+        for tensor in getattr(metadata, which):
             shape = tuple(int(d) for d in tensor.shape)
             if tensor.name in reshapes:  # batched: Triton shows [-1, *config dims]; the model sees the reshape
                 shape = (shape[0], *reshapes[tensor.name])
             shapes[tensor.name] = shape
         return shapes
+
+    async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        return await self._shapes(model, version, "inputs")
+
+    async def output_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        return await self._shapes(model, version, "outputs")
 
     async def close(self) -> None:
         if self._client is not None:
@@ -258,7 +326,8 @@ class OnnxRuntimeBackend:
     """onnxruntime in-process over a Triton model repository; runs on worker threads.
 
     Version "" is the newest version the model's ``config.pbtxt`` policy serves (re-read when the
-    repository changes). Sessions are cached per (model, version).
+    repository changes). Sessions are cached per (model, version). ``version_cache_s``: how long a
+    resolved version is reused (:class:`VersionCache`; 0: never).
     """
 
     def __init__(
@@ -268,8 +337,10 @@ class OnnxRuntimeBackend:
         providers: list[str] | None = None,
         intra_op_threads: int = 0,
         max_workers: int = 2,
+        version_cache_s: float = 0.0,
     ) -> None:
         self.repo_dir = Path(repo_dir)
+        self.version_cache = VersionCache(version_cache_s)
         self.providers = providers or ["CPUExecutionProvider"]
         self.intra_op_threads = intra_op_threads
         self.name = f"onnxruntime:{self.repo_dir}"
@@ -359,7 +430,11 @@ class OnnxRuntimeBackend:
         version: str = "",
     ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, model, inputs, outputs, version)
+        try:
+            return await loop.run_in_executor(self._executor, self._run, model, inputs, outputs, version)
+        except ModelNotReady:
+            self.version_cache.forget(model)
+            raise
 
     async def is_ready(self, model: str) -> bool:
         loop = asyncio.get_running_loop()
@@ -369,7 +444,10 @@ class OnnxRuntimeBackend:
             return False
         return True
 
-    async def resolve_version(self, model: str, pinned: str = "") -> str:
+    async def resolve_version(self, model: str, pinned: str = "", *, fresh: bool = False) -> str:
+        return await self.version_cache.resolve(model, pinned, self._lookup_version, fresh=fresh)
+
+    async def _lookup_version(self, model: str, pinned: str) -> str:
         loop = asyncio.get_running_loop()
         if pinned:
             await loop.run_in_executor(self._executor, self._session, model, pinned)
@@ -380,6 +458,11 @@ class OnnxRuntimeBackend:
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._session, model, version)
         return {i.name: tuple(d if isinstance(d, int) else -1 for d in i.shape) for i in session.get_inputs()}
+
+    async def output_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._executor, self._session, model, version)
+        return {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in session.get_outputs()}
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -397,15 +480,16 @@ def make_backend(
     repo_dir: str | Path | None = None,
     timeout_s: float = 10.0,
     intra_op_threads: int = 0,
+    version_cache_s: float = 0.0,
 ) -> InferenceBackend:
     """``TritonBackend(url)`` or ``OnnxRuntimeBackend(repo_dir)``; logs which one runs."""
     backend: InferenceBackend
     if kind == "triton":
-        backend = TritonBackend(url, timeout_s=timeout_s)
+        backend = TritonBackend(url, timeout_s=timeout_s, version_cache_s=version_cache_s)
     elif kind == "onnxruntime":
         if repo_dir is None:
             raise ValueError("the onnxruntime backend needs repo_dir (the model repository)")
-        backend = OnnxRuntimeBackend(repo_dir, intra_op_threads=intra_op_threads)
+        backend = OnnxRuntimeBackend(repo_dir, intra_op_threads=intra_op_threads, version_cache_s=version_cache_s)
     else:
         raise ValueError(f"unknown inference backend {kind!r}; use 'triton' or 'onnxruntime'")
     log.info("inference backend selected", backend=backend.name)
@@ -419,15 +503,18 @@ def backend_for(settings: Any) -> InferenceBackend:
         url=settings.triton_url,
         repo_dir=settings.model_repository,
         timeout_s=settings.inference_timeout_s,
+        version_cache_s=settings.model_version_cache_s,
     )
 
 
 def model_check(backend: InferenceBackend, model: str, pinned: str = "") -> Any:
-    """A health dependency: ready while ``model`` (the pinned version, or any) can serve."""
+    """A health dependency: ready while ``model`` (the pinned version, or any) can serve.
+
+    The probe always asks the backend (never the version cache) and so refreshes the cache."""
     from couturier.services.common.health import DependencyCheck
 
     async def probe() -> str:
-        return f"{model} v{await backend.resolve_version(model, pinned)}"
+        return f"{model} v{await backend.resolve_version(model, pinned, fresh=True)}"
 
     return DependencyCheck(model, probe)
 
@@ -439,4 +526,5 @@ def shown_backend_settings(settings: Any) -> dict[str, str]:
         "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
         "model_repository": settings.model_repository if settings.inference_backend == "onnxruntime" else "",
         "model_versions": ",".join(f"{k}={v}" for k, v in sorted(settings.model_versions.items())),
+        "model_version_cache_s": f"{settings.model_version_cache_s:g}",
     }

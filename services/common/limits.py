@@ -25,3 +25,7 @@ MAX_WEIGHT: Final = 100.0
 MAX_REPORT_EVERY: Final = 100
 MAX_PRODUCTS_PER_DESIGN: Final = 100
 MAX_COMPETITORS: Final = 50
+
+#: Default k of TOP_K_SHARE (DesignRequest.top_k = 0): the latent service optimises for it and the
+#: orchestrator resolves the users' k-th best scores for it.
+DEFAULT_TOP_K: Final = 10

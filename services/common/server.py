@@ -4,6 +4,7 @@ error mapping, deadlines, metrics and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from couturier.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
 log = get_logger(__name__)
 
-VERSION = "0.1.0"
+#: The installed couturier distribution's version (pyproject.toml is its one source).
+VERSION = importlib.metadata.version("couturier")
 
 
 @dataclass

@@ -162,6 +162,18 @@ def _to_w(z: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(np.asarray(z, dtype=np.float64), -_TANH_CLIP, _TANH_CLIP))
 
 
+def _tanh_adam_step(adam: Adam, w: np.ndarray, grad_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Adam step on ``w`` where ``z = tanh(w)``, from the gradient ``grad_z`` at ``z``.
+
+    Chain rule: ``grad_w = grad_z * (1 - z^2)``; ascends or descends as ``adam`` was built
+    (``maximise``). Serves preference maximisation and inversion alike. Returns the new ``(w, z)``,
+    ``z`` strictly inside the box (-1, 1).
+    """
+    z = np.tanh(w)
+    w = adam.step(w, np.asarray(grad_z, dtype=np.float64) * (1.0 - z * z))
+    return w, np.tanh(w)
+
+
 async def _pref(backend: InferenceBackend, version: str, z: np.ndarray, category: np.ndarray, theta: np.ndarray,
                 user_weight: np.ndarray, realism_weight: float) -> dict[str, np.ndarray]:
     inputs = {"z": _f32(z), "category": _f32(category), "theta": _f32(theta), "user_weight": _f32(user_weight),
@@ -296,8 +308,7 @@ async def maximise_preference(
             await on_step(t, z.astype(np.float32), obj.astype(np.float32), out["image"])
         if t == steps:
             break
-        w = adam.step(w, out["grad_z"].astype(np.float64) * (1.0 - z * z))
-        z = np.tanh(w)
+        w, z = _tanh_adam_step(adam, w, out["grad_z"])
     return PreferenceResult(
         z=z.astype(np.float32), image=out["image"], scores_before=scores_before.astype(np.float32),
         scores_after=scores.astype(np.float32), objective_before=history[0], objective_after=history[-1],
@@ -371,8 +382,7 @@ async def invert(
             await on_step(t, z.astype(np.float32), loss.astype(np.float32), out["image"])
         if t == steps:
             break
-        w = adam.step(w, out["grad_z"].astype(np.float64) * (1.0 - z * z))
-        z = np.tanh(w)
+        w, z = _tanh_adam_step(adam, w, out["grad_z"])
     assert best_z is not None and best_image is not None
     return InversionResult(z=best_z, image=best_image, loss=best_loss, best_restart=best[0], best_step=best[1],
                            history=np.stack(history), calls=steps + 1)

@@ -2,8 +2,10 @@
 
 The optimisers run here in numpy (``optimize.py``); every forward pass and gradient is a call to the
 gradient models on the inference backend (pref_grad, inv_grad, shift_grad), each resolved to one
-version per request. User vectors (and each user's best and k-th best catalogue scores) come from
-the scoring service; images of catalogue products come from the retrieval service.
+version per request. The service calls no other couturier service: requests carry resolved inputs
+(``resolved_audience``: user vectors and k-th best catalogue scores; items as uploaded images with
+their category). The orchestrator resolves ids into them; ids sent here are refused with
+INVALID_ARGUMENT naming the orchestrator RPC that takes them.
 """
 
 from __future__ import annotations
@@ -17,33 +19,23 @@ import numpy as np
 
 from couturier.services.common import limits
 from couturier.services.common.config import LatentSettings
-from couturier.services.common.downstream import Stubs, remaining_s, step
-from couturier.services.common.errors import InvalidInput, UnknownEntity
-from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
-from couturier.services.common.images import chw_png, decode_image, to_model_input
+from couturier.services.common.errors import InvalidInput
+from couturier.services.common.images import chw_png, to_model_input
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import CATEGORIES, GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
-    audience_users,
     categorised_item,
     float_in_range,
     int_in_range,
+    require_id,
 )
 from couturier.services.latent import optimize
-from couturier.v1 import (
-    common_pb2,
-    latent_pb2,
-    latent_pb2_grpc,
-    retrieval_pb2,
-    retrieval_pb2_grpc,
-    scoring_pb2,
-    scoring_pb2_grpc,
-)
+from couturier.v1 import common_pb2, latent_pb2, latent_pb2_grpc
 
 SERVICE_NAME = latent_pb2.DESCRIPTOR.services_by_name["LatentOptimizationService"].full_name
 DEFAULT_DESIGNS = 4
-DEFAULT_TOP_K = 10
+DEFAULT_TOP_K = limits.DEFAULT_TOP_K
 
 
 @dataclass(frozen=True)
@@ -109,53 +101,104 @@ class Users:
     model: common_pb2.ModelVersion
 
 
+#: The OrchestratorService RPCs that take ids in place of each latent RPC (named in refusals).
+ORCHESTRATOR_RPC = {
+    "Design": "OrchestratorService.Design (or DesignAndShop)",
+    "Alter": "OrchestratorService.Alter",
+    "SellerShifts": "OrchestratorService.SellerShifts (or SellerFeedback)",
+}
+
+
+def resolved_users(
+    request: latent_pb2.DesignRequest | latent_pb2.AlterRequest | latent_pb2.SellerShiftsRequest,
+    rpc: str,
+    top_k: int = 0,
+    category: str = "",
+) -> Users:
+    """The request's ``resolved_audience`` as arrays, validated. ``top_k`` > 0 (TOP_K_SHARE) also needs
+    the users' k-th best scores, computed for that ``top_k`` in ``category``.
+
+    User ids alone (``audience``) are refused: this service calls no other service to resolve them.
+    """
+    field = "resolved_audience"
+    if not request.HasField(field):
+        if request.HasField("audience"):
+            raise InvalidInput(
+                f"the latent service does not resolve user ids: send {field} (user vectors from "
+                f"ScoringService.DescribeUsers) instead of audience, or call {ORCHESTRATOR_RPC[rpc]}, "
+                "which takes user ids"
+            )
+        raise InvalidInput(
+            f"{field} is required (user vectors from ScoringService.DescribeUsers); "
+            f"callers with user ids call {ORCHESTRATOR_RPC[rpc]}"
+        )
+    resolved = request.resolved_audience
+    users = resolved.users
+    if not users:
+        raise InvalidInput(f"{field}.users is empty; send 1-{limits.MAX_GROUP_USERS}")
+    if len(users) > limits.MAX_GROUP_USERS:
+        raise InvalidInput(f"{field}.users has {len(users)} users; at most {limits.MAX_GROUP_USERS}")
+    if not resolved.model.name:
+        raise InvalidInput(
+            f"{field}.model is required: the item encoder the vectors belong to (DescribeUsersResponse.model)"
+        )
+    dim = len(users[0].vector)
+    for index, user in enumerate(users):
+        where = f"{field}.users[{index}]"
+        require_id(user.user_id, f"{where}.user_id")
+        if not user.vector:
+            raise InvalidInput(f"{where}.vector is empty; send the user's vector (UserProfile.vector)")
+        if len(user.vector) != dim:
+            raise InvalidInput(
+                f"{where}.vector has {len(user.vector)} values but users[0] has {dim}: "
+                "the vectors of one audience come from one DescribeUsers answer"
+            )
+    theta = np.array([list(u.vector) for u in users], np.float32)
+    thresholds = np.array([u.kth_best_score for u in users], np.float32)
+    bad = np.argwhere(~np.isfinite(theta))
+    if bad.size:
+        row, col = (int(i) for i in bad[0])
+        raise InvalidInput(f"{field}.users[{row}].vector[{col}] is {theta[row, col]}; only finite numbers are allowed")
+    if top_k:
+        if (resolved.top_k, resolved.category) != (top_k, category):
+            raise InvalidInput(
+                f"TOP_K_SHARE with top_k={top_k} in category {category!r} needs the users' k-th best scores for "
+                f"them, but {field} holds top_k={resolved.top_k}, category {resolved.category!r}: fill it from "
+                f"ScoringService.DescribeUsers(top_k={top_k}, category={category!r}), or call {ORCHESTRATOR_RPC[rpc]}"
+            )
+        bad_users = np.flatnonzero(~np.isfinite(thresholds))
+        if bad_users.size:
+            raise InvalidInput(f"{field}.users[{int(bad_users[0])}].kth_best_score is not a finite number")
+    return Users(theta=theta, thresholds=thresholds, model=resolved.model)
+
+
+def uploaded_item(item: common_pb2.ItemSource, category: str, rpc: str) -> np.ndarray:
+    """The RGB pixels of ``item.image``, whose ``category`` is required and known to the generator.
+
+    A catalogue product id is refused: this service calls no other service to fetch its image."""
+    if item.WhichOneof("source") == "product_id":
+        raise InvalidInput(
+            f"the latent service does not resolve product ids: send the image of product {item.product_id!r} as "
+            "item.image with its category (VisualRetrievalService.GetProducts returns both), or call "
+            f"{ORCHESTRATOR_RPC[rpc]}, which takes product ids"
+        )
+    if item.WhichOneof("source") is None:
+        raise InvalidInput("item.image is required (an uploaded image, with its category)")
+    pixels = categorised_item(item, category)
+    assert pixels is not None  # an image, checked above
+    category_index(category)
+    return pixels
+
+
 class Latent:
-    """The service's logic: resolves users and items, runs the optimisers, builds the answers."""
+    """The service's logic: runs the optimisers over the inference backend, builds the answers."""
 
     def __init__(self, backend: InferenceBackend, settings: LatentSettings) -> None:
         self.backend = backend
         self.pins = {m: settings.model_version(m) for m in GRADIENT_MODELS}
-        self.cap_s = settings.rpc_timeout_s
-        self.stubs = Stubs(
-            {"scoring": settings.scoring_target, "retrieval": settings.retrieval_target},
-            {"scoring": scoring_pb2_grpc.ScoringServiceStub, "retrieval": retrieval_pb2_grpc.VisualRetrievalServiceStub},
-            settings.max_message_bytes,
-        )
 
     async def versions(self, *models: str) -> dict[str, str]:
         return {m: await self.backend.resolve_version(m, self.pins[m]) for m in models}
-
-    async def users(
-        self, audience: common_pb2.Audience, context: grpc.aio.ServicerContext, top_k: int = 0, category: str = ""
-    ) -> Users:
-        request = scoring_pb2.DescribeUsersRequest(audience=audience, top_k=top_k, category=category)
-        async with step("scoring.DescribeUsers"):
-            response = await self.stubs["scoring"].DescribeUsers(request, timeout=remaining_s(context, self.cap_s))
-        return Users(
-            theta=np.array([list(u.vector) for u in response.users], np.float32),
-            thresholds=np.array([u.kth_best_score for u in response.users], np.float32),
-            model=response.model,
-        )
-
-    async def item(
-        self, item: common_pb2.ItemSource, upload: np.ndarray | None, category: str, context: grpc.aio.ServicerContext
-    ) -> tuple[np.ndarray, str]:
-        """The RGB image of an upload (``upload``: its pixels, from categorised_item) or of a catalogue
-        product, and its category."""
-        if upload is not None:
-            return upload, category
-        request = retrieval_pb2.GetProductsRequest(product_ids=[item.product_id])
-        async with step("retrieval.GetProducts"):
-            response = await self.stubs["retrieval"].GetProducts(request, timeout=remaining_s(context, self.cap_s))
-        if not response.products:
-            raise UnknownEntity(f"product {item.product_id!r} is not in the catalogue index; index it or upload its image")
-        product = response.products[0]
-        if category and category != product.product.category:
-            raise InvalidInput(
-                f"category {category!r} contradicts product {item.product_id!r}, which is {product.product.category!r}; "
-                "leave category empty for catalogue products"
-            )
-        return decode_image(product.image.data, "stored product image"), product.product.category
 
     async def target(self, image: np.ndarray, version: str) -> np.ndarray:
         size = int((await self.backend.input_shapes(INV_GRAD, version))["target"][-1])
@@ -165,22 +208,18 @@ class Latent:
         shapes = await self.backend.input_shapes(model, version)
         return int(shapes["z" if "z" in shapes else "base_z"][-1])
 
-    async def close(self) -> None:
-        await self.stubs.close()
-
 
 class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     def __init__(self, latent: Latent) -> None:
         self.latent = latent
 
     async def Design(self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext) -> latent_pb2.DesignResponse:  # noqa: N802
-        audience_users(request.audience)
+        share = request.objective == latent_pb2.TOP_K_SHARE
+        top_k = int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=DEFAULT_TOP_K)
+        users = resolved_users(request, "Design", top_k if share else 0, request.category)
         cat = category_index(request.category)
         n = int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=DEFAULT_DESIGNS)
-        top_k = int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=DEFAULT_TOP_K)
         opt = optimizer_params(request.optimizer)
-        share = request.objective == latent_pb2.TOP_K_SHARE
-        users = await self.latent.users(request.audience, context, top_k if share else 0, request.category)
         versions = await self.latent.versions(PREF_GRAD)
         z_dim = await self.latent.z_dim(PREF_GRAD, versions[PREF_GRAD])
         seed = request.seed or int(np.random.SeedSequence().entropy % (2**63))
@@ -211,16 +250,12 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         return response
 
     async def Alter(self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[latent_pb2.AlterProgress]:  # noqa: N802
-        audience_users(request.audience)
-        upload = categorised_item(request.item, request.category)
-        if request.category:
-            category_index(request.category)
+        users = resolved_users(request, "Alter")
+        image, category = uploaded_item(request.item, request.category, "Alter"), request.category
+        cat = category_index(category)
         inv = inversion_params(request.inversion)
         opt = optimizer_params(request.optimizer)
         every = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
-        image, category = await self.latent.item(request.item, upload, request.category, context)
-        cat = category_index(category)
-        users = await self.latent.users(request.audience, context)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD)
         progress: asyncio.Queue[latent_pb2.AlterProgress | None] = asyncio.Queue()
         phase = latent_pb2.AlterProgress
@@ -264,18 +299,14 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
             task.cancel()
 
     async def SellerShifts(self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext) -> latent_pb2.SellerShiftsResponse:  # noqa: N802
-        upload = categorised_item(request.item, request.category)
-        if request.category:
-            category_index(request.category)
-        audience_users(request.audience)
+        users = resolved_users(request, "SellerShifts")
+        image, category = uploaded_item(request.item, request.category, "SellerShifts"), request.category
+        cat = category_index(category)
         n = int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=optimize.DEFAULT_SHIFTS)
         radius = float_in_range(request.radius, 0.0, limits.MAX_RADIUS, "radius", default=optimize.DEFAULT_SHIFT_RADIUS, low_inclusive=False)
         diversity = float_in_range(request.diversity_weight, 0.0, limits.MAX_WEIGHT, "diversity_weight", default=optimize.DEFAULT_DIVERSITY_WEIGHT)
         opt = optimizer_params(request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE)
         inv = inversion_params(request.inversion)
-        image, category = await self.latent.item(request.item, upload, request.category, context)
-        cat = category_index(category)
-        users = await self.latent.users(request.audience, context)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
         inverted = await optimize.invert(
             self.latent.backend, target=await self.latent.target(image, versions[INV_GRAD]),
@@ -308,25 +339,17 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         return response
 
 
-def build(settings: LatentSettings) -> ServiceDefinition:
-    backend = backend_for(settings)
+def build(settings: LatentSettings, backend: InferenceBackend | None = None) -> ServiceDefinition:
+    """The latent service: its only dependencies are its gradient models (no other couturier service).
+
+    ``backend``: the inference backend to use (default: the one the settings describe)."""
+    backend = backend if backend is not None else backend_for(settings)
     latent = Latent(backend, settings)
-    probes = {"scoring": GrpcHealthProbe(settings.scoring_target), "retrieval": GrpcHealthProbe(settings.retrieval_target)}
-
-    async def close() -> None:
-        await asyncio.gather(*(probe.close() for probe in probes.values()))
-        await latent.close()
-        await backend.close()
-
     return ServiceDefinition(
         key="latent",
         service_names=[SERVICE_NAME],
         register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(LatentServicer(latent), server),
-        checks=[*(model_check(backend, m, latent.pins[m]) for m in GRADIENT_MODELS), *(DependencyCheck(k, p) for k, p in probes.items())],
-        on_stop=close,
-        shown_settings={
-            **shown_backend_settings(settings),
-            "scoring_target": settings.scoring_target,
-            "retrieval_target": settings.retrieval_target,
-        },
+        checks=[model_check(backend, m, latent.pins[m]) for m in GRADIENT_MODELS],
+        on_stop=backend.close,
+        shown_settings=shown_backend_settings(settings),
     )

@@ -1,5 +1,10 @@
 """Orchestrator: the public entry point chaining scoring, latent optimisation and visual retrieval.
 
+It is the only service that calls other couturier services. Requests for the latent optimisation
+service are resolved here first: user ids to user vectors (and top-k thresholds) through
+ScoringService.DescribeUsers, catalogue product ids to their stored image and category through
+VisualRetrievalService.GetProducts; the latent service itself takes only those resolved inputs.
+
 Every flow passes the caller's remaining deadline to each downstream call; a cancelled call cancels
 its downstream calls (grpc.aio cancels the handler task, which cancels the awaited calls). When any
 step fails the whole call fails with that step's status code and a message naming the step: never a
@@ -10,19 +15,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
 from couturier.services.common import limits
 from couturier.services.common.config import OrchestratorSettings
 from couturier.services.common.downstream import Stubs, all_or_nothing, remaining_s, step
-from couturier.services.common.errors import InvalidInput
+from couturier.services.common.errors import InvalidInput, UnknownEntity
 from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
 from couturier.services.common.server import ServiceDefinition
-from couturier.services.common.validation import int_in_range
+from couturier.services.common.validation import audience_users, int_in_range, require_id
 from couturier.v1 import (
     catalogue_pb2,
     common_pb2,
+    latent_pb2,
     latent_pb2_grpc,
     orchestrator_pb2,
     orchestrator_pb2_grpc,
@@ -33,6 +40,10 @@ from couturier.v1 import (
 )
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+#: Latent requests whose audience (and item) the orchestrator resolves before forwarding them.
+LatentRequest = latent_pb2.DesignRequest | latent_pb2.AlterRequest | latent_pb2.SellerShiftsRequest
+ItemRequest = TypeVar("ItemRequest", latent_pb2.AlterRequest, latent_pb2.SellerShiftsRequest)
 
 
 class Downstream:
@@ -73,6 +84,148 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         return remaining_s(context, self.down.cap_s)
 
+    # -- resolution of ids for the latent service ----------------------------------------------------
+
+    async def _audience(
+        self,
+        audience: common_pb2.Audience,
+        context: grpc.aio.ServicerContext,
+        field: str = "audience",
+        top_k: int = 0,
+        category: str = "",
+    ) -> latent_pb2.ResolvedAudience:
+        """User ids -> user vectors (and, when ``top_k`` > 0, each user's k-th best score in ``category``)."""
+        audience_users(audience, field)
+        request = scoring_pb2.DescribeUsersRequest(audience=audience, top_k=top_k, category=category)
+        async with step("scoring.DescribeUsers"):
+            response = await self.down.scoring.DescribeUsers(request, timeout=self._timeout(context))
+        resolved = latent_pb2.ResolvedAudience(
+            model=response.model, top_k=top_k, category=category, segment_name=audience.group.segment_name
+        )
+        for user in response.users:
+            resolved.users.add(
+                user_id=user.user_id,
+                vector=user.vector,
+                best_score=user.best_score,
+                kth_best_score=user.kth_best_score,
+            )
+        return resolved
+
+    async def _item(
+        self, item: common_pb2.ItemSource, category: str, context: grpc.aio.ServicerContext, field: str = "item"
+    ) -> tuple[common_pb2.ItemSource, str]:
+        """A catalogue product id -> its stored image and category; an uploaded image passes unchanged."""
+        if item.WhichOneof("source") != "product_id":
+            return item, category
+        product_id = require_id(item.product_id, f"{field}.product_id")
+        request = retrieval_pb2.GetProductsRequest(product_ids=[product_id])
+        async with step("retrieval.GetProducts"):
+            response = await self.down.retrieval.GetProducts(request, timeout=self._timeout(context))
+        if not response.products:
+            raise UnknownEntity(
+                f"product {product_id!r} is not in the catalogue index; "
+                "index it (`couturier index`) or upload its image"
+            )
+        product = response.products[0]
+        if category and category != product.product.category:
+            raise InvalidInput(
+                f"category {category!r} contradicts product {product_id!r}, which is {product.product.category!r}; "
+                "leave category empty for catalogue products"
+            )
+        return common_pb2.ItemSource(image=product.image), product.product.category
+
+    @staticmethod
+    def _ids_only(request: LatentRequest, prefix: str) -> None:
+        if request.HasField("resolved_audience"):
+            raise InvalidInput(
+                f"{prefix}resolved_audience is filled by the orchestrator from {prefix}audience; "
+                f"send the user ids as {prefix}audience and leave {prefix}resolved_audience unset"
+            )
+
+    @staticmethod
+    def _check_item(item: common_pb2.ItemSource, category: str, prefix: str) -> None:
+        kind = item.WhichOneof("source")
+        if kind is None:
+            raise InvalidInput(f"{prefix}item must be a product_id or an image")
+        if kind == "image" and not category:
+            raise InvalidInput(f"{prefix}category is required with an uploaded {prefix}item.image")
+
+    async def _resolved_design(
+        self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext, prefix: str = ""
+    ) -> latent_pb2.DesignRequest:
+        """``request`` with its audience resolved: what LatentOptimizationService.Design takes."""
+        self._ids_only(request, prefix)
+        share = request.objective == latent_pb2.TOP_K_SHARE
+        top_k = 0
+        if share:
+            top_k = int_in_range(request.top_k, 1, limits.MAX_K, f"{prefix}top_k", default=limits.DEFAULT_TOP_K)
+        resolved = await self._audience(
+            request.audience, context, f"{prefix}audience", top_k, request.category if share else ""
+        )
+        forwarded = latent_pb2.DesignRequest()
+        forwarded.CopyFrom(request)
+        forwarded.ClearField("audience")
+        forwarded.resolved_audience.CopyFrom(resolved)
+        if share:
+            forwarded.top_k = top_k
+        return forwarded
+
+    async def _resolved_item_request(
+        self, request: ItemRequest, context: grpc.aio.ServicerContext, prefix: str = ""
+    ) -> ItemRequest:
+        """``request`` with its audience and item resolved (concurrently): what the latent service takes."""
+        self._ids_only(request, prefix)
+        self._check_item(request.item, request.category, prefix)
+        results: list[Any] = await all_or_nothing(
+            [self._audience(request.audience, context, f"{prefix}audience"),
+             self._item(request.item, request.category, context, f"{prefix}item")]
+        )
+        resolved: latent_pb2.ResolvedAudience = results[0]
+        item, category = results[1]
+        forwarded = type(request)()
+        forwarded.CopyFrom(request)
+        forwarded.ClearField("audience")
+        forwarded.resolved_audience.CopyFrom(resolved)
+        forwarded.item.CopyFrom(item)
+        forwarded.category = category
+        return forwarded
+
+    # -- the latent service's capabilities, addressed by ids ---------------------------------------
+
+    async def Design(
+        self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext
+    ) -> latent_pb2.DesignResponse:
+        forwarded = await self._resolved_design(request, context)
+        async with step("latent.Design"):
+            response: latent_pb2.DesignResponse = await self.down.latent.Design(
+                forwarded, timeout=self._timeout(context)
+            )
+        return response
+
+    async def Alter(
+        self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[latent_pb2.AlterProgress]:
+        forwarded = await self._resolved_item_request(request, context)
+        call = self.down.latent.Alter(forwarded, timeout=self._timeout(context))
+        try:
+            async with step("latent.Alter"):
+                async for message in call:
+                    yield message
+        finally:
+            call.cancel()  # no-op when the stream ended; stops the latent work when this call is cancelled
+
+    async def SellerShifts(
+        self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext
+    ) -> latent_pb2.SellerShiftsResponse:
+        forwarded = await self._resolved_item_request(request, context)
+        async with step("latent.SellerShifts"):
+            response: latent_pb2.SellerShiftsResponse = await self.down.latent.SellerShifts(
+                forwarded, timeout=self._timeout(context)
+            )
+        return response
+
+    # -- flows ----------------------------------------------------------------------------------------
+
     async def _preferences(
         self, audience: common_pb2.Audience, product_ids: Sequence[str], context: grpc.aio.ServicerContext
     ) -> list[float]:
@@ -109,8 +262,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         if not request.HasField("design"):
             raise InvalidInput("design is required (a DesignRequest)")
         k = int_in_range(request.products_per_design, 1, limits.MAX_PRODUCTS_PER_DESIGN, "products_per_design", default=5)
+        forwarded = await self._resolved_design(request.design, context, "design.")
         async with step("latent.Design"):
-            designed = await self.down.latent.Design(request.design, timeout=self._timeout(context))
+            designed = await self.down.latent.Design(forwarded, timeout=self._timeout(context))
         nearest = await all_or_nothing(
             self._nearest(d.generated.image, k, [d.generated.category], context) for d in designed.designs
         )
@@ -119,19 +273,17 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         response = orchestrator_pb2.DesignAndShopResponse()
         for design, hits in zip(designed.designs, nearest, strict=True):
             result = response.results.add(design=design)
-            for hit in hits:  # score: the audience's preference; the image similarity goes in attributes
-                product = common_pb2.Product()
-                product.CopyFrom(hit.product)
-                product.attributes["similarity"] = f"{hit.score:.4f}"
-                result.nearest_products.add(product=product, score=next(preference))
+            for hit in hits:  # score: the audience's preference; similarity: the image similarity to the design
+                result.nearest_products.add(product=hit.product, score=next(preference), similarity=hit.score)
         return response
 
     async def SellerFeedback(self, request: orchestrator_pb2.SellerFeedbackRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.SellerFeedbackResponse:  # noqa: N802
         if not request.HasField("shifts"):
             raise InvalidInput("shifts is required (a SellerShiftsRequest)")
         k = int_in_range(request.competitors_per_variant, 0, limits.MAX_COMPETITORS, "competitors_per_variant")
+        forwarded = await self._resolved_item_request(request.shifts, context, "shifts.")
         async with step("latent.SellerShifts"):
-            shifts = await self.down.latent.SellerShifts(request.shifts, timeout=self._timeout(context))
+            shifts = await self.down.latent.SellerShifts(forwarded, timeout=self._timeout(context))
         variants = sorted(shifts.variants, key=lambda v: v.preference_shift, reverse=True)
         category = shifts.base.category
         own = [request.shifts.item.product_id] if request.shifts.item.product_id else []

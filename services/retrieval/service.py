@@ -24,6 +24,7 @@ from couturier.services.common.health import DependencyCheck
 from couturier.services.common.images import chw_png, decode_image, to_model_input
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import QUERY_GENERATOR, RETRIEVAL_ENCODER, TEXT_ENCODER
+from couturier.services.common.product_images import FileImageStore, ProductImageStore
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import bounded_list, int_in_range
 from couturier.services.common.vectors import VectorStore
@@ -108,23 +109,41 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
         catalogue = self.retrieval.catalogue
         space = await catalogue.space_of(await catalogue.encoder.version())
         stored = await catalogue.store.get(space, ids)
+        images = await catalogue.images.get_many(list(stored)) if catalogue.images is not None and stored else {}
+        missing = [i for i in stored if i not in images]
+        if missing:
+            where = catalogue.images.describe() if catalogue.images is not None else "no product image store"
+            raise PreconditionFailed(
+                f"{len(missing)} indexed product(s) have no stored image in {where} (first: {missing[0]!r}); "
+                "re-index them with `couturier index` (images are kept at indexing), and give every retrieval "
+                "replica the same product_images_dir"
+            )
         response = retrieval_pb2.GetProductsResponse(not_found=[i for i in dict.fromkeys(ids) if i not in stored])
         for product in stored.values():
             response.products.add(
                 product=common_pb2.Product(product_id=product.product_id, category=product.category, colour=product.colour),
-                image=common_pb2.ImagePayload(data=product.thumbnail, mime_type="image/png"),
+                image=common_pb2.ImagePayload(data=images[product.product_id], mime_type="image/png"),
             )
         return response
 
 
-def build(settings: RetrievalSettings) -> ServiceDefinition:
-    backend = backend_for(settings)
-    store = VectorStore(settings.milvus_uri, token=settings.milvus_token)
+def build(
+    settings: RetrievalSettings,
+    *,
+    backend: InferenceBackend | None = None,
+    store: VectorStore | None = None,
+    images: ProductImageStore | None = None,
+) -> ServiceDefinition:
+    """The retrieval service over ``settings``; ``backend`` / ``store`` / ``images`` replace the ones the
+    settings describe (tests inject in-memory fakes). Either way the service closes them when it stops."""
+    backend = backend if backend is not None else backend_for(settings)
+    store = store if store is not None else VectorStore(settings.milvus_uri, token=settings.milvus_token)
+    images = images if images is not None else FileImageStore(settings.product_images_dir)
     catalogue = CatalogueIndex(
         ImageEncoder(backend, RETRIEVAL_ENCODER, settings.model_version(RETRIEVAL_ENCODER)),
         store,
         metric="IP",
-        thumbnails=True,
+        images=images,
     )
     retrieval = Retrieval(
         backend,
@@ -144,6 +163,7 @@ def build(settings: RetrievalSettings) -> ServiceDefinition:
     async def close() -> None:
         await backend.close()
         await store.close()
+        await images.close()
 
     return ServiceDefinition(
         key="retrieval",
@@ -154,12 +174,14 @@ def build(settings: RetrievalSettings) -> ServiceDefinition:
         checks=[
             *(model_check(backend, m, settings.model_version(m)) for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)),
             DependencyCheck("vector_store", store_ready),
+            DependencyCheck("product_images", images.ping),
             DependencyCheck("tokenizer", tokenizer_ready),
         ],
         on_stop=close,
         shown_settings={
             **shown_backend_settings(settings),
             "milvus_uri": settings.milvus_uri,
+            "product_images_dir": settings.product_images_dir,
             "tokenizer_json": settings.tokenizer_json,
         },
     )

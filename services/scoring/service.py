@@ -173,9 +173,13 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         return await self.scoring.catalogue.stats(request)
 
 
-def build(settings: ScoringSettings) -> ServiceDefinition:
-    backend = backend_for(settings)
-    store = VectorStore(settings.milvus_uri, token=settings.milvus_token)
+def build(
+    settings: ScoringSettings, *, backend: InferenceBackend | None = None, store: VectorStore | None = None
+) -> ServiceDefinition:
+    """The scoring service over ``settings``; ``backend`` / ``store`` replace the ones the settings
+    describe (tests inject in-memory fakes). Either way the service closes them when it stops."""
+    backend = backend if backend is not None else backend_for(settings)
+    store = store if store is not None else VectorStore(settings.milvus_uri, token=settings.milvus_token)
     scoring = Scoring(backend, store, UserDirectory(settings.user_vectors_dir), settings.model_version(ITEM_ENCODER))
 
     async def users_ready() -> str:

@@ -1,20 +1,10 @@
-"""Product vectors in Milvus: one store for milvus-lite (a ``.db`` path) and a Milvus server (``http://...``).
-
-One collection per embedding space (model name + model version), e.g. ``item_encoder_v3``: the DVBPR
-item vectors of the scoring service (raw inner products, metric IP) and the L2-normalised visual
-embeddings of the retrieval service (IP or COSINE). Every row also stores the model name and version
-that produced it, so a query vector from another encoder version is refused instead of silently
-ranking against incompatible vectors (:func:`check_query_version`).
-
-pymilvus is synchronous, so every call runs on ONE worker thread. For milvus-lite that thread is shared
-by every :class:`VectorStore` of the process that opens the same file: milvus-lite silently lost rows
-under concurrent writes from several threads, and one writer thread makes that impossible.
+"""The vector store: async access to product vectors in milvus-lite (a ``.db`` path) or a Milvus server
+(``http://...``), same code.
 
 Facts this module is built on (pymilvus 3.0.2, milvus-lite 3.2.2, Milvus server 2.3.5; see DESIGN.md):
 
-* milvus-lite runs in-process (a gRPC server on a thread) and holds an exclusive lock on its data
-  directory: a second *process* cannot open the same file; a second client in the same process shares
-  the server. Closing the last store of a file here releases the file.
+* milvus-lite holds an exclusive lock on its data directory and must see writes from one thread: see
+  :mod:`couturier.services.common.vectors.lite`. Closing the last store of a file releases the file.
 * Rows not yet flushed are scanned in Python on every search in milvus-lite (~0.2-0.4 s per query at
   10k unflushed rows against ~0.02 s flushed). The store flushes a lite collection lazily, before the
   first search or count that follows a write; a Milvus server needs no flush (Strong consistency).
@@ -31,19 +21,16 @@ Facts this module is built on (pymilvus 3.0.2, milvus-lite 3.2.2, Milvus server 
 * After a restart milvus-lite collections come back not loaded: attaching to a collection loads it.
 * HNSW with metric IP can lose most of its recall on unnormalised vectors: only FLAT and IVF_FLAT are
   offered.
+* Product images are not kept here (a vector database is no image store): see
+  :mod:`couturier.services.common.product_images`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
-import re
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
@@ -54,6 +41,33 @@ from couturier.services.common.errors import (
     PreconditionFailed,
 )
 from couturier.services.common.logs import get_logger
+from couturier.services.common.vectors.filters import (
+    MAX_LABEL_BYTES,
+    MAX_PRODUCT_ID_BYTES,
+    _check_ids,
+    _check_text,
+    _in_list,
+    _quote,
+    build_filter,
+)
+from couturier.services.common.vectors.lite import _acquire_worker, _is_lite, _lite_file_locked, _release_worker
+from couturier.services.common.vectors.spaces import (
+    _CATEGORY,
+    _COLOUR,
+    _MODEL,
+    _MODEL_NAME,
+    _MODEL_VERSION,
+    _PK,
+    _SCALARS,
+    _VECTOR,
+    _VERSION,
+    EmbeddingSpace,
+    Hit,
+    ProductVector,
+    _not_indexed,
+    collection_name,
+    not_indexed,
+)
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -65,12 +79,6 @@ T = TypeVar("T")
 # --- limits of the store (Milvus server limits, enforced on milvus-lite too) -------------------------
 MAX_TOPK: Final = 16_384  # Milvus server: topk (and topk + offset) <= 16384; lite accepts more
 MAX_SEARCH_QUERIES: Final = 1_024  # query vectors in one search call (server nq limit is 16384)
-MAX_DIM: Final = 32_768  # Milvus FLOAT_VECTOR dimension limit
-MAX_PRODUCT_ID_BYTES: Final = 512  # VARCHAR max_length of the primary key (UTF-8 bytes): 128 chars of any script
-MAX_LABEL_BYTES: Final = 128  # category, colour, model, model_version (UTF-8 bytes)
-MAX_FILTER_VALUES: Final = 1_024  # values in one category / colour filter
-MAX_EXCLUDED_IDS: Final = 65_536  # ids excluded from one search (in the filter: the server took 100k, k=1000)
-MAX_COLLECTION_NAME: Final = 255  # Milvus collection name length
 
 # --- how the store talks to Milvus -----------------------------------------------------------------
 WRITE_BATCH_BYTES: Final = 8 * 1024 * 1024  # vector bytes per upsert request (server message limit is 64 MiB)
@@ -80,164 +88,13 @@ LOAD_TIMEOUT_S: Final = 600.0  # loading a collection builds its index (8-19 s a
 # Read-your-writes within this process (pymilvus remembers the last write timestamp per collection);
 # another process's writes show up within about a second. Strong cost ~200 ms per read on the server.
 CONSISTENCY: Final = "Session"
-DEFAULT_NLIST: Final = 128  # IVF_FLAT clusters (lite builds them per segment, clamped to the segment size)
-DEFAULT_NPROBE: Final = 32  # IVF_FLAT clusters scanned per query
 
 # Milvus error codes (server 2.3+ and milvus-lite agree on these).
 _CODE_CONNECT_FAILED: Final = 2
 _CODE_COLLECTION_NOT_FOUND: Final = 100
 _CODE_COLLECTION_NOT_LOADED: Final = 101
-
-Metric = Literal["IP", "COSINE", "L2"]
-IndexType = Literal["FLAT", "IVF_FLAT"]
-_METRICS: Final = ("IP", "COSINE", "L2")
-_INDEX_TYPES: Final = ("FLAT", "IVF_FLAT")
-_MODEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_VERSION = re.compile(r"[A-Za-z0-9]+")  # no "_": the last "_v" of a collection name separates model and version
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-_PK, _VECTOR, _CATEGORY, _COLOUR, _MODEL, _MODEL_VERSION = (
-    "product_id",
-    "vector",
-    "category",
-    "colour",
-    "model",
-    "model_version",
-)
-_SCALARS: Final = (_CATEGORY, _COLOUR, _MODEL, _MODEL_VERSION)
-#: Thumbnails are stored base64-encoded in a VARCHAR field (Milvus has no bytes scalar).
-_THUMBNAIL: Final = "thumbnail"
-MAX_THUMBNAIL_BYTES: Final = 48 * 1024
-_THUMBNAIL_FIELD_BYTES: Final = 4 * ((MAX_THUMBNAIL_BYTES + 2) // 3)
-
-
-def _thumbnail_text(data: bytes, of: str) -> str:
-    if len(data) > MAX_THUMBNAIL_BYTES:
-        raise InvalidInput(f"thumbnail {of} is {len(data)} bytes; at most {MAX_THUMBNAIL_BYTES}")
-    return base64.b64encode(data).decode("ascii")
-
-
-@dataclass(frozen=True)
-class EmbeddingSpace:
-    """Where the vectors of one encoder version live: one collection per (model, version).
-
-    ``metric`` is the similarity the vectors are compared with: IP for DVBPR item vectors (raw inner
-    products), IP or COSINE for L2-normalised embeddings. ``index`` FLAT is exact; IVF_FLAT scans
-    ``nprobe`` of ``nlist`` clusters. HNSW is not offered (it loses recall on raw inner products).
-    """
-
-    model: str
-    version: str
-    dim: int
-    metric: Metric = "IP"
-    index: IndexType = "FLAT"
-    nlist: int = DEFAULT_NLIST
-    nprobe: int = DEFAULT_NPROBE
-
-    def __post_init__(self) -> None:
-        if not _MODEL_NAME.fullmatch(self.model):
-            raise InvalidInput(f"model name {self.model!r} must be letters, digits and '_', not starting with a digit")
-        if not _VERSION.fullmatch(self.version):
-            raise InvalidInput(f"model version {self.version!r} must be letters and digits only (e.g. '3')")
-        if not 1 <= self.dim <= MAX_DIM:
-            raise InvalidInput(f"vector dimension must be between 1 and {MAX_DIM}, got {self.dim}")
-        if self.metric not in _METRICS:
-            raise InvalidInput(f"metric must be one of {', '.join(_METRICS)}, got {self.metric!r}")
-        if self.index not in _INDEX_TYPES:
-            raise InvalidInput(f"index must be one of {', '.join(_INDEX_TYPES)}, got {self.index!r}")
-        if not 1 <= self.nlist <= 65_536:
-            raise InvalidInput(f"nlist must be between 1 and 65536, got {self.nlist}")
-        if not 1 <= self.nprobe <= self.nlist:
-            raise InvalidInput(f"nprobe must be between 1 and nlist ({self.nlist}), got {self.nprobe}")
-        if len(self.collection) > MAX_COLLECTION_NAME:
-            raise InvalidInput(f"collection name {self.collection!r} is longer than {MAX_COLLECTION_NAME}")
-
-    @property
-    def collection(self) -> str:
-        """The collection name, e.g. ``item_encoder_v3``."""
-        return collection_name(self.model, self.version)
-
-    def describe(self) -> str:
-        return f"{self.model} v{self.version}"
-
-
-def collection_name(model: str, version: str) -> str:
-    return f"{model}_v{version}"
-
-
-@dataclass(frozen=True)
-class ProductVector:
-    product_id: str
-    vector: np.ndarray = field(repr=False)
-    category: str = ""
-    colour: str = ""
-    #: Optional small image (PNG bytes, at most MAX_THUMBNAIL_BYTES) kept with the vector.
-    thumbnail: bytes = field(default=b"", repr=False)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``score`` is a similarity, higher is better: the inner product (IP), the
-    cosine (COSINE), or the negated distance Milvus reports for L2 (squared Euclidean, except
-    milvus-lite's IVF_FLAT which reports the Euclidean distance itself)."""
-
-    product_id: str
-    score: float
-    category: str
-    colour: str
-
-
-class VersionMismatch(PreconditionFailed):
-    """A query vector comes from another encoder version than the vectors it would be compared with."""
-
-
-def check_query_version(space: EmbeddingSpace, query_model: str, query_version: str) -> None:
-    """Refuse to search ``space`` with a vector produced by another model or model version."""
-    if query_model == space.model and str(query_version) == space.version:
-        return
-    raise VersionMismatch(
-        f"the query vector comes from {query_model} v{query_version} but the indexed vectors come from "
-        f"{space.describe()}; vectors of different encoder versions cannot be compared. Re-index the "
-        f"catalogue with {query_model} v{query_version} (`couturier index`), or pin the model version to "
-        f"{space.version} so queries are encoded by the same version as the index"
-    )
-
-
-def not_indexed(space: EmbeddingSpace) -> PreconditionFailed:
-    return _not_indexed(space.model, space.version)
-
-
-def _not_indexed(model: str, version: str) -> PreconditionFailed:
-    return PreconditionFailed(
-        f"no vectors are indexed for {model} v{version} (collection {collection_name(model, version)} does not "
-        "exist); run `couturier index` to index the catalogue with this model version"
-    )
-
-
-# --- validation -------------------------------------------------------------------------------------
-
-
-def _check_text(value: str, what: str, max_bytes: int, *, required: bool) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
-    if required and not value:
-        raise InvalidInput(f"{what} is empty")
-    size = len(value.encode("utf-8"))
-    if size > max_bytes:
-        raise InvalidInput(f"{what} is {size} bytes in UTF-8; at most {max_bytes}")
-    if _CONTROL.search(value):
-        raise InvalidInput(f"{what} {value!r} contains a control character")
-    return value
-
-
-def _check_ids(ids: Iterable[str], what: str = "product id") -> list[str]:
-    """Validated ids in their first-seen order, duplicates removed."""
-    if isinstance(ids, str):
-        raise InvalidInput(f"{what}s must be a list of strings, got one string")
-    seen: dict[str, None] = {}
-    for product_id in ids:
-        seen.setdefault(_check_text(product_id, what, MAX_PRODUCT_ID_BYTES, required=True), None)
-    return list(seen)
+#: Collections created before product images left Milvus have this VARCHAR field: writes fill it with "".
+_LEGACY_THUMBNAIL: Final = "thumbnail"
 
 
 def _as_vector(value: Any, dim: int, what: str) -> np.ndarray:
@@ -254,82 +111,9 @@ def _as_vector(value: Any, dim: int, what: str) -> np.ndarray:
     return vector
 
 
-def _quote(value: str) -> str:
-    """A Milvus filter string literal. Control characters are refused by validation, so escaping the
-    backslash and the double quote is enough for both the server's and milvus-lite's parser."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _in_list(field_name: str, values: Sequence[str], *, negate: bool = False) -> str:
-    return f"{field_name} {'not in' if negate else 'in'} [{', '.join(_quote(v) for v in values)}]"
-
-
-def build_filter(categories: Sequence[str] = (), colours: Sequence[str] = (), exclude_ids: Sequence[str] = ()) -> str:
-    """The filter expression of a search (empty when nothing is filtered); every value is escaped."""
-    clauses = []
-    for field_name, values in ((_CATEGORY, categories), (_COLOUR, colours)):
-        if isinstance(values, str):
-            raise InvalidInput(f"{field_name} filter must be a list of strings, got one string")
-        if len(values) > MAX_FILTER_VALUES:
-            raise InvalidInput(f"{field_name} filter has {len(values)} values; at most {MAX_FILTER_VALUES}")
-        what = f"{field_name} filter value"
-        unique = list(dict.fromkeys(_check_text(v, what, MAX_LABEL_BYTES, required=False) for v in values))
-        if unique:
-            clauses.append(_in_list(field_name, unique))
-    excluded = _check_ids(exclude_ids, "excluded product id")
-    if len(excluded) > MAX_EXCLUDED_IDS:
-        raise InvalidInput(f"{len(excluded)} products are excluded from the search; at most {MAX_EXCLUDED_IDS}")
-    if excluded:
-        clauses.append(_in_list(_PK, excluded, negate=True))
-    return " and ".join(f"({clause})" for clause in clauses) if len(clauses) > 1 else "".join(clauses)
-
-
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-# --- milvus-lite files shared inside one process ------------------------------------------------------
-
-
-@dataclass
-class _Worker:
-    """The one thread that talks to a store (shared by every VectorStore of a milvus-lite file)."""
-
-    executor: ThreadPoolExecutor
-    users: int = 0
-    dirty: set[str] = field(default_factory=set)  # lite collections written since their last flush
-
-
-_LITE_WORKERS: dict[str, _Worker] = {}
-_LITE_WORKERS_LOCK = threading.Lock()
-
-
-def _is_lite(uri: str) -> bool:
-    return uri.endswith(".db")  # pymilvus's own rule for a milvus-lite URI
-
-
-def _lite_file_locked(path: str) -> bool:
-    """True when another process holds milvus-lite's lock on ``path`` (only meaningful when this process
-    does not hold it itself)."""
-    import fcntl
-
-    lock_path = os.path.join(path, "LOCK")
-    if not os.path.exists(lock_path):
-        return False
-    fd = os.open(lock_path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-# --- the store ----------------------------------------------------------------------------------------
 
 
 class VectorStore:
@@ -358,17 +142,8 @@ class VectorStore:
         self._client: MilvusClient | None = None
         self._closed = False
         self._attached: dict[EmbeddingSpace, str] = {}  # spaces checked and loaded -> their stored index type
-        if self.lite:
-            with _LITE_WORKERS_LOCK:
-                worker = _LITE_WORKERS.get(self.uri)
-                if worker is None:
-                    worker = _Worker(ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus-lite"))
-                    _LITE_WORKERS[self.uri] = worker
-                worker.users += 1
-        else:
-            worker = _Worker(ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus"))
-            worker.users = 1
-        self._worker = worker
+        self._legacy: set[str] = set()  # attached collections that still have the thumbnail field
+        self._worker = _acquire_worker(self.uri, lite=self.lite)
 
     def __repr__(self) -> str:
         return f"VectorStore({self.describe()})"
@@ -447,10 +222,12 @@ class VectorStore:
     def _forget(self, collection: str) -> None:
         for known in [s for s in self._attached if s.collection == collection]:
             del self._attached[known]
+        self._legacy.discard(collection)
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
         self._attached.clear()
+        self._legacy.clear()
         if client is not None:
             try:
                 client.close()
@@ -495,7 +272,6 @@ class VectorStore:
         schema.add_field(_VECTOR, DataType.FLOAT_VECTOR, dim=space.dim)
         for name in _SCALARS:
             schema.add_field(name, DataType.VARCHAR, max_length=MAX_LABEL_BYTES)
-        schema.add_field(_THUMBNAIL, DataType.VARCHAR, max_length=_THUMBNAIL_FIELD_BYTES)
         index_params = client.prepare_index_params()
         params = {"nlist": space.nlist} if space.index == "IVF_FLAT" else {}
         index_params.add_index(_VECTOR, index_type=space.index, metric_type=space.metric, params=params)
@@ -512,6 +288,7 @@ class VectorStore:
             if not client.has_collection(space.collection, timeout=self.timeout_s):
                 raise
             return self._verify(client, space)
+        self._legacy.discard(space.collection)
         log.info("vector collection created", collection=space.collection, dim=space.dim, metric=space.metric,
                  index=space.index, store=self.describe())
         return space.index
@@ -528,6 +305,10 @@ class VectorStore:
                 f"collection {name} in {self.describe()} was not created by couturier "
                 f"(missing fields: {', '.join(missing) or 'primary key ' + _PK}); {fix}"
             )
+        if _LEGACY_THUMBNAIL in fields:
+            self._legacy.add(name)
+        else:
+            self._legacy.discard(name)
         dim = int(fields[_VECTOR].get("params", {}).get("dim", 0))
         if dim != space.dim:
             raise PreconditionFailed(
@@ -623,7 +404,6 @@ class VectorStore:
                     _COLOUR: _check_text(item.colour, f"colour {of}", MAX_LABEL_BYTES, required=False),
                     _MODEL: space.model,
                     _MODEL_VERSION: space.version,
-                    _THUMBNAIL: _thumbnail_text(item.thumbnail, of),
                 }
             )
         return rows
@@ -642,8 +422,10 @@ class VectorStore:
 
         def work() -> int:
             client = self._attach(space, create=True)
+            legacy = space.collection in self._legacy
             for chunk in _chunks(rows, batch):
-                client.upsert(space.collection, list(chunk), timeout=self.timeout_s)
+                payload = [{**row, _LEGACY_THUMBNAIL: ""} for row in chunk] if legacy else list(chunk)
+                client.upsert(space.collection, payload, timeout=self.timeout_s)
                 if self.lite:
                     self._worker.dirty.add(space.collection)
             return len(rows)
@@ -700,7 +482,7 @@ class VectorStore:
             found: dict[str, ProductVector] = {}
             for chunk in _chunks(wanted, ID_BATCH):
                 rows = client.query(space.collection, filter=_in_list(_PK, chunk),
-                                    output_fields=[_PK, _VECTOR, _CATEGORY, _COLOUR, _THUMBNAIL],
+                                    output_fields=[_PK, _VECTOR, _CATEGORY, _COLOUR],
                                     consistency_level=CONSISTENCY, timeout=self.timeout_s)
                 for row in rows:
                     found[row[_PK]] = ProductVector(
@@ -708,7 +490,6 @@ class VectorStore:
                         vector=np.asarray(row[_VECTOR], dtype=np.float32),
                         category=row.get(_CATEGORY) or "",
                         colour=row.get(_COLOUR) or "",
-                        thumbnail=base64.b64decode(row.get(_THUMBNAIL) or ""),
                     )
             return {i: found[i] for i in wanted if i in found}
 
@@ -840,28 +621,5 @@ class VectorStore:
         if self._closed:
             return
         self._closed = True
-        worker = self._worker
-        loop = asyncio.get_running_loop()
-
-        await loop.run_in_executor(worker.executor, self._drop_client)
-        if not self.lite:
-            worker.executor.shutdown(wait=False)
-            return
-        with _LITE_WORKERS_LOCK:
-            worker.users -= 1
-            last = worker.users == 0
-        if not last:
-            return
-
-        def release() -> None:
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self.uri)  # flushes and releases the file lock
-            worker.dirty.clear()
-
-        await loop.run_in_executor(worker.executor, release)
-        with _LITE_WORKERS_LOCK:
-            # A store opened on the same file meanwhile keeps the worker (its jobs run after the release).
-            if worker.users == 0 and _LITE_WORKERS.get(self.uri) is worker:
-                del _LITE_WORKERS[self.uri]
-                worker.executor.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(self._worker.executor, self._drop_client)
+        await _release_worker(self.uri, self._worker, lite=self.lite)

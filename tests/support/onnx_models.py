@@ -1,4 +1,4 @@
-"""Tiny ONNX models for the Triton tests, built with onnx.helper (no torch)."""
+"""Tiny ONNX models for the Triton and model-repository tests, built with onnx.helper (no torch)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def linear_model(path: Path, seed: int = 0, n_in: int = 8, n_out: int = 4, batch
 
 
 def two_output_model(path: Path, seed: int = 1) -> Path:
-    """score = w * sum(img * theta, axis=(1,2)) (float32 [batch], w: [batch]), ids = argmax over a [batch, 5] int64 projection."""
+    """score = w * sum(img * theta, axis=(1,2)) (float32 [batch], w: [batch]);
+    ids = argmax over a [batch, 5] int64 projection."""
     rng = np.random.default_rng(seed)
     theta = rng.normal(size=(3, 6)).astype(np.float32)
     proj = rng.normal(size=(6, 5)).astype(np.float32)
