@@ -43,7 +43,7 @@ def generate_stubs() -> list[Path]:
         *(str(p.relative_to(PROTO_ROOT)) for p in protos),
     ]
     if protoc.main(args) != 0:
-        raise RuntimeError("protoc failed on " + " ".join(args[-len(protos):]))
+        raise RuntimeError("protoc failed on " + " ".join(args[-len(protos) :]))
     return protos
 
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-ProfileOpt = Annotated[str, typer.Option(help="demo (2-core CPU, ~20 min), full (GPU) or tiny (seconds; pipeline tests).")]
+if TYPE_CHECKING:
+    from couturier.export.data.dataset import PreparedData
+
+ProfileOpt = Annotated[
+    str, typer.Option(help="demo (2-core CPU, ~20 min), full (GPU) or tiny (seconds; pipeline tests).")
+]
 RunsOpt = Annotated[Path, typer.Option(help="Runs folder; a profile writes runs/<profile>/.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR).")]
+DataDirOpt = Annotated[Path | None, typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR).")]
 RepoOpt = Annotated[Path, typer.Option(help="Triton model repository to publish into.")]
 
 
-def _prepared(data_dir: Path | None, profile: str):  # type: ignore[no-untyped-def]
+def _prepared(data_dir: Path | None, profile: str) -> PreparedData:
     from couturier.export.data.dataset import prepare
 
     return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
@@ -25,7 +30,7 @@ def train(
     profile: ProfileOpt = "demo",
     runs: RunsOpt = Path("runs"),
     data_dir: DataDirOpt = None,
-    only: Annotated[Optional[list[str]], typer.Option(help="Train only these: dvbpr, gan, infogan, synthtriplet.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Train only these: dvbpr, gan, infogan, synthtriplet.")] = None,
 ) -> None:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet."""
     from couturier.export.pipeline import NETWORKS, train_all
@@ -59,7 +64,10 @@ def export(
     vectors = publish_user_vectors(runs / profile, versions[ITEM_ENCODER], user_vectors)
     typer.echo(f"user vectors for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}: {vectors}")
     if failed:
-        typer.echo(f"error: parity check failed for {', '.join(failed)}; see {runs / profile / 'onnx' / 'parity.json'}", err=True)
+        typer.echo(
+            f"error: parity check failed for {', '.join(failed)}; see {runs / profile / 'onnx' / 'parity.json'}",
+            err=True,
+        )
         raise typer.Exit(code=1)
 
 
@@ -69,8 +77,9 @@ def evaluate(profile: ProfileOpt = "demo", runs: RunsOpt = Path("runs"), data_di
     from couturier.export.training.retrieval_eval import EFFNET_INPUT, run_retrieval_eval
 
     root = runs / profile
-    run_retrieval_eval(_prepared(data_dir, profile), root / "infogan", root / "retrieval",
-                       effnet_input=EFFNET_INPUT.get(profile, 112))
+    run_retrieval_eval(
+        _prepared(data_dir, profile), root / "infogan", root / "retrieval", effnet_input=EFFNET_INPUT.get(profile, 112)
+    )
     typer.echo(f"report: {write_report(root)}")
 
 

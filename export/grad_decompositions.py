@@ -87,8 +87,14 @@ def _conv_weight_grad(
         x_g = inp[:, g * ci : (g + 1) * ci].transpose(0, 1)  # (ci, N, ...)
         gy_g = gy[:, g * co : (g + 1) * co].transpose(0, 1)  # (co, N, ...)
         r = _conv_nd(
-            x_g, gy_g, stride=dilation, padding=padding, dilation=stride,
-            transposed=False, output_padding=[0] * len(kernel), groups=1,
+            x_g,
+            gy_g,
+            stride=dilation,
+            padding=padding,
+            dilation=stride,
+            transposed=False,
+            output_padding=[0] * len(kernel),
+            groups=1,
         )  # (ci, co, k' ...)
         parts.append(_fit(r, kernel).transpose(0, 1))
     return parts[0] if groups == 1 else torch.cat(parts, 0)
@@ -124,27 +130,49 @@ def convolution_backward(
             ]
             op_ok = [max(0, min(op[i], max(stride[i], dilation[i]) - 1)) for i in range(n)]
             gi = _conv_nd(
-                grad_output, weight, stride=stride, padding=padding, dilation=dilation,
-                transposed=True, output_padding=op_ok, groups=groups,
+                grad_output,
+                weight,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                transposed=True,
+                output_padding=op_ok,
+                groups=groups,
             )
         else:
             # y = conv_transpose(x): dx = conv(gy, W).
             gi = _conv_nd(
-                grad_output, weight, stride=stride, padding=padding, dilation=dilation,
-                transposed=False, output_padding=[0] * n, groups=groups,
+                grad_output,
+                weight,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                transposed=False,
+                output_padding=[0] * n,
+                groups=groups,
             )
         gi = _fit(gi, in_sizes)
     if output_mask[1]:
         if not transposed:
             gw = _conv_weight_grad(
-                input, grad_output, stride=stride, padding=padding, dilation=dilation,
-                groups=groups, kernel=kernel,
+                input,
+                grad_output,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                kernel=kernel,
             )
         else:
             # conv_transpose weight is (C_in, C_out/groups, k): the roles of input and grad swap.
             gw = _conv_weight_grad(
-                grad_output, input, stride=stride, padding=padding, dilation=dilation,
-                groups=groups, kernel=kernel,
+                grad_output,
+                input,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                kernel=kernel,
             )
     if output_mask[2]:
         gb = grad_output.sum(dim=[0, *range(2, grad_output.dim())])

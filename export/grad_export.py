@@ -150,9 +150,13 @@ def export_value_and_grad(
     )
     try:
         _torch_onnx_export(
-            gm, example_inputs, path,
-            input_names=input_names, output_names=output_names,
-            dynamic_shapes=shapes if any(shapes) else None, opset=opset,
+            gm,
+            example_inputs,
+            path,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes if any(shapes) else None,
+            opset=opset,
         )
     except OnnxExportError as exc:
         hint = f" (undecomposed backward ops: {leftovers}; add them to grad_decompositions)" if leftovers else ""

@@ -79,18 +79,21 @@ __all__ = [
 
 #: (input names, output names) of every gradient model; the gradient is output 1.
 IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    PREF_GRAD: (("z", "category", "theta", "user_weight", "realism_weight"),
-                  ("value", "grad_z", "scores", "image", "realism")),
+    PREF_GRAD: (
+        ("z", "category", "theta", "user_weight", "realism_weight"),
+        ("value", "grad_z", "scores", "image", "realism"),
+    ),
     INV_GRAD: (("z", "category", "target"), ("value", "grad_z", "image")),
-    SHIFT_GRAD: (("base_z", "shifts", "category", "theta", "user_weight", "weights"),
-                   ("value", "grad_shifts", "images", "pref", "diversity")),
+    SHIFT_GRAD: (
+        ("base_z", "shifts", "category", "theta", "user_weight", "weights"),
+        ("value", "grad_shifts", "images", "pref", "diversity"),
+    ),
 }
 _WRT = {PREF_GRAD: 0, INV_GRAD: 0, SHIFT_GRAD: 1}
 _DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
     PREF_GRAD: {"theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
     INV_GRAD: {},
-    SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"},
-                   "user_weight": {0: "batch", 1: "users"}},
+    SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
 }
 _META_PREFIX = "couturier."
 
@@ -99,8 +102,9 @@ def _eval_frozen(m: nn.Module) -> nn.Module:
     return m.eval().requires_grad_(False)
 
 
-def _infer_dims(generator: nn.Module, encoder: nn.Module, z_dim: int | None,
-                n_categories: int | None) -> dict[str, int]:
+def _infer_dims(
+    generator: nn.Module, encoder: nn.Module, z_dim: int | None, n_categories: int | None
+) -> dict[str, int]:
     cfg = getattr(generator, "cfg", None)
     z_dim = z_dim if z_dim is not None else getattr(cfg, "z_dim", None)
     n_categories = n_categories if n_categories is not None else getattr(cfg, "n_categories", None)
@@ -110,13 +114,28 @@ def _infer_dims(generator: nn.Module, encoder: nn.Module, z_dim: int | None,
     with torch.no_grad():
         img = generator(torch.zeros(2, z_dim, dtype=p.dtype), torch.eye(n_categories, dtype=p.dtype)[[0, 0]])
         k = encoder(img).shape[1]
-    return {"z_dim": int(z_dim), "n_categories": int(n_categories), "image_size": int(img.shape[-1]),
-            "channels": int(img.shape[1]), "k": int(k)}
+    return {
+        "z_dim": int(z_dim),
+        "n_categories": int(n_categories),
+        "image_size": int(img.shape[-1]),
+        "channels": int(img.shape[1]),
+        "k": int(k),
+    }
 
 
-def example_inputs(name: str, dims: Mapping[str, int], *, batch: int, n_users: int = 3, n_shifts: int = 3,
-                   seed: int = 0, dtype: torch.dtype = torch.float32, theta: torch.Tensor | None = None,
-                   target: torch.Tensor | None = None, generator: nn.Module | None = None) -> dict[str, torch.Tensor]:
+def example_inputs(
+    name: str,
+    dims: Mapping[str, int],
+    *,
+    batch: int,
+    n_users: int = 3,
+    n_shifts: int = 3,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    theta: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    generator: nn.Module | None = None,
+) -> dict[str, torch.Tensor]:
     """Random named inputs for model ``name`` (z ~ N(0, 0.5^2) as in Kang's code, shifts of norm ~0.3).
 
     ``theta`` (U,K) replaces the random user vectors (its U wins over ``n_users``); ``target``
@@ -134,8 +153,13 @@ def example_inputs(name: str, dims: Mapping[str, int], *, batch: int, n_users: i
     u = th.shape[0]
     uw = torch.rand(batch, u, generator=g) / u
     if name == PREF_GRAD:
-        out = {"z": z, "category": cat, "theta": th, "user_weight": uw,
-               "realism_weight": torch.rand(batch, 1, generator=g) + 0.5}
+        out = {
+            "z": z,
+            "category": cat,
+            "theta": th,
+            "user_weight": uw,
+            "realism_weight": torch.rand(batch, 1, generator=g) + 0.5,
+        }
     elif name == INV_GRAD:
         if target is not None:
             if target.shape[0] < batch:
@@ -163,11 +187,16 @@ def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]
     if name == PREF_GRAD:
         return PreferenceObjective(nets["generator"], nets["discriminator"], nets["encoder"])
     if name == INV_GRAD:
-        return InversionObjective(nets["generator"], nets["perceptual"],
-                                  float(meta.get("perceptual_weight", DEFAULT_PERCEPTUAL_WEIGHT)))
-    return ShiftObjective(nets["generator"], nets["discriminator"], nets["encoder"],
-                          sigma=float(meta.get("diversity_sigma", DEFAULT_DIVERSITY_SIGMA)),
-                          diversity_space=meta.get("diversity_space", "phi"))
+        return InversionObjective(
+            nets["generator"], nets["perceptual"], float(meta.get("perceptual_weight", DEFAULT_PERCEPTUAL_WEIGHT))
+        )
+    return ShiftObjective(
+        nets["generator"],
+        nets["discriminator"],
+        nets["encoder"],
+        sigma=float(meta.get("diversity_sigma", DEFAULT_DIVERSITY_SIGMA)),
+        diversity_space=meta.get("diversity_space", "phi"),
+    )
 
 
 def _write_metadata(path: Path, meta: Mapping[str, Any]) -> None:
@@ -184,7 +213,7 @@ def _write_metadata(path: Path, meta: Mapping[str, Any]) -> None:
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``couturier.*`` metadata of a gradient model (prefix stripped)."""
     model = onnx.load(os.fspath(path), load_external_data=False)
-    return {p.key[len(_META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)}
+    return {p.key[len(_META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)}
 
 
 def export_gradient_models(
@@ -217,13 +246,24 @@ def export_gradient_models(
     dims = _infer_dims(generator, encoder, z_dim, n_categories)
     meta_common = {**{k: v for k, v in dims.items()}, "torch": torch.__version__}
     meta = {
-        PREF_GRAD: {**meta_common, "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*(D(G(z))-1)^2",
-                      "direction": "maximise"},
-        INV_GRAD: {**meta_common, "objective": "mse(G(z),target) + perceptual_weight*perceptual(G(z),target)",
-                     "direction": "minimise", "perceptual_weight": float(perceptual_weight)},
-        SHIFT_GRAD: {**meta_common, "objective": "mean_i pref(base_z+shift_i) - diversity_weight*diversity",
-                       "direction": "maximise", "diversity_sigma": float(diversity_sigma),
-                       "diversity_space": diversity_space},
+        PREF_GRAD: {
+            **meta_common,
+            "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*(D(G(z))-1)^2",
+            "direction": "maximise",
+        },
+        INV_GRAD: {
+            **meta_common,
+            "objective": "mse(G(z),target) + perceptual_weight*perceptual(G(z),target)",
+            "direction": "minimise",
+            "perceptual_weight": float(perceptual_weight),
+        },
+        SHIFT_GRAD: {
+            **meta_common,
+            "objective": "mean_i pref(base_z+shift_i) - diversity_weight*diversity",
+            "direction": "maximise",
+            "diversity_sigma": float(diversity_sigma),
+            "diversity_space": diversity_space,
+        },
     }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,8 +274,14 @@ def export_gradient_models(
         ins, outs = IO[name]
         ex = example_inputs(name, dims, batch=2, n_users=3, n_shifts=n_shifts_example, seed=1, generator=generator)
         path = export_value_and_grad(
-            objective, tuple(ex[k] for k in ins), out_dir / f"{name}.onnx", wrt=_WRT[name],
-            input_names=ins, output_names=outs, dynamic_axes=_DYNAMIC_AXES[name], opset=opset,
+            objective,
+            tuple(ex[k] for k in ins),
+            out_dir / f"{name}.onnx",
+            wrt=_WRT[name],
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=_DYNAMIC_AXES[name],
+            opset=opset,
         )
         _write_metadata(path, meta[name])
         paths[name] = path
@@ -291,15 +337,30 @@ def check_gradient_models(
         _eval_frozen(m)
     nets64 = {k: _eval_frozen(copy.deepcopy(v).double()) for k, v in nets.items()}
     dims = _infer_dims(generator, encoder, z_dim, n_categories)
-    report: dict[str, Any] = {"batch": batch, "n_users": n_users if theta is None else int(theta.shape[0]),
-                              "n_shifts": n_shifts, "seed": seed, "torch": torch.__version__, "models": {}}
+    report: dict[str, Any] = {
+        "batch": batch,
+        "n_users": n_users if theta is None else int(theta.shape[0]),
+        "n_shifts": n_shifts,
+        "seed": seed,
+        "torch": torch.__version__,
+        "models": {},
+    }
     for name, path in paths.items():
         path = Path(path)
         meta = read_metadata(path)
         sig = onnx_signature(path)
         ins, outs = IO[name]
-        ex = example_inputs(name, dims, batch=batch, n_users=n_users, n_shifts=n_shifts, seed=seed,
-                            theta=theta, target=targets, generator=generator)
+        ex = example_inputs(
+            name,
+            dims,
+            batch=batch,
+            n_users=n_users,
+            n_shifts=n_shifts,
+            seed=seed,
+            theta=theta,
+            target=targets,
+            generator=generator,
+        )
         sess = make_session(path, threads=threads)
         got = dict(zip(outs, sess.run(list(outs), {k: ex[k].numpy() for k in ins}), strict=True))
         ref = value_and_grad(_objective(name, nets64, meta), _WRT[name])(*(ex[k].double() for k in ins))
@@ -310,7 +371,8 @@ def check_gradient_models(
         rel32 = per_sample_relative_error(ref32[1], ref[outs[1]])
         v_abs = float(np.abs(got["value"] - ref["value"]).max())
         entry: dict[str, Any] = {
-            "path": str(path), "opset": sig.opset,
+            "path": str(path),
+            "opset": sig.opset,
             "inputs": {t.name: list(t.shape) for t in sig.inputs},
             "outputs": {t.name: list(t.shape) for t in sig.outputs},
             "metadata": meta,
@@ -324,18 +386,38 @@ def check_gradient_models(
             "aux_max_abs_err": {o: float(np.abs(got[o] - ref[o]).max()) for o in outs[2:]},
         }
         if measure_cost:
-            cx = example_inputs(name, dims, batch=cost_batch, n_users=n_users, n_shifts=n_shifts, seed=seed + 1,
-                                theta=theta, target=targets, generator=generator)
+            cx = example_inputs(
+                name,
+                dims,
+                batch=cost_batch,
+                n_users=n_users,
+                n_shifts=n_shifts,
+                seed=seed + 1,
+                theta=theta,
+                target=targets,
+                generator=generator,
+            )
             feeds = {k: cx[k].numpy() for k in ins}
             with tempfile.TemporaryDirectory() as tmp:
                 fwd_path = Path(tmp) / f"{name}_forward.onnx"
                 exs = example_inputs(name, dims, batch=2, n_users=3, n_shifts=3, seed=1, generator=generator)
-                export_forward(_objective(name, nets, meta), tuple(exs[k] for k in ins), fwd_path,
-                               input_names=ins, output_names=(outs[0], *outs[2:]),
-                               dynamic_axes=_DYNAMIC_AXES[name])
+                export_forward(
+                    _objective(name, nets, meta),
+                    tuple(exs[k] for k in ins),
+                    fwd_path,
+                    input_names=ins,
+                    output_names=(outs[0], *outs[2:]),
+                    dynamic_axes=_DYNAMIC_AXES[name],
+                )
                 fwd_ms = _time_ms(make_session(fwd_path, threads=threads), feeds, cost_repeats)
             grad_ms = _time_ms(sess, feeds, cost_repeats)
-            entry.update({"cost_batch": cost_batch, "grad_ms": grad_ms, "forward_ms": fwd_ms,
-                          "grad_over_forward": grad_ms / fwd_ms})
+            entry.update(
+                {
+                    "cost_batch": cost_batch,
+                    "grad_ms": grad_ms,
+                    "forward_ms": fwd_ms,
+                    "grad_over_forward": grad_ms / fwd_ms,
+                }
+            )
         report["models"][name] = entry
     return report

@@ -124,8 +124,14 @@ class PreferenceObjective(nn.Module):
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
         self.eval()
 
-    def forward(self, z: torch.Tensor, category: torch.Tensor, theta: torch.Tensor, user_weight: torch.Tensor,
-                realism_weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        z: torch.Tensor,
+        category: torch.Tensor,
+        theta: torch.Tensor,
+        user_weight: torch.Tensor,
+        realism_weight: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         pref, scores, image, realism, _ = preference_terms(
             self.generator, self.discriminator, self.encoder, z, category, theta, user_weight, realism_weight
         )
@@ -135,8 +141,9 @@ class PreferenceObjective(nn.Module):
 class InversionObjective(nn.Module):
     """``forward(z, category, target) -> (value, image)``; value (B,) = MSE + lambda * perceptual."""
 
-    def __init__(self, generator: nn.Module, perceptual: nn.Module,
-                 perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT) -> None:
+    def __init__(
+        self, generator: nn.Module, perceptual: nn.Module, perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT
+    ) -> None:
         super().__init__()
         self.generator, self.perceptual = generator, perceptual
         self.perceptual_weight = float(perceptual_weight)
@@ -157,8 +164,15 @@ class ShiftObjective(nn.Module):
     pref (B,n) per-variant preference, diversity (B,) the (unweighted) penalty.
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, encoder: nn.Module, *,
-                 sigma: float = DEFAULT_DIVERSITY_SIGMA, diversity_space: str = "phi") -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        encoder: nn.Module,
+        *,
+        sigma: float = DEFAULT_DIVERSITY_SIGMA,
+        diversity_space: str = "phi",
+    ) -> None:
         super().__init__()
         if diversity_space not in DIVERSITY_SPACES:
             raise ValueError(f"diversity_space must be one of {DIVERSITY_SPACES}, got {diversity_space!r}")
@@ -169,8 +183,15 @@ class ShiftObjective(nn.Module):
         self.diversity_space = diversity_space
         self.eval()
 
-    def forward(self, base_z: torch.Tensor, shifts: torch.Tensor, category: torch.Tensor, theta: torch.Tensor,
-                user_weight: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        base_z: torch.Tensor,
+        shifts: torch.Tensor,
+        category: torch.Tensor,
+        theta: torch.Tensor,
+        user_weight: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         b, n, dz = shifts.shape
         z = (base_z.unsqueeze(1) + shifts).reshape(b * n, dz)
 
@@ -178,7 +199,13 @@ class ShiftObjective(nn.Module):
             return t.unsqueeze(1).expand(b, n, t.shape[1]).reshape(b * n, t.shape[1])
 
         pref, _, image, _, phi = preference_terms(
-            self.generator, self.discriminator, self.encoder, z, rep(category), theta, rep(user_weight),
+            self.generator,
+            self.discriminator,
+            self.encoder,
+            z,
+            rep(category),
+            theta,
+            rep(user_weight),
             rep(weights[:, 1:2]),
         )
         if self.diversity_space == "phi":

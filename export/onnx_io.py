@@ -30,12 +30,12 @@ __all__ = [
     "ParityReport",
     "build_dynamic_shapes",
     "check_parity",
+    "drop_unused_pool_indices",
     "export_forward",
     "finalize_onnx",
     "make_session",
-    "rename_io",
-    "drop_unused_pool_indices",
     "onnx_signature",
+    "rename_io",
     "run_onnx",
 ]
 
@@ -145,7 +145,9 @@ def build_dynamic_shapes(
     return tuple(shapes), resolved
 
 
-def finalize_onnx(path: Path, *, opset: int, input_names: Sequence[str], output_names: Sequence[str]) -> onnx.ModelProto:
+def finalize_onnx(
+    path: Path, *, opset: int, input_names: Sequence[str], output_names: Sequence[str]
+) -> onnx.ModelProto:
     """Check a written file: checker, single file, declared names, default-domain opset >= ``opset``."""
     if not path.is_file():
         raise OnnxExportError(f"exporter wrote no file at {path}")
@@ -300,9 +302,13 @@ def export_forward(
     has_dynamic = any(shapes)
     with torch.no_grad():
         _torch_onnx_export(
-            module, tuple(example_inputs), path,
-            input_names=input_names, output_names=output_names,
-            dynamic_shapes=shapes if has_dynamic else None, opset=opset,
+            module,
+            tuple(example_inputs),
+            path,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes if has_dynamic else None,
+            opset=opset,
         )
     finalize_onnx(path, opset=opset, input_names=input_names, output_names=output_names)
     return path

@@ -62,7 +62,6 @@ def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return profile, {}
 
 
-
 def train_all(
     prepared: Any, runs_dir: Path, profile: str = "demo", *, progress: bool = True, only: tuple[str, ...] = NETWORKS
 ) -> TrainedRuns:
@@ -81,7 +80,10 @@ def train_all(
     base, overrides = _base_profile(profile)
     runs = TrainedRuns(Path(runs_dir) / profile)
     stages: list[tuple[str, Callable[[], Any]]] = [
-        ("dvbpr", lambda: train_dvbpr(prepared, runs.dir("dvbpr"), base, progress=progress, **overrides.get("dvbpr", {}))),
+        (
+            "dvbpr",
+            lambda: train_dvbpr(prepared, runs.dir("dvbpr"), base, progress=progress, **overrides.get("dvbpr", {})),
+        ),
         ("gan", lambda: train_gan(prepared, runs.dir("gan"), base, progress=progress, **overrides.get("gan", {}))),
         ("infogan", lambda: train_infogan(prepared, runs.dir("infogan"), _profile_obj("infogan", base, overrides))),
         (
@@ -253,7 +255,9 @@ def _export_gradients(runs_root: Path, out: Path) -> tuple[dict[str, Path], dict
     perceptual = load_perceptual(runs_root / "dvbpr")
     paths = export_gradient_models(generator, discriminator, encoder, perceptual, out)
     theta = dvbpr.theta.detach()[:4].clone()
-    checked = check_gradient_models(generator, discriminator, encoder, perceptual, paths, theta=theta, measure_cost=True)
+    checked = check_gradient_models(
+        generator, discriminator, encoder, perceptual, paths, theta=theta, measure_cost=True
+    )
     report = {}
     for name, model in checked["models"].items():
         # The export is right when it is about as close to float64 autograd as float32 torch itself:

@@ -36,7 +36,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def _recommender(metrics: dict[str, Any]) -> list[str]:
     keys = ["sampled_auc", "full_auc", "sampled_auc_cold", "full_auc_cold"]
     order = ["dvbpr", "bpr_mf", "popularity", "oracle_simulated"]
-    rows = [[name, *(metrics["test_auc"][name].get(key, "n/a") for key in keys)] for name in order if name in metrics["test_auc"]]
+    rows = [
+        [name, *(metrics["test_auc"][name].get(key, "n/a") for key in keys)]
+        for name in order
+        if name in metrics["test_auc"]
+    ]
     first = metrics["test_auc"][order[0]]
     lines = [
         f"Test item of each of {first['n_users']} simulated users vs {first['n_negatives']} sampled negatives "
@@ -83,7 +87,16 @@ def _retrieval(metrics: dict[str, Any]) -> list[str]:
         "catalogue items; precision@k = share of the k nearest (cosine) with the query's label.",
         "",
         *_table(
-            ["method", "dim", "category P@1", "category P@10", "class P@10", "colour P@10", "search ms/query (median)", "encode ms/image (median)"],
+            [
+                "method",
+                "dim",
+                "category P@1",
+                "category P@10",
+                "class P@10",
+                "colour P@10",
+                "search ms/query (median)",
+                "encode ms/image (median)",
+            ],
             rows,
         ),
     ]
@@ -143,7 +156,9 @@ def write_report(runs_root: Path) -> Path:
         sections.append((title, render(data) if data is not None else [f"**Not run**: no {key} metrics under {root}."]))
 
     section("Recommendation: DVBPR vs popularity and BPR-MF", "dvbpr", _recommender)
-    section("Image retrieval: InfoGAN discriminator features vs raw pixels and EfficientNet-Lite0", "retrieval", _retrieval)
+    section(
+        "Image retrieval: InfoGAN discriminator features vs raw pixels and EfficientNet-Lite0", "retrieval", _retrieval
+    )
     section("Multimodal search (SynthTriplet) vs image-only", "synthtriplet", _multimodal)
     section("Design generator: conditional GAN", "gan", _gan)
     section("ONNX exports: parity with PyTorch (forward) and float64 autograd (gradients)", "parity", _parity)
@@ -170,10 +185,13 @@ def write_report(runs_root: Path) -> Path:
 
 
 def _html(sections: list[tuple[str, list[str]]], images: list[tuple[str, str]]) -> str:
-    parts = ["<!doctype html><meta charset='utf-8'><title>couturier evaluation</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px}</style>",
-             "<h1>couturier evaluation report</h1>", f"<p>{html.escape(DATA_NOTE)}</p>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>couturier evaluation</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}</style>",
+        "<h1>couturier evaluation report</h1>",
+        f"<p>{html.escape(DATA_NOTE)}</p>",
+    ]
     for title, lines in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         rows = [line for line in lines if line.startswith("|") and not line.startswith("|---")]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -31,11 +30,13 @@ def _fail(message: str) -> None:
 @app.command()
 def serve(
     service: ServiceArg,
-    host: Annotated[Optional[str], typer.Option(help="Bind address (default 127.0.0.1; env COUTURIER_<SERVICE>_HOST).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="gRPC port (env COUTURIER_<SERVICE>_PORT).")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Prometheus /metrics port (default: none).")] = None,
-    log_format: Annotated[Optional[str], typer.Option(help="json or console.")] = None,
-    log_level: Annotated[Optional[str], typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default 127.0.0.1; env COUTURIER_<SERVICE>_HOST).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port (env COUTURIER_<SERVICE>_PORT).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port (default: none).")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or console.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
     """Run one service (or all four in one process) until SIGINT/SIGTERM."""
     from couturier.services.common.config import load_settings

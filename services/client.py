@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
 from couturier.services.common import limits
 from couturier.services.common.downstream import open_channel

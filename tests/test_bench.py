@@ -25,8 +25,12 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 async def health() -> AsyncIterator[health_pb2_grpc.HealthStub]:
     """The orchestrator's real server (health, reflection, ...) with its downstreams pointed at closed ports."""
-    host = make_host("orchestrator", port=0, health_interval_s=5.0,
-                     **{f"{key}_target": f"127.0.0.1:{free_port()}" for key in ("scoring", "latent", "retrieval")})
+    host = make_host(
+        "orchestrator",
+        port=0,
+        health_interval_s=5.0,
+        **{f"{key}_target": f"127.0.0.1:{free_port()}" for key in ("scoring", "latent", "retrieval")},
+    )
     await host.start()
     channel = grpc.aio.insecure_channel(host.address)
     try:
@@ -122,24 +126,57 @@ def test_percentile_maths() -> None:
 def _report(backends: bool) -> dict[str, Any]:
     level = LoadResult(concurrency=1, elapsed_s=2.0, latencies_ms=[1.0, 2.0, 3.0, 40.0])
     level.errors["UNAVAILABLE"] = 2
-    stream = LoadResult(concurrency=16, elapsed_s=2.0, latencies_ms=[50.0, 60.0], extra_ms={"first_message": [5.0, 6.0]})
+    stream = LoadResult(
+        concurrency=16, elapsed_s=2.0, latencies_ms=[50.0, 60.0], extra_ms={"first_message": [5.0, 6.0]}
+    )
     return {
         "started_at": "2026-01-01T00:00:00+00:00",
-        "machine": {"cpu_count": 2, "platform": "Linux", "python": "3.11", "loadavg_before": [0.1], "loadavg_after": [1.0]},
+        "machine": {
+            "cpu_count": 2,
+            "platform": "Linux",
+            "python": "3.11",
+            "loadavg_before": [0.1],
+            "loadavg_after": [1.0],
+        },
         "data_sizes": {"catalogue_items": 10, "indexed_items": 5},
         "settings": {"levels": [1, 16], "duration_s": 2.0, "heavy_calls": 8, "timeout_s": 60.0, "compare_calls": 30},
-        "stack": {"mode": "attached", "targets": {"orchestrator": "127.0.0.1:1"}, "triton_url": "127.0.0.1:2" if backends else ""},
+        "stack": {
+            "mode": "attached",
+            "targets": {"orchestrator": "127.0.0.1:1"},
+            "triton_url": "127.0.0.1:2" if backends else "",
+        },
         "rpcs": {
             "scoring.ScoreItems": {"request": "10 ids", "heavy": False, "levels": [level.summary()]},
             "latent.Alter (stream)": {"request": "stream", "heavy": True, "levels": [stream.summary()]},
-            "retrieval.SearchByImage": {"request": "no call succeeded", "heavy": False,
-                                        "levels": [LoadResult(concurrency=1, elapsed_s=1.0).summary()]},
+            "retrieval.SearchByImage": {
+                "request": "no call succeeded",
+                "heavy": False,
+                "levels": [LoadResult(concurrency=1, elapsed_s=1.0).summary()],
+            },
         },
-        "backends": [{"model": "item_encoder", "batch": 1, "calls": 30, "triton_ms": 2.0, "onnxruntime_ms": 0.5,
-                      "ratio": 4.0, "triton_p90_ms": 3.0, "onnxruntime_p90_ms": 0.6, "triton_mean_ms": 2.2,
-                      "triton_server_ms": 1.2, "triton_queue_ms": 0.5, "triton_compute_ms": 0.6}] if backends else [],
-        "triton_load_stats": {"item_encoder": {"requests": 9, "executions": 3, "avg_batch": 3.0, "queue_ms": 0.5,
-                                               "compute_ms": 1.0}} if backends else {},
+        "backends": [
+            {
+                "model": "item_encoder",
+                "batch": 1,
+                "calls": 30,
+                "triton_ms": 2.0,
+                "onnxruntime_ms": 0.5,
+                "ratio": 4.0,
+                "triton_p90_ms": 3.0,
+                "onnxruntime_p90_ms": 0.6,
+                "triton_mean_ms": 2.2,
+                "triton_server_ms": 1.2,
+                "triton_queue_ms": 0.5,
+                "triton_compute_ms": 0.6,
+            }
+        ]
+        if backends
+        else [],
+        "triton_load_stats": {
+            "item_encoder": {"requests": 9, "executions": 3, "avg_batch": 3.0, "queue_ms": 0.5, "compute_ms": 1.0}
+        }
+        if backends
+        else {},
         "notes": ["2-core CPU numbers"],
         "wall_s": 12.0,
     }
@@ -153,8 +190,18 @@ def test_report_writes_json_and_markdown_with_every_section(tmp_path: Path) -> N
     markdown = md_path.read_text()
     for heading in SECTIONS:
         assert heading in markdown, heading
-    for needle in ("| scoring.ScoreItems | 1 | 6 | UNAVAILABLE 2 |", "| latent.Alter (stream) | 16 |", "| item_encoder | 1 |",
-                   "4.00", "NGC", "native onnxruntime backend on GPU", "2-core", "2.5 / 38.9", "(heavy: fewer calls)", "| retrieval.SearchByImage | 1 | 0 | 0 | - |"):
+    for needle in (
+        "| scoring.ScoreItems | 1 | 6 | UNAVAILABLE 2 |",
+        "| latent.Alter (stream) | 16 |",
+        "| item_encoder | 1 |",
+        "4.00",
+        "NGC",
+        "native onnxruntime backend on GPU",
+        "2-core",
+        "2.5 / 38.9",
+        "(heavy: fewer calls)",
+        "| retrieval.SearchByImage | 1 | 0 | 0 | - |",
+    ):
         assert needle in markdown, needle
     without = render_markdown(_report(backends=False))
     assert all(heading in without for heading in SECTIONS)

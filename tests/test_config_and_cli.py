@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from support.hosts import service_env
-from support.trained import TrainedModels
+from couturier.export.tools.launcher import LocalStack, free_port
 from couturier.services.client import check_health, get_status, list_services, wait_until_serving
 from couturier.services.common.config import SETTINGS_BY_SERVICE, load_settings
 from couturier.services.common.errors import InvalidInput
-from couturier.export.tools.launcher import LocalStack, free_port
+from support.hosts import service_env
+from support.trained import TrainedModels
 
 runner = CliRunner()
 
@@ -61,10 +61,15 @@ def test_bad_config_names_the_problem(monkeypatch: pytest.MonkeyPatch, env: str,
 
 def test_only_the_orchestrator_has_downstream_targets() -> None:
     """The orchestrator is the only service that calls other services (it resolves ids for latent)."""
-    targets = {key: sorted(f for f in cls.model_fields if f.endswith("_target"))
-               for key, cls in SETTINGS_BY_SERVICE.items()}
-    assert targets == {"scoring": [], "latent": [], "retrieval": [],
-                       "orchestrator": ["latent_target", "retrieval_target", "scoring_target"]}
+    targets = {
+        key: sorted(f for f in cls.model_fields if f.endswith("_target")) for key, cls in SETTINGS_BY_SERVICE.items()
+    }
+    assert targets == {
+        "scoring": [],
+        "latent": [],
+        "retrieval": [],
+        "orchestrator": ["latent_target", "retrieval_target", "scoring_target"],
+    }
     with pytest.raises(InvalidInput, match="scoring_target"):  # a stale flag is named, not ignored
         load_settings("latent", scoring_target="127.0.0.1:50051")
 
@@ -108,7 +113,9 @@ def test_cli_serve_help_lists_services() -> None:
 def test_cli_serve_rejects_bad_config_without_traceback() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "couturier.services.cli", "serve", "scoring", "--port", "99999"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "port (env COUTURIER_SCORING_PORT)" in result.stderr
@@ -160,7 +167,9 @@ def test_serve_all_in_one_process(trained_models: TrainedModels, tmp_path: Path)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "couturier.services.cli", "serve", "all"],
-            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=log,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     try:
         for key, port in ports.items():

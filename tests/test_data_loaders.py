@@ -188,7 +188,9 @@ def test_import_commands_write_catalogue_and_interactions(tmp_path: Path) -> Non
 
     runner = CliRunner()
     npy = _save_dvbpr(tmp_path / "amazon.npy", _dvbpr_parts())
-    result = runner.invoke(data_app, ["import-dvbpr", str(npy), "--out", str(tmp_path / "amazon"), "--image-size", "16"])
+    result = runner.invoke(
+        data_app, ["import-dvbpr", str(npy), "--out", str(tmp_path / "amazon"), "--image-size", "16"]
+    )
     assert result.exit_code == 0, result.output
     assert "imported 5 items and 3 users" in result.output
     assert Catalogue.load(tmp_path / "amazon", "catalogue").images.shape == (5, 16, 16, 3)

@@ -98,7 +98,7 @@ def test_cli_commands(prepared_dir: Path, tmp_path: Path, monkeypatch: pytest.Mo
     # DataError -> non-zero exit, clear message, no traceback
     result = runner.invoke(app, ["data", "stats", "--data-dir", str(tmp_path / "none")])
     assert result.exit_code == 2 and "couturier data prepare" in result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert ("Traceback" not in result.output and result.exception is None) or isinstance(result.exception, SystemExit)
     monkeypatch.setenv("COUTURIER_FASHION_MNIST_DIR", str(tmp_path / "no-fm"))
     result = runner.invoke(app, ["data", "prepare", "--data-dir", str(tmp_path / "p"), "--no-progress"])
     assert result.exit_code == 2 and "apt-get install dataset-fashion-mnist" in result.output

@@ -42,7 +42,7 @@ def test_splits_follow_dvbpr_protocol(catalogue: Catalogue, simulated: tuple[Int
     pairs = inter.train_pairs()
     assert pairs.shape == (inter.n_train, 2) and pairs[:, 0].max() == 299
     for u in range(300):
-        bought = inter.train[u].tolist() + [int(inter.validation[u]), int(inter.test[u])]
+        bought = [*inter.train[u].tolist(), int(inter.validation[u]), int(inter.test[u])]
         assert len(set(bought)) == len(bought)  # without replacement; val != test
     every = np.concatenate([*inter.train, inter.validation, inter.test])
     assert every.min() >= 0 and every.max() < len(catalogue)

@@ -32,7 +32,6 @@ from couturier.export.tools.demo import (
     training_reasons,
     write_report,
 )
-from couturier.export.training.common import CHECKPOINT
 from couturier.export.tools.demo_report import (
     SECTIONS,
     SIMULATED_NOTICE,
@@ -50,8 +49,8 @@ from couturier.export.tools.demo_results import (
     DemoResults,
     Dependency,
     Design,
-    Designs,
     DesignRun,
+    Designs,
     ImageSearch,
     ImageSearchExample,
     Indexing,
@@ -69,6 +68,7 @@ from couturier.export.tools.demo_results import (
     Timings,
     TrainedShopperRecommendations,
 )
+from couturier.export.training.common import CHECKPOINT
 from couturier.services.common.images import encode_png
 from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER
 
@@ -81,65 +81,173 @@ def _png(seed: int) -> bytes:
 
 
 def _item(n: int, **extra: Any) -> Item:
-    return Item(**{"product_id": f"fm-train-{n:06d}", "category": "dresses", "colour": "red", "image": _png(n), **extra})
+    return Item(
+        **{"product_id": f"fm-train-{n:06d}", "category": "dresses", "colour": "red", "image": _png(n), **extra}
+    )
 
 
 def synthetic_results() -> DemoResults:
     """Small results with every section the demo fills."""
-    frames = [AlterFrame(phase="INVERSION", step=s, image=_png(100 + s), reconstruction_loss=0.4 / (1 + s),
-                         preference=2.0 + 0.01 * s) for s in (0, 20, 40)]
-    frames += [AlterFrame(phase="OPTIMIZATION", step=s, image=_png(200 + s), objective=3.0 + s / 10,
-                          preference=3.0 + s / 10) for s in (0, 20)]
+    frames = [
+        AlterFrame(
+            phase="INVERSION", step=s, image=_png(100 + s), reconstruction_loss=0.4 / (1 + s), preference=2.0 + 0.01 * s
+        )
+        for s in (0, 20, 40)
+    ]
+    frames += [
+        AlterFrame(phase="OPTIMIZATION", step=s, image=_png(200 + s), objective=3.0 + s / 10, preference=3.0 + s / 10)
+        for s in (0, 20)
+    ]
     frames.append(AlterFrame(phase="DONE", step=20, image=_png(300), preference=5.0, objective=5.0))
-    design = Design(image=_png(7), objective=4.2, preference_before=1.0, preference_after=4.2, realism=0.7,
-                    products=[_item(8, preference=3.1, similarity=0.91), _item(9, preference=2.5, similarity=0.88)])
+    design = Design(
+        image=_png(7),
+        objective=4.2,
+        preference_before=1.0,
+        preference_after=4.2,
+        realism=0.7,
+        products=[_item(8, preference=3.1, similarity=0.91), _item(9, preference=2.5, similarity=0.88)],
+    )
     return DemoResults(
-        profile="demo", data_dir="var/data", generated_at="2026-11-23T16:00:00+00:00",
+        profile="demo",
+        data_dir="var/data",
+        generated_at="2026-11-23T16:00:00+00:00",
         data=DataSummary(catalogue_items=10, heldout_items=2, users=3, categories=["dresses"], colours=["red"]),
-        models=ModelsSummary(run_dir="runs/demo", training_reason="checkpoints found",
-                             publish_reason="nothing published", versions={"item_encoder": "1"}, user_vectors="v1.npz"),
-        timings=Timings(stages_s={"data": 0.1, "stack": 5.0, "total": 30.0},
-                        calls_ms={"Recommend (trained shopper)": 12.5}),
-        indexing=Indexing(items=10, seconds=0.5, items_per_s=20.0, per_category={"dresses": 10},
-                          scoring=IndexSide(upserted=10, total=10, encoder="item_encoder v1"),
-                          retrieval=IndexSide(upserted=10, total=10, encoder="retrieval_encoder v1")),
+        models=ModelsSummary(
+            run_dir="runs/demo",
+            training_reason="checkpoints found",
+            publish_reason="nothing published",
+            versions={"item_encoder": "1"},
+            user_vectors="v1.npz",
+        ),
+        timings=Timings(
+            stages_s={"data": 0.1, "stack": 5.0, "total": 30.0}, calls_ms={"Recommend (trained shopper)": 12.5}
+        ),
+        indexing=Indexing(
+            items=10,
+            seconds=0.5,
+            items_per_s=20.0,
+            per_category={"dresses": 10},
+            scoring=IndexSide(upserted=10, total=10, encoder="item_encoder v1"),
+            retrieval=IndexSide(upserted=10, total=10, encoder="retrieval_encoder v1"),
+        ),
         recommend=Recommendations(
             user=TrainedShopperRecommendations(
-                user_id="sim-user-00001", purchases=[_item(1)], n_purchases=1, products=[_item(2, preference=5.0)],
-                model="item_encoder v1", folded_in=False, latency_ms=12.5, share_bought_category=1.0),
+                user_id="sim-user-00001",
+                purchases=[_item(1)],
+                n_purchases=1,
+                products=[_item(2, preference=5.0)],
+                model="item_encoder v1",
+                folded_in=False,
+                latency_ms=12.5,
+                share_bought_category=1.0,
+            ),
             new_user=NewShopperRecommendations(
-                user_id="new-shopper", liked=[_item(3)], liked_colour="red", liked_category="dresses",
-                products=[_item(4, preference=1.0)], folded_in=True, latency_ms=3.0,
-                share_same_colour=1.0, share_same_category=1.0),
+                user_id="new-shopper",
+                liked=[_item(3)],
+                liked_colour="red",
+                liked_category="dresses",
+                products=[_item(4, preference=1.0)],
+                folded_in=True,
+                latency_ms=3.0,
+                share_same_colour=1.0,
+                share_same_category=1.0,
+            ),
         ),
         design=Designs(
-            user=DesignRun(title="Designs for one", audience="shopper x", category="dresses", steps=50,
-                           objective_name="mean preference", designs=[design], latency_ms=300.0),
-            group=DesignRun(title="Designs for a group", audience="20 shoppers", category="shoes", top_k=10,
-                            median_threshold=7.5, objective_name="TOP_K_SHARE", designs=[design], latency_ms=900.0)),
+            user=DesignRun(
+                title="Designs for one",
+                audience="shopper x",
+                category="dresses",
+                steps=50,
+                objective_name="mean preference",
+                designs=[design],
+                latency_ms=300.0,
+            ),
+            group=DesignRun(
+                title="Designs for a group",
+                audience="20 shoppers",
+                category="shoes",
+                top_k=10,
+                median_threshold=7.5,
+                objective_name="TOP_K_SHARE",
+                designs=[design],
+                latency_ms=900.0,
+            ),
+        ),
         alter=AlterationTrajectory(
-            user_id="sim-user-00001", product=_item(5), frames=frames, latency_ms=900.0, first_message_ms=40.0,
-            preference_original=2.1, preference_inverted=2.4, preference_final=5.0, reconstruction_loss_final=0.01),
+            user_id="sim-user-00001",
+            product=_item(5),
+            frames=frames,
+            latency_ms=900.0,
+            first_message_ms=40.0,
+            preference_original=2.1,
+            preference_inverted=2.4,
+            preference_final=5.0,
+            reconstruction_loss_final=0.01,
+        ),
         seller=SellerVariants(
-            product=_item(6), users=["sim-user-00002"], audience="30 shoppers", settings="n=4", latency_ms=700.0,
-            base_image=_png(400), base_preference=-0.8, original_preference=-0.9,
+            product=_item(6),
+            users=["sim-user-00002"],
+            audience="30 shoppers",
+            settings="n=4",
+            latency_ms=700.0,
+            base_image=_png(400),
+            base_preference=-0.8,
+            original_preference=-0.9,
             item_competitors=[_item(10, similarity=0.9)],
-            variants=[SellerVariant(image=_png(401), preference_before=-0.8, preference_after=-0.3,
-                                    preference_shift=0.5, opposite_ssim=0.1, shift_norm=1.0,
-                                    competitors=[_item(11, similarity=0.8)])]),
-        multimodal=MultimodalSearches(user_id="sim-user-00001", queries=[MultimodalQuery(
-            text="same but in red", requested_colour="red", query=_item(12, colour="cream"),
-            synthetic_image=_png(500), hits=[_item(13, similarity=0.9, preference=2.0)], latency_ms=80.0,
-            share_requested_colour=1.0, share_same_category=1.0)]),
+            variants=[
+                SellerVariant(
+                    image=_png(401),
+                    preference_before=-0.8,
+                    preference_after=-0.3,
+                    preference_shift=0.5,
+                    opposite_ssim=0.1,
+                    shift_norm=1.0,
+                    competitors=[_item(11, similarity=0.8)],
+                )
+            ],
+        ),
+        multimodal=MultimodalSearches(
+            user_id="sim-user-00001",
+            queries=[
+                MultimodalQuery(
+                    text="same but in red",
+                    requested_colour="red",
+                    query=_item(12, colour="cream"),
+                    synthetic_image=_png(500),
+                    hits=[_item(13, similarity=0.9, preference=2.0)],
+                    latency_ms=80.0,
+                    share_requested_colour=1.0,
+                    share_same_category=1.0,
+                )
+            ],
+        ),
         search=ImageSearch(
             examples=[ImageSearchExample(query=_item(14), hits=[_item(15, similarity=0.95)], latency_ms=20.0)],
-            precision=SearchPrecision(queries=100, k=10, category=0.8, colour=0.9, fm_class=0.6, median_ms=25.0,
-                                      p90_ms=50.0, chance_category=0.2, chance_colour=0.1,
-                                      per_category={"dresses": CategoryPrecision(category=0.8, colour=0.9, queries=10)})),
-        services={"scoring": ServiceDiagnostics(
-            target="127.0.0.1:1", serving=True, version="0.1.0", exit_code=0,
-            dependencies=[Dependency(name="model", ready=True, detail="item_encoder v1")],
-            settings={"inference_backend": "triton"}, reflection=["couturier.v1.ScoringService"])},
+            precision=SearchPrecision(
+                queries=100,
+                k=10,
+                category=0.8,
+                colour=0.9,
+                fm_class=0.6,
+                median_ms=25.0,
+                p90_ms=50.0,
+                chance_category=0.2,
+                chance_colour=0.1,
+                per_category={"dresses": CategoryPrecision(category=0.8, colour=0.9, queries=10)},
+            ),
+        ),
+        services={
+            "scoring": ServiceDiagnostics(
+                target="127.0.0.1:1",
+                serving=True,
+                version="0.1.0",
+                exit_code=0,
+                dependencies=[Dependency(name="model", ready=True, detail="item_encoder v1")],
+                settings={"inference_backend": "triton"},
+                reflection=["couturier.v1.ScoringService"],
+            )
+        },
         served_models={"scoring Recommend": "item_encoder v1"},
     )
 
@@ -198,7 +306,9 @@ def test_markdown_and_json_carry_the_numbers_without_images(tmp_path: Path) -> N
     assert {p.name for p in tmp_path.iterdir()} == {"demo_report.html", "demo_report.json", "demo_report.md"}
     written = json.loads((tmp_path / "demo_report.json").read_text())
     assert written == json.loads(text) and "base64" not in text
-    assert written["seller"]["variants"][0]["preference_shift"] == 0.5 and "image" not in written["seller"]["variants"][0]
+    assert (
+        written["seller"]["variants"][0]["preference_shift"] == 0.5 and "image" not in written["seller"]["variants"][0]
+    )
 
 
 def test_alter_chart_puts_optimisation_after_inversion() -> None:

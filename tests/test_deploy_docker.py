@@ -118,20 +118,24 @@ def assert_settings_env(key: str, env: dict[str, str], where: str) -> None:
     fields = SETTINGS_BY_SERVICE[key].model_fields
     for name in env:
         if name.startswith("COUTURIER_"):
-            assert name.startswith(prefix) and name[len(prefix):].lower() in fields, f"{where}: {name} is no {key} setting"
+            assert name.startswith(prefix) and name[len(prefix) :].lower() in fields, (
+                f"{where}: {name} is no {key} setting"
+            )
 
 
 # -- service image -----------------------------------------------------------------------------------
 
 
-def test_service_image_builds_a_wheel_then_installs_only_the_serving_extra(service_dockerfile) -> None:  # noqa: ANN001
+def test_service_image_builds_a_wheel_then_installs_only_the_serving_extra(service_dockerfile) -> None:
     args, stages = service_dockerfile
     assert re.fullmatch(r"python:3\.11-slim(-\w+)?", args["PYTHON_IMAGE"]), args
     build, runtime = stages["build"], stages["runtime"]
     assert build.base == runtime.base == "${PYTHON_IMAGE}"
     assert any("pip wheel" in run and '".[serving]"' in run for run in build.all("RUN"))
     install = [run for run in runtime.all("RUN") if "pip install" in run]
-    assert len(install) == 1 and '"couturier[serving]"' in install[0] and "--no-index --find-links /wheels" in install[0]
+    assert (
+        len(install) == 1 and '"couturier[serving]"' in install[0] and "--no-index --find-links /wheels" in install[0]
+    )
     assert "from=build" in install[0], "the wheels come from the build stage"
     assert build_sources(stages) == {"pyproject.toml", "setup.py", "README.md", "protos", "services", "export"}
     for stage in stages.values():
@@ -141,7 +145,7 @@ def test_service_image_builds_a_wheel_then_installs_only_the_serving_extra(servi
     assert "find_spec('torch')" in install[0], "the runtime install fails the build when torch got in"
 
 
-def test_every_service_has_a_stage_with_its_key_port_and_health_check(service_dockerfile) -> None:  # noqa: ANN001
+def test_every_service_has_a_stage_with_its_key_port_and_health_check(service_dockerfile) -> None:
     _, stages = service_dockerfile
     for key in SETTINGS_BY_SERVICE:
         stage = stages[key]
@@ -160,7 +164,7 @@ def test_every_service_has_a_stage_with_its_key_port_and_health_check(service_do
     assert list(stages)[-1] == "orchestrator", "a build without --target gives the orchestrator"
 
 
-def test_runtime_user_is_created_non_root_and_matches_kubernetes(service_dockerfile) -> None:  # noqa: ANN001
+def test_runtime_user_is_created_non_root_and_matches_kubernetes(service_dockerfile) -> None:
     _, stages = service_dockerfile
     useradd = " ".join(stages["runtime"].all("RUN"))
     assert f"--uid {SERVICE_UID}" in useradd and f"--gid {SERVICE_UID}" in useradd
@@ -262,7 +266,7 @@ def test_triton_image_is_ngc_with_explicit_control_of_every_model() -> None:
     assert "MODEL_REPOSITORY=var/model_repository" in baked.all("ARG")
 
 
-def test_dockerignore_keeps_sources_and_drops_heavy_state(service_dockerfile) -> None:  # noqa: ANN001
+def test_dockerignore_keeps_sources_and_drops_heavy_state(service_dockerfile) -> None:
     lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [line for line in lines if line and not line.startswith("#")]
     for heavy in (".git", ".venv", "var", "runs"):
@@ -276,7 +280,7 @@ def test_dockerignore_keeps_sources_and_drops_heavy_state(service_dockerfile) ->
 # -- compose -----------------------------------------------------------------------------------------
 
 
-def test_compose_runs_each_service_with_real_settings(compose: dict, service_dockerfile) -> None:  # noqa: ANN001
+def test_compose_runs_each_service_with_real_settings(compose: dict, service_dockerfile) -> None:
     _, stages = service_dockerfile
     services = compose["services"]
     assert set(services) == {"etcd", "minio", "milvus", "triton", *SETTINGS_BY_SERVICE}
@@ -317,7 +321,10 @@ def test_compose_targets_name_compose_services_and_ports(compose: dict) -> None:
     assert services["retrieval"]["environment"]["COUTURIER_RETRIEVAL_TOKENIZER_JSON"].startswith("/models/")
     assert any(v.endswith(":/models:ro") for v in services["retrieval"]["volumes"])
     assert any(v.endswith(":/models:ro") for v in services["triton"]["volumes"])
-    assert services["milvus"]["depends_on"] == {"etcd": {"condition": "service_healthy"}, "minio": {"condition": "service_healthy"}}
+    assert services["milvus"]["depends_on"] == {
+        "etcd": {"condition": "service_healthy"},
+        "minio": {"condition": "service_healthy"},
+    }
 
 
 def test_compose_gpu_override_reserves_nvidia_for_triton() -> None:

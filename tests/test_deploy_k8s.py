@@ -128,7 +128,9 @@ def container_env(objs: list[Obj], container: Obj) -> dict[str, str]:
             if secrets:
                 assert key in secrets[0].get("data", {}), f"Secret {name} has no key {key}"
             else:
-                assert key in EXTERNAL_SECRETS.get(name, set()), f"Secret {name}/{key} is neither rendered nor documented"
+                assert key in EXTERNAL_SECRETS.get(name, set()), (
+                    f"Secret {name}/{key} is neither rendered nor documented"
+                )
             env[item["name"]] = "user:secret"
         elif "configMapKeyRef" in ref:
             name, key = ref["configMapKeyRef"]["name"], ref["configMapKeyRef"]["key"]
@@ -170,7 +172,9 @@ def test_the_schema_check_catches_a_typo() -> None:
 
     deployment = next(d for d in of_kind(kustomize(K8S / "base"), "Deployment") if d["metadata"]["name"] == "scoring")
     broken = copy.deepcopy(deployment)
-    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = broken["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = broken["spec"]["template"]["spec"][
+        "containers"
+    ][0].pop("readinessProbe")
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
 
@@ -182,7 +186,11 @@ def test_the_schema_check_catches_a_typo() -> None:
 def test_services_select_pods_that_have_their_target_ports(renders: dict[str, list[Obj]], overlay: str) -> None:
     objs = renders[overlay]
     for service in of_kind(objs, "Service"):
-        pods = [t for _, t in pod_templates(objs) if matches({"matchLabels": service["spec"]["selector"]}, t["metadata"]["labels"])]
+        pods = [
+            t
+            for _, t in pod_templates(objs)
+            if matches({"matchLabels": service["spec"]["selector"]}, t["metadata"]["labels"])
+        ]
         assert pods, f"Service {service['metadata']['name']} selects no pod"
         for port in service["spec"]["ports"]:
             for template in pods:
@@ -201,7 +209,9 @@ def test_probes_use_container_ports(renders: dict[str, list[Obj]], overlay: str)
                     continue
                 handler = probe.get("grpc") or probe.get("httpGet") or probe.get("tcpSocket")
                 assert handler is not None, f"{dep['metadata']['name']} {kind} has no grpc/httpGet/tcpSocket"
-                assert port_exists(container, handler["port"]), f"{dep['metadata']['name']} {kind} port {handler['port']}"
+                assert port_exists(container, handler["port"]), (
+                    f"{dep['metadata']['name']} {kind} port {handler['port']}"
+                )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -217,7 +227,9 @@ def test_service_config_is_real_settings_with_matching_ports(
         env = container_env(objs, container)
         for name in env:
             assert name.startswith(prefix), f"{dep['metadata']['name']}: {name} is not a {key} setting"
-            assert name[len(prefix):].lower() in cls.model_fields, f"{dep['metadata']['name']}: {name} is no field of {cls.__name__}"
+            assert name[len(prefix) :].lower() in cls.model_fields, (
+                f"{dep['metadata']['name']}: {name} is no field of {cls.__name__}"
+            )
         for name in [n for n in os.environ if n.startswith("COUTURIER_")]:
             monkeypatch.delenv(name)
         for name, value in env.items():
@@ -230,7 +242,10 @@ def test_service_config_is_real_settings_with_matching_ports(
         assert container["readinessProbe"]["grpc"]["port"] == settings.port
         assert settings.log_format == "json" and settings.max_connection_age_s
         annotations = dep["spec"]["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == settings.metrics_port
+        assert (
+            annotations["prometheus.io/scrape"] == "true"
+            and int(annotations["prometheus.io/port"]) == settings.metrics_port
+        )
         if hasattr(settings, "inference_backend"):
             assert settings.inference_backend == "triton"
     assert seen == set(SETTINGS_BY_SERVICE)
@@ -249,7 +264,7 @@ def test_targets_name_existing_services_and_ports(renders: dict[str, list[Obj]],
     services = {(s["metadata"]["name"], s["metadata"]["namespace"]): s for s in of_kind(objs, "Service")}
     milvus_port = yaml.safe_load((K8S / "milvus" / "values.yaml").read_text())["service"]["port"]
     checked: set[tuple[str, str]] = set()
-    for dep, container, key in service_containers(objs):
+    for _dep, container, key in service_containers(objs):
         env = container_env(objs, container)
         for name, value in env.items():
             field = name.removeprefix(f"COUTURIER_{key.upper()}_").lower()
@@ -259,20 +274,28 @@ def test_targets_name_existing_services_and_ports(renders: dict[str, list[Obj]],
                 assert match, f"{name}={value}: use the Service's cluster DNS name"
                 service = services.get((match[1], match[2]))
                 assert service is not None, f"{name}={value}: no Service {match[1]} in {match[2]}"
-                assert port in [p["port"] for p in service["spec"]["ports"]], f"{name}={value}: Service has no port {port}"
+                assert port in [p["port"] for p in service["spec"]["ports"]], (
+                    f"{name}={value}: Service has no port {port}"
+                )
                 if field.endswith("_target"):  # couturier services: client-side balancing over every pod
                     peer = field.removesuffix("_target")
-                    assert dns and service["spec"].get("clusterIP") == "None", f"{name} must be dns:/// to a headless Service"
+                    assert dns and service["spec"].get("clusterIP") == "None", (
+                        f"{name} must be dns:/// to a headless Service"
+                    )
                     assert port == SETTINGS_BY_SERVICE[peer].model_fields["port"].default
                 checked.add((key, field))
             if field == "milvus_uri":
                 assert value == f"http://milvus.milvus.svc.cluster.local:{milvus_port}", value
                 checked.add((key, field))
     assert checked == {
-        ("scoring", "triton_url"), ("scoring", "milvus_uri"),
+        ("scoring", "triton_url"),
+        ("scoring", "milvus_uri"),
         ("latent", "triton_url"),  # latent calls no other couturier service
-        ("retrieval", "triton_url"), ("retrieval", "milvus_uri"),
-        ("orchestrator", "scoring_target"), ("orchestrator", "latent_target"), ("orchestrator", "retrieval_target"),
+        ("retrieval", "triton_url"),
+        ("retrieval", "milvus_uri"),
+        ("orchestrator", "scoring_target"),
+        ("orchestrator", "latent_target"),
+        ("orchestrator", "retrieval_target"),
     }
 
 
@@ -288,7 +311,9 @@ def test_hpas_and_pdbs_target_existing_workloads(renders: dict[str, list[Obj]], 
         for container in target["spec"]["template"]["spec"]["containers"]:
             assert container["resources"]["requests"]["cpu"], "CPU utilisation needs a CPU request"
         assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    assert {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objs, "HorizontalPodAutoscaler")} == set(SETTINGS_BY_SERVICE)
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objs, "HorizontalPodAutoscaler")} == set(
+        SETTINGS_BY_SERVICE
+    )
     for pdb in of_kind(objs, "PodDisruptionBudget"):
         assert any(matches(pdb["spec"]["selector"], t["metadata"]["labels"]) for _, t in pod_templates(objs)), pdb
 
@@ -367,8 +392,11 @@ def test_triton_serves_every_model_with_tolerant_readiness(renders: dict[str, li
     assert args[0] == "tritonserver" and "--model-control-mode=explicit" in args
     assert [a.removeprefix("--load-model=") for a in args if a.startswith("--load-model=")] == list(ALL_MODELS)
     flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:] if "=" in a)
-    assert container_ports(container) == {"http": int(flags["http-port"]), "grpc": int(flags["grpc-port"]),
-                                          "metrics": int(flags["metrics-port"])} == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert (
+        container_ports(container)
+        == {"http": int(flags["http-port"]), "grpc": int(flags["grpc-port"]), "metrics": int(flags["metrics-port"])}
+        == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    )
     ready = container["readinessProbe"]
     assert ready["httpGet"]["path"] == "/v2/health/ready"
     assert ready["failureThreshold"] * ready["periodSeconds"] >= 10, "must ride out the ~1 s readiness flap of a swap"
@@ -381,7 +409,9 @@ def test_triton_serves_every_model_with_tolerant_readiness(renders: dict[str, li
     assert mounts["dshm"]["mountPath"] == "/dev/shm" and mounts["models"]["mountPath"] == "/models"
     claim = volumes["models"]["persistentVolumeClaim"]["claimName"]
     named(objs, "PersistentVolumeClaim", claim)
-    gpus = {k: v for part in ("requests", "limits") for k, v in container["resources"].get(part, {}).items() if "gpu" in k}
+    gpus = {
+        k: v for part in ("requests", "limits") for k, v in container["resources"].get(part, {}).items() if "gpu" in k
+    }
     if overlay == "prod-gpu":
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert spec["nodeSelector"] and spec["tolerations"]
@@ -414,7 +444,9 @@ def allowed(policies: list[Obj], src: tuple[str, dict[str, str]], dst: tuple[str
     """Whether ingress from ``src`` (namespace, pod labels) to ``dst`` on ``port`` is allowed."""
     src_ns, src_labels = src
     dst_ns, dst_labels = dst
-    selecting = [p for p in policies if p["metadata"]["namespace"] == dst_ns and matches(p["spec"]["podSelector"], dst_labels)]
+    selecting = [
+        p for p in policies if p["metadata"]["namespace"] == dst_ns and matches(p["spec"]["podSelector"], dst_labels)
+    ]
     if not selecting:
         return True
     for policy in selecting:
@@ -426,7 +458,9 @@ def allowed(policies: list[Obj], src: tuple[str, dict[str, str]], dst: tuple[str
                 return True
             for peer in peers:
                 ns_ok = (
-                    matches(peer["namespaceSelector"], NAMESPACE_LABELS[src_ns]) if "namespaceSelector" in peer else src_ns == dst_ns
+                    matches(peer["namespaceSelector"], NAMESPACE_LABELS[src_ns])
+                    if "namespaceSelector" in peer
+                    else src_ns == dst_ns
                 )
                 pod_ok = matches(peer["podSelector"], src_labels) if "podSelector" in peer else True
                 if ns_ok and pod_ok:
@@ -440,7 +474,9 @@ def test_network_policies_allow_exactly_the_call_graph(renders: dict[str, list[O
     policies = of_kind(objs, "NetworkPolicy") + milvus_policies()
     pods = {t["metadata"]["labels"]["app.kubernetes.io/name"]: t["metadata"]["labels"] for _, t in pod_templates(objs)}
     for policy in of_kind(objs, "NetworkPolicy"):  # every selector selects pods that exist
-        assert any(matches(policy["spec"]["podSelector"], labels) for labels in pods.values()), policy["metadata"]["name"]
+        assert any(matches(policy["spec"]["podSelector"], labels) for labels in pods.values()), policy["metadata"][
+            "name"
+        ]
         for rule in policy["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
                 if "podSelector" in peer and "namespaceSelector" not in peer:
@@ -448,7 +484,10 @@ def test_network_policies_allow_exactly_the_call_graph(renders: dict[str, list[O
     for policy in milvus_policies():
         for rule in policy["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
-                if "namespaceSelector" in peer and peer["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name") == NAMESPACE:
+                if (
+                    "namespaceSelector" in peer
+                    and peer["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name") == NAMESPACE
+                ):
                     assert any(matches(peer["podSelector"], labels) for labels in pods.values())
     ports = {key: cls.model_fields["port"].default for key, cls in SETTINGS_BY_SERVICE.items()}
     # the orchestrator is the only caller of other couturier services (it resolves ids for latent)

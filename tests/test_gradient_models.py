@@ -63,8 +63,12 @@ def _init(m: nn.Module, seed: int) -> nn.Module:
 def nets() -> dict[str, nn.Module]:
     gc = GanConfig(image_size=S, z_dim=DZ, n_categories=NCAT, g_channels=(16, 8, 8), d_channels=(8, 8, 16))
     enc = _init(ItemEncoder(DvbprConfig(n_users=4, image_size=S, k=K, channels=(8, 8, 8), hidden=16)), 3)
-    return {"generator": _init(Generator(gc), 1), "discriminator": _init(Discriminator(gc), 2),
-            "encoder": enc, "perceptual": PerceptualDistance(enc)}
+    return {
+        "generator": _init(Generator(gc), 1),
+        "discriminator": _init(Discriminator(gc), 2),
+        "encoder": enc,
+        "perceptual": PerceptualDistance(enc),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +129,11 @@ def test_dynamic_batch_users_and_aux_shapes(sessions: dict[str, object], batch: 
     assert out["realism"].shape == (batch,)
     assert np.abs(out["image"]).max() <= 1.0
     for n in (1, 2, 5):
-        out = _run(sessions["shift_grad"], "shift_grad",
-                   example_inputs("shift_grad", _dims(), batch=batch, n_users=users, n_shifts=n))
+        out = _run(
+            sessions["shift_grad"],
+            "shift_grad",
+            example_inputs("shift_grad", _dims(), batch=batch, n_users=users, n_shifts=n),
+        )
         assert out["value"].shape == (batch,) and out["grad_shifts"].shape == (batch, n, DZ)
         assert out["images"].shape == (batch, n, 3, S, S) and out["pref"].shape == (batch, n)
         assert out["diversity"].shape == (batch,)
@@ -157,8 +164,7 @@ def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict
     cases = {
         "pref_grad": (PreferenceObjective(n64["generator"], n64["discriminator"], n64["encoder"]), "z", "grad_z"),
         "inv_grad": (InversionObjective(n64["generator"], n64["perceptual"]), "z", "grad_z"),
-        "shift_grad": (ShiftObjective(n64["generator"], n64["discriminator"], n64["encoder"]), "shifts",
-                       "grad_shifts"),
+        "shift_grad": (ShiftObjective(n64["generator"], n64["discriminator"], n64["encoder"]), "shifts", "grad_shifts"),
     }
     g = torch.Generator().manual_seed(7)
     for name, (obj, wrt, gname) in cases.items():
@@ -170,8 +176,7 @@ def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict
         d = d / d.norm()
         h = 1e-6  # small: the nets are piecewise linear (ReLU, LeakyReLU, MaxPool kinks)
 
-        def f(delta: torch.Tensor, obj: nn.Module = obj, wrt: str = wrt, ins: tuple = ins,
-              x64: dict = x64) -> float:
+        def f(delta: torch.Tensor, obj: nn.Module = obj, wrt: str = wrt, ins: tuple = ins, x64: dict = x64) -> float:
             args = {**x64, wrt: x64[wrt] + delta}
             with torch.no_grad():
                 return float(obj(*(args[k] for k in ins))[0][0])
@@ -189,8 +194,11 @@ def test_mean_group_equals_one_user_with_mean_theta(sessions: dict[str, object])
     b, u = 5, 4
     x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=3)
     group = _run(sessions["pref_grad"], "pref_grad", {**x, "user_weight": torch.full((b, u), 1.0 / u)})
-    mean = _run(sessions["pref_grad"], "pref_grad",
-                {**x, "theta": x["theta"].mean(0, keepdim=True), "user_weight": torch.ones(b, 1)})
+    mean = _run(
+        sessions["pref_grad"],
+        "pref_grad",
+        {**x, "theta": x["theta"].mean(0, keepdim=True), "user_weight": torch.ones(b, 1)},
+    )
     np.testing.assert_allclose(group["value"], mean["value"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(group["grad_z"], mean["grad_z"], rtol=1e-4, atol=1e-5 * np.abs(mean["grad_z"]).max())
     np.testing.assert_allclose(group["scores"].mean(1), mean["scores"][:, 0], rtol=1e-5, atol=1e-5)
@@ -246,8 +254,12 @@ def test_shift_diversity_lower_for_spread_shifts(sessions: dict[str, object]) ->
     np.testing.assert_allclose(same["value"], same["pref"].mean(1) - weights[:, 0].numpy(), rtol=1e-5, atol=1e-4)
     # the diversity term's gradient pushes identical-but-perturbed shifts apart
     eps = 1e-2 * torch.randn(b, n, DZ, generator=torch.Generator().manual_seed(0))
-    only_div = {**x, "shifts": eps, "weights": torch.tensor([[1.0, 0.0]]).expand(b, 2).contiguous(),
-                "user_weight": torch.zeros(b, 2)}
+    only_div = {
+        **x,
+        "shifts": eps,
+        "weights": torch.tensor([[1.0, 0.0]]).expand(b, 2).contiguous(),
+        "user_weight": torch.zeros(b, 2),
+    }
     out = _run(sessions["shift_grad"], "shift_grad", only_div)
     stepped = eps + 0.5 * torch.as_tensor(out["grad_shifts"])  # ascend value = -diversity
     step = _run(sessions["shift_grad"], "shift_grad", {**only_div, "shifts": stepped})
@@ -264,23 +276,38 @@ def test_value_and_grad_aux_outputs(tmp_path: Path) -> None:
         return (y**2).sum(1), y
 
     x, w = torch.randn(3, 4), torch.randn(4, 2)
-    value, grad, aux = value_and_grad(fn, 0)(x, w)
+    _value, grad, aux = value_and_grad(fn, 0)(x, w)
     assert aux.shape == (3, 2) and grad.shape == x.shape and not aux.requires_grad
-    path = export_value_and_grad(fn, (x, w), tmp_path / "aux.onnx", wrt=0, input_names=["x", "w"],
-                                 output_names=["value", "grad_x", "y"], dynamic_axes={"w": {}})
+    path = export_value_and_grad(
+        fn,
+        (x, w),
+        tmp_path / "aux.onnx",
+        wrt=0,
+        input_names=["x", "w"],
+        output_names=["value", "grad_x", "y"],
+        dynamic_axes={"w": {}},
+    )
     out = make_session(path).run(None, {"x": x.numpy(), "w": w.numpy()})
     np.testing.assert_allclose(out[2], aux.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(out[1], grad.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="output names"):
-        export_value_and_grad(fn, (x, w), tmp_path / "bad.onnx", wrt=0, input_names=["x", "w"],
-                              output_names=["value", "grad_x"], dynamic_axes={"w": {}})
+        export_value_and_grad(
+            fn,
+            (x, w),
+            tmp_path / "bad.onnx",
+            wrt=0,
+            input_names=["x", "w"],
+            output_names=["value", "grad_x"],
+            dynamic_axes={"w": {}},
+        )
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_cost_measurement(nets: dict[str, nn.Module], paths: dict[str, Path]) -> None:
-    report = check_gradient_models(**nets, paths=paths, batch=8, measure_cost=True, cost_batch=8,
-                                   cost_repeats=10, threads=1)
+    report = check_gradient_models(
+        **nets, paths=paths, batch=8, measure_cost=True, cost_batch=8, cost_repeats=10, threads=1
+    )
     for name in GRADIENT_MODELS:
         m = report["models"][name]
         assert m["grad_ms"] > 0 and m["forward_ms"] > 0

@@ -24,7 +24,10 @@ def package_view(at: Path, services: Path) -> Path:
 def lint_imports(view: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(LINT_IMPORTS), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
-        cwd=view, capture_output=True, text=True, timeout=300,
+        cwd=view,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

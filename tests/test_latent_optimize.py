@@ -11,8 +11,8 @@ import pytest
 from couturier.services.common.images import to_model_input
 from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER
-from couturier.services.latent.ssim import gaussian_window, ssim
 from couturier.services.latent import optimize as opt
+from couturier.services.latent.ssim import gaussian_window, ssim
 from support.trained import TrainedModels
 
 B = 4
@@ -79,8 +79,14 @@ async def test_shape_mismatches_raise_before_any_call() -> None:
     with pytest.raises(ValueError, match="category"):
         await opt.maximise_preference(None, z0=z, category=cat, theta=theta)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="thresholds"):
-        await opt.maximise_preference(None, z0=z, category=cat[:2], theta=theta, objective="top_k_share",  # type: ignore[arg-type]
-                                      thresholds=np.zeros(3))
+        await opt.maximise_preference(
+            None,
+            z0=z,
+            category=cat[:2],
+            theta=theta,
+            objective="top_k_share",  # type: ignore[arg-type]
+            thresholds=np.zeros(3),
+        )
     with pytest.raises(ValueError, match="user_weight"):
         await opt.seller_shifts(None, base_z=z[0], category=cat[0], theta=theta, user_weight=np.ones(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="target"):
@@ -131,8 +137,9 @@ async def test_mean_preference_rises_and_stays_in_range(backend: OnnxRuntimeBack
         assert z.shape == (B, 100) and objective.shape == (B,) and image.shape == (B, 3, 32, 32)
         seen.append(step)
 
-    res = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, steps=15, realism_weight=0.0,
-                                        on_step=on_step)
+    res = await opt.maximise_preference(
+        backend, z0=z0, category=cat, theta=theta, steps=15, realism_weight=0.0, on_step=on_step
+    )
     assert seen == list(range(16)) and res.calls == 16 and res.history.shape == (16, B)
     assert np.all(res.objective_after > res.objective_before)
     np.testing.assert_allclose(res.objective_before, res.scores_before.mean(axis=1), rtol=1e-5)
@@ -151,8 +158,9 @@ async def test_mean_objective_of_a_group_equals_one_user_with_the_mean_theta(
 ) -> None:
     z0, cat = _start(seed=5)
     group = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, steps=8)
-    single = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta.mean(axis=0, keepdims=True),
-                                           steps=8)
+    single = await opt.maximise_preference(
+        backend, z0=z0, category=cat, theta=theta.mean(axis=0, keepdims=True), steps=8
+    )
     np.testing.assert_allclose(group.history, single.history, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(group.z, single.z, atol=1e-4)
     # scores are linear in theta: the mean of per-user scores is the mean-theta score
@@ -169,8 +177,16 @@ async def test_top_k_share_raises_the_smooth_share(
     phi = (await backend.infer(ITEM_ENCODER, {"image": to_model_input(list(images), 32)}))["embedding"]
     thresholds = np.sort(phi @ theta.T, axis=0)[-10]  # each user's 10th best catalogue score
     z0, cat = _start(seed=7)
-    res = await opt.maximise_preference(backend, z0=z0, category=cat, theta=theta, objective="top_k_share",
-                                        thresholds=thresholds, steps=20, realism_weight=0.0)
+    res = await opt.maximise_preference(
+        backend,
+        z0=z0,
+        category=cat,
+        theta=theta,
+        objective="top_k_share",
+        thresholds=thresholds,
+        steps=20,
+        realism_weight=0.0,
+    )
     assert res.calls == 22 and res.temperature is not None and np.all(res.temperature > 0)
     np.testing.assert_allclose(res.objective_before, (res.scores_before >= thresholds).mean(axis=1))
     np.testing.assert_allclose(res.objective_after, (res.scores_after >= thresholds).mean(axis=1))
@@ -202,8 +218,17 @@ async def test_seller_shifts_stay_in_the_ball_and_raise_preference(
     base = opt.sample_prior(1, 100, 11)[0] * 0.95
     # Realism off: with it on, the objective is preference - realism penalty, and on the tiny test
     # models (preferences ~1e-3) the penalty dominates, so the objective can rise while preference falls.
-    common = dict(base_z=base, category=opt.one_hot(CATEGORY, 6)[0], theta=theta,
-                  user_weight=np.full(N_USERS, 1 / N_USERS), n=5, radius=0.8, steps=20, seed=4, realism_weight=0.0)
+    common = dict(
+        base_z=base,
+        category=opt.one_hot(CATEGORY, 6)[0],
+        theta=theta,
+        user_weight=np.full(N_USERS, 1 / N_USERS),
+        n=5,
+        radius=0.8,
+        steps=20,
+        seed=4,
+        realism_weight=0.0,
+    )
     plain = await opt.seller_shifts(backend, diversity_weight=0.0, **common)
     diverse = await opt.seller_shifts(backend, diversity_weight=10.0, **common)
     for res in (plain, diverse):

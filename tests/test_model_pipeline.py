@@ -89,11 +89,23 @@ def test_eval_report_collects_every_stage(trained_models: TrainedModels) -> None
     from couturier.export.training.retrieval_eval import run_retrieval_eval
 
     root = trained_models.runs_root  # adds retrieval/ and report/ to the session's run folder
-    run_retrieval_eval(load_prepared(trained_models.data_dir), root / "infogan", root / "retrieval", methods=("infogan_d", "pixels"))
+    run_retrieval_eval(
+        load_prepared(trained_models.data_dir), root / "infogan", root / "retrieval", methods=("infogan_d", "pixels")
+    )
     markdown = write_report(root).read_text()
     assert "SIMULATED" in markdown
     assert "**Not run**" not in markdown
-    for needle in ("| dvbpr |", "| bpr_mf |", "| popularity |", "| infogan_d |", "| pixels |", "| synthetic_image |",
-                   "| image_only |", "| pref_grad | yes |", "| generator | yes |", "gan_samples.png"):
+    for needle in (
+        "| dvbpr |",
+        "| bpr_mf |",
+        "| popularity |",
+        "| infogan_d |",
+        "| pixels |",
+        "| synthetic_image |",
+        "| image_only |",
+        "| pref_grad | yes |",
+        "| generator | yes |",
+        "gan_samples.png",
+    ):
         assert needle in markdown, needle
     assert (root / "report" / "eval_report.html").read_text().count("<table>") >= 5

@@ -17,7 +17,6 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.environment import default_home
 from couturier.export.triton.errors import ModelControlError
-from couturier.services.common.model_repository import read_model_config
 from couturier.export.triton.local_server import LocalTriton
 from couturier.export.triton.repository import publish_model
 from couturier.export.triton.rollout import (
@@ -32,6 +31,7 @@ from couturier.export.triton.rollout import (
     smoke_inputs,
 )
 from couturier.services.common.inference import TritonBackend
+from couturier.services.common.model_repository import read_model_config
 from support.onnx_models import linear_model, linear_weights, users_model
 
 ENV_DIR = default_home() / "env"
@@ -76,7 +76,7 @@ def test_compare_outputs_names_the_difference() -> None:
 
 def test_pinning_hint_names_the_services_and_versions() -> None:
     hint = pinning_hint(RolloutResult("text_encoder", 3, (2,), (2, 3), "canary", ("127.0.0.1:1",), (), 0.0))
-    assert "COUTURIER_RETRIEVAL_MODEL_VERSIONS='{\"text_encoder\": \"2\"}'" in hint
+    assert 'COUTURIER_RETRIEVAL_MODEL_VERSIONS=\'{"text_encoder": "2"}\'' in hint
     assert "couturier triton rollback text_encoder --to 2" in hint
     assert "<service>" in pinning_hint(RolloutResult("mystery", 1, (), (1,), "canary", ("h:1",), (), 0.0))
 
@@ -132,7 +132,7 @@ class Clients:
             while not self.stop.is_set() or done < min_requests:
                 try:
                     y = (await backend.infer(self.model, {"x": X}, version=pin))["y"]
-                except Exception as exc:  # noqa: BLE001 - every failure counts
+                except Exception as exc:
                     self.failures.append((pin, exc))
                     await asyncio.sleep(0.01)
                     continue
@@ -199,8 +199,8 @@ async def test_canary_serves_old_and_new_pins_then_promotes(triton: LocalTriton,
 
     # while the canary starts only the served version is asked for; then all three pins together
     await canary.around(["", ""], start_canary)
-    assert "COUTURIER_SCORING_MODEL_VERSIONS='{\"item_encoder\": \"1\"}'" in cli["output"], cli["output"]
-    assert "COUTURIER_SCORING_MODEL_VERSIONS='{\"item_encoder\": \"2\"}'" in cli["output"]
+    assert 'COUTURIER_SCORING_MODEL_VERSIONS=\'{"item_encoder": "1"}\'' in cli["output"], cli["output"]
+    assert 'COUTURIER_SCORING_MODEL_VERSIONS=\'{"item_encoder": "2"}\'' in cli["output"]
     assert "canary; serving [1, 2] (was [1])" in cli["output"]
     assert triton.control.ready_versions("item_encoder") == [1, 2]
     assert list(read_model_config(repo, "item_encoder").version_policy.specific.versions) == [1, 2]

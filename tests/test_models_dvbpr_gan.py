@@ -24,8 +24,8 @@ from couturier.export.models.perceptual import PerceptualDistance
 from couturier.export.training.baselines import popularity_scorer
 from couturier.export.training.bpr_sampler import BprSampler
 from couturier.export.training.common import images_to_tensor
-from couturier.export.training.rec_eval import evaluate_scorer, sample_negatives, sampled_auc
 from couturier.export.training.profiles import dvbpr_profile, gan_profile
+from couturier.export.training.rec_eval import evaluate_scorer, sample_negatives, sampled_auc
 from couturier.export.training.train_dvbpr import load_dvbpr, train_dvbpr
 from couturier.export.training.train_gan import load_gan, train_gan
 
@@ -67,8 +67,9 @@ def _colour_world(n_items: int = 60, n_users: int = 24, seed: int = 0) -> _Prepa
         v, t = rng.choice(mine_cold, size=2, replace=False)
         val.append(v)
         test.append(t)
-    inter = Interactions(n_users, n_items, np.array([f"u{u}" for u in range(n_users)]), train,
-                         np.array(val), np.array(test))
+    inter = Interactions(
+        n_users, n_items, np.array([f"u{u}" for u in range(n_users)]), train, np.array(val), np.array(test)
+    )
     return _Prepared(_Catalogue(imgs, colour.astype(np.int64)), inter)
 
 
@@ -123,8 +124,18 @@ def test_sampler_negatives_never_bought() -> None:
 @pytest.mark.integration
 def test_dvbpr_beats_popularity_when_pixels_matter_and_round_trip(tmp_path: Path) -> None:
     data = _colour_world()
-    prof = dvbpr_profile("demo", epochs=20, batch_size=32, lr=1e-2, k=8, channels=(4, 8, 8), hidden=16,
-                         n_negatives=20, bprmf_epochs=5, max_seconds=None)
+    prof = dvbpr_profile(
+        "demo",
+        epochs=20,
+        batch_size=32,
+        lr=1e-2,
+        k=8,
+        channels=(4, 8, 8),
+        hidden=16,
+        n_negatives=20,
+        bprmf_epochs=5,
+        max_seconds=None,
+    )
     res = train_dvbpr(data, tmp_path, prof, progress=False)
     auc = res.metrics["test_auc"]
     # same-colour items the user did not buy are indistinguishable from the test item, so the
@@ -201,8 +212,9 @@ def test_lsgan_losses_known_values() -> None:
 @pytest.mark.integration
 def test_gan_training_writes_and_round_trips(tmp_path: Path) -> None:
     data = _colour_world()
-    prof = gan_profile("demo", steps=3, batch_size=8, z_dim=8, g_channels=(8, 8, 4), d_channels=(4, 8, 8),
-                       max_seconds=None)
+    prof = gan_profile(
+        "demo", steps=3, batch_size=8, z_dim=8, g_channels=(8, 8, 4), d_channels=(4, 8, 8), max_seconds=None
+    )
     res = train_gan(data, tmp_path, prof, progress=False)
     for name in ("metrics.json", "curves.png", "samples.png", "checkpoint.pt"):
         assert (tmp_path / name).is_file()

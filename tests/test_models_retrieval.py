@@ -22,6 +22,7 @@ from couturier.export.training.data_access import synthetic_prepared
 from couturier.export.training.modifications import FM_TO_GROUP, make_modifications
 from couturier.export.training.retrieval_eval import precision_at_k, rank_of, recall_at_k, top_k
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> object:
     """One torch thread: on a shared 2-core machine two OpenMP threads can run ~10x slower."""
@@ -31,7 +32,9 @@ def _one_thread() -> object:
     torch.set_num_threads(before)
 
 
-TINY = InfoGANConfig(image_size=16, noise_dim=8, n_continuous=2, g_channels=(32, 16, 8), d_channels=(8, 16, 32), q_hidden=16)
+TINY = InfoGANConfig(
+    image_size=16, noise_dim=8, n_continuous=2, g_channels=(32, 16, 8), d_channels=(8, 16, 32), q_hidden=16
+)
 
 
 def test_precision_at_k_hand_built() -> None:
@@ -119,8 +122,16 @@ def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
     from couturier.export.training.train_synthtriplet import load_synthtriplet, train_synthtriplet
 
     prep = synthetic_prepared(n=96, n_heldout=24, size=16)
-    m = train_infogan(prep, tmp_path / "ig", "demo", steps=3, batch_size=16, g_channels=(32, 16, 8),
-                      d_channels=(8, 16, 32), max_seconds=None)
+    m = train_infogan(
+        prep,
+        tmp_path / "ig",
+        "demo",
+        steps=3,
+        batch_size=16,
+        g_channels=(32, 16, 8),
+        d_channels=(8, 16, 32),
+        max_seconds=None,
+    )
     assert m["steps_done"] == 3 and abs(m["embedding_norm_mean"] - 1) < 1e-4
     assert (tmp_path / "ig" / "samples.png").is_file() and (tmp_path / "ig" / "curves.png").is_file()
     gan = load_infogan(tmp_path / "ig")
@@ -132,8 +143,18 @@ def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
         rng = np.random.default_rng(0)
         return {t: rng.standard_normal(384).astype(np.float32) for t in sorted(set(texts))}
 
-    s = train_synthtriplet(prep, tmp_path / "st", tmp_path / "ig", "demo", steps=2, batch_size=8,
-                           channels=(8, 16, 32), critic_channels=(8, 16, 32), text_fn=fake_text, max_seconds=None)
+    s = train_synthtriplet(
+        prep,
+        tmp_path / "st",
+        tmp_path / "ig",
+        "demo",
+        steps=2,
+        batch_size=8,
+        channels=(8, 16, 32),
+        critic_channels=(8, 16, 32),
+        text_fn=fake_text,
+        max_seconds=None,
+    )
     assert set(s["recall"]) == {"synthetic_image", "image_only", "text_only"}
     assert 0 <= s["recall"]["synthetic_image"]["R@10"] <= 1
     G, cfg, extras = load_synthtriplet(tmp_path / "st")
@@ -142,11 +163,13 @@ def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_tokenizer_is_torch_free() -> None:
-    code = ("import sys; from couturier.services.retrieval.text_encoder import Tokenizer; "
-            "from couturier.export.models.text_encoder import model_dir; "
-            "t = Tokenizer(model_dir() / 'tokenizer.json')(['same but in red', 'make it a sandal']); "
-            "assert t['input_ids'].shape == t['attention_mask'].shape and t['input_ids'][0, 0] == 101; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from couturier.services.retrieval.text_encoder import Tokenizer; "
+        "from couturier.export.models.text_encoder import model_dir; "
+        "t = Tokenizer(model_dir() / 'tokenizer.json')(['same but in red', 'make it a sandal']); "
+        "assert t['input_ids'].shape == t['attention_mask'].shape and t['input_ids'][0, 0] == 101; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -164,7 +187,7 @@ def test_text_encoder_onnx_parity(text_onnx: Path) -> None:
     from couturier.export.models.text_encoder import OnnxTextEncoder, encode_reference
 
     model = onnx.load(str(text_onnx))
-    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")][0] >= 18
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
     dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
     assert all(all(dims[name]) for name in ("input_ids", "attention_mask"))  # batch and sequence symbolic
     texts = ["same but in red", "turn it into a coat", "I'd like an ankle boot like this, but a little darker", "x"]
@@ -183,11 +206,18 @@ def test_retrieval_encoder_and_query_generator_export_to_onnx(tmp_path: Path) ->
 
     enc = build_infogan(TINY).encoder()
     x = np.random.default_rng(0).uniform(-1, 1, (5, 3, 16, 16)).astype(np.float32)
-    p = export_forward(enc, (torch.from_numpy(x[:2]),), tmp_path / "enc.onnx", input_names=["image"], output_names=["embedding"])
+    p = export_forward(
+        enc, (torch.from_numpy(x[:2]),), tmp_path / "enc.onnx", input_names=["image"], output_names=["embedding"]
+    )
     assert check_parity(enc, p, {"image": x}, rtol=1e-4, atol=1e-5).ok
     cfg = SynthTripletConfig(image_size=16, channels=(8, 16, 32), critic_channels=(8, 16, 32))
     G = QueryGenerator(cfg).eval()
     t = np.random.default_rng(1).standard_normal((3, 384)).astype(np.float32)
-    p = export_forward(G, (torch.from_numpy(x[:2]), torch.from_numpy(t[:2])), tmp_path / "gq.onnx",
-                       input_names=["reference", "text_embedding"], output_names=["image"])
+    p = export_forward(
+        G,
+        (torch.from_numpy(x[:2]), torch.from_numpy(t[:2])),
+        tmp_path / "gq.onnx",
+        input_names=["reference", "text_embedding"],
+        output_names=["image"],
+    )
     assert check_parity(G, p, {"reference": x[:3], "text_embedding": t}, rtol=1e-4, atol=1e-5).ok

@@ -55,9 +55,13 @@ class Generator(nn.Module):
         super().__init__()
         self.fc = nn.Linear(DZ + NCAT, 32 * 4 * 4)
         self.net = nn.Sequential(
-            nn.BatchNorm2d(32), nn.ReLU(),
-            nn.ConvTranspose2d(32, 16, 4, 2, 1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.ConvTranspose2d(16, 3, 4, 2, 1), nn.Tanh(),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 16, 4, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, 3, 4, 2, 1),
+            nn.Tanh(),
         )
 
     def forward(self, z: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
@@ -70,9 +74,14 @@ class Encoder(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(3),
-            nn.Flatten(), nn.Linear(16 * 9, K),
+            nn.Conv2d(3, 8, 3, 1, 1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(3),
+            nn.Flatten(),
+            nn.Linear(16 * 9, K),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,9 +94,14 @@ class Discriminator(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(8, 16, 4, 2, 1), nn.BatchNorm2d(16), nn.LeakyReLU(0.2),
-            nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 1),
+            nn.Conv2d(3, 8, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(8, 16, 4, 2, 1),
+            nn.BatchNorm2d(16),
+            nn.LeakyReLU(0.2),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(16 * 2 * 2, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,8 +138,10 @@ def _init(m: nn.Module, seed: int) -> nn.Module:
 @pytest.fixture(scope="module")
 def nets() -> dict[str, nn.Module]:
     return {
-        "G": _init(Generator(), 1), "Phi": _init(Encoder(), 2),
-        "D": _init(Discriminator(), 3), "P": _init(Perceptual(), 4),
+        "G": _init(Generator(), 1),
+        "Phi": _init(Encoder(), 2),
+        "D": _init(Discriminator(), 3),
+        "P": _init(Perceptual(), 4),
     }
 
 
@@ -164,8 +180,9 @@ def make_gigs(n: dict[str, nn.Module]) -> Callable[..., torch.Tensor]:
     gradient of the sum is the per-sample gradient w.r.t. all shifts. Diversity: mean pairwise
     distance between the shifts of a sample, weighted by lam (B, 1)."""
 
-    def gigs(shifts: torch.Tensor, z0: torch.Tensor, cat: torch.Tensor, theta: torch.Tensor,
-             lam: torch.Tensor) -> torch.Tensor:
+    def gigs(
+        shifts: torch.Tensor, z0: torch.Tensor, cat: torch.Tensor, theta: torch.Tensor, lam: torch.Tensor
+    ) -> torch.Tensor:
         b, ns, dz = shifts.shape
         z = (z0.unsqueeze(1) + shifts).reshape(-1, dz)
         c = cat.unsqueeze(1).expand(b, ns, cat.shape[1]).reshape(-1, cat.shape[1])
@@ -184,15 +201,18 @@ def _onehot(b: int, gen: torch.Generator) -> torch.Tensor:
 def _pref_inputs(b: int, users: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "z": torch.randn(b, DZ, generator=g), "cat": _onehot(b, g),
-        "theta": torch.randn(users, K, generator=g), "w": torch.full((1,), 0.7),
+        "z": torch.randn(b, DZ, generator=g),
+        "cat": _onehot(b, g),
+        "theta": torch.randn(users, K, generator=g),
+        "w": torch.full((1,), 0.7),
     }
 
 
 def _inv_inputs(b: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "z": torch.randn(b, DZ, generator=g), "cat": _onehot(b, g),
+        "z": torch.randn(b, DZ, generator=g),
+        "cat": _onehot(b, g),
         "target": torch.rand(b, 3, RES, RES, generator=g) * 2 - 1,
     }
 
@@ -200,8 +220,10 @@ def _inv_inputs(b: int, seed: int) -> dict[str, torch.Tensor]:
 def _gigs_inputs(b: int, users: int, seed: int, ns: int = 4) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
-        "shifts": 0.3 * torch.randn(b, ns, DZ, generator=g), "z0": torch.randn(b, DZ, generator=g),
-        "cat": _onehot(b, g), "theta": torch.randn(users, K, generator=g),
+        "shifts": 0.3 * torch.randn(b, ns, DZ, generator=g),
+        "z0": torch.randn(b, DZ, generator=g),
+        "cat": _onehot(b, g),
+        "theta": torch.randn(users, K, generator=g),
         "lam": torch.rand(b, 1, generator=g),
     }
 
@@ -221,8 +243,13 @@ def _check_file(path: Path, inputs: list[str], outputs: list[str]) -> None:
     assert all(isinstance(o.shape[0], str) for o in sig.outputs), sig.outputs
 
 
-def _check_grads(path: Path, fn64: Callable[..., torch.Tensor], wrt: tuple[int, ...],
-                 inputs: dict[str, torch.Tensor], sess: object | None = None) -> np.ndarray:
+def _check_grads(
+    path: Path,
+    fn64: Callable[..., torch.Tensor],
+    wrt: tuple[int, ...],
+    inputs: dict[str, torch.Tensor],
+    sess: object | None = None,
+) -> np.ndarray:
     """Run the ONNX gradient model, compare with float64 autograd; returns per-sample grad rel errs."""
     out = run_onnx(sess or make_session(path), inputs)
     names = onnx_signature(path).output_names
@@ -251,8 +278,9 @@ def forward_models(nets: dict[str, nn.Module], tmp_path_factory: pytest.TempPath
     ex = _inv_inputs(2, 0)
     img = torch.rand(2, 3, RES, RES)
     return {
-        "G": export_forward(nets["G"], (ex["z"], ex["cat"]), d / "g.onnx",
-                            input_names=["z", "cat"], output_names=["image"]),
+        "G": export_forward(
+            nets["G"], (ex["z"], ex["cat"]), d / "g.onnx", input_names=["z", "cat"], output_names=["image"]
+        ),
         "Phi": export_forward(nets["Phi"], (img,), d / "phi.onnx", input_names=["image"], output_names=["embedding"]),
         "D": export_forward(nets["D"], (img,), d / "d.onnx", input_names=["image"], output_names=["logit"]),
     }
@@ -276,12 +304,18 @@ def test_forward_exports_dynamic_batch_and_parity(nets: dict[str, nn.Module], fo
 @pytest.mark.integration
 def test_forward_with_users_axis(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     class Pref(nn.Module):
-        def forward(self, z, cat, theta, w):  # noqa: ANN001, ANN201
+        def forward(self, z, cat, theta, w):
             return make_pref(nets)(z, cat, theta, w)
 
     ex = _pref_inputs(2, 3, 0)
-    path = export_forward(Pref(), tuple(ex.values()), tmp_path / "pref.onnx", input_names=list(ex),
-                          output_names=["value"], dynamic_axes={"theta": {0: "users"}, "w": {}})
+    path = export_forward(
+        Pref(),
+        tuple(ex.values()),
+        tmp_path / "pref.onnx",
+        input_names=list(ex),
+        output_names=["value"],
+        dynamic_axes={"theta": {0: "users"}, "w": {}},
+    )
     sig = onnx_signature(path)
     assert sig.inputs[2].shape[0] == "users" and sig.inputs[3].shape == (1,)
     for b, u in ((1, 2), (3, 5), (7, 1)):
@@ -296,16 +330,22 @@ def test_forward_with_users_axis(nets: dict[str, nn.Module], tmp_path: Path) -> 
 def test_preference_gradient(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _pref_inputs(2, 3, 0)
     path = export_value_and_grad(
-        make_pref(nets), tuple(ex.values()), tmp_path / "pref_grad.onnx", wrt=0,
-        input_names=list(ex), output_names=["value", "grad_z"],
+        make_pref(nets),
+        tuple(ex.values()),
+        tmp_path / "pref_grad.onnx",
+        wrt=0,
+        input_names=list(ex),
+        output_names=["value", "grad_z"],
         dynamic_axes={"theta": {0: "users"}, "w": {}},
     )
     _check_file(path, list(ex), ["value", "grad_z"])
     sig = onnx_signature(path)
     assert sig.inputs[2].shape == ("users", K) and sig.outputs[1].shape[1:] == (DZ,)
     fn64, sess = make_pref(_double(nets)), make_session(path)
-    errs = [_check_grads(path, fn64, (0,), _pref_inputs(b, u, 10 * b + u), sess)
-            for b, u in itertools.product((1, 3, 7), (2, 5))]
+    errs = [
+        _check_grads(path, fn64, (0,), _pref_inputs(b, u, 10 * b + u), sess)
+        for b, u in itertools.product((1, 3, 7), (2, 5))
+    ]
     errs.append(_check_grads(path, fn64, (0,), _pref_inputs(128, 4, 99), sess))
     _assert_grad_stats(np.concatenate(errs))
     # float32 torch agrees with the float32 ONNX value and gradient tightly too
@@ -317,8 +357,12 @@ def test_preference_gradient(nets: dict[str, nn.Module], tmp_path: Path) -> None
 def test_inversion_gradient_multi_wrt(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _inv_inputs(2, 0)
     path = export_value_and_grad(
-        make_inversion(nets), tuple(ex.values()), tmp_path / "inv_grad.onnx", wrt=(0, 2),
-        input_names=list(ex), output_names=["loss", "grad_z", "grad_target"],
+        make_inversion(nets),
+        tuple(ex.values()),
+        tmp_path / "inv_grad.onnx",
+        wrt=(0, 2),
+        input_names=list(ex),
+        output_names=["loss", "grad_z", "grad_target"],
     )
     _check_file(path, list(ex), ["loss", "grad_z", "grad_target"])
     fn64, sess = make_inversion(_double(nets)), make_session(path)
@@ -330,15 +374,21 @@ def test_inversion_gradient_multi_wrt(nets: dict[str, nn.Module], tmp_path: Path
 def test_gigs_shift_gradient_3d(nets: dict[str, nn.Module], tmp_path: Path) -> None:
     ex = _gigs_inputs(2, 3, 0)
     path = export_value_and_grad(
-        make_gigs(nets), tuple(ex.values()), tmp_path / "gigs_grad.onnx", wrt=0,
-        input_names=list(ex), output_names=["value", "grad_shifts"],
+        make_gigs(nets),
+        tuple(ex.values()),
+        tmp_path / "gigs_grad.onnx",
+        wrt=0,
+        input_names=list(ex),
+        output_names=["value", "grad_shifts"],
         dynamic_axes={"theta": {0: "users"}},
     )
     _check_file(path, list(ex), ["value", "grad_shifts"])
     sig = onnx_signature(path)
     assert sig.inputs[0].shape == ("batch", 4, DZ) and sig.inputs[4].shape == ("batch", 1)
     fn64, sess = make_gigs(_double(nets)), make_session(path)
-    errs = [_check_grads(path, fn64, (0,), _gigs_inputs(b, u, b + u), sess) for b, u in ((1, 2), (3, 6), (7, 1), (32, 3))]
+    errs = [
+        _check_grads(path, fn64, (0,), _gigs_inputs(b, u, b + u), sess) for b, u in ((1, 2), (3, 6), (7, 1), (32, 3))
+    ]
     _assert_grad_stats(np.concatenate(errs))
 
 
@@ -348,14 +398,15 @@ def test_grad_cost_vs_forward(nets: dict[str, nn.Module], tmp_path: Path) -> Non
     """Reports (prints) the gradient/forward call-cost ratio in onnxruntime; no timing assertion."""
 
     class Pref(nn.Module):
-        def forward(self, z, cat, theta, w):  # noqa: ANN001, ANN201
+        def forward(self, z, cat, theta, w):
             return make_pref(nets)(z, cat, theta, w)
 
     ex = _pref_inputs(2, 3, 0)
     kw = {"input_names": list(ex), "dynamic_axes": {"theta": {0: "users"}, "w": {}}}
     fwd = export_forward(Pref(), tuple(ex.values()), tmp_path / "f.onnx", output_names=["value"], **kw)
-    grd = export_value_and_grad(make_pref(nets), tuple(ex.values()), tmp_path / "g.onnx", wrt=0,
-                                output_names=["value", "grad_z"], **kw)
+    grd = export_value_and_grad(
+        make_pref(nets), tuple(ex.values()), tmp_path / "g.onnx", wrt=0, output_names=["value", "grad_z"], **kw
+    )
     sessions = [make_session(fwd, threads=1), make_session(grd, threads=1)]
     for b in (1, 64):
         feeds = {k: v.numpy() for k, v in _pref_inputs(b, 4, 1).items()}
@@ -367,8 +418,10 @@ def test_grad_cost_vs_forward(nets: dict[str, nn.Module], tmp_path: Path) -> Non
                 for _ in range(20):
                     s.run(None, feeds)
                 best[i] = min(best[i], (time.perf_counter() - t) / 20)
-        print(f"batch {b}: forward {best[0] * 1e3:.3f} ms, value+grad {best[1] * 1e3:.3f} ms, "
-              f"ratio {best[1] / best[0]:.2f}")
+        print(
+            f"batch {b}: forward {best[0] * 1e3:.3f} ms, value+grad {best[1] * 1e3:.3f} ms, "
+            f"ratio {best[1] / best[0]:.2f}"
+        )
 
 
 # --------------------------------------------------------------------------- decompositions, errors
@@ -390,16 +443,18 @@ def test_convolution_backward_decomposition(transposed: bool) -> None:
             continue
         gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
         ref = torch.autograd.grad(y, (x, w, b), gy)
-        got = gd.convolution_backward(gy, x.detach(), w.detach(), [6], [s, s], [p, p], [d, d], transposed,
-                                      [op, op], g, [True, True, True])
+        got = gd.convolution_backward(
+            gy, x.detach(), w.detach(), [6], [s, s], [p, p], [d, d], transposed, [op, op], g, [True, True, True]
+        )
         for a, r in zip(got, ref, strict=True):
             assert a is not None and a.shape == r.shape and torch.allclose(a, r, atol=1e-10), (s, p, d, g, k, op)
 
 
 def test_pooling_backward_decompositions() -> None:
     gen = torch.Generator().manual_seed(0)
-    for k, s, p, cm, cip, dov, h in itertools.product((2, 3), (None, 2), (0, 1), (False, True), (False, True),
-                                                     (None, 3), (6, 7)):
+    for k, s, p, cm, cip, dov, h in itertools.product(
+        (2, 3), (None, 2), (0, 1), (False, True), (False, True), (None, 3), (6, 7)
+    ):
         x = torch.randn(2, 3, h, h + 1, dtype=torch.float64, generator=gen, requires_grad=True)
         y = F.avg_pool2d(x, k, s, p, cm, cip, dov)
         gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
@@ -409,8 +464,9 @@ def test_pooling_backward_decompositions() -> None:
         y, idx = torch.ops.aten.max_pool2d_with_indices(x, [k, k], [] if s is None else [s, s], [p, p], [1, 1], cm)
         gy = torch.randn(y.shape, dtype=torch.float64, generator=gen)
         (r,) = torch.autograd.grad(y, x, gy)
-        a = gd.max_pool2d_with_indices_backward(gy, x.detach(), [k, k], [] if s is None else [s, s], [p, p],
-                                                [1, 1], cm, idx)
+        a = gd.max_pool2d_with_indices_backward(
+            gy, x.detach(), [k, k], [] if s is None else [s, s], [p, p], [1, 1], cm, idx
+        )
         assert torch.allclose(a, r, atol=1e-12), ("max", k, s, p, cm, h)
     for h, o in ((7, 3), (8, 4), (5, 1), (6, 5), (4, 7)):
         x = torch.randn(2, 3, h, h + 1, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -423,11 +479,13 @@ def test_pooling_backward_decompositions() -> None:
 def test_low_opset_and_bad_examples_fail_clearly(tmp_path: Path) -> None:
     node = onnx.helper.make_node("Relu", ["x"], ["y"])
     vi = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["batch", 2]) for n in "xy"]
-    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", vi[:1], vi[1:]),
-                                   opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([node], "g", vi[:1], vi[1:]), opset_imports=[onnx.helper.make_opsetid("", 17)]
+    )
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(OnnxExportError, match="opset"):
         finalize_onnx(tmp_path / "m.onnx", opset=18, input_names=["x"], output_names=["y"])
     with pytest.raises(ValueError, match=">= 2"):
-        export_forward(nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "l.onnx",
-                       input_names=["x"], output_names=["y"])
+        export_forward(
+            nn.Linear(2, 2), (torch.randn(1, 2),), tmp_path / "l.onnx", input_names=["x"], output_names=["y"]
+        )

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.fakes import FakeInferenceBackend
 
 from couturier.services.common.errors import DependencyUnavailable, InvalidInput, PreconditionFailed
 from couturier.services.common.images import encode_png
@@ -23,6 +22,7 @@ from couturier.services.common.product_images import (
     ProductImageStore,
 )
 from couturier.v1 import catalogue_pb2, common_pb2, retrieval_pb2
+from support.fakes import FakeInferenceBackend
 
 
 def png(seed: int, size: int = 8) -> bytes:

@@ -82,7 +82,9 @@ def test_catalogue_messages_are_shared_by_every_indexing_service() -> None:
     index = _service("orchestrator", "OrchestratorService").methods_by_name["IndexCatalogue"]
     assert index.input_type.full_name == "couturier.v1.IndexProductsRequest"
     response = index.output_type.fields_by_name
-    assert {response[n].message_type.full_name for n in ("scoring", "retrieval")} == {"couturier.v1.IndexProductsResponse"}
+    assert {response[n].message_type.full_name for n in ("scoring", "retrieval")} == {
+        "couturier.v1.IndexProductsResponse"
+    }
     from couturier.v1 import catalogue_pb2, retrieval_pb2
 
     assert catalogue_pb2.DESCRIPTOR.services_by_name == {}  # messages only

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from support.fakes import FakeInferenceBackend
 
 from couturier.services.common import limits
 from couturier.services.common.config import LatentSettings, ScoringSettings
@@ -39,6 +38,7 @@ from couturier.v1 import (
     scoring_pb2,
     scoring_pb2_grpc,
 )
+from support.fakes import FakeInferenceBackend
 
 MODEL = common_pb2.ModelVersion(name="item_encoder", version="7")
 RNG = np.random.default_rng(3)
@@ -95,8 +95,10 @@ class FakeRetrieval(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
         for pid in request.product_ids:
             if pid in PRODUCTS:
                 category, png = PRODUCTS[pid]
-                response.products.add(product=common_pb2.Product(product_id=pid, category=category),
-                                      image=common_pb2.ImagePayload(data=png, mime_type="image/png"))
+                response.products.add(
+                    product=common_pb2.Product(product_id=pid, category=category),
+                    image=common_pb2.ImagePayload(data=png, mime_type="image/png"),
+                )
             else:
                 response.not_found.append(pid)
         return response
@@ -105,8 +107,9 @@ class FakeRetrieval(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
         self, request: retrieval_pb2.SearchByImageRequest, context: Any
     ) -> retrieval_pb2.SearchResponse:
         wanted, excluded = set(request.filter.categories), set(request.filter.exclude_product_ids)
-        hits = [pid for pid, (category, _) in PRODUCTS.items()
-                if category in (wanted or {category}) and pid not in excluded]
+        hits = [
+            pid for pid, (category, _) in PRODUCTS.items() if category in (wanted or {category}) and pid not in excluded
+        ]
         response = retrieval_pb2.SearchResponse()
         for rank, pid in enumerate(hits[: request.k]):
             product = common_pb2.Product(product_id=pid, category=PRODUCTS[pid][0])
@@ -153,26 +156,36 @@ class Stack:
 
 
 def _fake_host(key: str, name: str, register: Callable[[grpc.aio.Server], None]) -> ServiceHost:
-    return ServiceHost(ServiceDefinition(key=key, service_names=[name], register=register),
-                       ScoringSettings(port=0, health_interval_s=5.0))
+    return ServiceHost(
+        ServiceDefinition(key=key, service_names=[name], register=register),
+        ScoringSettings(port=0, health_interval_s=5.0),
+    )
 
 
 @pytest.fixture
 async def stack(fake_backend: FakeInferenceBackend) -> AsyncIterator[Stack]:
     state = Stack(SlowBackend(fake_backend), FakeScoring(), FakeRetrieval())
     state.hosts["scoring"] = _fake_host(
-        "scoring", "couturier.v1.ScoringService",
-        lambda s: scoring_pb2_grpc.add_ScoringServiceServicer_to_server(state.scoring, s))
+        "scoring",
+        "couturier.v1.ScoringService",
+        lambda s: scoring_pb2_grpc.add_ScoringServiceServicer_to_server(state.scoring, s),
+    )
     state.hosts["retrieval"] = _fake_host(
-        "retrieval", "couturier.v1.VisualRetrievalService",
-        lambda s: retrieval_pb2_grpc.add_VisualRetrievalServiceServicer_to_server(state.retrieval, s))
+        "retrieval",
+        "couturier.v1.VisualRetrievalService",
+        lambda s: retrieval_pb2_grpc.add_VisualRetrievalServiceServicer_to_server(state.retrieval, s),
+    )
     settings = LatentSettings(port=0, health_interval_s=5.0)
     state.hosts["latent"] = ServiceHost(latent_service.build(settings, backend=state.backend), settings)  # type: ignore[arg-type]
     try:
         for host in state.hosts.values():
             await host.start()
-        state.hosts["orchestrator"] = make_host("orchestrator", port=0, health_interval_s=5.0, **{
-            f"{key}_target": state.hosts[key].address for key in ("scoring", "latent", "retrieval")})
+        state.hosts["orchestrator"] = make_host(
+            "orchestrator",
+            port=0,
+            health_interval_s=5.0,
+            **{f"{key}_target": state.hosts[key].address for key in ("scoring", "latent", "retrieval")},
+        )
         await state.hosts["orchestrator"].start()
         yield state
     finally:
@@ -199,16 +212,21 @@ async def expect(call: Any, code: grpc.StatusCode, *needles: str) -> str:
 def audience(*users: str, segment: str = "") -> common_pb2.Audience:
     if len(users) == 1 and not segment:
         return common_pb2.Audience(user=common_pb2.UserRef(user_id=users[0]))
-    return common_pb2.Audience(group=common_pb2.UserGroup(
-        users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=segment))
+    return common_pb2.Audience(
+        group=common_pb2.UserGroup(users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=segment)
+    )
 
 
 def resolved(*users: str, top_k: int = 0, category: str = "") -> latent_pb2.ResolvedAudience:
     """What the orchestrator sends the latent service for ``users``."""
     out = latent_pb2.ResolvedAudience(model=MODEL, top_k=top_k, category=category)
     for user in users:
-        out.users.add(user_id=user, vector=USERS[user], best_score=1.0 if top_k else 0.0,
-                      kth_best_score=KTH[user] if top_k else 0.0)
+        out.users.add(
+            user_id=user,
+            vector=USERS[user],
+            best_score=1.0 if top_k else 0.0,
+            kth_best_score=KTH[user] if top_k else 0.0,
+        )
     return out
 
 
@@ -232,15 +250,34 @@ async def test_latent_refuses_user_ids_naming_the_replacement(stack: Stack) -> N
     bad = grpc.StatusCode.INVALID_ARGUMENT
     ids = audience("u1", "u2")
     latent = stack.latent
-    await expect(latent.Design(latent_pb2.DesignRequest(audience=ids, category="tops")), bad,
-                 "does not resolve user ids", "resolved_audience", "ScoringService.DescribeUsers",
-                 "OrchestratorService.Design")
-    await expect(latent.Alter(latent_pb2.AlterRequest(audience=ids, item=upload("p0"), category="shoes")), bad,
-                 "resolved_audience", "ScoringService.DescribeUsers", "OrchestratorService.Alter")
-    await expect(latent.SellerShifts(latent_pb2.SellerShiftsRequest(audience=ids, item=upload("p0"), category="shoes")),
-                 bad, "resolved_audience", "ScoringService.DescribeUsers", "OrchestratorService.SellerShifts")
-    await expect(latent.Design(latent_pb2.DesignRequest(category="tops")), bad,
-                 "resolved_audience is required", "OrchestratorService.Design")
+    await expect(
+        latent.Design(latent_pb2.DesignRequest(audience=ids, category="tops")),
+        bad,
+        "does not resolve user ids",
+        "resolved_audience",
+        "ScoringService.DescribeUsers",
+        "OrchestratorService.Design",
+    )
+    await expect(
+        latent.Alter(latent_pb2.AlterRequest(audience=ids, item=upload("p0"), category="shoes")),
+        bad,
+        "resolved_audience",
+        "ScoringService.DescribeUsers",
+        "OrchestratorService.Alter",
+    )
+    await expect(
+        latent.SellerShifts(latent_pb2.SellerShiftsRequest(audience=ids, item=upload("p0"), category="shoes")),
+        bad,
+        "resolved_audience",
+        "ScoringService.DescribeUsers",
+        "OrchestratorService.SellerShifts",
+    )
+    await expect(
+        latent.Design(latent_pb2.DesignRequest(category="tops")),
+        bad,
+        "resolved_audience is required",
+        "OrchestratorService.Design",
+    )
     assert not stack.scoring.described and not stack.retrieval.fetched  # the latent service calls nobody
     assert stack.backend.started == 0
 
@@ -248,14 +285,24 @@ async def test_latent_refuses_user_ids_naming_the_replacement(stack: Stack) -> N
 async def test_latent_refuses_product_ids_naming_the_replacement(stack: Stack) -> None:
     bad = grpc.StatusCode.INVALID_ARGUMENT
     product = common_pb2.ItemSource(product_id="p0")
-    await expect(stack.latent.Alter(latent_pb2.AlterRequest(resolved_audience=resolved("u1"), item=product)), bad,
-                 "does not resolve product ids", "'p0'", "item.image", "VisualRetrievalService.GetProducts",
-                 "OrchestratorService.Alter")
+    await expect(
+        stack.latent.Alter(latent_pb2.AlterRequest(resolved_audience=resolved("u1"), item=product)),
+        bad,
+        "does not resolve product ids",
+        "'p0'",
+        "item.image",
+        "VisualRetrievalService.GetProducts",
+        "OrchestratorService.Alter",
+    )
     shifts = latent_pb2.SellerShiftsRequest(resolved_audience=resolved("u1"), item=product)
-    await expect(stack.latent.SellerShifts(shifts), bad, "VisualRetrievalService.GetProducts",
-                 "OrchestratorService.SellerShifts")
-    await expect(stack.latent.Alter(latent_pb2.AlterRequest(resolved_audience=resolved("u1"), item=upload("p0"))), bad,
-                 "category is required")
+    await expect(
+        stack.latent.SellerShifts(shifts), bad, "VisualRetrievalService.GetProducts", "OrchestratorService.SellerShifts"
+    )
+    await expect(
+        stack.latent.Alter(latent_pb2.AlterRequest(resolved_audience=resolved("u1"), item=upload("p0"))),
+        bad,
+        "category is required",
+    )
     assert not stack.retrieval.fetched
 
 
@@ -288,13 +335,21 @@ async def test_latent_validates_the_resolved_audience(stack: Stack) -> None:
 
 
 async def test_latent_designs_for_a_resolved_audience(stack: Stack) -> None:
-    got = await stack.latent.Design(latent_pb2.DesignRequest(
-        resolved_audience=resolved("u1", "u2", "u3"), category="tops", n=2, seed=5))
+    got = await stack.latent.Design(
+        latent_pb2.DesignRequest(resolved_audience=resolved("u1", "u2", "u3"), category="tops", n=2, seed=5)
+    )
     assert len(got.designs) == 2 and got.scorer == MODEL and got.generator.name == PREF_GRAD
     assert all(len(d.per_user_preference) == 3 for d in got.designs)
-    share = await stack.latent.Design(latent_pb2.DesignRequest(
-        resolved_audience=resolved("u1", "u2", "u3", top_k=4, category="tops"), category="tops", n=2, seed=5,
-        objective=latent_pb2.TOP_K_SHARE, top_k=4))
+    share = await stack.latent.Design(
+        latent_pb2.DesignRequest(
+            resolved_audience=resolved("u1", "u2", "u3", top_k=4, category="tops"),
+            category="tops",
+            n=2,
+            seed=5,
+            objective=latent_pb2.TOP_K_SHARE,
+            top_k=4,
+        )
+    )
     tau = np.array([KTH[u] for u in ("u1", "u2", "u3")])
     for design in share.designs:
         assert design.objective == pytest.approx(float(np.mean(np.asarray(design.per_user_preference) >= tau)))
@@ -308,97 +363,191 @@ async def test_orchestrator_design_resolves_user_ids(stack: Stack) -> None:
     got = await stack.orchestrator.Design(request)
     (asked,) = stack.scoring.described
     assert asked.audience == request.audience and asked.top_k == 0 and not asked.category  # MEAN: vectors only
-    direct = await stack.latent.Design(latent_pb2.DesignRequest(
-        resolved_audience=resolved("u1", "u2"), category="tops", n=2, seed=9))
+    direct = await stack.latent.Design(
+        latent_pb2.DesignRequest(resolved_audience=resolved("u1", "u2"), category="tops", n=2, seed=9)
+    )
     assert got == direct  # the same designs as the latent service gives for the resolved audience
     assert got.scorer == MODEL
 
 
 async def test_orchestrator_design_top_k_share_resolves_thresholds(stack: Stack) -> None:
-    request = latent_pb2.DesignRequest(audience=audience("u1", "u2", "u3"), category="bags", n=1, seed=2,
-                                       objective=latent_pb2.TOP_K_SHARE)
+    request = latent_pb2.DesignRequest(
+        audience=audience("u1", "u2", "u3"), category="bags", n=1, seed=2, objective=latent_pb2.TOP_K_SHARE
+    )
     got = await stack.orchestrator.Design(request)
     (asked,) = stack.scoring.described
     assert (asked.top_k, asked.category) == (limits.DEFAULT_TOP_K, "bags")
-    direct = await stack.latent.Design(latent_pb2.DesignRequest(
-        resolved_audience=resolved("u1", "u2", "u3", top_k=limits.DEFAULT_TOP_K, category="bags"), category="bags",
-        n=1, seed=2, objective=latent_pb2.TOP_K_SHARE))
+    direct = await stack.latent.Design(
+        latent_pb2.DesignRequest(
+            resolved_audience=resolved("u1", "u2", "u3", top_k=limits.DEFAULT_TOP_K, category="bags"),
+            category="bags",
+            n=1,
+            seed=2,
+            objective=latent_pb2.TOP_K_SHARE,
+        )
+    )
     assert got == direct
-    await stack.orchestrator.Design(latent_pb2.DesignRequest(
-        audience=audience("u1"), category="bags", n=1, objective=latent_pb2.TOP_K_SHARE, top_k=3))
+    await stack.orchestrator.Design(
+        latent_pb2.DesignRequest(
+            audience=audience("u1"), category="bags", n=1, objective=latent_pb2.TOP_K_SHARE, top_k=3
+        )
+    )
     assert stack.scoring.described[-1].top_k == 3
-    await expect(stack.orchestrator.Design(latent_pb2.DesignRequest(
-        audience=audience("u1"), category="bags", objective=latent_pb2.TOP_K_SHARE, top_k=limits.MAX_K + 1)),
-        grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between")
+    await expect(
+        stack.orchestrator.Design(
+            latent_pb2.DesignRequest(
+                audience=audience("u1"), category="bags", objective=latent_pb2.TOP_K_SHARE, top_k=limits.MAX_K + 1
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "top_k must be between",
+    )
 
 
 async def test_orchestrator_alter_resolves_the_product_and_streams_through(stack: Stack) -> None:
-    request = latent_pb2.AlterRequest(audience=audience("u2"), item=common_pb2.ItemSource(product_id="p2"),
-                                      inversion=FAST_INVERSION, optimizer=latent_pb2.OptimizerParams(steps=3))
+    request = latent_pb2.AlterRequest(
+        audience=audience("u2"),
+        item=common_pb2.ItemSource(product_id="p2"),
+        inversion=FAST_INVERSION,
+        optimizer=latent_pb2.OptimizerParams(steps=3),
+    )
     messages = [m async for m in stack.orchestrator.Alter(request)]
     assert stack.retrieval.fetched == [["p2"]] and len(stack.scoring.described) == 1
     phases = [m.phase for m in messages]
     assert phases == sorted(phases) and phases[-1] == latent_pb2.AlterProgress.DONE
     assert {m.current.category for m in messages} == {"bags"}  # the product's own category
-    direct = [m async for m in stack.latent.Alter(latent_pb2.AlterRequest(
-        resolved_audience=resolved("u2"), item=upload("p2"), category="bags", inversion=FAST_INVERSION,
-        optimizer=latent_pb2.OptimizerParams(steps=3)))]
+    direct = [
+        m
+        async for m in stack.latent.Alter(
+            latent_pb2.AlterRequest(
+                resolved_audience=resolved("u2"),
+                item=upload("p2"),
+                category="bags",
+                inversion=FAST_INVERSION,
+                optimizer=latent_pb2.OptimizerParams(steps=3),
+            )
+        )
+    ]
     assert messages == direct
     # an upload is passed on as it is (no product look-up)
-    uploaded = [m async for m in stack.orchestrator.Alter(latent_pb2.AlterRequest(
-        audience=audience("u2"), item=upload("p2"), category="bags", inversion=FAST_INVERSION,
-        optimizer=latent_pb2.OptimizerParams(steps=3)))]
+    uploaded = [
+        m
+        async for m in stack.orchestrator.Alter(
+            latent_pb2.AlterRequest(
+                audience=audience("u2"),
+                item=upload("p2"),
+                category="bags",
+                inversion=FAST_INVERSION,
+                optimizer=latent_pb2.OptimizerParams(steps=3),
+            )
+        )
+    ]
     assert uploaded == direct and stack.retrieval.fetched == [["p2"]]
 
 
 async def test_orchestrator_seller_shifts_resolve_ids(stack: Stack) -> None:
     request = latent_pb2.SellerShiftsRequest(
-        item=common_pb2.ItemSource(product_id="p0"), audience=audience("u1", "u3"), n=2, inversion=FAST_INVERSION,
-        optimizer=latent_pb2.OptimizerParams(steps=3))
+        item=common_pb2.ItemSource(product_id="p0"),
+        audience=audience("u1", "u3"),
+        n=2,
+        inversion=FAST_INVERSION,
+        optimizer=latent_pb2.OptimizerParams(steps=3),
+    )
     got = await stack.orchestrator.SellerShifts(request)
-    direct = await stack.latent.SellerShifts(latent_pb2.SellerShiftsRequest(
-        item=upload("p0"), category="shoes", resolved_audience=resolved("u1", "u3"), n=2, inversion=FAST_INVERSION,
-        optimizer=latent_pb2.OptimizerParams(steps=3)))
+    direct = await stack.latent.SellerShifts(
+        latent_pb2.SellerShiftsRequest(
+            item=upload("p0"),
+            category="shoes",
+            resolved_audience=resolved("u1", "u3"),
+            n=2,
+            inversion=FAST_INVERSION,
+            optimizer=latent_pb2.OptimizerParams(steps=3),
+        )
+    )
     assert got == direct and len(got.variants) == 2 and got.base.category == "shoes" and got.scorer == MODEL
 
 
 async def test_orchestrator_flows_keep_working_with_ids(stack: Stack) -> None:
-    shop = await stack.orchestrator.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(
-        design=latent_pb2.DesignRequest(audience=audience("u1"), category="shoes", n=2), products_per_design=2))
+    shop = await stack.orchestrator.DesignAndShop(
+        orchestrator_pb2.DesignAndShopRequest(
+            design=latent_pb2.DesignRequest(audience=audience("u1"), category="shoes", n=2), products_per_design=2
+        )
+    )
     assert len(shop.results) == 2 and all(len(r.nearest_products) == 2 for r in shop.results)
     assert all(p.score == 0.5 and p.product.category == "shoes" for r in shop.results for p in r.nearest_products)
-    feedback = await stack.orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
-        shifts=latent_pb2.SellerShiftsRequest(
-            item=common_pb2.ItemSource(product_id="p0"), audience=audience("u1", "u2"), n=2, inversion=FAST_INVERSION),
-        competitors_per_variant=3))
+    feedback = await stack.orchestrator.SellerFeedback(
+        orchestrator_pb2.SellerFeedbackRequest(
+            shifts=latent_pb2.SellerShiftsRequest(
+                item=common_pb2.ItemSource(product_id="p0"),
+                audience=audience("u1", "u2"),
+                n=2,
+                inversion=FAST_INVERSION,
+            ),
+            competitors_per_variant=3,
+        )
+    )
     assert len(feedback.variants) == 2 and feedback.base.category == "shoes"
     assert [c.product.product_id for c in feedback.item_competitors] == ["p1"]  # its own product is excluded
 
 
 async def test_orchestrator_names_the_failed_step(stack: Stack) -> None:
     orchestrator, bad = stack.orchestrator, grpc.StatusCode.INVALID_ARGUMENT
-    await expect(orchestrator.Design(latent_pb2.DesignRequest(audience=audience("u404"), category="tops")),
-                 grpc.StatusCode.NOT_FOUND, "scoring.DescribeUsers failed (NOT_FOUND)", "'u404'")
+    await expect(
+        orchestrator.Design(latent_pb2.DesignRequest(audience=audience("u404"), category="tops")),
+        grpc.StatusCode.NOT_FOUND,
+        "scoring.DescribeUsers failed (NOT_FOUND)",
+        "'u404'",
+    )
     missing = common_pb2.ItemSource(product_id="p-404")
-    await expect(orchestrator.Alter(latent_pb2.AlterRequest(audience=audience("u1"), item=missing)),
-                 grpc.StatusCode.NOT_FOUND, "product 'p-404' is not in the catalogue index")
-    await expect(orchestrator.SellerShifts(latent_pb2.SellerShiftsRequest(
-        audience=audience("u1"), item=common_pb2.ItemSource(product_id="p0"), category="tops")), bad,
-        "category 'tops' contradicts product 'p0', which is 'shoes'")
-    await expect(orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
-        shifts=latent_pb2.SellerShiftsRequest(audience=audience("u1"), item=upload("p0")))), bad,
-        "shifts.category is required")
-    await expect(orchestrator.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(
-        design=latent_pb2.DesignRequest(category="tops"))), bad, "design.audience must name a user or a group")
-    await expect(orchestrator.Design(latent_pb2.DesignRequest(audience=audience("u1"), resolved_audience=resolved("u1"),
-                                                              category="tops")), bad, "filled by the orchestrator")
+    await expect(
+        orchestrator.Alter(latent_pb2.AlterRequest(audience=audience("u1"), item=missing)),
+        grpc.StatusCode.NOT_FOUND,
+        "product 'p-404' is not in the catalogue index",
+    )
+    await expect(
+        orchestrator.SellerShifts(
+            latent_pb2.SellerShiftsRequest(
+                audience=audience("u1"), item=common_pb2.ItemSource(product_id="p0"), category="tops"
+            )
+        ),
+        bad,
+        "category 'tops' contradicts product 'p0', which is 'shoes'",
+    )
+    await expect(
+        orchestrator.SellerFeedback(
+            orchestrator_pb2.SellerFeedbackRequest(
+                shifts=latent_pb2.SellerShiftsRequest(audience=audience("u1"), item=upload("p0"))
+            )
+        ),
+        bad,
+        "shifts.category is required",
+    )
+    await expect(
+        orchestrator.DesignAndShop(
+            orchestrator_pb2.DesignAndShopRequest(design=latent_pb2.DesignRequest(category="tops"))
+        ),
+        bad,
+        "design.audience must name a user or a group",
+    )
+    await expect(
+        orchestrator.Design(
+            latent_pb2.DesignRequest(audience=audience("u1"), resolved_audience=resolved("u1"), category="tops")
+        ),
+        bad,
+        "filled by the orchestrator",
+    )
     # the latent service's own validation comes back with the step named
-    await expect(orchestrator.Design(latent_pb2.DesignRequest(audience=audience("u1"), category="hats")), bad,
-                 "latent.Design failed (INVALID_ARGUMENT): unknown category 'hats'")
-    too_often = latent_pb2.AlterRequest(audience=audience("u1"), item=upload("p0"), category="shoes",
-                                        report_every=limits.MAX_REPORT_EVERY + 1)
-    await expect(orchestrator.Alter(too_often), bad,
-                 "latent.Alter failed (INVALID_ARGUMENT): report_every must be between")
+    await expect(
+        orchestrator.Design(latent_pb2.DesignRequest(audience=audience("u1"), category="hats")),
+        bad,
+        "latent.Design failed (INVALID_ARGUMENT): unknown category 'hats'",
+    )
+    too_often = latent_pb2.AlterRequest(
+        audience=audience("u1"), item=upload("p0"), category="shoes", report_every=limits.MAX_REPORT_EVERY + 1
+    )
+    await expect(
+        orchestrator.Alter(too_often), bad, "latent.Alter failed (INVALID_ARGUMENT): report_every must be between"
+    )
 
 
 async def _settled(counter: Callable[[], int], interval_s: float = 0.2, timeout_s: float = 5.0) -> int:
@@ -416,8 +565,11 @@ async def _settled(counter: Callable[[], int], interval_s: float = 0.2, timeout_
 
 async def test_orchestrator_alter_cancellation_and_deadline_reach_the_latent_service(stack: Stack) -> None:
     stack.backend.delay = 0.01  # inversion of 2000 steps: ~20 s if nothing stopped it
-    request = latent_pb2.AlterRequest(audience=audience("u1"), item=common_pb2.ItemSource(product_id="p0"),
-                                      inversion=latent_pb2.InversionParams(steps=limits.MAX_INVERSION_STEPS))
+    request = latent_pb2.AlterRequest(
+        audience=audience("u1"),
+        item=common_pb2.ItemSource(product_id="p0"),
+        inversion=latent_pb2.InversionParams(steps=limits.MAX_INVERSION_STEPS),
+    )
     call = stack.orchestrator.Alter(request)
     first = await call.read()
     assert first.phase == latent_pb2.AlterProgress.INVERSION and first.step == 0

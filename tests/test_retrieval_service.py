@@ -25,8 +25,15 @@ COLOURS = ("red", "green", "blue")
 
 
 class Retrieval:
-    def __init__(self, host: ServiceHost, backend: FakeInferenceBackend, store: InMemoryVectorStore,
-                 images: InMemoryImageStore, channel: grpc.aio.Channel, tokenizer_json: Path) -> None:
+    def __init__(
+        self,
+        host: ServiceHost,
+        backend: FakeInferenceBackend,
+        store: InMemoryVectorStore,
+        images: InMemoryImageStore,
+        channel: grpc.aio.Channel,
+        tokenizer_json: Path,
+    ) -> None:
         self.host, self.backend, self.store, self.image_store = host, backend, store, images
         self.tokenizer_json = tokenizer_json
         self.stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
@@ -41,8 +48,11 @@ class Retrieval:
         """Products by cosine of the fake retrieval encoder's (unit) embeddings, best first."""
         nets = self.backend.nets("1")
         q = nets.retrieval_encoder(self.model_input(query))[0]
-        scores = {pid: float(nets.retrieval_encoder(self.model_input(img))[0] @ q) for pid, img in self.images.items()
-                  if keep is None or pid in keep}
+        scores = {
+            pid: float(nets.retrieval_encoder(self.model_input(img))[0] @ q)
+            for pid, img in self.images.items()
+            if keep is None or pid in keep
+        }
         return sorted(scores.items(), key=lambda kv: -kv[1])
 
     async def index(self) -> catalogue_pb2.IndexProductsResponse:
@@ -54,9 +64,11 @@ class Retrieval:
 
     def search(self, image: np.ndarray | bytes, k: int = N_PRODUCTS, **filters: list[str]):  # type: ignore[no-untyped-def]
         data = image if isinstance(image, bytes) else encode_png(image)
-        return self.stub.SearchByImage(retrieval_pb2.SearchByImageRequest(
-            image=common_pb2.ImagePayload(data=data), k=k, filter=retrieval_pb2.SearchFilter(**filters)
-        ))
+        return self.stub.SearchByImage(
+            retrieval_pb2.SearchByImageRequest(
+                image=common_pb2.ImagePayload(data=data), k=k, filter=retrieval_pb2.SearchFilter(**filters)
+            )
+        )
 
 
 @pytest.fixture
@@ -142,9 +154,11 @@ async def test_k_and_an_empty_index_are_refused_with_their_reason(retrieval: Ret
 async def test_search_by_image_and_text_searches_the_synthetic_query(retrieval: Retrieval) -> None:
     await retrieval.index()
     reference, text = retrieval.images["r2"], "same but in red"
-    reply = await retrieval.stub.SearchByImageAndText(retrieval_pb2.SearchByImageAndTextRequest(
-        image=common_pb2.ImagePayload(data=encode_png(reference)), text=text, k=3
-    ))
+    reply = await retrieval.stub.SearchByImageAndText(
+        retrieval_pb2.SearchByImageAndTextRequest(
+            image=common_pb2.ImagePayload(data=encode_png(reference)), text=text, k=3
+        )
+    )
     nets = retrieval.backend.nets("1")
     text_vector = nets.text_encoder(**Tokenizer(retrieval.tokenizer_json)([text]))
     synthetic = nets.query_generator(retrieval.model_input(reference), text_vector)[0]
@@ -155,9 +169,11 @@ async def test_search_by_image_and_text_searches_the_synthetic_query(retrieval: 
     assert reply.query_generator == common_pb2.ModelVersion(name=QUERY_GENERATOR, version="1")
     assert retrieval.backend.calls[TEXT_ENCODER] == 1 and retrieval.backend.calls[QUERY_GENERATOR] == 1
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await retrieval.stub.SearchByImageAndText(retrieval_pb2.SearchByImageAndTextRequest(
-            image=common_pb2.ImagePayload(data=encode_png(reference)), text="   ", k=3
-        ))
+        await retrieval.stub.SearchByImageAndText(
+            retrieval_pb2.SearchByImageAndTextRequest(
+                image=common_pb2.ImagePayload(data=encode_png(reference)), text="   ", k=3
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text must have" in info.value.details()
 
 
@@ -176,7 +192,12 @@ async def test_get_products_returns_the_kept_images_and_names_the_missing(retrie
 async def test_health_follows_each_model(retrieval: Retrieval) -> None:
     host = retrieval.host
     assert {d.name for d in (await get_status(host.address)).dependencies if d.ready} == {
-        RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR, "vector_store", "product_images", "tokenizer"
+        RETRIEVAL_ENCODER,
+        TEXT_ENCODER,
+        QUERY_GENERATOR,
+        "vector_store",
+        "product_images",
+        "tokenizer",
     }
     retrieval.backend.unload(QUERY_GENERATOR)
     await host.monitor.check_once()

@@ -40,8 +40,15 @@ def catalogue(seed: int = 0) -> dict[str, tuple[np.ndarray, common_pb2.Product]]
 class Scoring:
     """A started scoring host over the fakes, its stub, the catalogue and the numpy truth."""
 
-    def __init__(self, host: ServiceHost, backend: FakeInferenceBackend, store: InMemoryVectorStore,
-                 channel: grpc.aio.Channel, theta: np.ndarray, item_mean: np.ndarray) -> None:
+    def __init__(
+        self,
+        host: ServiceHost,
+        backend: FakeInferenceBackend,
+        store: InMemoryVectorStore,
+        channel: grpc.aio.Channel,
+        theta: np.ndarray,
+        item_mean: np.ndarray,
+    ) -> None:
         self.host, self.backend, self.store = host, backend, store
         self.stub = scoring_pb2_grpc.ScoringServiceStub(channel)
         self.products = catalogue()
@@ -126,7 +133,10 @@ async def test_recommend_ranks_by_theta_dot_phi_and_excludes_purchases(scoring: 
     assert_same_ranking(scored(kept.products), everything)
     shoes = await scoring.stub.Recommend(
         scoring_pb2.RecommendRequest(
-            user=common_pb2.UserRef(user_id="u1"), k=N_PRODUCTS, categories=["shoes"], include_purchased=True,
+            user=common_pb2.UserRef(user_id="u1"),
+            k=N_PRODUCTS,
+            categories=["shoes"],
+            include_purchased=True,
             exclude_product_ids=["p01"],
         )
     )
@@ -141,8 +151,10 @@ async def test_score_items_by_id_and_by_image_for_a_group(scoring: Scoring) -> N
     group = common_pb2.Audience(group=common_pb2.UserGroup(users=[common_pb2.UserRef(user_id=u) for u in ("u1", "u3")]))
     request = scoring_pb2.ScoreItemsRequest(
         audience=group,
-        items=[common_pb2.ItemSource(product_id="p07"),
-               common_pb2.ItemSource(image=common_pb2.ImagePayload(data=encode_png(image)))],
+        items=[
+            common_pb2.ItemSource(product_id="p07"),
+            common_pb2.ItemSource(image=common_pb2.ImagePayload(data=encode_png(image))),
+        ],
         include_per_user_scores=True,
     )
     reply = await scoring.stub.ScoreItems(request)
@@ -160,10 +172,12 @@ async def test_unknown_users_and_products_are_not_found(scoring: Scoring) -> Non
         await scoring.stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="stranger"), k=3))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "'stranger'" in info.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await scoring.stub.ScoreItems(scoring_pb2.ScoreItemsRequest(
-            audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
-            items=[common_pb2.ItemSource(product_id="p99")],
-        ))
+        await scoring.stub.ScoreItems(
+            scoring_pb2.ScoreItemsRequest(
+                audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="u1")),
+                items=[common_pb2.ItemSource(product_id="p99")],
+            )
+        )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND and "'p99'" in info.value.details()
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await scoring.stub.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="u1"), k=0))

@@ -17,9 +17,7 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from support.fakes import FakeInferenceBackend, InMemoryImageStore, InMemoryVectorStore, write_tokenizer
-from support.hosts import assert_serving, injected_host, real_host
-from support.trained import TrainedModels
+from couturier.export.tools.launcher import free_port
 from couturier.services.client import check_health, get_status, list_services, product_batches
 from couturier.services.common import errors, limits
 from couturier.services.common.config import ServerSettings
@@ -27,7 +25,6 @@ from couturier.services.common.health import DependencyCheck
 from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
 from couturier.services.common.product_images import FileImageStore
 from couturier.services.common.server import ServiceDefinition, ServiceHost
-from couturier.export.tools.launcher import free_port
 from couturier.v1 import (
     catalogue_pb2,
     common_pb2,
@@ -41,6 +38,9 @@ from couturier.v1 import (
     scoring_pb2,
     scoring_pb2_grpc,
 )
+from support.fakes import FakeInferenceBackend, InMemoryImageStore, InMemoryVectorStore, write_tokenizer
+from support.hosts import assert_serving, injected_host, real_host
+from support.trained import TrainedModels
 
 EXPECTED_SERVICE = {
     "scoring": "couturier.v1.ScoringService",
@@ -52,8 +52,14 @@ EXPECTED_SERVICE = {
 EXPECTED_DEPENDENCIES = {
     "scoring": {"item_encoder", "user_vectors", "vector_store"},
     "latent": {"pref_grad", "inv_grad", "shift_grad"},  # no other service: it takes resolved inputs
-    "retrieval": {"retrieval_encoder", "text_encoder", "query_generator", "vector_store", "product_images",
-                  "tokenizer"},
+    "retrieval": {
+        "retrieval_encoder",
+        "text_encoder",
+        "query_generator",
+        "vector_store",
+        "product_images",
+        "tokenizer",
+    },
     "orchestrator": {"scoring", "latent", "retrieval"},
 }
 
@@ -108,7 +114,11 @@ async def test_each_service_is_healthy_and_reflects_its_services(
         assert await check_health(host.address, EXPECTED_SERVICE[key]) == "SERVING"
         names = await list_services(host.address)
         assert EXPECTED_SERVICE[key] in names
-        assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "couturier.v1.DiagnosticsService"} <= set(names)
+        assert {
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "couturier.v1.DiagnosticsService",
+        } <= set(names)
         status = await get_status(host.address)
         assert status.serving and list(status.services) == [EXPECTED_SERVICE[key]]
         assert ready_of(status) == dict.fromkeys(EXPECTED_DEPENDENCIES[key], True), key
@@ -128,7 +138,9 @@ async def test_fake_backed_services_are_healthy_and_reflect_their_services(fake_
         assert await check_health(host.address, EXPECTED_SERVICE[key]) == "SERVING"
         names = await list_services(host.address)
         assert set(names) == {
-            EXPECTED_SERVICE[key], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+            EXPECTED_SERVICE[key],
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
             "couturier.v1.DiagnosticsService",
         }
         status = await get_status(host.address)
@@ -148,7 +160,10 @@ async def test_health_says_which_dependency_is_missing(tmp_path: Path) -> None:
     store, backend = InMemoryVectorStore(), FakeInferenceBackend()
     store.unavailable = True
     host = injected_host(
-        "retrieval", backend=backend, store=store, images=InMemoryImageStore(),
+        "retrieval",
+        backend=backend,
+        store=store,
+        images=InMemoryImageStore(),
         tokenizer_json=str(tmp_path / "tokenizer.json"),
     )
     await host.start()
@@ -223,7 +238,9 @@ async def test_orchestrator_serves_when_every_dependency_does(service_hosts: dic
     assert not [name for name in latent.settings if name.endswith("_target")]  # it calls no other service
 
 
-async def test_invalid_requests_get_invalid_argument_with_the_field_named(service_hosts: dict[str, ServiceHost]) -> None:
+async def test_invalid_requests_get_invalid_argument_with_the_field_named(
+    service_hosts: dict[str, ServiceHost],
+) -> None:
     async with grpc.aio.insecure_channel(service_hosts["scoring"].address) as channel:
         stub = scoring_pb2_grpc.ScoringServiceStub(channel)
         await expect_error(
@@ -232,7 +249,9 @@ async def test_invalid_requests_get_invalid_argument_with_the_field_named(servic
             "k must be between 1 and 1000",
         )
         await expect_error(
-            stub.Recommend(scoring_pb2.RecommendRequest(k=5)), grpc.StatusCode.INVALID_ARGUMENT, "user.user_id is required"
+            stub.Recommend(scoring_pb2.RecommendRequest(k=5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "user.user_id is required",
         )
         # Valid requests reach the real service, which says plainly what is missing.
         await expect_error(
@@ -309,7 +328,8 @@ async def test_nan_and_ranges_in_latent_requests(service_hosts: dict[str, Servic
             (latent_pb2.DesignRequest(resolved_audience=resolved, category="tops", n=17), "n must be between 1 and 16"),
             (
                 latent_pb2.DesignRequest(
-                    resolved_audience=resolved, category="tops",
+                    resolved_audience=resolved,
+                    category="tops",
                     optimizer=latent_pb2.OptimizerParams(learning_rate=float("nan")),
                 ),
                 "optimizer.learning_rate must be a finite number",
@@ -389,8 +409,14 @@ async def test_client_streams_are_validated(service_hosts: dict[str, ServiceHost
         )
 
     cases = [
-        (request(common_pb2.Product(product_id="p1"), png_bytes()), "message 0: products[0].product.category is required"),
-        (request(common_pb2.Product(product_id="p1", category="tops"), b"junk"), "message 0: products[0].image.data is not a readable"),
+        (
+            request(common_pb2.Product(product_id="p1"), png_bytes()),
+            "message 0: products[0].product.category is required",
+        ),
+        (
+            request(common_pb2.Product(product_id="p1", category="tops"), b"junk"),
+            "message 0: products[0].image.data is not a readable",
+        ),
         (catalogue_pb2.IndexProductsRequest(), "message 0 has 0 products"),
     ]
     for key, stub_type in (
@@ -401,7 +427,9 @@ async def test_client_streams_are_validated(service_hosts: dict[str, ServiceHost
             stub = stub_type(channel)
             for bad, needle in cases:
                 await expect_error(stub.IndexProducts(iter([bad])), grpc.StatusCode.INVALID_ARGUMENT, needle)
-            await expect_error(stub.IndexProducts(iter([])), grpc.StatusCode.INVALID_ARGUMENT, "carried no IndexProductsRequest")
+            await expect_error(
+                stub.IndexProducts(iter([])), grpc.StatusCode.INVALID_ARGUMENT, "carried no IndexProductsRequest"
+            )
             stats = await stub.GetIndexStats(catalogue_pb2.GetIndexStatsRequest())
             assert stats.products == 0  # nothing was written by the refused streams
 
@@ -421,7 +449,9 @@ async def test_indexed_products_are_found_recommended_and_deleted(
         indexed = await orchestrator.IndexCatalogue(iter(product_batches(products, batch_size=10)), timeout=60)
     assert (indexed.scoring.upserted, indexed.scoring.total) == (24, 24)
     assert (indexed.retrieval.upserted, indexed.retrieval.total) == (24, 24)
-    assert indexed.scoring.encoder == common_pb2.ModelVersion(name=ITEM_ENCODER, version=trained_models.versions[ITEM_ENCODER])
+    assert indexed.scoring.encoder == common_pb2.ModelVersion(
+        name=ITEM_ENCODER, version=trained_models.versions[ITEM_ENCODER]
+    )
     assert indexed.retrieval.encoder == common_pb2.ModelVersion(
         name=RETRIEVAL_ENCODER, version=trained_models.versions[RETRIEVAL_ENCODER]
     )
@@ -468,7 +498,9 @@ async def test_indexed_products_are_found_recommended_and_deleted(
             item=common_pb2.ItemSource(product_id="p-404"),
         )
         await expect_error(
-            drain(orchestrator.Alter(unknown)), grpc.StatusCode.NOT_FOUND, "product 'p-404' is not in the catalogue index"
+            drain(orchestrator.Alter(unknown)),
+            grpc.StatusCode.NOT_FOUND,
+            "product 'p-404' is not in the catalogue index",
         )
 
     user_id = str(prepared.interactions.user_ids[0])
@@ -505,13 +537,19 @@ async def test_orchestrator_requires_its_nested_requests(service_hosts: dict[str
     async with grpc.aio.insecure_channel(service_hosts["orchestrator"].address) as channel:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
         await expect_error(
-            stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest()), grpc.StatusCode.INVALID_ARGUMENT, "design is required"
+            stub.DesignAndShop(orchestrator_pb2.DesignAndShopRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "design is required",
         )
         await expect_error(
-            stub.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest()), grpc.StatusCode.INVALID_ARGUMENT, "shifts is required"
+            stub.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "shifts is required",
         )
         await expect_error(
-            stub.MultimodalShop(orchestrator_pb2.MultimodalShopRequest()), grpc.StatusCode.INVALID_ARGUMENT, "search is required"
+            stub.MultimodalShop(orchestrator_pb2.MultimodalShopRequest()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "search is required",
         )
 
 
@@ -557,7 +595,9 @@ def _fault_service(register_slow: bool = False) -> ServiceDefinition:
     return ServiceDefinition(
         key="faults",
         service_names=["test.Faults"],
-        register=lambda server: server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Faults", handlers),)),
+        register=lambda server: server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.Faults", handlers),)
+        ),
     )
 
 
@@ -611,7 +651,10 @@ async def test_server_side_deadline_and_metrics(fault_host: ServiceHost) -> None
 
 async def test_message_size_limit_from_config() -> None:
     host = injected_host(
-        "retrieval", backend=FakeInferenceBackend(), store=InMemoryVectorStore(), images=InMemoryImageStore(),
+        "retrieval",
+        backend=FakeInferenceBackend(),
+        store=InMemoryVectorStore(),
+        images=InMemoryImageStore(),
         max_message_bytes=64 * 1024,
     )
     await host.start()
@@ -628,7 +671,10 @@ async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
     import urllib.request
 
     host = injected_host(
-        "scoring", backend=FakeInferenceBackend(), store=InMemoryVectorStore(), metrics_port=0,
+        "scoring",
+        backend=FakeInferenceBackend(),
+        store=InMemoryVectorStore(),
+        metrics_port=0,
         user_vectors_dir=str(tmp_path / "user_vectors"),
     )
     await host.start()
@@ -641,7 +687,10 @@ async def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
         body = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{host.metrics_port}/metrics", timeout=5).read().decode()
         )
-        assert 'couturier_rpc_requests_total{code="INVALID_ARGUMENT",method="Recommend",service="couturier.v1.ScoringService"}' in body
+        assert (
+            'couturier_rpc_requests_total{code="INVALID_ARGUMENT",method="Recommend",service="couturier.v1.ScoringService"}'
+            in body
+        )
     finally:
         await host.stop(grace_s=0)
 

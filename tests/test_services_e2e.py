@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.trained import TrainedModels
+from couturier.export.tools.indexing import catalogue_products, index_catalogue
+from couturier.export.tools.stack import ServingStack
 from couturier.services.client import CouturierClient, check_health, product_batches
 from couturier.services.common import limits
 from couturier.services.common.images import encode_png, to_model_input
 from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
-from couturier.export.tools.indexing import catalogue_products, index_catalogue
-from couturier.export.tools.stack import ServingStack
 from couturier.v1 import (
     catalogue_pb2,
     common_pb2,
@@ -33,6 +32,7 @@ from couturier.v1 import (
     retrieval_pb2,
     scoring_pb2,
 )
+from support.trained import TrainedModels
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -126,14 +126,19 @@ async def test_catalogue_indexed_in_both_spaces_and_reindexing_keeps_the_count(s
         ):
             assert stats.products == n
             assert sum(stats.per_category.values()) == n
-            expected = {name: int((stack.catalogue.category == k).sum()) for k, name in enumerate(stack.catalogue.category_names)}
+            expected = {
+                name: int((stack.catalogue.category == k).sum())
+                for k, name in enumerate(stack.catalogue.category_names)
+            }
             assert dict(stats.per_category) == {k: v for k, v in expected.items() if v}
 
 
 async def test_delete_then_reindex_restores_the_product(stack: Stack) -> None:
     pid = str(stack.catalogue.product_ids[3])
     async with stack.client() as client:
-        deleted = await client.retrieval.DeleteProducts(catalogue_pb2.DeleteProductsRequest(product_ids=[pid, "no-such-product"]))
+        deleted = await client.retrieval.DeleteProducts(
+            catalogue_pb2.DeleteProductsRequest(product_ids=[pid, "no-such-product"])
+        )
         assert deleted.deleted == 1 and list(deleted.not_found) == ["no-such-product"]
         found = await client.retrieval.GetProducts(retrieval_pb2.GetProductsRequest(product_ids=[pid]))
         assert list(found.not_found) == [pid]
@@ -204,16 +209,29 @@ async def test_fold_in_user_from_liked_products(stack: Stack) -> None:
             assert got.folded_in and len(got.products) == 5
             assert not set(liked) & {p.product.product_id for p in got.products}
             random_ids = [str(i) for i in ids[np.random.default_rng(row).choice(len(ids), 20, replace=False)]]
-            response = await client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
-                audience=common_pb2.Audience(user=newcomer),
-                items=[common_pb2.ItemSource(product_id=p) for p in held + random_ids],
-            ))
+            response = await client.scoring.ScoreItems(
+                scoring_pb2.ScoreItemsRequest(
+                    audience=common_pb2.Audience(user=newcomer),
+                    items=[common_pb2.ItemSource(product_id=p) for p in held + random_ids],
+                )
+            )
             values = [s.score for s in sorted(response.scores, key=lambda s: s.item_index)]
             wins += np.mean(values[: len(held)]) > np.mean(values[len(held) :])
-        await _expect(grpc.StatusCode.NOT_FOUND, client.scoring.Recommend(
-            scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="stranger"), k=5)), "stranger", "liked_product_ids")
-        await _expect(grpc.StatusCode.NOT_FOUND, client.scoring.Recommend(scoring_pb2.RecommendRequest(
-            user=common_pb2.UserRef(user_id="stranger", liked_product_ids=["no-such-product"]), k=5)), "no-such-product")
+        await _expect(
+            grpc.StatusCode.NOT_FOUND,
+            client.scoring.Recommend(scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="stranger"), k=5)),
+            "stranger",
+            "liked_product_ids",
+        )
+        await _expect(
+            grpc.StatusCode.NOT_FOUND,
+            client.scoring.Recommend(
+                scoring_pb2.RecommendRequest(
+                    user=common_pb2.UserRef(user_id="stranger", liked_product_ids=["no-such-product"]), k=5
+                )
+            ),
+            "no-such-product",
+        )
     assert wins >= 6  # held-out purchases of the folded-in user outscore random products for most users
 
 
@@ -229,8 +247,12 @@ async def test_design_beats_the_best_catalogue_item_for_most_users(stack: Stack)
     async with stack.client() as client:
         for row in range(n_users):
             audience = common_pb2.Audience(user=stack.user(row))
-            best = await client.scoring.DescribeUsers(scoring_pb2.DescribeUsersRequest(audience=audience, top_k=1, category="dresses"))
-            designed = await client.orchestrator.Design(latent_pb2.DesignRequest(audience=audience, category="dresses", n=4, seed=row + 1, optimizer=optimizer))
+            best = await client.scoring.DescribeUsers(
+                scoring_pb2.DescribeUsersRequest(audience=audience, top_k=1, category="dresses")
+            )
+            designed = await client.orchestrator.Design(
+                latent_pb2.DesignRequest(audience=audience, category="dresses", n=4, seed=row + 1, optimizer=optimizer)
+            )
             assert len(designed.designs) == 4
             objectives = [d.objective for d in designed.designs]
             assert objectives == sorted(objectives, reverse=True)
@@ -245,15 +267,33 @@ async def test_design_beats_the_best_catalogue_item_for_most_users(stack: Stack)
 async def test_design_for_a_group_mean_and_top_k_share(stack: Stack) -> None:
     group = stack.group(12)
     async with stack.client() as client:
-        mean = await client.orchestrator.Design(latent_pb2.DesignRequest(
-            audience=group, category="tops", n=2, seed=7, optimizer=latent_pb2.OptimizerParams(use_zero_realism=True)))
+        mean = await client.orchestrator.Design(
+            latent_pb2.DesignRequest(
+                audience=group,
+                category="tops",
+                n=2,
+                seed=7,
+                optimizer=latent_pb2.OptimizerParams(use_zero_realism=True),
+            )
+        )
         for design in mean.designs:
             assert len(design.per_user_preference) == 12
             assert design.objective == pytest.approx(float(np.mean(design.per_user_preference)), abs=1e-3)
             assert design.preference_after > design.preference_before
-        share = await client.orchestrator.Design(latent_pb2.DesignRequest(
-            audience=group, category="tops", n=2, seed=7, objective=latent_pb2.TOP_K_SHARE, top_k=10, optimizer=latent_pb2.OptimizerParams(steps=20)))
-        profiles = await client.scoring.DescribeUsers(scoring_pb2.DescribeUsersRequest(audience=group, top_k=10, category="tops"))
+        share = await client.orchestrator.Design(
+            latent_pb2.DesignRequest(
+                audience=group,
+                category="tops",
+                n=2,
+                seed=7,
+                objective=latent_pb2.TOP_K_SHARE,
+                top_k=10,
+                optimizer=latent_pb2.OptimizerParams(steps=20),
+            )
+        )
+        profiles = await client.scoring.DescribeUsers(
+            scoring_pb2.DescribeUsersRequest(audience=group, top_k=10, category="tops")
+        )
         tau = np.array([u.kth_best_score for u in profiles.users])
         for design in share.designs:
             hard = float(np.mean(np.asarray(design.per_user_preference) >= tau - 1e-4))
@@ -337,14 +377,22 @@ async def test_search_by_image_precision_by_category_and_filters(stack: Stack) -
     precision = []
     async with stack.client() as client:
         for row in rows:
-            got = await client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(int(row), heldout=True), k=10))
+            got = await client.retrieval.SearchByImage(
+                retrieval_pb2.SearchByImageRequest(image=stack.png(int(row), heldout=True), k=10)
+            )
             assert len(got.hits) == 10
             scores = [h.score for h in got.hits]
             assert scores == sorted(scores, reverse=True) and scores[0] <= 1.0 + 1e-4  # cosine
             precision.append(np.mean([h.product.category == names[int(heldout.category[row])] for h in got.hits]))
-        filtered = await client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(
-            image=stack.png(0), k=5, filter=retrieval_pb2.SearchFilter(
-                categories=["bags"], exclude_product_ids=[str(stack.catalogue.product_ids[0])])))
+        filtered = await client.retrieval.SearchByImage(
+            retrieval_pb2.SearchByImageRequest(
+                image=stack.png(0),
+                k=5,
+                filter=retrieval_pb2.SearchFilter(
+                    categories=["bags"], exclude_product_ids=[str(stack.catalogue.product_ids[0])]
+                ),
+            )
+        )
         assert filtered.hits and all(h.product.category == "bags" for h in filtered.hits)
     chance = max(np.bincount(stack.catalogue.category)) / len(stack.catalogue)
     assert np.mean(precision) > chance + 0.1, (np.mean(precision), chance)
@@ -352,8 +400,9 @@ async def test_search_by_image_precision_by_category_and_filters(stack: Stack) -
 
 async def test_multimodal_search_returns_the_synthetic_query(stack: Stack) -> None:
     async with stack.client() as client:
-        got = await client.retrieval.SearchByImageAndText(retrieval_pb2.SearchByImageAndTextRequest(
-            image=stack.png(2, heldout=True), text="same but in red", k=8))
+        got = await client.retrieval.SearchByImageAndText(
+            retrieval_pb2.SearchByImageAndTextRequest(image=stack.png(2, heldout=True), text="same but in red", k=8)
+        )
     assert len(got.hits) == 8
     assert got.query_generator.version and got.encoder.name == RETRIEVAL_ENCODER
     synthetic = _decode(got.synthetic_query)
@@ -365,40 +414,69 @@ async def test_multimodal_search_returns_the_synthetic_query(stack: Stack) -> No
 
 async def test_orchestrator_flows(stack: Stack) -> None:
     async with stack.client() as client:
-        shop = await client.orchestrator.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(
-            design=latent_pb2.DesignRequest(audience=common_pb2.Audience(user=stack.user(0)), category="shoes", n=2),
-            products_per_design=3))
+        shop = await client.orchestrator.DesignAndShop(
+            orchestrator_pb2.DesignAndShopRequest(
+                design=latent_pb2.DesignRequest(
+                    audience=common_pb2.Audience(user=stack.user(0)), category="shoes", n=2
+                ),
+                products_per_design=3,
+            )
+        )
         assert len(shop.results) == 2
         for result in shop.results:
             assert len(result.nearest_products) == 3
             assert {p.product.category for p in result.nearest_products} == {"shoes"}
             assert all(p.HasField("similarity") for p in result.nearest_products)  # score: the preference
-        feedback = await client.orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
-            shifts=latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[7])),
-                                                  audience=stack.group(5), n=3, inversion=latent_pb2.InversionParams(steps=30)),
-            competitors_per_variant=4))
+        feedback = await client.orchestrator.SellerFeedback(
+            orchestrator_pb2.SellerFeedbackRequest(
+                shifts=latent_pb2.SellerShiftsRequest(
+                    item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[7])),
+                    audience=stack.group(5),
+                    n=3,
+                    inversion=latent_pb2.InversionParams(steps=30),
+                ),
+                competitors_per_variant=4,
+            )
+        )
         assert len(feedback.variants) == 3 and len(feedback.item_competitors) == 4
         shifts = [v.variant.preference_shift for v in feedback.variants]
         assert shifts == sorted(shifts, reverse=True)
         own = str(stack.catalogue.product_ids[7])
         assert all(c.product.product_id != own for v in feedback.variants for c in v.competitors)
-        multimodal = await client.orchestrator.MultimodalShop(orchestrator_pb2.MultimodalShopRequest(
-            search=retrieval_pb2.SearchByImageAndTextRequest(image=stack.png(1, heldout=True), text="same but in black", k=6),
-            user=stack.user(2)))
+        multimodal = await client.orchestrator.MultimodalShop(
+            orchestrator_pb2.MultimodalShopRequest(
+                search=retrieval_pb2.SearchByImageAndTextRequest(
+                    image=stack.png(1, heldout=True), text="same but in black", k=6
+                ),
+                user=stack.user(2),
+            )
+        )
         assert len(multimodal.hits) == len(multimodal.preference) == 6
         assert list(multimodal.preference) == sorted(multimodal.preference, reverse=True)
         assert multimodal.synthetic_query.data
 
 
 async def test_orchestrator_names_the_failed_step_and_honours_deadlines(stack: Stack) -> None:
-    design = latent_pb2.DesignRequest(audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="nobody")), category="bags")
+    design = latent_pb2.DesignRequest(
+        audience=common_pb2.Audience(user=common_pb2.UserRef(user_id="nobody")), category="bags"
+    )
     async with stack.client() as client:
-        await _expect(grpc.StatusCode.NOT_FOUND, client.orchestrator.DesignAndShop(
-            orchestrator_pb2.DesignAndShopRequest(design=design)), "scoring.DescribeUsers", "nobody")
-        slow = latent_pb2.DesignRequest(audience=common_pb2.Audience(user=stack.user(0)), category="bags", n=16,
-                                        optimizer=latent_pb2.OptimizerParams(steps=500))
-        await _expect(grpc.StatusCode.DEADLINE_EXCEEDED, client.orchestrator.DesignAndShop(
-            orchestrator_pb2.DesignAndShopRequest(design=slow), timeout=0.3))
+        await _expect(
+            grpc.StatusCode.NOT_FOUND,
+            client.orchestrator.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(design=design)),
+            "scoring.DescribeUsers",
+            "nobody",
+        )
+        slow = latent_pb2.DesignRequest(
+            audience=common_pb2.Audience(user=stack.user(0)),
+            category="bags",
+            n=16,
+            optimizer=latent_pb2.OptimizerParams(steps=500),
+        )
+        await _expect(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            client.orchestrator.DesignAndShop(orchestrator_pb2.DesignAndShopRequest(design=slow), timeout=0.3),
+        )
         # the stack still answers after the abandoned call
         assert (await client.scoring.Recommend(scoring_pb2.RecommendRequest(user=stack.user(0), k=1))).products
 
@@ -412,34 +490,124 @@ async def test_bad_input_gets_a_precise_status(stack: Stack) -> None:
     corrupt = common_pb2.ImagePayload(data=b"\x89PNG\r\n\x1a\nnot really", mime_type="image/png")
     oversized = common_pb2.ImagePayload(data=b"\0" * (limits.MAX_IMAGE_BYTES + 1))
     async with stack.client() as client:
-        await _expect(bad, client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=corrupt, k=5)), "image", "not a readable")
-        await _expect(bad, client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=oversized, k=5)), "limit")
-        await _expect(bad, client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=0)), "k must be")
-        await _expect(bad, client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=limits.MAX_K + 1)), "k must be")
-        await _expect(bad, client.retrieval.SearchByImageAndText(retrieval_pb2.SearchByImageAndTextRequest(image=stack.png(0), text=" ", k=5)), "text")
-        await _expect(bad, client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(audience=user, items=[common_pb2.ItemSource(image=corrupt)])), "items[0].image")
-        await _expect(grpc.StatusCode.NOT_FOUND, client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
-            audience=user, items=[common_pb2.ItemSource(product_id="no-such-product")])), "no-such-product")
-        await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(audience=user, category="dresses", n=limits.MAX_DESIGNS + 1)), "n must be")
+        await _expect(
+            bad,
+            client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=corrupt, k=5)),
+            "image",
+            "not a readable",
+        )
+        await _expect(
+            bad, client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=oversized, k=5)), "limit"
+        )
+        await _expect(
+            bad,
+            client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=0)),
+            "k must be",
+        )
+        await _expect(
+            bad,
+            client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=limits.MAX_K + 1)),
+            "k must be",
+        )
+        await _expect(
+            bad,
+            client.retrieval.SearchByImageAndText(
+                retrieval_pb2.SearchByImageAndTextRequest(image=stack.png(0), text=" ", k=5)
+            ),
+            "text",
+        )
+        await _expect(
+            bad,
+            client.scoring.ScoreItems(
+                scoring_pb2.ScoreItemsRequest(audience=user, items=[common_pb2.ItemSource(image=corrupt)])
+            ),
+            "items[0].image",
+        )
+        await _expect(
+            grpc.StatusCode.NOT_FOUND,
+            client.scoring.ScoreItems(
+                scoring_pb2.ScoreItemsRequest(
+                    audience=user, items=[common_pb2.ItemSource(product_id="no-such-product")]
+                )
+            ),
+            "no-such-product",
+        )
+        await _expect(
+            bad,
+            client.orchestrator.Design(
+                latent_pb2.DesignRequest(audience=user, category="dresses", n=limits.MAX_DESIGNS + 1)
+            ),
+            "n must be",
+        )
         await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(audience=user, category="hats")), "hats")
-        await _expect(bad, client.orchestrator.Design(latent_pb2.DesignRequest(
-            audience=user, category="dresses", optimizer=latent_pb2.OptimizerParams(learning_rate=math.nan))), "learning_rate", "finite")
-        await _expect(bad, client.orchestrator.SellerShifts(latent_pb2.SellerShiftsRequest(
-            item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0])), audience=user, radius=math.inf)), "radius")
-        await _expect(grpc.StatusCode.NOT_FOUND, client.orchestrator.SellerShifts(latent_pb2.SellerShiftsRequest(
-            item=common_pb2.ItemSource(product_id="no-such-product"), audience=user)), "no-such-product")
+        await _expect(
+            bad,
+            client.orchestrator.Design(
+                latent_pb2.DesignRequest(
+                    audience=user, category="dresses", optimizer=latent_pb2.OptimizerParams(learning_rate=math.nan)
+                )
+            ),
+            "learning_rate",
+            "finite",
+        )
+        await _expect(
+            bad,
+            client.orchestrator.SellerShifts(
+                latent_pb2.SellerShiftsRequest(
+                    item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0])),
+                    audience=user,
+                    radius=math.inf,
+                )
+            ),
+            "radius",
+        )
+        await _expect(
+            grpc.StatusCode.NOT_FOUND,
+            client.orchestrator.SellerShifts(
+                latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(product_id="no-such-product"), audience=user)
+            ),
+            "no-such-product",
+        )
         # the latent service takes resolved inputs only: ids are the orchestrator's to resolve
-        await _expect(bad, client.latent.Design(latent_pb2.DesignRequest(audience=user, category="dresses")),
-                      "resolved_audience", "OrchestratorService.Design")
+        await _expect(
+            bad,
+            client.latent.Design(latent_pb2.DesignRequest(audience=user, category="dresses")),
+            "resolved_audience",
+            "OrchestratorService.Design",
+        )
         resolved = latent_pb2.ResolvedAudience(model=common_pb2.ModelVersion(name=ITEM_ENCODER))
         resolved.users.add(user_id=stack.users[0], vector=[0.1, 0.2])
-        await _expect(bad, _drain(client.latent.Alter(latent_pb2.AlterRequest(
-            resolved_audience=resolved, item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0]))))),
-            "VisualRetrievalService.GetProducts", "OrchestratorService.Alter")
-        await _expect(bad, client.orchestrator.SellerFeedback(orchestrator_pb2.SellerFeedbackRequest(
-            shifts=latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(image=stack.png(0))), competitors_per_variant=3)), "category")
-        nan_batch = catalogue_pb2.IndexProductsRequest(products=[catalogue_pb2.ProductToIndex(
-            product=common_pb2.Product(product_id=str(stack.catalogue.product_ids[0]), category="tops"), image=corrupt)])
+        await _expect(
+            bad,
+            _drain(
+                client.latent.Alter(
+                    latent_pb2.AlterRequest(
+                        resolved_audience=resolved,
+                        item=common_pb2.ItemSource(product_id=str(stack.catalogue.product_ids[0])),
+                    )
+                )
+            ),
+            "VisualRetrievalService.GetProducts",
+            "OrchestratorService.Alter",
+        )
+        await _expect(
+            bad,
+            client.orchestrator.SellerFeedback(
+                orchestrator_pb2.SellerFeedbackRequest(
+                    shifts=latent_pb2.SellerShiftsRequest(item=common_pb2.ItemSource(image=stack.png(0))),
+                    competitors_per_variant=3,
+                )
+            ),
+            "category",
+        )
+        nan_batch = catalogue_pb2.IndexProductsRequest(
+            products=[
+                catalogue_pb2.ProductToIndex(
+                    product=common_pb2.Product(product_id=str(stack.catalogue.product_ids[0]), category="tops"),
+                    image=corrupt,
+                )
+            ]
+        )
         await _expect(bad, client.retrieval.IndexProducts(iter([nan_batch])), "products[0].image")
         stats = await client.retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest())
         assert stats.products == len(stack.catalogue)  # nothing stored was lost
@@ -453,8 +621,12 @@ async def test_new_encoder_version_needs_a_reindex_before_searching(stack: Stack
 
     triton = stack.serving.triton
     result = await asyncio.to_thread(  # rollout is synchronous (it runs its own event loop)
-        rollout, [triton.grpc_url], stack.models.repo_dir, RETRIEVAL_ENCODER,  # type: ignore[attr-defined]
-        onnx_path=stack.models.onnx[RETRIEVAL_ENCODER], canary=True,
+        rollout,
+        [triton.grpc_url],
+        stack.models.repo_dir,
+        RETRIEVAL_ENCODER,  # type: ignore[attr-defined]
+        onnx_path=stack.models.onnx[RETRIEVAL_ENCODER],
+        canary=True,
     )
     new = str(result.version)
     query = retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=3)
@@ -469,7 +641,9 @@ async def test_new_encoder_version_needs_a_reindex_before_searching(stack: Stack
             await asyncio.sleep(0.2)
         details = await _expect(grpc.StatusCode.FAILED_PRECONDITION, client.retrieval.SearchByImage(query), new)
         assert "couturier index" in details
-        reindexed = await index_catalogue(client, stack.catalogue, service="retrieval", encoder_version=new, progress=False)
+        reindexed = await index_catalogue(
+            client, stack.catalogue, service="retrieval", encoder_version=new, progress=False
+        )
         assert reindexed.encoder.version == new and reindexed.total == len(stack.catalogue)
         got = await client.retrieval.SearchByImage(query)
         assert got.encoder.version == new and len(got.hits) == 3
@@ -481,7 +655,9 @@ async def test_new_encoder_version_needs_a_reindex_before_searching(stack: Stack
 
 
 async def _statuses(stack: Stack) -> dict[str, str]:
-    return {key: await check_health(stack.serving.target(key)) for key in ("scoring", "latent", "retrieval", "orchestrator")}
+    return {
+        key: await check_health(stack.serving.target(key)) for key in ("scoring", "latent", "retrieval", "orchestrator")
+    }
 
 
 async def _wait_for(stack: Stack, status: str, timeout_s: float = 60.0) -> dict[str, str]:
@@ -498,15 +674,26 @@ async def test_triton_outage_turns_services_not_serving_and_they_recover(stack: 
     port = triton.grpc_port  # type: ignore[attr-defined]
     triton.stop(grace_s=2)  # type: ignore[attr-defined]
     try:
-        assert await _wait_for(stack, "NOT_SERVING") == dict.fromkeys(("scoring", "latent", "retrieval", "orchestrator"), "NOT_SERVING")
+        assert await _wait_for(stack, "NOT_SERVING") == dict.fromkeys(
+            ("scoring", "latent", "retrieval", "orchestrator"), "NOT_SERVING"
+        )
         async with stack.client() as client:
-            await _expect(grpc.StatusCode.UNAVAILABLE, client.retrieval.SearchByImage(
-                retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=3)), "Triton")
-            await _expect(grpc.StatusCode.UNAVAILABLE, client.orchestrator.Design(latent_pb2.DesignRequest(
-                audience=common_pb2.Audience(user=stack.user(0)), category="tops")))
+            await _expect(
+                grpc.StatusCode.UNAVAILABLE,
+                client.retrieval.SearchByImage(retrieval_pb2.SearchByImageRequest(image=stack.png(0), k=3)),
+                "Triton",
+            )
+            await _expect(
+                grpc.StatusCode.UNAVAILABLE,
+                client.orchestrator.Design(
+                    latent_pb2.DesignRequest(audience=common_pb2.Audience(user=stack.user(0)), category="tops")
+                ),
+            )
     finally:
         stack.serving.start_triton(grpc_port=port)
-    assert await _wait_for(stack, "SERVING") == dict.fromkeys(("scoring", "latent", "retrieval", "orchestrator"), "SERVING")
+    assert await _wait_for(stack, "SERVING") == dict.fromkeys(
+        ("scoring", "latent", "retrieval", "orchestrator"), "SERVING"
+    )
     async with stack.client() as client:  # the same service processes serve again
         got = await client.scoring.Recommend(scoring_pb2.RecommendRequest(user=stack.user(0), k=3))
         assert len(got.products) == 3

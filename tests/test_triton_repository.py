@@ -11,9 +11,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError, SignatureError
 from couturier.export.triton.model_config import ServingOptions, build_model_config, config_signature
-from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
 from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
+from couturier.services.common.model_repository import VersionPolicy
 from support.onnx_models import linear_model, linear_weights, two_output_model, user_weights, users_model
 
 
@@ -101,7 +101,9 @@ async def test_onnxruntime_backend_serves_the_repository(tmp_path: Path) -> None
     publish_model(repo, "lin", linear_model(tmp_path / "b.onnx", seed=1))  # latest 1 -> serves v2 now
     w1, b1 = linear_weights(1)
     np.testing.assert_allclose((await backend.infer("lin", {"x": x}))["y"], x @ w1 + b1, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose((await backend.infer("lin", {"x": x}, version="1"))["y"], x @ w0 + b0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        (await backend.infer("lin", {"x": x}, version="1"))["y"], x @ w0 + b0, rtol=1e-5, atol=1e-5
+    )
     with pytest.raises(BadInferenceInput):
         await backend.infer("lin", {"x": x.astype(np.float64)})
     with pytest.raises(BadInferenceInput):
@@ -114,7 +116,7 @@ async def test_onnxruntime_backend_serves_the_repository(tmp_path: Path) -> None
     await backend.close()
 
 
-def _tensors(tensors) -> list[tuple[str, str, list[int]]]:  # noqa: ANN001
+def _tensors(tensors) -> list[tuple[str, str, list[int]]]:
     return [(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in tensors]
 
 

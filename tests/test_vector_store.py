@@ -135,7 +135,7 @@ def test_version_mismatch_is_a_clear_precondition_error() -> None:
 def test_filter_expression_escapes_every_value() -> None:
     assert build_filter() == ""
     assert build_filter(categories=["tops"]) == 'category in ["tops"]'
-    expr = build_filter(["a\"b"], ["back\\slash"], ["x' or 1==1 or '", 'y" or product_id != "'])
+    expr = build_filter(['a"b'], ["back\\slash"], ["x' or 1==1 or '", 'y" or product_id != "'])
     assert expr == (
         '(category in ["a\\"b"]) and (colour in ["back\\\\slash"]) and '
         '(product_id not in ["x\' or 1==1 or \'", "y\\" or product_id != \\""])'
@@ -258,7 +258,7 @@ async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
 
 async def test_search_filters_by_category_colour_and_exclusions(store: VectorStore) -> None:
     items = _items(120, seed=2)
-    odd = ProductVector('quote"and\\back\'slash é', items[0].vector * 10, category='odd "cat"', colour="red")
+    odd = ProductVector("quote\"and\\back'slash é", items[0].vector * 10, category='odd "cat"', colour="red")
     await store.upsert(SPACE, [*items, odd])
     query = items[0].vector
 

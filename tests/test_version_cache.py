@@ -109,8 +109,10 @@ async def test_forget_drops_only_that_model() -> None:
 @pytest.mark.parametrize("kind", ["triton", "onnxruntime"])
 async def test_both_backends_resolve_through_the_cache(kind: str, tmp_path: object) -> None:
     """Each backend's resolve_version goes through its VersionCache; health probes always ask."""
-    backend = TritonBackend("127.0.0.1:1", version_cache_s=5.0) if kind == "triton" else OnnxRuntimeBackend(
-        str(tmp_path), version_cache_s=5.0
+    backend = (
+        TritonBackend("127.0.0.1:1", version_cache_s=5.0)
+        if kind == "triton"
+        else OnnxRuntimeBackend(str(tmp_path), version_cache_s=5.0)
     )
     clock, lookup = Clock(), Lookups(pref_grad="3")
     backend.version_cache = VersionCache(5.0, clock=clock)

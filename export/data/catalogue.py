@@ -173,7 +173,7 @@ class Catalogue:
             raise DataFormatError(f"catalogue images must be (N, S, S, 3), got {self.images.shape}")
 
     def __len__(self) -> int:
-        return int(len(self.product_ids))
+        return len(self.product_ids)
 
     @property
     def image_size(self) -> int:
@@ -273,7 +273,7 @@ def build_catalogue(
             "seed": seed,
             "items_per_class": items_per_class,
             "image_size": image_size,
-            "n_items": int(len(idx)),
+            "n_items": len(idx),
             "category_mapping": category_mapping(),
             "palette": {name: list(rgb) for name, rgb in PALETTE},
         },

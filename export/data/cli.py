@@ -95,9 +95,9 @@ def _data_dir(value: Path | None) -> Path:
 @_clean_errors
 def import_dvbpr_cmd(
     path: Annotated[Path, typer.Argument(help="DVBPR Amazon .npy file (e.g. AmazonFashion6ImgPartitioned.npy).")],
-    out: Annotated[Path, typer.Option(help="Folder for the imported catalogue, interactions and contact sheet.")] = Path(
-        "var/data/dvbpr_amazon"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Folder for the imported catalogue, interactions and contact sheet.")
+    ] = Path("var/data/dvbpr_amazon"),
     image_size: Annotated[int, typer.Option(help="Resize product images to this many pixels per side.")] = 64,
 ) -> None:
     """Import a REAL DVBPR Amazon data set: catalogue + per-user train/validation/test purchases."""
@@ -108,7 +108,9 @@ def import_dvbpr_cmd(
     out.mkdir(parents=True, exist_ok=True)
     data.catalogue.save(out, "catalogue")
     data.interactions.save(out, "interactions")
-    sheet = write_contact_sheet(data.catalogue, out / "contact_sheet.png", title=f"DVBPR Amazon data from {path.name} (real)")
+    sheet = write_contact_sheet(
+        data.catalogue, out / "contact_sheet.png", title=f"DVBPR Amazon data from {path.name} (real)"
+    )
     typer.echo(
         f"imported {len(data.catalogue)} items and {data.interactions.n_users} users "
         f"({data.interactions.n_train} train purchases) into {out}; contact sheet {sheet}"

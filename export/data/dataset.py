@@ -109,10 +109,20 @@ def prepare(
     started = time.perf_counter()
     fm = load_fashion_mnist(fm_root)
     catalogue = build_catalogue(
-        fm, items_per_class=prof.items_per_class, image_size=prof.image_size, seed=prof.seed, split="train", progress=progress
+        fm,
+        items_per_class=prof.items_per_class,
+        image_size=prof.image_size,
+        seed=prof.seed,
+        split="train",
+        progress=progress,
     )
     heldout = build_catalogue(
-        fm, items_per_class=prof.heldout_per_class, image_size=prof.image_size, seed=prof.seed, split="test", progress=progress
+        fm,
+        items_per_class=prof.heldout_per_class,
+        image_size=prof.image_size,
+        seed=prof.seed,
+        split="test",
+        progress=progress,
     )
     interactions, oracle = simulate_shoppers(catalogue, n_users=prof.n_users, seed=prof.seed, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +152,9 @@ def load_prepared(data_dir: Path | str | None = None) -> PreparedData:
         raise NotPreparedError(f"no prepared data in {folder}: {PREPARE_HINT}")
     missing = [name for name in _files() if not (folder / name).is_file()]
     if missing:
-        raise NotPreparedError(f"prepared data in {folder} is incomplete (missing {', '.join(missing)}): {PREPARE_HINT}")
+        raise NotPreparedError(
+            f"prepared data in {folder} is incomplete (missing {', '.join(missing)}): {PREPARE_HINT}"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise NotPreparedError(f"prepared data in {folder} has an old format: {PREPARE_HINT}")
     return PreparedData(

@@ -46,8 +46,10 @@ def _field(entry: Any, key: str, where: str) -> Any:
         for k in (key.encode(), key):
             if k in entry:
                 return entry[k]
-    raise DataFormatError(f"{where}: missing key b'{key}' (got {type(entry).__name__} "
-                          f"with keys {list(entry)[:5] if isinstance(entry, Mapping) else 'n/a'})")
+    raise DataFormatError(
+        f"{where}: missing key b'{key}' (got {type(entry).__name__} "
+        f"with keys {list(entry)[:5] if isinstance(entry, Mapping) else 'n/a'})"
+    )
 
 
 def _rows(container: Any, n: int, name: str) -> list[Any]:
@@ -164,8 +166,11 @@ def load_dvbpr_amazon(path: Path | str, *, image_size: int = 64, progress: bool 
         source_index=np.arange(itemnum, dtype=np.int64),
         category_names=tuple(f"amazon-category-{k}" for k in range(n_categories)),
         colour_names=(),
-        metadata={"source": f"DVBPR Amazon fashion (real) from {file.name}", "simulated colours": "no",
-                  "image_size": image_size},
+        metadata={
+            "source": f"DVBPR Amazon fashion (real) from {file.name}",
+            "simulated colours": "no",
+            "image_size": image_size,
+        },
     )
     interactions = Interactions(
         n_users=usernum,

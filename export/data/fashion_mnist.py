@@ -195,4 +195,3 @@ def load_fashion_mnist(root: Path | str | None = None, *, verify_checksums: bool
             root=folder,
         )
     return _CACHE[key]
-

@@ -49,10 +49,10 @@ def interaction_stats(interactions: Interactions) -> dict[str, Any]:
         "n_interactions": int(per_user.sum()),
         "split_sizes": {
             "train": interactions.n_train,
-            "validation": int(len(interactions.validation)),
-            "test": int(len(interactions.test)),
+            "validation": len(interactions.validation),
+            "test": len(interactions.test),
         },
-        "cold_items (no train interaction)": int(len(cold)),
+        "cold_items (no train interaction)": len(cold),
         "cold_item_share": round(len(cold) / max(1, interactions.n_items), 4),
         "purchases_per_user": {
             "min": int(quantiles[0]),
@@ -91,7 +91,11 @@ def _markdown(stats: dict[str, Any]) -> str:
     for section in ("catalogue", "heldout_catalogue (Fashion-MNIST test split)"):
         cat = stats[section]
         lines += [f"## {section}", "", f"{cat['n_items']} items, {cat['image_size']}x{cat['image_size']} RGB", ""]
-        for key in ("items_per_category (real garment types)", "items_per_fm_class (real)", "items_per_colour (SIMULATED)"):
+        for key in (
+            "items_per_category (real garment types)",
+            "items_per_fm_class (real)",
+            "items_per_colour (SIMULATED)",
+        ):
             lines += [f"### {key}", "", "| name | items |", "|---|---:|"]
             lines += [f"| {name} | {count} |" for name, count in cat[key].items()]
             lines.append("")

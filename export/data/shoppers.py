@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from couturier.export.data.catalogue import Catalogue, PALETTE_RGB
+from couturier.export.data.catalogue import PALETTE_RGB, Catalogue
 from couturier.export.data.interactions import Interactions
 from couturier.export.data.stored import load_stored, save_stored
 
@@ -89,7 +89,10 @@ def _style_features(images: np.ndarray) -> np.ndarray:
         small = ink.reshape(n, STYLE_GRID, b, STYLE_GRID, b).mean(axis=(2, 4))
     else:
         small = np.stack(
-            [np.asarray(Image.fromarray(m, mode="F").resize((STYLE_GRID, STYLE_GRID), Image.Resampling.BOX)) for m in ink]
+            [
+                np.asarray(Image.fromarray(m, mode="F").resize((STYLE_GRID, STYLE_GRID), Image.Resampling.BOX))
+                for m in ink
+            ]
         )
     flat = small.reshape(n, -1)
     flat = (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, keepdims=True) + 1e-3)
@@ -193,7 +196,9 @@ class Oracle:
         return cls(**arrays, **meta)
 
 
-def _planted_tastes(rng: np.random.Generator, n_categories: int, n_colours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _planted_tastes(
+    rng: np.random.Generator, n_categories: int, n_colours: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     liked = rng.choice(n_categories, size=int(rng.integers(1, 4)), replace=False)
     alpha = np.full(n_categories, 0.05)
     alpha[liked] = 2.0
@@ -207,7 +212,9 @@ def _planted_tastes(rng: np.random.Generator, n_categories: int, n_colours: int)
     return weights, prefs, direction / np.linalg.norm(direction)
 
 
-def _category_standardisation(features: np.ndarray, categories: np.ndarray, n_categories: int) -> tuple[np.ndarray, np.ndarray]:
+def _category_standardisation(
+    features: np.ndarray, categories: np.ndarray, n_categories: int
+) -> tuple[np.ndarray, np.ndarray]:
     mean = np.zeros((n_categories, features.shape[1]), dtype=np.float32)
     std = np.ones((n_categories, features.shape[1]), dtype=np.float32)
     for c in range(n_categories):
@@ -274,7 +281,7 @@ def simulate_shoppers(
 
     new_arrival = np.zeros(n_items, dtype=bool)
     arrival_rng = np.random.default_rng([seed, 3])
-    new_arrival[arrival_rng.choice(n_items, size=int(round(new_arrival_fraction * n_items)), replace=False)] = True
+    new_arrival[arrival_rng.choice(n_items, size=round(new_arrival_fraction * n_items), replace=False)] = True
 
     train: list[np.ndarray] = []
     validation = np.empty(n_users, dtype=np.int64)

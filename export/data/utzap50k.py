@@ -33,7 +33,7 @@ class UTZap50K:
     relative_paths: np.ndarray  # (N,) str, POSIX
 
     def __len__(self) -> int:
-        return int(len(self.product_ids))
+        return len(self.product_ids)
 
     def to_catalogue(self) -> Catalogue:
         """As a :class:`Catalogue` (categories = UT-Zap50K categories; no colour/FM class)."""
@@ -64,8 +64,11 @@ def square_rgb(img: Image.Image, size: int) -> np.ndarray:
 def _scan(root: Path) -> list[Path]:
     entries = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
     if not any(name in UTZAP_CATEGORIES for name in entries):
-        nested = [name for name in entries if (root / name).is_dir()
-                  and any((root / name / c).is_dir() for c in UTZAP_CATEGORIES)]
+        nested = [
+            name
+            for name in entries
+            if (root / name).is_dir() and any((root / name / c).is_dir() for c in UTZAP_CATEGORIES)
+        ]
         hint = f"; did you mean {root / nested[0]}?" if nested else ""
         raise DataFormatError(
             f"{root} does not look like UT-Zap50K: expected folders {', '.join(UTZAP_CATEGORIES)} "
@@ -73,7 +76,9 @@ def _scan(root: Path) -> list[Path]:
         )
     unknown = [name for name in entries if name not in UTZAP_CATEGORIES and (root / name).is_dir()]
     if unknown:
-        raise DataFormatError(f"{root}: unexpected folder {unknown[0]!r}; categories must be {', '.join(UTZAP_CATEGORIES)}")
+        raise DataFormatError(
+            f"{root}: unexpected folder {unknown[0]!r}; categories must be {', '.join(UTZAP_CATEGORIES)}"
+        )
     files = []
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix.lower() in _SUFFIXES and not path.name.startswith("."):

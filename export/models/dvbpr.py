@@ -64,8 +64,9 @@ class ItemEncoder(nn.Module):
             blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * 16, cfg.hidden), nn.ReLU(),
-                                  nn.Linear(cfg.hidden, cfg.k))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c_in * 16, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.k)
+        )
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of every conv block (post-pool), shallow to deep (used as perceptual features)."""
@@ -124,8 +125,9 @@ def bpr_loss(x_uij: torch.Tensor) -> torch.Tensor:
     return F.softplus(-x_uij).mean()
 
 
-def dvbpr_objective(model: Dvbpr, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                    lambda_theta: float) -> BprTerms:
+def dvbpr_objective(
+    model: Dvbpr, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, lambda_theta: float
+) -> BprTerms:
     """BPR loss of (u, i, j) with images ``pos``/``neg`` (B,3,S,S) plus L2 on the batch's theta_u.
 
     ``lambda_theta * mean_b ||theta_u||^2``; CNN weights are regularised by the optimiser's weight

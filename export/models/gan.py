@@ -15,6 +15,7 @@ LeakyReLU, eval BatchNorm2d, Linear) are all handled by the gradient exporter.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -65,9 +66,12 @@ class Generator(nn.Module):
         super().__init__()
         self.cfg = cfg
         ch = cfg.g_channels[: cfg.n_up]
-        layers: list[nn.Module] = [nn.ConvTranspose2d(cfg.z_dim + cfg.n_categories, ch[0], 4, 1, 0, bias=False),
-                                   nn.BatchNorm2d(ch[0]), nn.ReLU()]
-        for c_in, c_out in zip(ch[:-1], ch[1:]):
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.z_dim + cfg.n_categories, ch[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ch[0]),
+            nn.ReLU(),
+        ]
+        for c_in, c_out in itertools.pairwise(ch):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
         layers += [nn.ConvTranspose2d(ch[-1], 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -86,7 +90,7 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         ch = cfg.d_channels[: cfg.n_up]
         layers: list[nn.Module] = [nn.Conv2d(3 + cfg.n_categories, ch[0], 4, 2, 1), nn.LeakyReLU(0.2)]
-        for c_in, c_out in zip(ch[:-1], ch[1:]):
+        for c_in, c_out in itertools.pairwise(ch):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
         self.trunk = nn.Sequential(*layers)  # ends at 4x4
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch[-1] * 16, 1))
@@ -116,7 +120,8 @@ def lsgan_g_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((d_fake - 1.0) ** 2).mean()
 
 
-def sample_z(n: int, z_dim: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_z(
+    n: int, z_dim: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Latent codes: uniform in [-1, 1] (the paper's tanh-bounded z)."""
     return (torch.rand(n, z_dim, generator=generator) * 2.0 - 1.0).to(device)

@@ -9,6 +9,7 @@ The retrieval embedding is the trunk's feature map, average-pooled and L2-normal
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -41,7 +42,7 @@ class InfoGANConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InfoGANConfig":
+    def from_dict(cls, data: dict) -> InfoGANConfig:
         data = dict(data)
         for key in ("g_channels", "d_channels"):
             data[key] = tuple(data[key])
@@ -63,11 +64,12 @@ class Generator(nn.Module):
         self.cfg = cfg
         self.base = _n_up(cfg, cfg.g_channels)
         c0 = cfg.g_channels[0]
-        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, c0 * self.base**2, bias=False),
-                                nn.BatchNorm1d(c0 * self.base**2), nn.ReLU(True))
+        self.fc = nn.Sequential(
+            nn.Linear(cfg.latent_dim, c0 * self.base**2, bias=False), nn.BatchNorm1d(c0 * self.base**2), nn.ReLU(True)
+        )
         layers: list[nn.Module] = []
         widths = list(cfg.g_channels)
-        for cin, cout in zip(widths, widths[1:]):
+        for cin, cout in itertools.pairwise(widths):
             layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -108,15 +110,19 @@ class Discriminator(nn.Module):
         self.trunk = Trunk(cfg)
         final = cfg.d_channels[-1] * (cfg.image_size // 2 ** len(cfg.d_channels)) ** 2
         self.d_head = nn.Linear(final, 1)
-        self.q_head = nn.Sequential(nn.Linear(final, cfg.q_hidden, bias=False), nn.BatchNorm1d(cfg.q_hidden),
-                                    nn.LeakyReLU(0.2, True), nn.Linear(cfg.q_hidden, cfg.n_categories + cfg.n_continuous))
+        self.q_head = nn.Sequential(
+            nn.Linear(final, cfg.q_hidden, bias=False),
+            nn.BatchNorm1d(cfg.q_hidden),
+            nn.LeakyReLU(0.2, True),
+            nn.Linear(cfg.q_hidden, cfg.n_categories + cfg.n_continuous),
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (real/fake logit (N,), category logits (N,C), continuous means (N,K))."""
         _, h = self.trunk(x)
         flat = h.flatten(1)
         q = self.q_head(flat)
-        return self.d_head(flat).squeeze(1), q[:, : self.cfg.n_categories], q[:, self.cfg.n_categories:]
+        return self.d_head(flat).squeeze(1), q[:, : self.cfg.n_categories], q[:, self.cfg.n_categories :]
 
 
 class RetrievalEncoder(nn.Module):
@@ -173,9 +179,14 @@ def _dcgan_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def sample_latent(cfg: InfoGANConfig, n: int, gen: torch.Generator | None = None,
-                  categories: torch.Tensor | None = None, continuous: torch.Tensor | None = None,
-                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_latent(
+    cfg: InfoGANConfig,
+    n: int,
+    gen: torch.Generator | None = None,
+    categories: torch.Tensor | None = None,
+    continuous: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (latent (n, latent_dim), category index (n,), continuous codes (n, K) in U(-1,1))."""
     noise = torch.randn(n, cfg.noise_dim, generator=gen)
     if categories is None:

@@ -31,7 +31,7 @@ class SynthTripletConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SynthTripletConfig":
+    def from_dict(cls, data: dict) -> SynthTripletConfig:
         data = dict(data)
         for key in ("channels", "critic_channels"):
             data[key] = tuple(data[key])
@@ -53,8 +53,11 @@ class FiLM(nn.Module):
 
 
 def _down(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1, bias=not norm), nn.BatchNorm2d(cout) if norm else nn.Identity(),
-                         nn.LeakyReLU(0.2, True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 4, 2, 1, bias=not norm),
+        nn.BatchNorm2d(cout) if norm else nn.Identity(),
+        nn.LeakyReLU(0.2, True),
+    )
 
 
 class QueryGenerator(nn.Module):
@@ -66,16 +69,20 @@ class QueryGenerator(nn.Module):
         if cfg.image_size % 2 ** len(ch):
             raise ValueError(f"image_size {cfg.image_size} not divisible by 2**{len(ch)}")
         self.text = nn.Sequential(nn.Linear(cfg.text_dim, cfg.text_hidden), nn.LeakyReLU(0.2, True))
-        self.down = nn.ModuleList(_down(cin, cout, norm=i > 0) for i, (cin, cout) in enumerate(zip([3] + ch, ch)))
+        self.down = nn.ModuleList(_down(cin, cout, norm=i > 0) for i, (cin, cout) in enumerate(zip([3, *ch], ch)))
         self.text_map = nn.Linear(cfg.text_hidden, ch[-1])
-        self.bottleneck = nn.Sequential(nn.Conv2d(2 * ch[-1], ch[-1], 3, 1, 1, bias=False), nn.BatchNorm2d(ch[-1]),
-                                        nn.ReLU(True))
-        self.film = nn.ModuleList([FiLM(cfg.text_hidden, ch[-1])] + [FiLM(cfg.text_hidden, c) for c in reversed(ch[:-1])])
+        self.bottleneck = nn.Sequential(
+            nn.Conv2d(2 * ch[-1], ch[-1], 3, 1, 1, bias=False), nn.BatchNorm2d(ch[-1]), nn.ReLU(True)
+        )
+        self.film = nn.ModuleList(
+            [FiLM(cfg.text_hidden, ch[-1])] + [FiLM(cfg.text_hidden, c) for c in reversed(ch[:-1])]
+        )
         ups: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip(reversed(ch), list(reversed(ch[:-1])))):
             width = cin if i == 0 else 2 * cin  # after the first stage the skip is concatenated
-            ups.append(nn.Sequential(nn.ConvTranspose2d(width, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout),
-                                     nn.ReLU(True)))
+            ups.append(
+                nn.Sequential(nn.ConvTranspose2d(width, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True))
+            )
         self.up = nn.ModuleList(ups)
         self.out = nn.Sequential(nn.ConvTranspose2d(2 * ch[0], 3, 4, 2, 1), nn.Tanh())
 
@@ -101,7 +108,7 @@ class Critic(nn.Module):
     def __init__(self, cfg: SynthTripletConfig) -> None:
         super().__init__()
         ch = list(cfg.critic_channels)
-        self.features = nn.Sequential(*(_down(cin, cout, norm=False) for cin, cout in zip([3] + ch, ch)))
+        self.features = nn.Sequential(*(_down(cin, cout, norm=False) for cin, cout in zip([3, *ch], ch)))
         feat = ch[-1] * (cfg.image_size // 2 ** len(ch)) ** 2
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(feat, 256), nn.LeakyReLU(0.2, True))
         self.head = nn.Linear(256, 1)
@@ -112,8 +119,14 @@ class Critic(nn.Module):
         return self.head(h).squeeze(1) + (self.text_proj(text) * h).sum(1)
 
 
-def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, text: torch.Tensor,
-                     gp_lambda: float = 10.0, gen: torch.Generator | None = None) -> torch.Tensor:
+def gradient_penalty(
+    critic: Critic,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    text: torch.Tensor,
+    gp_lambda: float = 10.0,
+    gen: torch.Generator | None = None,
+) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): lambda * E[(||grad_x critic(x_hat)||_2 - 1)^2] on interpolates."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, generator=gen).to(real.device)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
@@ -122,7 +135,8 @@ def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor, tex
     return gp_lambda * ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-                 margin: float = 1.0) -> torch.Tensor:
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
     """mean(max(0, ||a - p|| - ||a - n|| + margin)) with Euclidean distances."""
     return F.relu((anchor - positive).norm(dim=1) - (anchor - negative).norm(dim=1) + margin).mean()

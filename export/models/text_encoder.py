@@ -26,7 +26,7 @@ from couturier.services.retrieval.text_encoder import (  # the serving side defi
 )
 
 OPSET = 18
-__all__ = ["EMBED_DIM", "INPUT_NAMES", "MAX_SEQ_LENGTH", "OUTPUT_NAME", "OPSET", "Tokenizer"]
+__all__ = ["EMBED_DIM", "INPUT_NAMES", "MAX_SEQ_LENGTH", "OPSET", "OUTPUT_NAME", "Tokenizer"]
 
 
 def model_dir() -> Path:
@@ -64,8 +64,12 @@ def load_sentence_transformer(device: str = "cpu") -> Any:
 def encode_reference(texts: Sequence[str], model: Any | None = None) -> np.ndarray:
     """sentence-transformers embeddings (normalised, float32) — the parity reference and training path."""
     model = model or load_sentence_transformer()
-    return np.asarray(model.encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+    return np.asarray(
+        model.encode(
+            list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ),
+        dtype=np.float32,
+    )
 
 
 def _pooled_module(st_model: Any) -> Any:
@@ -80,8 +84,9 @@ def _pooled_module(st_model: Any) -> Any:
             self.bert = bert
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            states = self.bert(input_ids=input_ids, attention_mask=attention_mask,
-                               token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+            states = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
@@ -105,9 +110,17 @@ def export_text_encoder(path: Path | str, copy_tokenizer: bool = True) -> Path:
     args = tuple(torch.from_numpy(example[k]) for k in INPUT_NAMES)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=MAX_SEQ_LENGTH)
     with torch.no_grad():
-        torch.onnx.export(module, args, str(path), dynamo=True, opset_version=OPSET, external_data=False,
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        )
     written = {o.domain or "ai.onnx": o.version for o in onnx.load(str(path), load_external_data=False).opset_import}
     if written.get("ai.onnx", 0) < OPSET:
         raise RuntimeError(f"ONNX opset {written} written, {OPSET} requested")

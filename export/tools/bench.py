@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,9 @@ def _error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def run_load(call: Call, concurrency: int, duration_s: float | None = None, count: int | None = None) -> LoadResult:
+async def run_load(
+    call: Call, concurrency: int, duration_s: float | None = None, count: int | None = None
+) -> LoadResult:
     """Closed loop: ``concurrency`` workers call ``call(i)`` (``i`` = 0, 1, ... across all workers)
     back to back until ``duration_s`` has passed or ``count`` calls were issued (whichever first).
 
@@ -103,7 +105,7 @@ async def run_load(call: Call, concurrency: int, duration_s: float | None = None
             t0 = time.perf_counter()
             try:
                 reply = await call(index)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted by its status/type
+            except Exception as exc:
                 result.errors[_error_name(exc)] += 1
                 continue
             result.latencies_ms.append((time.perf_counter() - t0) * 1e3)
@@ -135,7 +137,9 @@ class BenchData:
     sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, data_dir: Path, user_vectors: Path, tokenizer_json: Path, index_limit: int, n_queries: int = 64) -> BenchData:
+    def load(
+        cls, data_dir: Path, user_vectors: Path, tokenizer_json: Path, index_limit: int, n_queries: int = 64
+    ) -> BenchData:
         from couturier.export.data.dataset import load_prepared
         from couturier.services.common.images import encode_png
 
@@ -154,8 +158,13 @@ class BenchData:
             categories=np.asarray(cat.category[:64]),
             theta=np.asarray(vectors["theta"], dtype=np.float32),
             tokenizer_json=tokenizer_json,
-            sizes={"catalogue_items": len(cat), "indexed_items": indexed, "heldout_items": len(held),
-                   "users": int(prepared.interactions.n_users), "query_images": len(queries)},
+            sizes={
+                "catalogue_items": len(cat),
+                "indexed_items": indexed,
+                "heldout_items": len(held),
+                "users": int(prepared.interactions.n_users),
+                "query_images": len(queries),
+            },
         )
 
 
@@ -170,7 +179,21 @@ class RpcCase:
 def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
     """One realistic fixed request per RPC; call ``i`` varies the user, product and image."""
     from couturier.services.common.models import CATEGORIES
-    from couturier.v1 import common_pb2 as c, latent_pb2 as lat, orchestrator_pb2 as orc, retrieval_pb2 as ret, scoring_pb2 as sc
+    from couturier.v1 import (
+        common_pb2 as c,
+    )
+    from couturier.v1 import (
+        latent_pb2 as lat,
+    )
+    from couturier.v1 import (
+        orchestrator_pb2 as orc,
+    )
+    from couturier.v1 import (
+        retrieval_pb2 as ret,
+    )
+    from couturier.v1 import (
+        scoring_pb2 as sc,
+    )
 
     def user(i: int) -> Any:
         return c.UserRef(user_id=data.users[i % len(data.users)])
@@ -189,15 +212,25 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
         return ret.SearchByImageAndTextRequest(image=image(i), text=TEXTS[i % len(TEXTS)], k=10)
 
     def design(i: int) -> Any:
-        return lat.DesignRequest(audience=c.Audience(user=user(i)), category=CATEGORIES[i % len(CATEGORIES)], n=4, seed=i + 1)
+        return lat.DesignRequest(
+            audience=c.Audience(user=user(i)), category=CATEGORIES[i % len(CATEGORIES)], n=4, seed=i + 1
+        )
 
     def shifts(i: int) -> Any:
-        return lat.SellerShiftsRequest(item=c.ItemSource(product_id=pid(i)), audience=c.Audience(user=user(i)), n=4,
-                                       inversion=lat.InversionParams(steps=50))
+        return lat.SellerShiftsRequest(
+            item=c.ItemSource(product_id=pid(i)),
+            audience=c.Audience(user=user(i)),
+            n=4,
+            inversion=lat.InversionParams(steps=50),
+        )
 
     async def alter(i: int) -> dict[str, float]:
-        request = lat.AlterRequest(audience=c.Audience(user=user(i)), item=c.ItemSource(product_id=pid(i)),
-                                   inversion=lat.InversionParams(steps=50), report_every=10)
+        request = lat.AlterRequest(
+            audience=c.Audience(user=user(i)),
+            item=c.ItemSource(product_id=pid(i)),
+            inversion=lat.InversionParams(steps=50),
+            report_every=10,
+        )
         t0, first = time.perf_counter(), None
         async for _ in client.orchestrator.Alter(request, timeout=timeout_s):
             first = first if first is not None else time.perf_counter() - t0
@@ -208,42 +241,87 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
 
     return [
         RpcCase("scoring.ScoreItems", "1 user, 10 catalogue product ids", unary(client.scoring.ScoreItems, score)),
-        RpcCase("scoring.Recommend", "1 user, k=10", unary(
-            client.scoring.Recommend, lambda i: sc.RecommendRequest(user=user(i), k=10))),
-        RpcCase("retrieval.SearchByImage", "held-out 32x32 PNG, k=10", unary(
-            client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=10))),
-        RpcCase("retrieval.SearchByImageAndText", "held-out PNG + 'same but in <colour>', k=10",
-                unary(client.retrieval.SearchByImageAndText, text_search)),
+        RpcCase(
+            "scoring.Recommend",
+            "1 user, k=10",
+            unary(client.scoring.Recommend, lambda i: sc.RecommendRequest(user=user(i), k=10)),
+        ),
+        RpcCase(
+            "retrieval.SearchByImage",
+            "held-out 32x32 PNG, k=10",
+            unary(client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=10)),
+        ),
+        RpcCase(
+            "retrieval.SearchByImageAndText",
+            "held-out PNG + 'same but in <colour>', k=10",
+            unary(client.retrieval.SearchByImageAndText, text_search),
+        ),
         # the latent capabilities by ids: the orchestrator resolves them (scoring.DescribeUsers, retrieval.GetProducts)
-        RpcCase("orchestrator.Design", "1 user, n=4 designs, 10 steps (default)",
-                unary(client.orchestrator.Design, design), heavy=True),
-        RpcCase("orchestrator.SellerShifts", "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, "
-                "20 shift steps", unary(client.orchestrator.SellerShifts, shifts), heavy=True),
-        RpcCase("orchestrator.Alter (stream)", "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
-                "report_every=10; also time to first message", alter, heavy=True),
-        RpcCase("orchestrator.DesignAndShop", "Design as above + 5 products per design", unary(
-            client.orchestrator.DesignAndShop, lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=5)),
-            heavy=True),
-        RpcCase("orchestrator.MultimodalShop", "SearchByImageAndText as above, re-ranked for 1 user", unary(
-            client.orchestrator.MultimodalShop, lambda i: orc.MultimodalShopRequest(search=text_search(i), user=user(i)))),
-        RpcCase("orchestrator.SellerFeedback", "SellerShifts as above + 3 competitors per variant", unary(
-            client.orchestrator.SellerFeedback,
-            lambda i: orc.SellerFeedbackRequest(shifts=shifts(i), competitors_per_variant=3)), heavy=True),
+        RpcCase(
+            "orchestrator.Design",
+            "1 user, n=4 designs, 10 steps (default)",
+            unary(client.orchestrator.Design, design),
+            heavy=True,
+        ),
+        RpcCase(
+            "orchestrator.SellerShifts",
+            "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, 20 shift steps",
+            unary(client.orchestrator.SellerShifts, shifts),
+            heavy=True,
+        ),
+        RpcCase(
+            "orchestrator.Alter (stream)",
+            "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
+            "report_every=10; also time to first message",
+            alter,
+            heavy=True,
+        ),
+        RpcCase(
+            "orchestrator.DesignAndShop",
+            "Design as above + 5 products per design",
+            unary(
+                client.orchestrator.DesignAndShop,
+                lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=5),
+            ),
+            heavy=True,
+        ),
+        RpcCase(
+            "orchestrator.MultimodalShop",
+            "SearchByImageAndText as above, re-ranked for 1 user",
+            unary(
+                client.orchestrator.MultimodalShop,
+                lambda i: orc.MultimodalShopRequest(search=text_search(i), user=user(i)),
+            ),
+        ),
+        RpcCase(
+            "orchestrator.SellerFeedback",
+            "SellerShifts as above + 3 competitors per variant",
+            unary(
+                client.orchestrator.SellerFeedback,
+                lambda i: orc.SellerFeedbackRequest(shifts=shifts(i), competitors_per_variant=3),
+            ),
+            heavy=True,
+        ),
     ]
 
 
 # -- Triton vs in-process onnxruntime -----------------------------------------------------------------
 
 
-def model_inputs(model: str, shapes: Mapping[str, tuple[int, ...]], batch: int, data: BenchData,
-                 text_embedding: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def model_inputs(
+    model: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    batch: int,
+    data: BenchData,
+    text_embedding: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Realistic inputs: catalogue images and their categories, prior latents, a trained user (U=1).
 
     ``batch`` is the leading axis (designs, restarts); for ``shift_grad`` it is the number of shifts.
     """
-    from couturier.services.retrieval.text_encoder import Tokenizer
     from couturier.services.common.images import to_model_input
     from couturier.services.common.models import SHIFT_GRAD
+    from couturier.services.retrieval.text_encoder import Tokenizer
 
     rng = np.random.default_rng(1)
     lead = 1 if model == SHIFT_GRAD else batch
@@ -295,8 +373,9 @@ async def triton_stats(client: Any, models: Sequence[str]) -> dict[str, dict[str
     return out
 
 
-async def settled_stats(client: Any, models: Sequence[str], expect: Mapping[str, int] | None = None,
-                        timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+async def settled_stats(
+    client: Any, models: Sequence[str], expect: Mapping[str, int] | None = None, timeout_s: float = 5.0
+) -> dict[str, dict[str, int]]:
     """Statistics once they have caught up (Triton records them just after each response): when the
     success counts reach ``expect``, or, without ``expect``, when two reads 0.2 s apart agree."""
 
@@ -332,8 +411,9 @@ def stats_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
     }
 
 
-async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, calls: int,
-                           echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+async def compare_backends(
+    triton_url: str, repo_dir: Path, data: BenchData, calls: int, echo: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     """Median latency of ``TritonBackend.infer`` vs ``OnnxRuntimeBackend.infer`` per model and batch
     (calls alternate between the two), with Triton's own queue/compute split for the same calls."""
     from tritonclient.grpc.aio import InferenceServerClient
@@ -345,8 +425,15 @@ async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, cal
     stats_client = InferenceServerClient(triton_url)
     rows: list[dict[str, Any]] = []
     try:
-        text = next(iter((await ort.infer(TEXT_ENCODER, model_inputs(
-            TEXT_ENCODER, await ort.input_shapes(TEXT_ENCODER), 1, data))).values()))
+        text = next(
+            iter(
+                (
+                    await ort.infer(
+                        TEXT_ENCODER, model_inputs(TEXT_ENCODER, await ort.input_shapes(TEXT_ENCODER), 1, data)
+                    )
+                ).values()
+            )
+        )
         for model in ALL_MODELS:
             shapes = await ort.input_shapes(model)
             for batch in (1, 4) if model in GRADIENT_MODELS else (1, 16):
@@ -368,15 +455,27 @@ async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, cal
                 t_ms, o_ms = statistics.median(times["triton"]), statistics.median(times["onnxruntime"])
                 server = stats_delta(before[model], after[model])
                 t_mean = statistics.fmean(times["triton"])
-                row = {"model": model, "batch": batch, "calls": calls, "triton_ms": t_ms, "onnxruntime_ms": o_ms,
-                       "ratio": t_ms / o_ms, "triton_p90_ms": percentile(times["triton"], 90),
-                       "onnxruntime_p90_ms": percentile(times["onnxruntime"], 90), "triton_mean_ms": t_mean,
-                       "triton_server_requests": server["requests"], "triton_server_ms": server["request_ms"],
-                       "triton_queue_ms": server["queue_ms"], "triton_compute_ms": server["compute_ms"]}
+                row = {
+                    "model": model,
+                    "batch": batch,
+                    "calls": calls,
+                    "triton_ms": t_ms,
+                    "onnxruntime_ms": o_ms,
+                    "ratio": t_ms / o_ms,
+                    "triton_p90_ms": percentile(times["triton"], 90),
+                    "onnxruntime_p90_ms": percentile(times["onnxruntime"], 90),
+                    "triton_mean_ms": t_mean,
+                    "triton_server_requests": server["requests"],
+                    "triton_server_ms": server["request_ms"],
+                    "triton_queue_ms": server["queue_ms"],
+                    "triton_compute_ms": server["compute_ms"],
+                }
                 rows.append(row)
-                echo(f"  {model:<18} batch {batch:>2}: triton {t_ms:7.2f} ms  onnxruntime {o_ms:7.2f} ms  "
-                     f"ratio {row['ratio']:5.2f}  (triton queue {row['triton_queue_ms']:.2f} ms, "
-                     f"compute {row['triton_compute_ms']:.2f} ms)")
+                echo(
+                    f"  {model:<18} batch {batch:>2}: triton {t_ms:7.2f} ms  onnxruntime {o_ms:7.2f} ms  "
+                    f"ratio {row['ratio']:5.2f}  (triton queue {row['triton_queue_ms']:.2f} ms, "
+                    f"compute {row['triton_compute_ms']:.2f} ms)"
+                )
     finally:
         await triton.close()
         await ort.close()
@@ -386,8 +485,14 @@ async def compare_backends(triton_url: str, repo_dir: Path, data: BenchData, cal
 
 # -- report ---------------------------------------------------------------------------------------
 
-SECTIONS = ("## Setup", "## RPC latency and throughput", "## Headline", "## Triton vs in-process onnxruntime",
-            "## Triton server statistics during the load", "## Notes")
+SECTIONS = (
+    "## Setup",
+    "## RPC latency and throughput",
+    "## Headline",
+    "## Triton vs in-process onnxruntime",
+    "## Triton server statistics during the load",
+    "## Notes",
+)
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -403,67 +508,128 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     machine, stack, run = report["machine"], report["stack"], report["settings"]
-    lines = [f"# couturier bench ({report['started_at']})", "",
-             f"**{machine['cpu_count']}-core CPU numbers, no GPU.** Triton here is the local CPU stand-in: "
-             "tritonserver from the nvidia-pytriton wheel with couturier's *Python-based* `onnxruntime` "
-             "backend (a Python stub running onnxruntime). Production serves the same model repository with the "
-             "NGC Triton image's native onnxruntime backend on GPU, so the Triton overhead and every absolute "
-             "number below are specific to this machine. The load client runs on the same cores as the stack.", "",
-             "## Setup", ""]
-    lines += [f"- machine: {machine['platform']}, Python {machine['python']}, {machine['cpu_count']} CPUs, "
-              f"load average before/after {machine['loadavg_before']} / {machine.get('loadavg_after', '-')}",
-              f"- stack: {stack['mode']}; Triton {stack.get('triton_url') or '-'} (server {stack.get('triton_version', '-')}); "
-              f"model repository {stack.get('repo_dir', '-')}; model versions {stack.get('model_versions', {})}",
-              f"- targets: {stack['targets']}",
-              f"- data: {report['data_sizes']}; index stats: {stack.get('index', {})}",
-              f"- load: closed loop, concurrency {run['levels']}, {run['duration_s']:g} s per level "
-              f"(heavy RPCs: at most max({run['heavy_calls']}, concurrency) calls per level), one warm-up call per "
-              f"RPC excluded, per-call timeout {run['timeout_s']:g} s; Triton/onnxruntime: median of "
-              f"{run['compare_calls']} alternating calls per model and batch",
-              f"- wall time: {report.get('wall_s', float('nan')):.0f} s", "", "Requests:", ""]
-    lines += [f"- `{name}`: {case['request']}{' (heavy: fewer calls)' if case['heavy'] else ''}"
-              for name, case in report["rpcs"].items()]
-    lines += ["", "## RPC latency and throughput", "",
-              "Latencies in ms over successful calls; throughput = successful calls / wall time of the level.", ""]
+    lines = [
+        f"# couturier bench ({report['started_at']})",
+        "",
+        f"**{machine['cpu_count']}-core CPU numbers, no GPU.** Triton here is the local CPU stand-in: "
+        "tritonserver from the nvidia-pytriton wheel with couturier's *Python-based* `onnxruntime` "
+        "backend (a Python stub running onnxruntime). Production serves the same model repository with the "
+        "NGC Triton image's native onnxruntime backend on GPU, so the Triton overhead and every absolute "
+        "number below are specific to this machine. The load client runs on the same cores as the stack.",
+        "",
+        "## Setup",
+        "",
+    ]
+    lines += [
+        f"- machine: {machine['platform']}, Python {machine['python']}, {machine['cpu_count']} CPUs, "
+        f"load average before/after {machine['loadavg_before']} / {machine.get('loadavg_after', '-')}",
+        f"- stack: {stack['mode']}; Triton {stack.get('triton_url') or '-'} (server {stack.get('triton_version', '-')}); "
+        f"model repository {stack.get('repo_dir', '-')}; model versions {stack.get('model_versions', {})}",
+        f"- targets: {stack['targets']}",
+        f"- data: {report['data_sizes']}; index stats: {stack.get('index', {})}",
+        f"- load: closed loop, concurrency {run['levels']}, {run['duration_s']:g} s per level "
+        f"(heavy RPCs: at most max({run['heavy_calls']}, concurrency) calls per level), one warm-up call per "
+        f"RPC excluded, per-call timeout {run['timeout_s']:g} s; Triton/onnxruntime: median of "
+        f"{run['compare_calls']} alternating calls per model and batch",
+        f"- wall time: {report.get('wall_s', float('nan')):.0f} s",
+        "",
+        "Requests:",
+        "",
+    ]
+    lines += [
+        f"- `{name}`: {case['request']}{' (heavy: fewer calls)' if case['heavy'] else ''}"
+        for name, case in report["rpcs"].items()
+    ]
+    lines += [
+        "",
+        "## RPC latency and throughput",
+        "",
+        "Latencies in ms over successful calls; throughput = successful calls / wall time of the level.",
+        "",
+    ]
     rows = []
     for name, case in report["rpcs"].items():
         for lvl in case["levels"]:
             first = lvl.get("first_message", {})
             errors = ", ".join(f"{k} {v}" for k, v in lvl["errors"].items()) or "0"
-            rows.append([name, lvl["concurrency"], lvl["calls"], errors, lvl["p50_ms"], lvl["p90_ms"], lvl["p99_ms"],
-                         lvl["throughput_per_s"], first.get("p50_ms", float("nan")), first.get("p99_ms", float("nan"))])
-    lines += _table(["RPC", "conc.", "calls", "errors", "p50", "p90", "p99", "calls/s", "first msg p50", "first msg p99"], rows)
+            rows.append(
+                [
+                    name,
+                    lvl["concurrency"],
+                    lvl["calls"],
+                    errors,
+                    lvl["p50_ms"],
+                    lvl["p90_ms"],
+                    lvl["p99_ms"],
+                    lvl["throughput_per_s"],
+                    first.get("p50_ms", float("nan")),
+                    first.get("p99_ms", float("nan")),
+                ]
+            )
+    lines += _table(
+        ["RPC", "conc.", "calls", "errors", "p50", "p90", "p99", "calls/s", "first msg p50", "first msg p99"], rows
+    )
     levels = run["levels"]
     lines += ["", "## Headline", "", "p50 / p99 ms and calls/s per concurrency level.", ""]
     head = []
     for name, case in report["rpcs"].items():
         by = {lvl["concurrency"]: lvl for lvl in case["levels"]}
-        head.append([name] + [f"{_f(by[c]['p50_ms'])} / {_f(by[c]['p99_ms'])} ({_f(by[c]['throughput_per_s'])}/s)"
-                              if c in by else "-" for c in levels])
+        head.append(
+            [name]
+            + [
+                f"{_f(by[c]['p50_ms'])} / {_f(by[c]['p99_ms'])} ({_f(by[c]['throughput_per_s'])}/s)" if c in by else "-"
+                for c in levels
+            ]
+        )
     lines += _table(["RPC"] + [f"c={c}" for c in levels], head)
     lines += ["", "## Triton vs in-process onnxruntime", ""]
     if report["backends"]:
-        lines += ["`triton` and `onnxruntime`: median client-side ms per `infer` call (sequential, the two "
-                  "alternating); ratio = Triton / onnxruntime. `queue` and `compute` are Triton's own statistics, "
-                  "means over the same Triton calls (compute includes the Python backend stub's round trip; Triton "
-                  "closes a request's statistics when it is released, just after the response, so they can exceed "
-                  "the client-side time on this busy machine).", ""]
-        lines += _table(["model", "batch", "triton", "onnxruntime", "ratio", "triton p90", "onnxruntime p90", "queue",
-                         "compute"],
-                        [[r["model"], r["batch"], r["triton_ms"], r["onnxruntime_ms"], f"{r['ratio']:.2f}",
-                          r["triton_p90_ms"], r["onnxruntime_p90_ms"], r["triton_queue_ms"], r["triton_compute_ms"]]
-                         for r in report["backends"]])
+        lines += [
+            "`triton` and `onnxruntime`: median client-side ms per `infer` call (sequential, the two "
+            "alternating); ratio = Triton / onnxruntime. `queue` and `compute` are Triton's own statistics, "
+            "means over the same Triton calls (compute includes the Python backend stub's round trip; Triton "
+            "closes a request's statistics when it is released, just after the response, so they can exceed "
+            "the client-side time on this busy machine).",
+            "",
+        ]
+        lines += _table(
+            ["model", "batch", "triton", "onnxruntime", "ratio", "triton p90", "onnxruntime p90", "queue", "compute"],
+            [
+                [
+                    r["model"],
+                    r["batch"],
+                    r["triton_ms"],
+                    r["onnxruntime_ms"],
+                    f"{r['ratio']:.2f}",
+                    r["triton_p90_ms"],
+                    r["onnxruntime_p90_ms"],
+                    r["triton_queue_ms"],
+                    r["triton_compute_ms"],
+                ]
+                for r in report["backends"]
+            ],
+        )
         ratios = [r["ratio"] for r in report["backends"]]
-        lines += ["", f"Median ratio over all rows: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})."]
+        lines += [
+            "",
+            f"Median ratio over all rows: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}).",
+        ]
     else:
         lines += ["Not measured: no Triton URL (attach with `--triton HOST:PORT`)."]
     lines += ["", "## Triton server statistics during the load", ""]
     if report["triton_load_stats"]:
-        lines += ["Over the whole RPC load phase: requests, executions (dynamic batching merges requests), mean "
-                  "per-request queue and compute ms.", ""]
-        lines += _table(["model", "requests", "executions", "avg batch", "queue ms", "compute ms"],
-                        [[m, s["requests"], s["executions"], s["avg_batch"], s["queue_ms"], s["compute_ms"]]
-                         for m, s in report["triton_load_stats"].items()])
+        lines += [
+            "Over the whole RPC load phase: requests, executions (dynamic batching merges requests), mean "
+            "per-request queue and compute ms.",
+            "",
+        ]
+        lines += _table(
+            ["model", "requests", "executions", "avg batch", "queue ms", "compute ms"],
+            [
+                [m, s["requests"], s["executions"], s["avg_batch"], s["queue_ms"], s["compute_ms"]]
+                for m, s in report["triton_load_stats"].items()
+            ],
+        )
     else:
         lines += ["Not available (no Triton URL)."]
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report.get("notes", [])] + [""]
@@ -514,9 +680,14 @@ class BenchOptions:
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(), "onnxruntime": onnxruntime.__version__,
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "onnxruntime": onnxruntime.__version__,
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 async def _describe_stack(client: Any, stack: dict[str, Any], opts: BenchOptions) -> None:
@@ -529,16 +700,22 @@ async def _describe_stack(client: Any, stack: dict[str, Any], opts: BenchOptions
         stack["settings"][key] = dict(status.settings)
     for key in ("scoring", "retrieval"):
         stats = await getattr(client, key).GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=30)
-        stack.setdefault("index", {})[key] = {"products": stats.products, "encoder": f"{stats.encoder.name}:{stats.encoder.version}"}
+        stack.setdefault("index", {})[key] = {
+            "products": stats.products,
+            "encoder": f"{stats.encoder.name}:{stats.encoder.version}",
+        }
     if opts.repo_dir.is_dir():
         from couturier.services.common.model_repository import served_versions
         from couturier.services.common.models import ALL_MODELS
 
-        stack["model_versions"] = {m: max(served_versions(opts.repo_dir, m), default=None) for m in ALL_MODELS if (opts.repo_dir / m).is_dir()}
+        stack["model_versions"] = {
+            m: max(served_versions(opts.repo_dir, m), default=None) for m in ALL_MODELS if (opts.repo_dir / m).is_dir()
+        }
 
 
-async def load_phase(cases: Sequence[RpcCase], opts: BenchOptions, report: dict[str, Any],
-                     echo: Callable[[str], None]) -> None:
+async def load_phase(
+    cases: Sequence[RpcCase], opts: BenchOptions, report: dict[str, Any], echo: Callable[[str], None]
+) -> None:
     """Every case (filtered by ``opts.only``) at every level into ``report["rpcs"]``, one line per level."""
     offset = 0  # call indices keep growing across levels, so users and images keep changing
     for case in cases:
@@ -547,19 +724,22 @@ async def load_phase(cases: Sequence[RpcCase], opts: BenchOptions, report: dict[
         entry = report["rpcs"][case.name] = {"request": case.request, "heavy": case.heavy, "levels": []}
         try:
             await case.call(1_000_000)  # warm-up, excluded
-        except Exception as exc:  # noqa: BLE001 - reported; the load still runs and counts its errors
-            entry["warmup_error"] = f"{_error_name(exc)}: {getattr(exc, 'details', lambda: exc)()}"
+        except Exception as exc:
+            details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            entry["warmup_error"] = f"{_error_name(exc)}: {details}"
             echo(f"{case.name}: warm-up call failed: {entry['warmup_error']}")
         for level in opts.levels:
             count = max(opts.heavy_calls, level) if case.heavy else None
             base = offset
-            result = await run_load(lambda i: case.call(base + i), level, opts.duration_s, count)
+            result = await run_load(lambda i, call=case.call, base=base: call(base + i), level, opts.duration_s, count)
             offset += result.calls
             summary = result.summary()
             entry["levels"].append(summary)
             errors = f", errors {summary['errors']}" if summary["errors"] else ""
-            echo(f"{case.name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
-                 f"p99 {summary['p99_ms']:8.1f} ms  {summary['throughput_per_s']:7.1f}/s{errors}")
+            echo(
+                f"{case.name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
+                f"p99 {summary['p99_ms']:8.1f} ms  {summary['throughput_per_s']:7.1f}/s{errors}"
+            )
 
 
 async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tuple[Path, Path]:
@@ -567,26 +747,44 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
     from couturier.services.client import CouturierClient
     from couturier.services.common.models import ALL_MODELS
 
-    started, wall0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    started, wall0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
     machine = _machine()
     repo = opts.repo_dir.absolute()
-    data = BenchData.load(opts.data_dir, opts.user_vectors_dir / "item_encoder_v1.npz",
-                          repo / "text_encoder" / "tokenizer.json", opts.index_limit)
-    report: dict[str, Any] = {"started_at": started, "machine": machine, "data_sizes": data.sizes, "rpcs": {},
-                              "backends": [], "triton_load_stats": {}, "notes": [],
-                              "settings": {**asdict(opts), "levels": list(opts.levels)}}
+    data = BenchData.load(
+        opts.data_dir,
+        opts.user_vectors_dir / "item_encoder_v1.npz",
+        repo / "text_encoder" / "tokenizer.json",
+        opts.index_limit,
+    )
+    report: dict[str, Any] = {
+        "started_at": started,
+        "machine": machine,
+        "data_sizes": data.sizes,
+        "rpcs": {},
+        "backends": [],
+        "triton_load_stats": {},
+        "notes": [],
+        "settings": {**asdict(opts), "levels": list(opts.levels)},
+    }
     serving = None
     if opts.targets:
-        stack: dict[str, Any] = {"mode": "attached to a running stack", "targets": dict(opts.targets),
-                                 "triton_url": opts.triton_url, "repo_dir": str(repo)}
+        stack: dict[str, Any] = {
+            "mode": "attached to a running stack",
+            "targets": dict(opts.targets),
+            "triton_url": opts.triton_url,
+            "repo_dir": str(repo),
+        }
     else:
         from couturier.export.tools.stack import ServingStack
 
         work = (opts.out / "serving").absolute()
         shutil.rmtree(work / "milvus", ignore_errors=True)  # a fresh index every run
         serving = ServingStack(repo_dir=repo, user_vectors_dir=opts.user_vectors_dir.absolute(), work_dir=work)
-        stack = {"mode": "started by the bench: local Triton + one process per service (127.0.0.1)", "repo_dir": str(repo),
-                 "work_dir": str(work)}
+        stack = {
+            "mode": "started by the bench: local Triton + one process per service (127.0.0.1)",
+            "repo_dir": str(repo),
+            "work_dir": str(work),
+        }
     try:
         if serving is not None:
             t0 = time.perf_counter()
@@ -602,7 +800,9 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
                 from couturier.export.tools.indexing import index_catalogue
 
                 t0 = time.perf_counter()
-                await index_catalogue(client, load_prepared(opts.data_dir).catalogue, limit=opts.index_limit, progress=False)
+                await index_catalogue(
+                    client, load_prepared(opts.data_dir).catalogue, limit=opts.index_limit, progress=False
+                )
                 stack["index_s"] = round(time.perf_counter() - t0, 1)
                 echo(f"indexed {data.sizes['indexed_items']} products in {stack['index_s']} s")
             await _describe_stack(client, stack, opts)
@@ -630,7 +830,9 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
             report["backends"] = await compare_backends(triton_url, repo, data, opts.compare_calls, echo)
     except BaseException:
         if serving is not None:
-            echo(f"bench failed; service and Triton logs: {serving.work_dir / 'logs'}, {serving.triton and serving.triton.log_path}")
+            echo(
+                f"bench failed; service and Triton logs: {serving.work_dir / 'logs'}, {serving.triton and serving.triton.log_path}"
+            )
         raise
     finally:
         if serving is not None:
@@ -652,6 +854,10 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
         "Gradient models are compared at leading axis 1 and 4 (designs / restarts / shifts, U=1 user); forward "
         "models at batch 1 and 16.",
         "Machine is shared: load average is recorded before and after the run.",
-    ] + [f"{name}: warm-up call failed ({e['warmup_error']})" for name, e in report["rpcs"].items() if "warmup_error" in e]
+    ] + [
+        f"{name}: warm-up call failed ({e['warmup_error']})"
+        for name, e in report["rpcs"].items()
+        if "warmup_error" in e
+    ]
     report["wall_s"] = round(time.perf_counter() - wall0, 1)
     return write_report(report, opts.out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,15 +21,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-
 def demo(
     out: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("runs/demo"),
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data directory (default var/data or COUTURIER_DATA_DIR).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (default var/data or COUTURIER_DATA_DIR).")
+    ] = None,
     profile: Annotated[str, typer.Option(help="Data and training profile: demo (2-core machine) or full.")] = "demo",
 ) -> None:
     """The main job on the embedded default: data, models (trained once), the whole stack, every flow, a report.
 
-    Trains and publishes models only when missing (about 12 minutes on a 2-core CPU the first time), runs every flow against a local Triton and the four services, stops them, writes <out>/demo_report.html.
+    Trains and publishes models only when missing (about 12 minutes on a 2-core CPU the first time),
+    runs every flow against a local Triton and the four services, stops them, writes
+    <out>/demo_report.html.
     """
     from couturier.export.tools.demo import run_demo
 
@@ -48,30 +51,47 @@ def demo(
         raise typer.Exit(code=1)
 
 
-
 def bench(
     out: Annotated[Path, typer.Option(help="Where bench.json and bench.md go.")] = Path("runs/bench"),
-    orchestrator: Annotated[Optional[str], typer.Option(help="Attach: orchestrator host:port (give all four services).")] = None,
-    scoring: Annotated[Optional[str], typer.Option(help="Attach: scoring host:port.")] = None,
-    latent: Annotated[Optional[str], typer.Option(help="Attach: latent host:port.")] = None,
-    retrieval: Annotated[Optional[str], typer.Option(help="Attach: retrieval host:port.")] = None,
-    triton: Annotated[Optional[str], typer.Option(help="Attach: Triton gRPC host:port (backend comparison, statistics).")] = None,
-    repo_dir: Annotated[Path, typer.Option(help="Model repository (Triton and in-process onnxruntime).")] = Path("var/model_repository"),
+    orchestrator: Annotated[
+        str | None, typer.Option(help="Attach: orchestrator host:port (give all four services).")
+    ] = None,
+    scoring: Annotated[str | None, typer.Option(help="Attach: scoring host:port.")] = None,
+    latent: Annotated[str | None, typer.Option(help="Attach: latent host:port.")] = None,
+    retrieval: Annotated[str | None, typer.Option(help="Attach: retrieval host:port.")] = None,
+    triton: Annotated[
+        str | None, typer.Option(help="Attach: Triton gRPC host:port (backend comparison, statistics).")
+    ] = None,
+    repo_dir: Annotated[Path, typer.Option(help="Model repository (Triton and in-process onnxruntime).")] = Path(
+        "var/model_repository"
+    ),
     user_vectors_dir: Annotated[Path, typer.Option(help="Published user vectors.")] = Path("var/user_vectors"),
-    data_dir: Annotated[Optional[Path], typer.Option(help="Prepared data (default var/data or COUTURIER_DATA_DIR).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Prepared data (default var/data or COUTURIER_DATA_DIR).")
+    ] = None,
     index_limit: Annotated[int, typer.Option(help="Catalogue products indexed and used in requests.")] = 2000,
-    index: Annotated[Optional[bool], typer.Option("--index/--no-index", help="Index the catalogue subset first (default: only for a stack the bench starts).")] = None,
+    index: Annotated[
+        bool | None,
+        typer.Option(
+            "--index/--no-index", help="Index the catalogue subset first (default: only for a stack the bench starts)."
+        ),
+    ] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
     duration_s: Annotated[float, typer.Option(help="Seconds of closed-loop load per RPC and level.")] = 5.0,
-    heavy_calls: Annotated[int, typer.Option(help="Latent/orchestrator-design RPCs: at most max(this, concurrency) calls per level.")] = 8,
+    heavy_calls: Annotated[
+        int, typer.Option(help="Latent/orchestrator-design RPCs: at most max(this, concurrency) calls per level.")
+    ] = 8,
     only: Annotated[str, typer.Option(help="Comma-separated substrings of RPC names to run (default all).")] = "",
-    compare_calls: Annotated[int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")] = 50,
+    compare_calls: Annotated[
+        int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")
+    ] = 50,
     timeout_s: Annotated[float, typer.Option(help="Deadline of each RPC.")] = 120.0,
 ) -> None:
     """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model."""
     import os
 
-    from couturier.export.tools.bench import BenchOptions, bench as run_bench
+    from couturier.export.tools.bench import BenchOptions
+    from couturier.export.tools.bench import bench as run_bench
 
     attach = {"orchestrator": orchestrator, "scoring": scoring, "latent": latent, "retrieval": retrieval}
     given = {k: v for k, v in attach.items() if v}
@@ -82,10 +102,20 @@ def bench(
     except ValueError:
         _fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
     options = BenchOptions(
-        out=out, targets=given, triton_url=triton or "", repo_dir=repo_dir, user_vectors_dir=user_vectors_dir,
-        data_dir=data_dir or Path(os.environ.get("COUTURIER_DATA_DIR", "var/data")), index_limit=index_limit,
-        index=index, levels=levels, duration_s=duration_s, heavy_calls=heavy_calls,
-        only=tuple(s.strip() for s in only.split(",") if s.strip()), compare_calls=compare_calls, timeout_s=timeout_s,
+        out=out,
+        targets=given,
+        triton_url=triton or "",
+        repo_dir=repo_dir,
+        user_vectors_dir=user_vectors_dir,
+        data_dir=data_dir or Path(os.environ.get("COUTURIER_DATA_DIR", "var/data")),
+        index_limit=index_limit,
+        index=index,
+        levels=levels,
+        duration_s=duration_s,
+        heavy_calls=heavy_calls,
+        only=tuple(s.strip() for s in only.split(",") if s.strip()),
+        compare_calls=compare_calls,
+        timeout_s=timeout_s,
     )
     json_path, md_path = asyncio.run(run_bench(options, echo=typer.echo))
     typer.echo(f"results: {md_path} and {json_path}")

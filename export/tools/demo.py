@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,8 +80,11 @@ SELLER_STEPS = 50
 CALL_TIMEOUT_S = 300.0
 #: MultimodalShop queries: (text, requested colour, category of the held-out query image). The texts
 #: follow the colour templates SynthTriplet was trained on (export/training/modifications.py).
-MULTIMODAL_QUERIES = (("same but in red", "red", "tops"), ("same but in black", "black", "dresses"),
-                      ("make it navy", "navy", "outerwear"))
+MULTIMODAL_QUERIES = (
+    ("same but in red", "red", "tops"),
+    ("same but in black", "black", "dresses"),
+    ("make it navy", "navy", "outerwear"),
+)
 
 
 @dataclass
@@ -124,9 +127,11 @@ class Stages:
         finally:
             elapsed = time.perf_counter() - begin
             self.timings[name] = round(elapsed, 2)
-            self.echo(f"{prefix}: {outcome} after {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)"
-                      if outcome != "done" else
-                      f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)")
+            self.echo(
+                f"{prefix}: {outcome} after {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)"
+                if outcome != "done"
+                else f"{prefix}: done in {elapsed:.1f} s (total {time.perf_counter() - self.started:.1f} s)"
+            )
 
     def note(self, line: str) -> None:
         self.echo(f"      {line}")
@@ -190,8 +195,10 @@ def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages)
         from couturier.export.pipeline import train_all
 
         info.trained, info.training_reason = True, "; ".join(reasons)
-        stages.note(f"training all four networks because {'; '.join(reasons)} "
-                    "(about 12 minutes on a 2-core CPU; later runs reuse the result)")
+        stages.note(
+            f"training all four networks because {'; '.join(reasons)} "
+            "(about 12 minutes on a 2-core CPU; later runs reuse the result)"
+        )
         started = time.perf_counter()
         train_all(prepared, where.runs_root, profile)
         info.training_s = round(time.perf_counter() - started, 1)
@@ -208,8 +215,10 @@ def ensure_models(prepared: Any, profile: str, where: Locations, stages: Stages)
         info.export_s = round(time.perf_counter() - started, 1)
         info.parity_failed = [name for name, report in exported.parity.items() if not report.get("ok")]
         if info.parity_failed:
-            stages.note(f"WARNING: ONNX parity check failed for {', '.join(info.parity_failed)} "
-                        f"(see {run_dir / 'onnx' / 'parity.json'})")
+            stages.note(
+                f"WARNING: ONNX parity check failed for {', '.join(info.parity_failed)} "
+                f"(see {run_dir / 'onnx' / 'parity.json'})"
+            )
     onnx_dir = run_dir / "onnx"
     to_publish = publish_reasons(onnx_dir, where.repo_dir)
     if to_publish:
@@ -270,7 +279,7 @@ class _Flows:
         begin = time.perf_counter()
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - any failure of one flow goes into the report
+        except Exception as exc:
             if isinstance(exc, grpc.aio.AioRpcError):
                 message = f"{exc.code().name}: {exc.details()}"
             else:
@@ -295,15 +304,18 @@ class _Flows:
 
     def _labelled(self, catalogue: Any, row: int, product_id: str) -> Item:
         category, colour = self._labels(catalogue, row)
-        return Item(product_id=product_id, category=category, colour=colour,
-                    image=self.encode_png(catalogue.images[row]))
+        return Item(
+            product_id=product_id, category=category, colour=colour, image=self.encode_png(catalogue.images[row])
+        )
 
     @staticmethod
     def _labels(catalogue: Any, row: int) -> tuple[str, str]:
         """(category, colour) of a row ('' for a product without a simulated colour)."""
         colour = int(catalogue.colour[row])
-        return (catalogue.category_names[int(catalogue.category[row])],
-                catalogue.colour_names[colour] if colour >= 0 else "")
+        return (
+            catalogue.category_names[int(catalogue.category[row])],
+            catalogue.colour_names[colour] if colour >= 0 else "",
+        )
 
     def hit(self, scored: Any, *, score_is: Literal["similarity", "preference"]) -> Item:
         """A ScoredProduct from a reply, with its catalogue image; the reply's ``score`` is a
@@ -311,7 +323,7 @@ class _Flows:
         product = scored.product
         try:
             image = self.encode_png(self.cat.images[self.cat.index_of(product.product_id)])
-        except Exception:  # noqa: BLE001 - a product the local catalogue does not know is shown without image
+        except Exception:
             image = None
         item = Item(product_id=product.product_id, category=product.category, colour=product.colour, image=image)
         if score_is == "similarity":
@@ -328,8 +340,10 @@ class _Flows:
     def segment(self, category: str, size: int) -> list[str]:
         """The ``size`` shoppers whose training purchases are most in ``category`` (ties: more purchases)."""
         c = self.cat.category_names.index(category)
-        shares = [(-float(np.mean(self.cat.category[t] == c)) if len(t) else 0.0, -len(t), u)
-                  for u, t in enumerate(self.inter.train)]
+        shares = [
+            (-float(np.mean(self.cat.category[t] == c)) if len(t) else 0.0, -len(t), u)
+            for u, t in enumerate(self.inter.train)
+        ]
         return [str(self.inter.user_ids[u]) for _, _, u in sorted(shares)[:size]]
 
     @staticmethod
@@ -363,37 +377,65 @@ class _Flows:
         out = self.results.recommend
         async with self.section("recommend", "Recommend (trained shopper)"):
             bought = self.inter.train[self.user_row]
-            reply = await self.timed("Recommend (trained shopper)", self.client.scoring.Recommend(
-                scoring_pb2.RecommendRequest(user=self.user_ref, k=10), timeout=CALL_TIMEOUT_S))
+            reply = await self.timed(
+                "Recommend (trained shopper)",
+                self.client.scoring.Recommend(
+                    scoring_pb2.RecommendRequest(user=self.user_ref, k=10), timeout=CALL_TIMEOUT_S
+                ),
+            )
             bought_categories = {self.cat.category_names[int(c)] for c in self.cat.category[bought]}
             products = [self.hit(p, score_is="preference") for p in reply.products]
             out.user = TrainedShopperRecommendations(
-                user_id=self.user_id, purchases=[self.item(int(r)) for r in bought[:24]], n_purchases=len(bought),
-                products=products, model=self._version(reply.model), folded_in=reply.folded_in,
+                user_id=self.user_id,
+                purchases=[self.item(int(r)) for r in bought[:24]],
+                n_purchases=len(bought),
+                products=products,
+                model=self._version(reply.model),
+                folded_in=reply.folded_in,
                 latency_ms=self.latency["Recommend (trained shopper)"],
-                share_bought_category=_share([p.category in bought_categories for p in products]))
+                share_bought_category=_share([p.category in bought_categories for p in products]),
+            )
             self.served["scoring Recommend"] = self._version(reply.model)
         async with self.section("recommend", "Recommend (new shopper, folded in)"):
             colour, category = "red", "dresses"
-            rows = [int(r) for r in self.rows_of(category) if self.cat.colour_names[int(self.cat.colour[r])] == colour][:4]
+            rows = [int(r) for r in self.rows_of(category) if self.cat.colour_names[int(self.cat.colour[r])] == colour][
+                :4
+            ]
             liked = [str(self.cat.product_ids[r]) for r in rows]
-            reply = await self.timed("Recommend (new shopper)", self.client.scoring.Recommend(
-                scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id="new-shopper", liked_product_ids=liked), k=10),
-                timeout=CALL_TIMEOUT_S))
+            reply = await self.timed(
+                "Recommend (new shopper)",
+                self.client.scoring.Recommend(
+                    scoring_pb2.RecommendRequest(
+                        user=common_pb2.UserRef(user_id="new-shopper", liked_product_ids=liked), k=10
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                ),
+            )
             products = [self.hit(p, score_is="preference") for p in reply.products]
             out.new_user = NewShopperRecommendations(
-                user_id="new-shopper", liked=[self.item(r) for r in rows], liked_colour=colour,
-                liked_category=category, products=products, folded_in=reply.folded_in,
+                user_id="new-shopper",
+                liked=[self.item(r) for r in rows],
+                liked_colour=colour,
+                liked_category=category,
+                products=products,
+                folded_in=reply.folded_in,
                 latency_ms=self.latency["Recommend (new shopper)"],
                 share_same_colour=_share([p.colour == colour for p in products]),
-                share_same_category=_share([p.category == category for p in products]))
+                share_same_category=_share([p.category == category for p in products]),
+            )
 
     def _designs(self, reply: Any) -> list[Design]:
-        return [Design(image=r.design.generated.image.data, objective=r.design.objective,
-                       preference_before=r.design.preference_before, preference_after=r.design.preference_after,
-                       realism=r.design.realism,
-                       products=[self.hit(p, score_is="preference") for p in r.nearest_products])
-                for r in reply.results]
+        return [
+            Design(
+                image=r.design.generated.image.data,
+                objective=r.design.objective,
+                preference_before=r.design.preference_before,
+                preference_after=r.design.preference_after,
+                realism=r.design.realism,
+                products=[self.hit(p, score_is="preference") for p in r.nearest_products],
+            )
+            for r in reply.results
+        ]
 
     async def design(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
@@ -401,38 +443,67 @@ class _Flows:
         out = self.results.design
         async with self.section("design", "DesignAndShop (one shopper)"):
             request = orchestrator_pb2.DesignAndShopRequest(
-                design=latent_pb2.DesignRequest(audience=common_pb2.Audience(user=self.user_ref),
-                                                category=self.user_category, n=4, seed=7,
-                                                optimizer=latent_pb2.OptimizerParams(steps=DESIGN_STEPS)),
-                products_per_design=5)
-            reply = await self.timed("DesignAndShop (one shopper)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S))
+                design=latent_pb2.DesignRequest(
+                    audience=common_pb2.Audience(user=self.user_ref),
+                    category=self.user_category,
+                    n=4,
+                    seed=7,
+                    optimizer=latent_pb2.OptimizerParams(steps=DESIGN_STEPS),
+                ),
+                products_per_design=5,
+            )
+            reply = await self.timed(
+                "DesignAndShop (one shopper)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S)
+            )
             out.user = DesignRun(
-                title=f"Designs for shopper {self.user_id}", audience=f"shopper {self.user_id}",
-                category=self.user_category, steps=DESIGN_STEPS,
+                title=f"Designs for shopper {self.user_id}",
+                audience=f"shopper {self.user_id}",
+                category=self.user_category,
+                steps=DESIGN_STEPS,
                 objective_name="mean preference (optimised together with Kang et al.'s realism term)",
-                latency_ms=self.latency["DesignAndShop (one shopper)"], designs=self._designs(reply))
+                latency_ms=self.latency["DesignAndShop (one shopper)"],
+                designs=self._designs(reply),
+            )
         async with self.section("design", "DesignAndShop (group of 20, top-10 share)"):
             category = "shoes"
             users = self.segment(category, DESIGN_GROUP_SIZE)
-            audience = common_pb2.Audience(group=common_pb2.UserGroup(
-                users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"))
+            audience = common_pb2.Audience(
+                group=common_pb2.UserGroup(
+                    users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"
+                )
+            )
             request = orchestrator_pb2.DesignAndShopRequest(
-                design=latent_pb2.DesignRequest(audience=audience, category=category, n=4, seed=11,
-                                                objective=latent_pb2.TOP_K_SHARE, top_k=10,
-                                                optimizer=latent_pb2.OptimizerParams(steps=GROUP_DESIGN_STEPS)),
-                products_per_design=5)
-            reply = await self.timed("DesignAndShop (group of 20)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S))
+                design=latent_pb2.DesignRequest(
+                    audience=audience,
+                    category=category,
+                    n=4,
+                    seed=11,
+                    objective=latent_pb2.TOP_K_SHARE,
+                    top_k=10,
+                    optimizer=latent_pb2.OptimizerParams(steps=GROUP_DESIGN_STEPS),
+                ),
+                products_per_design=5,
+            )
+            reply = await self.timed(
+                "DesignAndShop (group of 20)", self.client.orchestrator.DesignAndShop(request, timeout=CALL_TIMEOUT_S)
+            )
             # What a design has to beat: each member's 10th-best score among the catalogue's products of the category.
             described = await self.client.scoring.DescribeUsers(
-                scoring_pb2.DescribeUsersRequest(audience=audience, top_k=10, category=category), timeout=CALL_TIMEOUT_S)
+                scoring_pb2.DescribeUsersRequest(audience=audience, top_k=10, category=category), timeout=CALL_TIMEOUT_S
+            )
             thresholds = [u.kth_best_score for u in described.users]
             out.group = DesignRun(
                 title=f"Designs for a group of {len(users)} shoppers",
                 audience=f"{len(users)} simulated shoppers who buy the most {category} ({users[0]}, ...)",
-                category=category, top_k=10, users=users, steps=GROUP_DESIGN_STEPS,
+                category=category,
+                top_k=10,
+                users=users,
+                steps=GROUP_DESIGN_STEPS,
                 median_threshold=float(np.median(thresholds)) if thresholds else None,
                 objective_name="share of the group for whom the design enters their top-10 of the catalogue (TOP_K_SHARE)",
-                latency_ms=self.latency["DesignAndShop (group of 20)"], designs=self._designs(reply))
+                latency_ms=self.latency["DesignAndShop (group of 20)"],
+                designs=self._designs(reply),
+            )
 
     async def alter(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, scoring_pb2
@@ -440,14 +511,22 @@ class _Flows:
         async with self.section("alter", "Alter (stream)"):
             bought = set(int(r) for r in self.inter.train[self.user_row])
             bought_colours = {int(self.cat.colour[r]) for r in bought}
-            row = next((int(r) for r in self.rows_of(self.user_category)
-                        if int(r) not in bought and int(self.cat.colour[r]) not in bought_colours),
-                       int(self.rows_of(self.user_category)[0]))
+            row = next(
+                (
+                    int(r)
+                    for r in self.rows_of(self.user_category)
+                    if int(r) not in bought and int(self.cat.colour[r]) not in bought_colours
+                ),
+                int(self.rows_of(self.user_category)[0]),
+            )
             product_id = str(self.cat.product_ids[row])
             # Addressed by ids: the orchestrator resolves the shopper and the product for the latent service.
             request = latent_pb2.AlterRequest(
-                audience=common_pb2.Audience(user=self.user_ref), item=common_pb2.ItemSource(product_id=product_id),
-                optimizer=latent_pb2.OptimizerParams(steps=60), report_every=20)
+                audience=common_pb2.Audience(user=self.user_ref),
+                item=common_pb2.ItemSource(product_id=product_id),
+                optimizer=latent_pb2.OptimizerParams(steps=60),
+                report_every=20,
+            )
             frames: list[AlterFrame] = []
             begin = time.perf_counter()
             first_ms = None
@@ -455,29 +534,42 @@ class _Flows:
                 if first_ms is None:
                     first_ms = (time.perf_counter() - begin) * 1000
                 phase = latent_pb2.AlterProgress.Phase.Name(progress.phase)
-                frames.append(AlterFrame(
-                    phase=phase, step=progress.step, image=progress.current.image.data,
-                    reconstruction_loss=progress.reconstruction_loss if phase in ("INVERSION", "DONE") else None,
-                    objective=progress.preference if phase != "INVERSION" else None))
+                frames.append(
+                    AlterFrame(
+                        phase=phase,
+                        step=progress.step,
+                        image=progress.current.image.data,
+                        reconstruction_loss=progress.reconstruction_loss if phase in ("INVERSION", "DONE") else None,
+                        objective=progress.preference if phase != "INVERSION" else None,
+                    )
+                )
             self.latency["Alter (whole stream)"] = round((time.perf_counter() - begin) * 1000, 1)
             # The audience's preference for the original and for every frame, from the scoring service.
             items = [common_pb2.ItemSource(product_id=product_id)]
-            items += [common_pb2.ItemSource(image=common_pb2.ImagePayload(data=f.image, mime_type="image/png"))
-                      for f in frames]
+            items += [
+                common_pb2.ItemSource(image=common_pb2.ImagePayload(data=f.image, mime_type="image/png"))
+                for f in frames
+            ]
             scored = await self.client.scoring.ScoreItems(
-                scoring_pb2.ScoreItemsRequest(audience=common_pb2.Audience(user=self.user_ref), items=items), timeout=CALL_TIMEOUT_S)
+                scoring_pb2.ScoreItemsRequest(audience=common_pb2.Audience(user=self.user_ref), items=items),
+                timeout=CALL_TIMEOUT_S,
+            )
             scores = [s.score for s in sorted(scored.scores, key=lambda s: s.item_index)]
             for frame, score in zip(frames, scores[1:]):
                 frame.preference = score
             inverted = [f for f in frames if f.phase == "INVERSION"]
             done = [f for f in frames if f.phase == "DONE"]
             self.results.alter = AlterationTrajectory(
-                user_id=self.user_id, product=self.item(row), frames=frames,
-                latency_ms=self.latency["Alter (whole stream)"], first_message_ms=round(first_ms or 0.0, 1),
+                user_id=self.user_id,
+                product=self.item(row),
+                frames=frames,
+                latency_ms=self.latency["Alter (whole stream)"],
+                first_message_ms=round(first_ms or 0.0, 1),
                 preference_original=scores[0] if scores else None,
                 preference_inverted=inverted[-1].preference if inverted else None,
                 preference_final=done[-1].preference if done else None,
-                reconstruction_loss_final=inverted[-1].reconstruction_loss if inverted else None)
+                reconstruction_loss_final=inverted[-1].reconstruction_loss if inverted else None,
+            )
 
     async def seller(self) -> None:
         from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
@@ -488,30 +580,53 @@ class _Flows:
             row = int(rows[np.random.default_rng(3).integers(len(rows))])
             product_id = str(self.cat.product_ids[row])
             users = self.segment(category, SELLER_GROUP_SIZE)
-            audience = common_pb2.Audience(group=common_pb2.UserGroup(
-                users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"))
+            audience = common_pb2.Audience(
+                group=common_pb2.UserGroup(
+                    users=[common_pb2.UserRef(user_id=u) for u in users], segment_name=f"{category} buyers"
+                )
+            )
             request = orchestrator_pb2.SellerFeedbackRequest(
                 shifts=latent_pb2.SellerShiftsRequest(
-                    item=common_pb2.ItemSource(product_id=product_id), audience=audience, n=4, radius=SELLER_RADIUS,
-                    diversity_weight=SELLER_DIVERSITY, optimizer=latent_pb2.OptimizerParams(steps=SELLER_STEPS)),
-                competitors_per_variant=4)
-            reply = await self.timed("SellerFeedback (group of 30)", self.client.orchestrator.SellerFeedback(request, timeout=CALL_TIMEOUT_S))
-            original = await self.client.scoring.ScoreItems(scoring_pb2.ScoreItemsRequest(
-                audience=audience, items=[common_pb2.ItemSource(product_id=product_id)]), timeout=CALL_TIMEOUT_S)
+                    item=common_pb2.ItemSource(product_id=product_id),
+                    audience=audience,
+                    n=4,
+                    radius=SELLER_RADIUS,
+                    diversity_weight=SELLER_DIVERSITY,
+                    optimizer=latent_pb2.OptimizerParams(steps=SELLER_STEPS),
+                ),
+                competitors_per_variant=4,
+            )
+            reply = await self.timed(
+                "SellerFeedback (group of 30)", self.client.orchestrator.SellerFeedback(request, timeout=CALL_TIMEOUT_S)
+            )
+            original = await self.client.scoring.ScoreItems(
+                scoring_pb2.ScoreItemsRequest(audience=audience, items=[common_pb2.ItemSource(product_id=product_id)]),
+                timeout=CALL_TIMEOUT_S,
+            )
             self.results.seller = SellerVariants(
-                product=self.item(row), users=users, latency_ms=self.latency["SellerFeedback (group of 30)"],
+                product=self.item(row),
+                users=users,
+                latency_ms=self.latency["SellerFeedback (group of 30)"],
                 audience=f"{len(users)} simulated shoppers who buy the most {category}",
                 settings=f"n=4 variants, radius {SELLER_RADIUS:g}, diversity weight {SELLER_DIVERSITY:g}, "
-                         f"{SELLER_STEPS} shift steps, default inversion",
-                base_image=reply.base.image.data, base_preference=reply.base_preference,
+                f"{SELLER_STEPS} shift steps, default inversion",
+                base_image=reply.base.image.data,
+                base_preference=reply.base_preference,
                 original_preference=original.scores[0].score if original.scores else None,
                 item_competitors=[self.hit(p, score_is="similarity") for p in reply.item_competitors],
-                variants=[SellerVariant(
-                    image=v.variant.generated.image.data, preference_before=v.variant.preference_before,
-                    preference_after=v.variant.preference_after, preference_shift=v.variant.preference_shift,
-                    opposite_ssim=v.variant.opposite_ssim, shift_norm=v.variant.shift_norm,
-                    competitors=[self.hit(p, score_is="similarity") for p in v.competitors],
-                ) for v in reply.variants])
+                variants=[
+                    SellerVariant(
+                        image=v.variant.generated.image.data,
+                        preference_before=v.variant.preference_before,
+                        preference_after=v.variant.preference_after,
+                        preference_shift=v.variant.preference_shift,
+                        opposite_ssim=v.variant.opposite_ssim,
+                        shift_norm=v.variant.shift_norm,
+                        competitors=[self.hit(p, score_is="similarity") for p in v.competitors],
+                    )
+                    for v in reply.variants
+                ],
+            )
 
     async def multimodal(self) -> None:
         from couturier.v1 import common_pb2, orchestrator_pb2, retrieval_pb2
@@ -521,23 +636,37 @@ class _Flows:
         for text, colour, category in MULTIMODAL_QUERIES:
             async with self.section("multimodal", f"MultimodalShop ({text!r})"):
                 c, k = self.held.category_names.index(category), self.held.colour_names.index(colour)
-                row = int(next(r for r in range(len(self.held)) if self.held.category[r] == c and self.held.colour[r] != k))
+                row = int(
+                    next(r for r in range(len(self.held)) if self.held.category[r] == c and self.held.colour[r] != k)
+                )
                 request = orchestrator_pb2.MultimodalShopRequest(
                     search=retrieval_pb2.SearchByImageAndTextRequest(
-                        image=common_pb2.ImagePayload(data=self.encode_png(self.held.images[row]), mime_type="image/png"),
-                        text=text, k=10),
-                    user=self.user_ref)
+                        image=common_pb2.ImagePayload(
+                            data=self.encode_png(self.held.images[row]), mime_type="image/png"
+                        ),
+                        text=text,
+                        k=10,
+                    ),
+                    user=self.user_ref,
+                )
                 name = f"MultimodalShop ({text!r})"
                 reply = await self.timed(name, self.client.orchestrator.MultimodalShop(request, timeout=CALL_TIMEOUT_S))
                 preference = list(reply.preference) or [None] * len(reply.hits)
                 hits = [self.hit(h, score_is="similarity") for h in reply.hits]
                 for hit, p in zip(hits, preference):
                     hit.preference = p
-                out.queries.append(MultimodalQuery(
-                    text=text, requested_colour=colour, query=self.held_item(row),
-                    synthetic_image=reply.synthetic_query.data, hits=hits, latency_ms=self.latency[name],
-                    share_requested_colour=_share([h.colour == colour for h in hits]),
-                    share_same_category=_share([h.category == category for h in hits])))
+                out.queries.append(
+                    MultimodalQuery(
+                        text=text,
+                        requested_colour=colour,
+                        query=self.held_item(row),
+                        synthetic_image=reply.synthetic_query.data,
+                        hits=hits,
+                        latency_ms=self.latency[name],
+                        share_requested_colour=_share([h.colour == colour for h in hits]),
+                        share_same_category=_share([h.category == category for h in hits]),
+                    )
+                )
 
     async def search(self) -> None:
         from couturier.v1 import common_pb2, retrieval_pb2
@@ -546,7 +675,8 @@ class _Flows:
 
         async def query(row: int, k: int) -> tuple[Any, float]:
             request = retrieval_pb2.SearchByImageRequest(
-                image=common_pb2.ImagePayload(data=self.encode_png(self.held.images[row]), mime_type="image/png"), k=k)
+                image=common_pb2.ImagePayload(data=self.encode_png(self.held.images[row]), mime_type="image/png"), k=k
+            )
             begin = time.perf_counter()
             reply = await self.client.retrieval.SearchByImage(request, timeout=CALL_TIMEOUT_S)
             return reply, (time.perf_counter() - begin) * 1000
@@ -558,8 +688,13 @@ class _Flows:
                 reply, ms = await query(row, 8)
                 self.latency[f"SearchByImage ({category})"] = round(ms, 1)
                 self.served["retrieval SearchByImage"] = self._version(reply.encoder)
-                out.examples.append(ImageSearchExample(query=self.held_item(row), latency_ms=ms,
-                                                       hits=[self.hit(h, score_is="similarity") for h in reply.hits]))
+                out.examples.append(
+                    ImageSearchExample(
+                        query=self.held_item(row),
+                        latency_ms=ms,
+                        hits=[self.hit(h, score_is="similarity") for h in reply.hits],
+                    )
+                )
         async with self.section("search", f"precision@{PRECISION_K} over {PRECISION_QUERIES} held-out queries"):
             rows = precision_rows(np.asarray(self.held.fm_class), PRECISION_QUERIES)
             cat_hits, col_hits, cls_hits, times = [], [], [], []
@@ -581,14 +716,24 @@ class _Flows:
                 entry["colour"].append(sum(same_col) / k)
             counts = np.bincount(self.cat.category, minlength=len(self.cat.category_names)) / len(self.cat)
             out.precision = SearchPrecision(
-                queries=len(rows), k=PRECISION_K,
-                category=float(np.mean(cat_hits)), colour=float(np.mean(col_hits)), fm_class=float(np.mean(cls_hits)),
-                median_ms=round(statistics.median(times), 2), p90_ms=round(float(np.percentile(times, 90)), 2),
+                queries=len(rows),
+                k=PRECISION_K,
+                category=float(np.mean(cat_hits)),
+                colour=float(np.mean(col_hits)),
+                fm_class=float(np.mean(cls_hits)),
+                median_ms=round(statistics.median(times), 2),
+                p90_ms=round(float(np.percentile(times, 90)), 2),
                 chance_category=float(np.mean([counts[int(self.held.category[r])] for r in rows])),
                 chance_colour=1.0 / len(self.cat.colour_names),
-                per_category={c: CategoryPrecision(category=float(np.mean(v["category"])),
-                                                   colour=float(np.mean(v["colour"])), queries=len(v["category"]))
-                              for c, v in sorted(per.items())})
+                per_category={
+                    c: CategoryPrecision(
+                        category=float(np.mean(v["category"])),
+                        colour=float(np.mean(v["colour"])),
+                        queries=len(v["category"]),
+                    )
+                    for c, v in sorted(per.items())
+                },
+            )
             self.latency[f"SearchByImage (median of {len(rows)})"] = round(statistics.median(times), 1)
 
 
@@ -617,9 +762,14 @@ async def _index(client: Any, prepared: Any) -> Indexing:
     n = len(prepared.catalogue)
     side = lambda r: IndexSide(upserted=r.upserted, total=r.total, encoder=f"{r.encoder.name} v{r.encoder.version}")  # noqa: E731
     stats = await client.retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest(), timeout=CALL_TIMEOUT_S)
-    return Indexing(items=n, seconds=round(seconds, 2), items_per_s=round(n / seconds, 1),
-                    scoring=side(reply.scoring), retrieval=side(reply.retrieval),
-                    per_category=dict(sorted(stats.per_category.items())))
+    return Indexing(
+        items=n,
+        seconds=round(seconds, 2),
+        items_per_s=round(n / seconds, 1),
+        scoring=side(reply.scoring),
+        retrieval=side(reply.retrieval),
+        per_category=dict(sorted(stats.per_category.items())),
+    )
 
 
 async def _diagnostics(stack: Any, results: DemoResults) -> None:
@@ -631,13 +781,19 @@ async def _diagnostics(stack: Any, results: DemoResults) -> None:
         try:
             status = await get_status(target)
             reflection = await list_services(target)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             results.add_error("services", f"{key}: {exc}")
             continue
         results.services[key] = ServiceDiagnostics(
-            target=target, services=list(status.services), reflection=list(reflection), serving=status.serving,
-            version=status.version, settings=dict(status.settings), fallbacks=list(status.fallbacks),
-            dependencies=[Dependency(name=d.name, ready=d.ready, detail=d.detail) for d in status.dependencies])
+            target=target,
+            services=list(status.services),
+            reflection=list(reflection),
+            serving=status.serving,
+            version=status.version,
+            settings=dict(status.settings),
+            fallbacks=list(status.fallbacks),
+            dependencies=[Dependency(name=d.name, ready=d.ready, detail=d.detail) for d in status.dependencies],
+        )
 
 
 async def _serve_and_run(stack: Any, prepared: Any, results: DemoResults, stages: Stages) -> None:
@@ -647,8 +803,9 @@ async def _serve_and_run(stack: Any, prepared: Any, results: DemoResults, stages
         await stack.start(timeout_s=180.0)
         for key in ("scoring", "latent", "retrieval", "orchestrator"):
             stages.note(f"{key}: {stack.target(key)}")
-    client = CouturierClient(stack.target("orchestrator"), stack.target("scoring"), stack.target("latent"),
-                             stack.target("retrieval"))
+    client = CouturierClient(
+        stack.target("orchestrator"), stack.target("scoring"), stack.target("latent"), stack.target("retrieval")
+    )
     try:
         with stages.stage("indexing", f"indexing {len(prepared.catalogue)} products through the orchestrator"):
             idx = results.indexing = await _index(client, prepared)
@@ -674,8 +831,9 @@ def _stop(stack: Any) -> dict[str, int]:
 # -- entry ---------------------------------------------------------------------------------------------------
 
 
-def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo", *,
-             where: Locations | None = None) -> Path:
+def run_demo(
+    out_dir: Path, data_dir: Path | None = None, profile: str = "demo", *, where: Locations | None = None
+) -> Path:
     """Run the main job; returns the path of the HTML report (``<out_dir>/demo_report.html``)."""
     from couturier.export.data.dataset import prepare
     from couturier.export.data.paths import default_data_dir
@@ -686,17 +844,25 @@ def run_demo(out_dir: Path, data_dir: Path | None = None, profile: str = "demo",
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     stages = Stages(total=7)
-    results = DemoResults(profile=profile, data_dir=str(data_dir),
-                          generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    results = DemoResults(
+        profile=profile, data_dir=str(data_dir), generated_at=datetime.now(UTC).isoformat(timespec="seconds")
+    )
 
     with stages.stage("data", f"preparing the {profile!r} data in {data_dir}"):
         prepared = prepare(data_dir, profile=profile)
         cat = prepared.catalogue
-        results.data = DataSummary(catalogue_items=len(cat), heldout_items=len(prepared.heldout),
-                                   users=int(prepared.interactions.n_users), categories=list(cat.category_names),
-                                   colours=list(cat.colour_names), manifest=prepared.manifest)
-        stages.note(f"{len(cat)} products, {len(prepared.heldout)} held-out images, "
-                    f"{prepared.interactions.n_users} simulated shoppers")
+        results.data = DataSummary(
+            catalogue_items=len(cat),
+            heldout_items=len(prepared.heldout),
+            users=int(prepared.interactions.n_users),
+            categories=list(cat.category_names),
+            colours=list(cat.colour_names),
+            manifest=prepared.manifest,
+        )
+        stages.note(
+            f"{len(cat)} products, {len(prepared.heldout)} held-out images, "
+            f"{prepared.interactions.n_users} simulated shoppers"
+        )
     with stages.stage("models", f"checking the trained models in {where.runs_root / profile} and {where.repo_dir}"):
         results.models = ensure_models(prepared, profile, where, stages)
 

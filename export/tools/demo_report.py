@@ -171,9 +171,11 @@ def svg_line_chart(
     colours = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
     points = [(x, y) for _, xs, ys in series for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
     left, right, top, bottom = 64, 16, 28 if title else 12, 44
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title or y_label)}">',
-             f'<rect width="{width}" height="{height}" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title or y_label)}">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     if title:
         parts.append(f'<text x="{width / 2:.0f}" y="18" text-anchor="middle" font-size="14">{_e(title)}</text>')
     if not points:
@@ -204,7 +206,9 @@ def svg_line_chart(
         x = sx(value)
         parts.append(f'<text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle" font-size="11">{value:.0f}</text>')
     for x, label in vlines:
-        parts.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + ph}" stroke="#888" stroke-dasharray="4 3"/>')
+        parts.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{top + ph}" stroke="#888" stroke-dasharray="4 3"/>'
+        )
         parts.append(f'<text x="{sx(x) + 4:.1f}" y="{top + 12}" font-size="11" fill="#555">{_e(label)}</text>')
     for n, (label, xs, ys) in enumerate(series):
         colour = colours[n % len(colours)]
@@ -216,10 +220,14 @@ def svg_line_chart(
         parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts)
         parts.append(f'<text x="{left + 8}" y="{top + 16 + 14 * n}" font-size="12" fill="{colour}">{_e(label)}</text>')
     if x_label:
-        parts.append(f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" font-size="12">{_e(x_label)}</text>')
+        parts.append(
+            f'<text x="{left + pw / 2:.0f}" y="{height - 6}" text-anchor="middle" font-size="12">{_e(x_label)}</text>'
+        )
     if y_label:
-        parts.append(f'<text x="14" y="{top + ph / 2:.0f}" text-anchor="middle" font-size="12" '
-                     f'transform="rotate(-90 14 {top + ph / 2:.0f})">{_e(y_label)}</text>')
+        parts.append(
+            f'<text x="14" y="{top + ph / 2:.0f}" text-anchor="middle" font-size="12" '
+            f'transform="rotate(-90 14 {top + ph / 2:.0f})">{_e(y_label)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -242,12 +250,27 @@ def _error(results: DemoResults, *keys: str) -> str:
 
 
 def _overview(r: DemoResults) -> str:
-    out = [_what("What ran: the data, the models in the Triton model repository, and the wall time of each stage "
-                 "of the demo (every service ran as its own process on 127.0.0.1, all neural compute in a local Triton).")]
+    out = [
+        _what(
+            "What ran: the data, the models in the Triton model repository, and the wall time of each stage "
+            "of the demo (every service ran as its own process on 127.0.0.1, all neural compute in a local Triton)."
+        )
+    ]
     if r.data:
-        out.append(table(["catalogue products", "held-out images (queries)", "simulated shoppers", "categories", "colours"],
-                         [[r.data.catalogue_items, r.data.heldout_items, r.data.users,
-                           ", ".join(r.data.categories), ", ".join(r.data.colours)]]))
+        out.append(
+            table(
+                ["catalogue products", "held-out images (queries)", "simulated shoppers", "categories", "colours"],
+                [
+                    [
+                        r.data.catalogue_items,
+                        r.data.heldout_items,
+                        r.data.users,
+                        ", ".join(r.data.categories),
+                        ", ".join(r.data.colours),
+                    ]
+                ],
+            )
+        )
     if r.models:
         out.append("<p>" + "<br>".join(_e(line) for line in _model_lines(r.models)) + "</p>")
         if r.models.versions:
@@ -261,8 +284,11 @@ def _overview(r: DemoResults) -> str:
 
 
 def _model_lines(models: ModelsSummary) -> list[str]:
-    lines = [f"training: {models.training_reason}" if models.trained
-             else f"training: not needed ({models.training_reason or 'trained models found'})"]
+    lines = [
+        f"training: {models.training_reason}"
+        if models.trained
+        else f"training: not needed ({models.training_reason or 'trained models found'})"
+    ]
     if models.exported:
         lines.append(f"ONNX export: {models.export_reason or 'done'}")
     if models.parity_failed:
@@ -275,16 +301,35 @@ def _model_lines(models: ModelsSummary) -> list[str]:
 
 def _indexing(r: DemoResults) -> str:
     idx = r.indexing
-    out = [_what("The whole catalogue streamed once through the orchestrator's IndexCatalogue, which embeds every "
-                 "product twice (DVBPR item vectors in the scoring service, visual embeddings in the retrieval "
-                 "service) and stores them in milvus-lite; the index starts empty on every demo run.")]
+    out = [
+        _what(
+            "The whole catalogue streamed once through the orchestrator's IndexCatalogue, which embeds every "
+            "product twice (DVBPR item vectors in the scoring service, visual embeddings in the retrieval "
+            "service) and stores them in milvus-lite; the index starts empty on every demo run."
+        )
+    ]
     if idx:
-        out.append(table(
-            ["products", "seconds", "products / s", "scoring: upserted / total / encoder", "retrieval: upserted / total / encoder"],
-            [[idx.items, float(idx.seconds), float(idx.items_per_s), _index_side(idx.scoring),
-              _index_side(idx.retrieval)]],
-            numeric=(0, 1, 2),
-        ))
+        out.append(
+            table(
+                [
+                    "products",
+                    "seconds",
+                    "products / s",
+                    "scoring: upserted / total / encoder",
+                    "retrieval: upserted / total / encoder",
+                ],
+                [
+                    [
+                        idx.items,
+                        float(idx.seconds),
+                        float(idx.items_per_s),
+                        _index_side(idx.scoring),
+                        _index_side(idx.retrieval),
+                    ]
+                ],
+                numeric=(0, 1, 2),
+            )
+        )
         if idx.per_category:
             out.append(table(["category", *idx.per_category.keys()], [["products", *idx.per_category.values()]]))
     return "".join(out)
@@ -295,35 +340,46 @@ def _index_side(side: IndexSide) -> str:
 
 
 def _recommend(r: DemoResults) -> str:
-    out = [_what("Top-10 catalogue products by DVBPR preference (theta_u . Phi(image)) from the scoring service: "
-                 "first for a simulated shopper the model was trained on (with their training purchases, which "
-                 "Recommend excludes), then for a new shopper folded in from a few liked products.")]
+    out = [
+        _what(
+            "Top-10 catalogue products by DVBPR preference (theta_u . Phi(image)) from the scoring service: "
+            "first for a simulated shopper the model was trained on (with their training purchases, which "
+            "Recommend excludes), then for a new shopper folded in from a few liked products."
+        )
+    ]
     user = r.recommend.user
     if user:
         out.append(f"<h3>Trained shopper {_e(user.user_id)}</h3>")
         out.append(f"<p>{len(user.purchases)} training purchases (simulated):</p>")
         out.append(grid(user.purchases))
         bought = {(p.category, p.colour) for p in user.purchases}
-        out.append(f"<p>Top-10 recommendations ({_e(user.model)}, {fmt(user.latency_ms, 1)} ms); "
-                   f"{_share(user.share_bought_category)} are in a category the shopper bought; highlighted: same "
-                   "category and colour as a purchase.</p>")
+        out.append(
+            f"<p>Top-10 recommendations ({_e(user.model)}, {fmt(user.latency_ms, 1)} ms); "
+            f"{_share(user.share_bought_category)} are in a category the shopper bought; highlighted: same "
+            "category and colour as a purchase.</p>"
+        )
         out.append(grid(user.products, lambda it: (it.category, it.colour) in bought))
     new = r.recommend.new_user
     if new:
         out.append(f"<h3>New shopper {_e(new.user_id)} (folded in: {fmt(new.folded_in)})</h3>")
         out.append(f"<p>Liked products ({_e(new.liked_colour)} {_e(new.liked_category)}):</p>")
         out.append(grid(new.liked))
-        out.append(f"<p>Top-10 ({fmt(new.latency_ms, 1)} ms): {_share(new.share_same_colour)} share the liked "
-                   f"colour, {_share(new.share_same_category)} the liked category (highlighted: both).</p>")
+        out.append(
+            f"<p>Top-10 ({fmt(new.latency_ms, 1)} ms): {_share(new.share_same_colour)} share the liked "
+            f"colour, {_share(new.share_same_category)} the liked category (highlighted: both).</p>"
+        )
         out.append(grid(new.products, lambda it: it.colour == new.liked_colour and it.category == new.liked_category))
     return "".join(out)
 
 
 def _design(r: DemoResults) -> str:
-    out = [_what_generated(
-        "New items designed by gradient ascent on the GAN latent (preference maximisation) for one shopper and for a "
-        "group, then the nearest real catalogue products to each design with the audience's preference for them "
-        "(sim = image similarity of the product to the design).")]
+    out = [
+        _what_generated(
+            "New items designed by gradient ascent on the GAN latent (preference maximisation) for one shopper and for a "
+            "group, then the nearest real catalogue products to each design with the audience's preference for them "
+            "(sim = image similarity of the product to the design)."
+        )
+    ]
     for part in (r.design.user, r.design.group):
         if part:
             out.append(_design_run(part))
@@ -332,28 +388,43 @@ def _design(r: DemoResults) -> str:
 
 def _design_run(part: DesignRun) -> str:
     steps = f"{part.steps} Adam steps; " if part.steps else ""
-    out = [f"<h3>{_e(part.title)}</h3>",
-           f"<p>{_e(part.audience)}; category {_e(part.category)}; objective: {_e(part.objective_name)}; "
-           f"{steps}{fmt(part.latency_ms, 0)} ms for the whole call.</p>"]
+    out = [
+        f"<h3>{_e(part.title)}</h3>",
+        f"<p>{_e(part.audience)}; category {_e(part.category)}; objective: {_e(part.objective_name)}; "
+        f"{steps}{fmt(part.latency_ms, 0)} ms for the whole call.</p>",
+    ]
     if part.median_threshold is not None:
-        out.append(f"<p>To enter a member's top-{part.top_k} a design must beat that member's "
-                   f"{part.top_k}th-best {_e(part.category)} product (median over the group: "
-                   f"{fmt(part.median_threshold)}).</p>")
+        out.append(
+            f"<p>To enter a member's top-{part.top_k} a design must beat that member's "
+            f"{part.top_k}th-best {_e(part.category)} product (median over the group: "
+            f"{fmt(part.median_threshold)}).</p>"
+        )
     for n, design in enumerate(part.designs, 1):
-        objective = (f"top-{part.top_k} share {_share(design.objective)}" if part.top_k
-                     else f"objective {fmt(design.objective)}")
-        lines = [f"design {n}", objective,
-                 f"pref {fmt(design.preference_before)} &rarr; {fmt(design.preference_after)}",
-                 f"realism {fmt(design.realism)}"]
-        out.append(_card(image_tile(design.image, lines), "nearest real products (pref = audience preference)",
-                         grid(design.products)))
+        objective = (
+            f"top-{part.top_k} share {_share(design.objective)}" if part.top_k else f"objective {fmt(design.objective)}"
+        )
+        lines = [
+            f"design {n}",
+            objective,
+            f"pref {fmt(design.preference_before)} &rarr; {fmt(design.preference_after)}",
+            f"realism {fmt(design.realism)}",
+        ]
+        out.append(
+            _card(
+                image_tile(design.image, lines),
+                "nearest real products (pref = audience preference)",
+                grid(design.products),
+            )
+        )
     return "".join(out)
 
 
 def _card(head: str, caption: str, body: str) -> str:
     """A card: a tile (or tiles) on the left, a small caption and a grid on the right."""
-    return (f'<div class="card"><div class="row">{head}<div style="flex:1"><div class="small">{caption}</div>'
-            f"{body}</div></div></div>")
+    return (
+        f'<div class="card"><div class="row">{head}<div style="flex:1"><div class="small">{caption}</div>'
+        f"{body}</div></div></div>"
+    )
 
 
 def _pair(first: str, second: str) -> str:
@@ -363,19 +434,33 @@ def _pair(first: str, second: str) -> str:
 
 def _alter(r: DemoResults) -> str:
     alt = r.alter
-    out = [_what_generated(
-        "Personalised alteration of an existing catalogue product, streamed through the orchestrator: the product is "
-        "first inverted into the GAN's latent space (reconstruction loss falls), then the latent is optimised for the "
-        "shopper (preference rises). Each frame below is a reported step.")]
+    out = [
+        _what_generated(
+            "Personalised alteration of an existing catalogue product, streamed through the orchestrator: the product is "
+            "first inverted into the GAN's latent space (reconstruction loss falls), then the latent is optimised for the "
+            "shopper (preference rises). Each frame below is a reported step."
+        )
+    ]
     if not alt:
         return "".join(out)
-    out.append(f"<p>Shopper {_e(alt.user_id)}, product {_e(alt.product.product_id)}; "
-               f"{fmt(alt.latency_ms, 0)} ms for the whole stream ({alt.messages} messages).</p>")
-    out.append(table(
-        ["", "seller's original", "inverted (start of optimisation)", "altered (final)", "change"],
-        [["preference", alt.preference_original, alt.preference_inverted, alt.preference_final,
-          _signed(_diff(alt.preference_final, alt.preference_inverted))]],
-    ))
+    out.append(
+        f"<p>Shopper {_e(alt.user_id)}, product {_e(alt.product.product_id)}; "
+        f"{fmt(alt.latency_ms, 0)} ms for the whole stream ({alt.messages} messages).</p>"
+    )
+    out.append(
+        table(
+            ["", "seller's original", "inverted (start of optimisation)", "altered (final)", "change"],
+            [
+                [
+                    "preference",
+                    alt.preference_original,
+                    alt.preference_inverted,
+                    alt.preference_final,
+                    _signed(_diff(alt.preference_final, alt.preference_inverted)),
+                ]
+            ],
+        )
+    )
     frames = [tile(alt.product, ["original"], True)]
     for frame in alt.frames:
         lines = [f"{_e(frame.phase.lower())} step {frame.step}"]
@@ -387,17 +472,29 @@ def _alter(r: DemoResults) -> str:
     out.append('<div class="grid">' + "".join(frames) + "</div>")
     series, vlines, loss = alter_chart_series(alt.frames)
     if series:
-        out.append(svg_line_chart(series, title="preference of the shopper at each reported step",
-                                  x_label="step (inversion, then optimisation)", y_label="preference", vlines=vlines))
+        out.append(
+            svg_line_chart(
+                series,
+                title="preference of the shopper at each reported step",
+                x_label="step (inversion, then optimisation)",
+                y_label="preference",
+                vlines=vlines,
+            )
+        )
     if loss:
-        out.append(svg_line_chart(loss, title="reconstruction loss during inversion", x_label="inversion step",
-                                  y_label="loss", height=200))
+        out.append(
+            svg_line_chart(
+                loss, title="reconstruction loss during inversion", x_label="inversion step", y_label="loss", height=200
+            )
+        )
     return "".join(out)
 
 
 def alter_chart_series(
     frames: Sequence[AlterFrame],
-) -> tuple[list[tuple[str, list[float], list[float]]], list[tuple[float, str]], list[tuple[str, list[float], list[float]]]]:
+) -> tuple[
+    list[tuple[str, list[float], list[float]]], list[tuple[float, str]], list[tuple[str, list[float], list[float]]]
+]:
     """Chart data of an Alter trajectory: preference per frame on one step axis (optimisation steps follow the
     inversion steps), a marker where optimisation starts, and the inversion's reconstruction loss."""
     inversion = [f for f in frames if f.phase == "INVERSION"]
@@ -409,8 +506,10 @@ def alter_chart_series(
         kept = [(x, float(y)) for x, y in pairs if y is not None]
         return [x for x, _ in kept], [y for _, y in kept]
 
-    xs, ys = points([(float(f.step), f.preference) for f in inversion]
-                    + [(float(offset + f.step), f.preference) for f in optimisation])
+    xs, ys = points(
+        [(float(f.step), f.preference) for f in inversion]
+        + [(float(offset + f.step), f.preference) for f in optimisation]
+    )
     if xs:
         series.append(("preference (ScoreItems on the frame's image)", xs, ys))
     xs, ys = points((float(offset + f.step), f.objective) for f in optimisation)
@@ -428,85 +527,138 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 def _seller(r: DemoResults) -> str:
     sel = r.seller
-    out = [_what_generated(
-        "GIGS seller feedback: the seller's product is inverted into the latent space, then several distinct variants "
-        "within a small radius are optimised to raise the mean preference of a group of shoppers; each variant comes "
-        "with the existing products it would compete with.")]
+    out = [
+        _what_generated(
+            "GIGS seller feedback: the seller's product is inverted into the latent space, then several distinct variants "
+            "within a small radius are optimised to raise the mean preference of a group of shoppers; each variant comes "
+            "with the existing products it would compete with."
+        )
+    ]
     if not sel:
         return "".join(out)
-    out.append(f"<p>{_e(sel.audience)}; {_e(sel.settings)}; {fmt(sel.latency_ms, 0)} ms "
-               "for the whole call. "
-               f"Base preference (inverted item): {fmt(sel.base_preference)}; preference for the seller's "
-               f"original photo: {fmt(sel.original_preference)}.</p>")
-    base = _pair(tile(sel.product, [*product_lines(sel.product), "seller's original"], True),
-                 image_tile(sel.base_image, ["inverted base", f"pref {fmt(sel.base_preference)}"]))
-    out.append(f'<div class="row">{base}<div style="flex:1"><div class="small">competitors of the seller\'s item</div>'
-               + grid(sel.item_competitors) + "</div></div>")
+    out.append(
+        f"<p>{_e(sel.audience)}; {_e(sel.settings)}; {fmt(sel.latency_ms, 0)} ms "
+        "for the whole call. "
+        f"Base preference (inverted item): {fmt(sel.base_preference)}; preference for the seller's "
+        f"original photo: {fmt(sel.original_preference)}.</p>"
+    )
+    base = _pair(
+        tile(sel.product, [*product_lines(sel.product), "seller's original"], True),
+        image_tile(sel.base_image, ["inverted base", f"pref {fmt(sel.base_preference)}"]),
+    )
+    out.append(
+        f'<div class="row">{base}<div style="flex:1"><div class="small">competitors of the seller\'s item</div>'
+        + grid(sel.item_competitors)
+        + "</div></div>"
+    )
     for n, variant in enumerate(sel.variants, 1):
-        lines = [f"variant {n}", f"pref {fmt(variant.preference_before)} &rarr; {fmt(variant.preference_after)}",
-                 f"shift {_signed(variant.preference_shift)}", f"1-SSIM {fmt(variant.opposite_ssim)}",
-                 f"|shift| {fmt(variant.shift_norm)}"]
-        out.append(_card(image_tile(variant.image, lines), "competitors (nearest existing products)",
-                         grid(variant.competitors)))
+        lines = [
+            f"variant {n}",
+            f"pref {fmt(variant.preference_before)} &rarr; {fmt(variant.preference_after)}",
+            f"shift {_signed(variant.preference_shift)}",
+            f"1-SSIM {fmt(variant.opposite_ssim)}",
+            f"|shift| {fmt(variant.shift_norm)}",
+        ]
+        out.append(
+            _card(
+                image_tile(variant.image, lines), "competitors (nearest existing products)", grid(variant.competitors)
+            )
+        )
     return "".join(out)
 
 
 def _multimodal(r: DemoResults) -> str:
     mm = r.multimodal
-    out = [_what("Image + text search: the SynthTriplet generator turns a held-out image and a change in words into "
-                 "a synthetic query image (what the system understood), the retrieval service finds the nearest "
-                 "real products, and the orchestrator re-ranks them by the shopper's preference.")]
+    out = [
+        _what(
+            "Image + text search: the SynthTriplet generator turns a held-out image and a change in words into "
+            "a synthetic query image (what the system understood), the retrieval service finds the nearest "
+            "real products, and the orchestrator re-ranks them by the shopper's preference."
+        )
+    ]
     if mm.user_id:
         out.append(f"<p>Re-ranked for {_e(mm.user_id)}; highlighted hits have the requested colour.</p>")
     for q in mm.queries:
-        head = _pair(tile(q.query, [*product_lines(q.query), "held-out query"], True),
-                     image_tile(q.synthetic_image, [f"&ldquo;{_e(q.text)}&rdquo;", "synthetic query"]))
-        caption = (f"{fmt(q.latency_ms, 0)} ms; {_share(q.share_requested_colour)} of the hits are "
-                   f"{_e(q.requested_colour)}, {_share(q.share_same_category)} in the query's category")
+        head = _pair(
+            tile(q.query, [*product_lines(q.query), "held-out query"], True),
+            image_tile(q.synthetic_image, [f"&ldquo;{_e(q.text)}&rdquo;", "synthetic query"]),
+        )
+        caption = (
+            f"{fmt(q.latency_ms, 0)} ms; {_share(q.share_requested_colour)} of the hits are "
+            f"{_e(q.requested_colour)}, {_share(q.share_same_category)} in the query's category"
+        )
         out.append(_card(head, caption, grid(q.hits, lambda it, c=q.requested_colour: it.colour == c)))
     return "".join(out)
 
 
 def _search(r: DemoResults) -> str:
     se = r.search
-    out = [_what("Image-to-image search with the InfoGAN-discriminator embedding (trained without labels): held-out "
-                 "images (never indexed) as queries; highlighted hits share the query's category and colour. Then "
-                 "precision@10 over many held-out queries: the share of the 10 hits in the query's category, "
-                 "colour, and Fashion-MNIST class.")]
+    out = [
+        _what(
+            "Image-to-image search with the InfoGAN-discriminator embedding (trained without labels): held-out "
+            "images (never indexed) as queries; highlighted hits share the query's category and colour. Then "
+            "precision@10 over many held-out queries: the share of the 10 hits in the query's category, "
+            "colour, and Fashion-MNIST class."
+        )
+    ]
     for ex in se.examples:
         query = ex.query
-        out.append(_card(tile(query, [*product_lines(query), "held-out query"], True), f"{fmt(ex.latency_ms, 1)} ms",
-                         grid(ex.hits, lambda it, q=query: it.category == q.category and it.colour == q.colour)))
+        out.append(
+            _card(
+                tile(query, [*product_lines(query), "held-out query"], True),
+                f"{fmt(ex.latency_ms, 1)} ms",
+                grid(ex.hits, lambda it, q=query: it.category == q.category and it.colour == q.colour),
+            )
+        )
     prec = se.precision
     if prec:
         out.append(f"<h3>precision@{prec.k} over {prec.queries} held-out queries</h3>")
-        out.append(table(
-            ["by category", "by colour", "by Fashion-MNIST class", "median ms / query", "p90 ms / query", "chance (category)"],
-            [[prec.category, prec.colour, prec.fm_class, prec.median_ms, prec.p90_ms, prec.chance_category]],
-            numeric=(0, 1, 2, 3, 4, 5),
-        ))
+        out.append(
+            table(
+                [
+                    "by category",
+                    "by colour",
+                    "by Fashion-MNIST class",
+                    "median ms / query",
+                    "p90 ms / query",
+                    "chance (category)",
+                ],
+                [[prec.category, prec.colour, prec.fm_class, prec.median_ms, prec.p90_ms, prec.chance_category]],
+                numeric=(0, 1, 2, 3, 4, 5),
+            )
+        )
         if prec.per_category:
-            out.append(table(["query category", "precision by category", "precision by colour", "queries"],
-                             [[c, v.category, v.colour, v.queries] for c, v in prec.per_category.items()],
-                             numeric=(1, 2, 3)))
+            out.append(
+                table(
+                    ["query category", "precision by category", "precision by colour", "queries"],
+                    [[c, v.category, v.colour, v.queries] for c, v in prec.per_category.items()],
+                    numeric=(1, 2, 3),
+                )
+            )
     return "".join(out)
 
 
 def _services(r: DemoResults) -> str:
-    out = [_what("What each service reported through the diagnostics service (GetStatus) and gRPC reflection while "
-                 "the demo ran: its dependencies and whether they were ready, its settings (backends, model "
-                 "versions) and any fallbacks taken; then its exit code after a graceful stop.")]
+    out = [
+        _what(
+            "What each service reported through the diagnostics service (GetStatus) and gRPC reflection while "
+            "the demo ran: its dependencies and whether they were ready, its settings (backends, model "
+            "versions) and any fallbacks taken; then its exit code after a graceful stop."
+        )
+    ]
     if r.served_models:
         out.append(table(["reply of", "model version named in the reply"], sorted(r.served_models.items())))
     for key, info in r.services.items():
         deps = table(["dependency", "ready", "detail"], [[d.name, d.ready, d.detail] for d in info.dependencies])
         settings = table(["setting", "value"], sorted(info.settings.items()))
         fallbacks = info.fallbacks or ["none"]
-        out.append(f'<div class="card"><h3>{_e(key)} <span class="small">{_e(info.target)}, serving: '
-                   f'{fmt(info.serving)}, version {_e(info.version)}, exit code '
-                   f'{_e(fmt(info.exit_code))}</span></h3><div class="row"><div>{deps}</div><div>{settings}</div>'
-                   f'</div><div class="small">fallbacks: {_e("; ".join(fallbacks))}<br>reflected services: '
-                   f'{_e(", ".join(info.reflection))}</div></div>')
+        out.append(
+            f'<div class="card"><h3>{_e(key)} <span class="small">{_e(info.target)}, serving: '
+            f"{fmt(info.serving)}, version {_e(info.version)}, exit code "
+            f'{_e(fmt(info.exit_code))}</span></h3><div class="row"><div>{deps}</div><div>{settings}</div>'
+            f'</div><div class="small">fallbacks: {_e("; ".join(fallbacks))}<br>reflected services: '
+            f"{_e(', '.join(info.reflection))}</div></div>"
+        )
     return "".join(out)
 
 
@@ -526,16 +678,21 @@ _RENDERERS: dict[str, Callable[[DemoResults], str]] = {
 def render_html(results: DemoResults) -> str:
     """The whole report as one self-contained HTML page."""
     nav = " ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in SECTIONS)
-    body = [f"<h1>couturier demo</h1><p class=\"small\">profile {_e(results.profile)}, generated "
-            f"{_e(results.generated_at)}, data {_e(results.data_dir)}</p>",
-            f'<p class="notice">{_e(SIMULATED_NOTICE)}</p>', f"<nav>{nav}</nav>"]
+    body = [
+        f'<h1>couturier demo</h1><p class="small">profile {_e(results.profile)}, generated '
+        f"{_e(results.generated_at)}, data {_e(results.data_dir)}</p>",
+        f'<p class="notice">{_e(SIMULATED_NOTICE)}</p>',
+        f"<nav>{nav}</nav>",
+    ]
     for sid, title in SECTIONS:
         body.append(f'<section id="{sid}"><h2>{_e(title)}</h2>')
         body.append(_RENDERERS[sid](results))
         body.append(_error(results, sid))
         body.append("</section>")
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>couturier demo report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>couturier demo report</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 # -- markdown and JSON ---------------------------------------------------------------------------------
@@ -543,30 +700,53 @@ def render_html(results: DemoResults) -> str:
 
 def render_markdown(results: DemoResults, html_name: str = "demo_report.html") -> str:
     """A short summary: the numbers, with the pictures left to the HTML report."""
-    lines = ["# couturier demo (embedded default)", "", f"> {SIMULATED_NOTICE}", "",
-             f"Full report with images: `{html_name}`; numbers: `demo_report.json`.", ""]
+    lines = [
+        "# couturier demo (embedded default)",
+        "",
+        f"> {SIMULATED_NOTICE}",
+        "",
+        f"Full report with images: `{html_name}`; numbers: `demo_report.json`.",
+        "",
+    ]
     if results.models:
         lines += [f"- {line}" for line in _model_lines(results.models)] + [""]
     timings = results.timings
     if timings.stages_s:
-        lines += ["| stage | seconds |", "|---|---|",
-                  *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.stages_s.items()), ""]
+        lines += [
+            "| stage | seconds |",
+            "|---|---|",
+            *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.stages_s.items()),
+            "",
+        ]
     idx = results.indexing
     if idx:
-        lines += [f"Indexing: {idx.items} products in {fmt(idx.seconds, 1)} s "
-                  f"({fmt(idx.items_per_s, 1)} products/s) through the orchestrator.", ""]
+        lines += [
+            f"Indexing: {idx.items} products in {fmt(idx.seconds, 1)} s "
+            f"({fmt(idx.items_per_s, 1)} products/s) through the orchestrator.",
+            "",
+        ]
     if timings.calls_ms:
-        lines += ["| call | ms |", "|---|---|",
-                  *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.calls_ms.items()), ""]
+        lines += [
+            "| call | ms |",
+            "|---|---|",
+            *(f"| {k} | {fmt(float(v), 1)} |" for k, v in timings.calls_ms.items()),
+            "",
+        ]
     prec = results.search.precision
     if prec:
-        lines += [f"SearchByImage precision@{prec.k} over {prec.queries} held-out queries: category "
-                  f"{fmt(prec.category)}, colour {fmt(prec.colour)}, class {fmt(prec.fm_class)}; "
-                  f"median {fmt(prec.median_ms, 1)} ms per query.", ""]
+        lines += [
+            f"SearchByImage precision@{prec.k} over {prec.queries} held-out queries: category "
+            f"{fmt(prec.category)}, colour {fmt(prec.colour)}, class {fmt(prec.fm_class)}; "
+            f"median {fmt(prec.median_ms, 1)} ms per query.",
+            "",
+        ]
     alt = results.alter
     if alt:
-        lines += [f"Alter: preference {fmt(alt.preference_inverted)} (inverted) -> "
-                  f"{fmt(alt.preference_final)} (altered) for {alt.user_id}.", ""]
+        lines += [
+            f"Alter: preference {fmt(alt.preference_inverted)} (inverted) -> "
+            f"{fmt(alt.preference_final)} (altered) for {alt.user_id}.",
+            "",
+        ]
     sel = results.seller
     if sel and sel.variants:
         shifts = ", ".join(f"{v.preference_shift:+.3f}" for v in sel.variants)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from couturier.services.client import CouturierClient, product_batches
 from couturier.services.common.images import encode_png
-from couturier.v1 import common_pb2
+from couturier.v1 import catalogue_pb2, common_pb2
 
 #: Products per IndexProductsRequest message.
 INDEX_BATCH = 256
@@ -45,7 +45,7 @@ async def index_catalogue(
     total = len(catalogue) if limit is None else min(limit, len(catalogue))
     bar = tqdm(total=total, desc=f"indexing via {service}", unit="item", disable=not progress)
 
-    async def stream():  # type: ignore[no-untyped-def]
+    async def stream() -> AsyncIterator[catalogue_pb2.IndexProductsRequest]:
         for message in product_batches(catalogue_products(catalogue, limit), INDEX_BATCH, encoder_version):
             yield message
             bar.update(len(message.products))
@@ -64,7 +64,9 @@ def register(app: Any) -> None:
 
     @app.command("index")
     def index(
-        target: Annotated[str, typer.Option(help="host:port of the orchestrator (or of --service).")] = "127.0.0.1:50050",
+        target: Annotated[
+            str, typer.Option(help="host:port of the orchestrator (or of --service).")
+        ] = "127.0.0.1:50050",
         service: Annotated[
             str, typer.Option(help="orchestrator (both vector spaces), scoring or retrieval.")
         ] = "orchestrator",

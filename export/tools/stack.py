@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from couturier.services.common.models import ALL_MODELS
 from couturier.export.tools.launcher import LocalStack
+from couturier.services.common.models import ALL_MODELS
 from couturier.services.registry import SERVICE_KEYS
 
 

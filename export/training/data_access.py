@@ -13,8 +13,18 @@ from typing import Any, Protocol
 import numpy as np
 
 #: Fashion-MNIST class names (index = fm_class), as nouns used in modification texts.
-FM_NOUNS = ("t-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-            "ankle boot")
+FM_NOUNS = (
+    "t-shirt",
+    "pair of trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 
 
 class CatalogueLike(Protocol):
@@ -53,8 +63,9 @@ class SimplePrepared:
 
 def subset(cat: CatalogueLike, index: np.ndarray) -> SimpleCatalogue:
     """Rows ``index`` of a catalogue as a :class:`SimpleCatalogue`."""
-    return SimpleCatalogue(*(np.asarray(getattr(cat, f))[index] for f in
-                             ("product_ids", "images", "category", "fm_class", "colour")))
+    return SimpleCatalogue(
+        *(np.asarray(getattr(cat, f))[index] for f in ("product_ids", "images", "category", "fm_class", "colour"))
+    )
 
 
 def colour_names(prepared: Any) -> tuple[str, ...]:
@@ -68,8 +79,9 @@ def colour_names(prepared: Any) -> tuple[str, ...]:
     return tuple(COLOUR_NAMES)
 
 
-def synthetic_prepared(n: int = 120, n_heldout: int = 40, size: int = 16, n_colours: int = 4,
-                       seed: int = 0) -> SimplePrepared:
+def synthetic_prepared(
+    n: int = 120, n_heldout: int = 40, size: int = 16, n_colours: int = 4, seed: int = 0
+) -> SimplePrepared:
     """Tiny random stand-in: blobs whose shape depends on fm_class and tint on colour."""
     rng = np.random.default_rng(seed)
     from couturier.export.data.catalogue import FM_CLASS_TO_CATEGORY as cat_of

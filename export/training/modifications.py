@@ -21,13 +21,34 @@ import numpy as np
 
 from couturier.export.training.data_access import FM_NOUNS
 
-COLOUR_TEMPLATES = ("same but in {c}", "make it {c}", "I want this in {c}", "the same {n} in {c}",
-                    "change the colour to {c}", "like this one but {c}")
-CLASS_TEMPLATES = ("make it {a} {n}", "turn it into {a} {n}", "same colour but as {a} {n}",
-                   "I'd like {a} {n} like this", "show me {a} {n} in this colour")
+COLOUR_TEMPLATES = (
+    "same but in {c}",
+    "make it {c}",
+    "I want this in {c}",
+    "the same {n} in {c}",
+    "change the colour to {c}",
+    "like this one but {c}",
+)
+CLASS_TEMPLATES = (
+    "make it {a} {n}",
+    "turn it into {a} {n}",
+    "same colour but as {a} {n}",
+    "I'd like {a} {n} like this",
+    "show me {a} {n} in this colour",
+)
 #: fm_class -> classes a shopper may ask to turn it into (bags have no sensible move).
-CLASS_MOVES: dict[int, tuple[int, ...]] = {0: (6, 3, 2), 1: (3,), 2: (4, 0), 3: (0, 4), 4: (2, 3),
-                                           5: (7, 9), 6: (0, 2), 7: (5, 9), 8: (), 9: (7, 5)}
+CLASS_MOVES: dict[int, tuple[int, ...]] = {
+    0: (6, 3, 2),
+    1: (3,),
+    2: (4, 0),
+    3: (0, 4),
+    4: (2, 3),
+    5: (7, 9),
+    6: (0, 2),
+    7: (5, 9),
+    8: (),
+    9: (7, 5),
+}
 #: fm_class -> category group (mirrors the data layer's FM_CLASS_TO_CATEGORY).
 FM_TO_GROUP = (0, 2, 1, 3, 1, 4, 0, 4, 5, 4)
 
@@ -69,8 +90,14 @@ def shape_descriptors(images: np.ndarray) -> np.ndarray:
     return ink / np.maximum(np.linalg.norm(ink, axis=1, keepdims=True), 1e-8)
 
 
-def make_modifications(reference: Any, catalogue: Any, colour_names: Sequence[str], per_reference: int = 2,
-                       seed: int = 0, rows: Sequence[int] | None = None) -> list[Modification]:
+def make_modifications(
+    reference: Any,
+    catalogue: Any,
+    colour_names: Sequence[str],
+    per_reference: int = 2,
+    seed: int = 0,
+    rows: Sequence[int] | None = None,
+) -> list[Modification]:
     """Up to ``per_reference`` modifications for each reference row (alternating colour / class).
 
     ``reference`` and ``catalogue`` have ``images``, ``fm_class``, ``colour`` (and ``product_ids``);
@@ -85,11 +112,13 @@ def make_modifications(reference: Any, catalogue: Any, colour_names: Sequence[st
     n_col = len(colour_names)
     same = reference is catalogue
     out: list[Modification] = []
-    for i in (range(len(ref_fm)) if rows is None else rows):
+    for i in range(len(ref_fm)) if rows is None else rows:
         rng = np.random.default_rng([seed, int(i)])
         fm, col = int(ref_fm[i]), int(ref_col[i])
         colours = [c for c in rng.permutation(n_col).tolist() if c != col and (fm, c) in pools]
-        moves = [m for m in rng.permutation(list(CLASS_MOVES[fm])).tolist() if (m, col) in pools] if CLASS_MOVES[fm] else []
+        moves = (
+            [m for m in rng.permutation(list(CLASS_MOVES[fm])).tolist() if (m, col) in pools] if CLASS_MOVES[fm] else []
+        )
         want = ["colour" if k % 2 == 0 else "class" for k in range(per_reference)]
         for kind in want:
             if kind == "class" and moves:

@@ -24,8 +24,14 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return out
 
 
-def draw_curves(path: Path, curves: Mapping[str, Sequence[float]], title: str, width: int = 720,
-                panel_h: int = 160, window: int = 20) -> None:
+def draw_curves(
+    path: Path,
+    curves: Mapping[str, Sequence[float]],
+    title: str,
+    width: int = 720,
+    panel_h: int = 160,
+    window: int = 20,
+) -> None:
     """One panel per curve (own y-range), x = step; raw values faint, moving average bold."""
     names = [k for k, v in curves.items() if len(v) > 0]
     pad_l, pad_r, pad_t = 70, 16, 28
@@ -55,8 +61,13 @@ def draw_curves(path: Path, curves: Mapping[str, Sequence[float]], title: str, w
     img.save(path)
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 3, gap: int = 2,
-               labels: Sequence[str] | None = None, label_w: int = 0) -> Image.Image:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    scale: int = 3,
+    gap: int = 2,
+    labels: Sequence[str] | None = None,
+    label_w: int = 0,
+) -> Image.Image:
     """Grid of (S,S,3) uint8 tiles; optional text label per row drawn in a left margin."""
     s = rows[0][0].shape[0] * scale
     ncol = max(len(r) for r in rows)

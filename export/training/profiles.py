@@ -82,15 +82,39 @@ class SynthTripletProfile(AdversarialProfile):
 
 _INFOGAN = {
     "demo": InfoGANProfile(name="demo", steps=1500, batch_size=64, lr_d=2e-4, lr_g=1e-3, threads=1, max_seconds=300.0),
-    "full": InfoGANProfile(name="full", steps=30000, batch_size=128, lr_d=2e-4, lr_g=1e-3, g_channels=(256, 128, 64),
-                           d_channels=(64, 128, 256), use_cuda=True, threads=8, log_every=50),
+    "full": InfoGANProfile(
+        name="full",
+        steps=30000,
+        batch_size=128,
+        lr_d=2e-4,
+        lr_g=1e-3,
+        g_channels=(256, 128, 64),
+        d_channels=(64, 128, 256),
+        use_cuda=True,
+        threads=8,
+        log_every=50,
+    ),
 }
 _SYNTH = {
-    "demo": SynthTripletProfile(name="demo", steps=1200, batch_size=32, lr_d=4e-4, lr_g=1e-4,
-                                lambda_l1=10.0, threads=1, max_seconds=360.0),
-    "full": SynthTripletProfile(name="full", steps=60000, batch_size=64, lr_d=4e-5, lr_g=1e-5, lambda_l1=0.0,
-                                lambda_triplet=1.0, n_critic=1, channels=(64, 128, 256), critic_channels=(64, 128, 256),
-                                pairs_per_reference=4, use_cuda=True, threads=8, log_every=50),
+    "demo": SynthTripletProfile(
+        name="demo", steps=1200, batch_size=32, lr_d=4e-4, lr_g=1e-4, lambda_l1=10.0, threads=1, max_seconds=360.0
+    ),
+    "full": SynthTripletProfile(
+        name="full",
+        steps=60000,
+        batch_size=64,
+        lr_d=4e-5,
+        lr_g=1e-5,
+        lambda_l1=0.0,
+        lambda_triplet=1.0,
+        n_critic=1,
+        channels=(64, 128, 256),
+        critic_channels=(64, 128, 256),
+        pairs_per_reference=4,
+        use_cuda=True,
+        threads=8,
+        log_every=50,
+    ),
 }
 
 
@@ -130,13 +154,33 @@ class GanProfile(ConvGanProfile):
 _DVBPR = {
     # threads=1: on the shared 2-core machine one thread measured ~5x faster per batch than two
     "demo": DvbprProfile(name="demo", epochs=12, batch_size=128, threads=1, max_seconds=300.0),
-    "full": DvbprProfile(name="full", epochs=60, batch_size=256, lr=1e-4, k=100, channels=(64, 128, 256, 256),
-                         hidden=1024, bprmf_epochs=60, use_cuda=True, threads=8),
+    "full": DvbprProfile(
+        name="full",
+        epochs=60,
+        batch_size=256,
+        lr=1e-4,
+        k=100,
+        channels=(64, 128, 256, 256),
+        hidden=1024,
+        bprmf_epochs=60,
+        use_cuda=True,
+        threads=8,
+    ),
 }
 _GAN = {
     "demo": GanProfile(name="demo", steps=1500, batch_size=64, lr_d=2e-4, lr_g=2e-4, threads=1, max_seconds=360.0),
-    "full": GanProfile(name="full", steps=40000, batch_size=128, lr_d=2e-4, lr_g=2e-4, g_channels=(512, 256, 128, 64),
-                       d_channels=(64, 128, 256, 512), use_cuda=True, threads=8, log_every=50),
+    "full": GanProfile(
+        name="full",
+        steps=40000,
+        batch_size=128,
+        lr_d=2e-4,
+        lr_g=2e-4,
+        g_channels=(512, 256, 128, 64),
+        d_channels=(64, 128, 256, 512),
+        use_cuda=True,
+        threads=8,
+        log_every=50,
+    ),
 }
 
 

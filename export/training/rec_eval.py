@@ -147,5 +147,10 @@ def oracle_agreement(
         dl, dt = np.sign(lr[a] - lr[b]), np.sign(tr[a] - tr[b])
         keep = dt != 0
         conc.append(float(np.mean(np.where(dl[keep] == 0, 0.5, dl[keep] == dt[keep]))))
-    return {"spearman_mean": float(np.mean(rho)), "pairwise_concordance": float(np.mean(conc)),
-            "n_users": int(len(users)), "n_items": int(len(items)), "simulated": True}
+    return {
+        "spearman_mean": float(np.mean(rho)),
+        "pairwise_concordance": float(np.mean(conc)),
+        "n_users": len(users),
+        "n_items": len(items),
+        "simulated": True,
+    }

@@ -24,14 +24,19 @@ KS = (1, 5, 10)
 ATTRIBUTES = ("category", "fm_class", "colour", "class_colour")
 
 
-def embed_images(encoder: nn.Module, images: np.ndarray, batch_size: int = 256,
-                 device: torch.device | str = "cpu", desc: str | None = None) -> np.ndarray:
+def embed_images(
+    encoder: nn.Module,
+    images: np.ndarray,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    desc: str | None = None,
+) -> np.ndarray:
     """Run an image encoder over uint8 images in batches -> float32 (N, D)."""
     out = []
     encoder = encoder.to(device).eval()
     with torch.no_grad():
         for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
-            out.append(encoder(images_to_tensor(images[i:i + batch_size]).to(device)).float().cpu().numpy())
+            out.append(encoder(images_to_tensor(images[i : i + batch_size]).to(device)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
 
 
@@ -40,15 +45,16 @@ def top_k(queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 1024) 
     k = min(k, len(database))
     out = np.empty((len(queries), k), dtype=np.int64)
     for s in range(0, len(queries), chunk):
-        sims = queries[s:s + chunk] @ database.T
+        sims = queries[s : s + chunk] @ database.T
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1, kind="stable")
-        out[s:s + chunk] = np.take_along_axis(part, order, axis=1)
+        out[s : s + chunk] = np.take_along_axis(part, order, axis=1)
     return out
 
 
-def precision_at_k(neighbours: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray,
-                   ks: Sequence[int] = KS) -> dict[str, float]:
+def precision_at_k(
+    neighbours: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray, ks: Sequence[int] = KS
+) -> dict[str, float]:
     """Mean fraction of the top-k neighbours whose label equals the query's label, per k."""
     hits = db_labels[neighbours] == query_labels[:, None]
     return {f"p@{k}": float(hits[:, :k].mean()) for k in ks if k <= neighbours.shape[1]}
@@ -70,12 +76,17 @@ def attribute_labels(cat: Any) -> dict[str, np.ndarray]:
     """The label arrays precision is measured against."""
     fm = np.asarray(cat.fm_class, dtype=np.int64)
     colour = np.asarray(cat.colour, dtype=np.int64)
-    return {"category": np.asarray(cat.category, dtype=np.int64), "fm_class": fm, "colour": colour,
-            "class_colour": fm * 1000 + colour}
+    return {
+        "category": np.asarray(cat.category, dtype=np.int64),
+        "fm_class": fm,
+        "colour": colour,
+        "class_colour": fm * 1000 + colour,
+    }
 
 
-def evaluate_embeddings(query_emb: np.ndarray, db_emb: np.ndarray, query_cat: Any, db_cat: Any,
-                        ks: Sequence[int] = KS) -> dict[str, dict[str, float]]:
+def evaluate_embeddings(
+    query_emb: np.ndarray, db_emb: np.ndarray, query_cat: Any, db_cat: Any, ks: Sequence[int] = KS
+) -> dict[str, dict[str, float]]:
     """precision@k for every attribute in :data:`ATTRIBUTES`."""
     nn_idx = top_k(query_emb, db_emb, max(ks))
     q_lab, d_lab = attribute_labels(query_cat), attribute_labels(db_cat)
@@ -100,7 +111,7 @@ def encoder_ms_per_image(fn: Callable[[np.ndarray], np.ndarray], images: np.ndar
     times = []
     for i in range(min(n, len(images))):
         t = time.perf_counter()
-        fn(images[i:i + 1])
+        fn(images[i : i + 1])
         times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times))
 
@@ -111,17 +122,25 @@ def evaluate_method(name: str, encode: Callable[[np.ndarray], np.ndarray], prepa
     db = encode(prepared.catalogue.images)
     q = encode(prepared.heldout.images)
     embed_s = time.perf_counter() - t0
-    result: dict[str, Any] = {"method": name, "dim": int(db.shape[1]),
-                              "precision": evaluate_embeddings(q, db, prepared.heldout, prepared.catalogue),
-                              "search_ms_per_query_median": ms_per_query(db, q),
-                              "encode_ms_per_image_median": encoder_ms_per_image(encode, prepared.heldout.images),
-                              "embed_all_s": round(embed_s, 2)}
+    result: dict[str, Any] = {
+        "method": name,
+        "dim": int(db.shape[1]),
+        "precision": evaluate_embeddings(q, db, prepared.heldout, prepared.catalogue),
+        "search_ms_per_query_median": ms_per_query(db, q),
+        "encode_ms_per_image_median": encoder_ms_per_image(encode, prepared.heldout.images),
+        "embed_all_s": round(embed_s, 2),
+    }
     return result
 
 
-def run_retrieval_eval(prepared: Any, infogan_run_dir: Path, out_dir: Path,
-                       methods: Sequence[str] = ("infogan_d", "pixels", "efficientnet_lite0"),
-                       effnet_input: int = 224, threads: int = 1) -> dict[str, Any]:
+def run_retrieval_eval(
+    prepared: Any,
+    infogan_run_dir: Path,
+    out_dir: Path,
+    methods: Sequence[str] = ("infogan_d", "pixels", "efficientnet_lite0"),
+    effnet_input: int = 224,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Compare the methods on held-out queries; write ``metrics.json`` under ``out_dir``."""
     from couturier.export.models.baselines import EfficientNetLite0Features, pixel_features
     from couturier.export.training.train_infogan import load_infogan
@@ -137,16 +156,20 @@ def run_retrieval_eval(prepared: Any, infogan_run_dir: Path, out_dir: Path,
             eff = EfficientNetLite0Features(input_size=effnet_input)
             encoders["efficientnet_lite0"] = lambda im: embed_images(eff, im, batch_size=64)
             notes["efficientnet_lite0"] = f"ImageNet EfficientNet-Lite0, images resized to {effnet_input}px, GAP 1280-d"
-        except Exception as exc:  # noqa: BLE001 - report, do not hide, a missing optional baseline
+        except Exception as exc:
             notes["efficientnet_lite0"] = f"unavailable: {type(exc).__name__}: {exc}"
     results = {}
     for name in methods:
         if name in encoders:
             results[name] = evaluate_method(name, encoders[name], prepared)
-    summary = {"n_catalogue": len(prepared.catalogue.images), "n_queries": len(prepared.heldout.images),
-               "queries": "held-out Fashion-MNIST test images (never in the catalogue)",
-               "similarity": "cosine (L2-normalised vectors, numpy brute force)",
-               "methods": results, "notes": notes}
+    summary = {
+        "n_catalogue": len(prepared.catalogue.images),
+        "n_queries": len(prepared.heldout.images),
+        "queries": "held-out Fashion-MNIST test images (never in the catalogue)",
+        "similarity": "cosine (L2-normalised vectors, numpy brute force)",
+        "methods": results,
+        "notes": notes,
+    }
     write_json(Path(out_dir) / "metrics.json", summary)
     return summary
 

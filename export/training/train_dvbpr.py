@@ -34,6 +34,7 @@ from couturier.export.training.common import (
     write_json,
 )
 from couturier.export.training.plots import draw_curves
+from couturier.export.training.profiles import DvbprProfile, dvbpr_profile
 from couturier.export.training.rec_eval import (
     Scorer,
     evaluate_scorer,
@@ -41,7 +42,6 @@ from couturier.export.training.rec_eval import (
     oracle_scorer,
     sample_negatives,
 )
-from couturier.export.training.profiles import DvbprProfile, dvbpr_profile
 
 
 @dataclass
@@ -66,8 +66,15 @@ def item_vectors(model: Dvbpr, images: np.ndarray | torch.Tensor) -> np.ndarray:
     return model.embed(x).cpu().numpy().astype(np.float32)
 
 
-def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile = "demo",
-                *, baselines: bool = True, progress: bool = True, **overrides: Any) -> DvbprResult:
+def train_dvbpr(
+    prepared: Any,
+    run_dir: Path | str,
+    profile: str | DvbprProfile = "demo",
+    *,
+    baselines: bool = True,
+    progress: bool = True,
+    **overrides: Any,
+) -> DvbprResult:
     """Train on ``prepared.interactions`` + ``prepared.catalogue.images``; evaluate on the test items."""
     prof = dvbpr_profile(profile, **overrides) if isinstance(profile, str) else profile
     run_dir = Path(run_dir)
@@ -76,12 +83,18 @@ def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile 
     seed_everything(prof.seed)
     device = pick_device(prof.use_cuda)
     inter, images = prepared.interactions, prepared.catalogue.images
-    cfg = DvbprConfig(n_users=inter.n_users, image_size=images.shape[1], k=prof.k,
-                      channels=tuple(prof.channels), hidden=prof.hidden)
+    cfg = DvbprConfig(
+        n_users=inter.n_users, image_size=images.shape[1], k=prof.k, channels=tuple(prof.channels), hidden=prof.hidden
+    )
     model = Dvbpr(cfg).to(device)
     data = images_to_tensor(images).to(device)
-    opt = torch.optim.Adam([{"params": model.encoder.parameters(), "weight_decay": prof.weight_decay},
-                            {"params": [model.theta], "weight_decay": 0.0}], lr=prof.lr)
+    opt = torch.optim.Adam(
+        [
+            {"params": model.encoder.parameters(), "weight_decay": prof.weight_decay},
+            {"params": [model.theta], "weight_decay": 0.0},
+        ],
+        lr=prof.lr,
+    )
     sampler = BprSampler(inter, seed=prof.seed)
     val_neg = sample_negatives(inter, prof.n_negatives, seed=prof.seed + 1)
     curves: dict[str, list[float]] = {"bpr_loss": [], "batch_pair_acc": [], "val_sampled_auc": []}
@@ -90,8 +103,13 @@ def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile 
     n_batches = -(-len(sampler.pairs) // prof.batch_size)
     for epoch in range(prof.epochs):
         model.train()
-        bar = tqdm(sampler.epoch(prof.batch_size), total=n_batches, desc=f"dvbpr[{prof.name}] epoch {epoch + 1}",
-                   mininterval=2.0, disable=not progress)
+        bar = tqdm(
+            sampler.epoch(prof.batch_size),
+            total=n_batches,
+            desc=f"dvbpr[{prof.name}] epoch {epoch + 1}",
+            mininterval=2.0,
+            disable=not progress,
+        )
         for u, i, j in bar:
             u_t, i_t, j_t = (torch.from_numpy(a).to(device) for a in (u, i, j))
             terms = dvbpr_objective(model, u_t, data[i_t], data[j_t], prof.lambda_theta)
@@ -107,8 +125,10 @@ def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile 
         val = evaluate_scorer(dvbpr_scorer(model, item_vectors(model, data)), inter, val_neg, target="validation")
         curves["val_sampled_auc"].append(val["sampled_auc"])
         if progress:
-            tqdm.write(f"epoch {epochs_done}: bpr {np.mean(curves['bpr_loss'][-n_batches:]):.4f} "
-                       f"val sampled AUC {val['sampled_auc']:.4f}")
+            tqdm.write(
+                f"epoch {epochs_done}: bpr {np.mean(curves['bpr_loss'][-n_batches:]):.4f} "
+                f"val sampled AUC {val['sampled_auc']:.4f}"
+            )
         if val["sampled_auc"] > best[0]:
             best = (val["sampled_auc"], epochs_done, copy.deepcopy(model.state_dict()))
         if capped:
@@ -117,14 +137,24 @@ def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile 
     model.load_state_dict(best[2])
     model = model.cpu().eval()
     vecs = item_vectors(model, images)
-    save_checkpoint(run_dir / CHECKPOINT, config=cfg.to_dict(), profile=prof.to_dict(), best_epoch=best[1],
-                    state_dict=model.state_dict())
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        config=cfg.to_dict(),
+        profile=prof.to_dict(),
+        best_epoch=best[1],
+        state_dict=model.state_dict(),
+    )
     draw_curves(run_dir / "curves.png", curves, f"DVBPR [{prof.name}] (simulated shoppers) best epoch {best[1]}")
     metrics: dict[str, Any] = {
         "data": "SIMULATED shoppers and purchases over real Fashion-MNIST garments (simulated colours)",
-        "profile": prof.to_dict(), "config": cfg.to_dict(), "device": str(device),
-        "epochs_done": epochs_done, "best_epoch": best[1], "best_val_sampled_auc": best[0],
-        "stopped_by_max_seconds": capped, "train_wall_s": round(train_s, 1),
+        "profile": prof.to_dict(),
+        "config": cfg.to_dict(),
+        "device": str(device),
+        "epochs_done": epochs_done,
+        "best_epoch": best[1],
+        "best_val_sampled_auc": best[0],
+        "stopped_by_max_seconds": capped,
+        "train_wall_s": round(train_s, 1),
         "final_bpr_loss": float(np.mean(curves["bpr_loss"][-n_batches:])),
     }
     metrics.update(compare_recommenders(prepared, model, vecs, prof, baselines=baselines))
@@ -132,8 +162,9 @@ def train_dvbpr(prepared: Any, run_dir: Path | str, profile: str | DvbprProfile 
     return DvbprResult(model, metrics, run_dir, vecs)
 
 
-def compare_recommenders(prepared: Any, model: Dvbpr, vecs: np.ndarray, prof: DvbprProfile,
-                         *, baselines: bool = True) -> dict[str, Any]:
+def compare_recommenders(
+    prepared: Any, model: Dvbpr, vecs: np.ndarray, prof: DvbprProfile, *, baselines: bool = True
+) -> dict[str, Any]:
     """Test AUCs of DVBPR (+ popularity, BPR-MF, simulated oracle) on one shared negative sample."""
     inter = prepared.interactions
     neg = sample_negatives(inter, prof.n_negatives, seed=prof.seed + 2)

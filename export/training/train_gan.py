@@ -54,8 +54,9 @@ class GanResult:
     run_dir: Path
 
 
-def train_gan(prepared: Any, run_dir: Path | str, profile: str | GanProfile = "demo", *, progress: bool = True,
-              **overrides: Any) -> GanResult:
+def train_gan(
+    prepared: Any, run_dir: Path | str, profile: str | GanProfile = "demo", *, progress: bool = True, **overrides: Any
+) -> GanResult:
     """Train G/D on ``prepared.catalogue`` (images + category); write checkpoint, metrics and PNGs."""
     prof = gan_profile(profile, **overrides) if isinstance(profile, str) else profile
     run_dir = Path(run_dir)
@@ -65,8 +66,13 @@ def train_gan(prepared: Any, run_dir: Path | str, profile: str | GanProfile = "d
     device = pick_device(prof.use_cuda)
     cat = prepared.catalogue
     names = tuple(getattr(cat, "category_names", CATEGORIES))
-    cfg = GanConfig(image_size=cat.images.shape[1], z_dim=prof.z_dim, n_categories=len(names),
-                    g_channels=tuple(prof.g_channels), d_channels=tuple(prof.d_channels))
+    cfg = GanConfig(
+        image_size=cat.images.shape[1],
+        z_dim=prof.z_dim,
+        n_categories=len(names),
+        g_channels=tuple(prof.g_channels),
+        d_channels=tuple(prof.d_channels),
+    )
     G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)
     data = images_to_tensor(cat.images).to(device)
     labels = torch.as_tensor(np.asarray(cat.category), dtype=torch.long, device=device)
@@ -103,13 +109,25 @@ def train_gan(prepared: Any, run_dir: Path | str, profile: str | GanProfile = "d
     train_s = time.perf_counter() - start
     G, D = G.cpu().eval(), D.cpu().eval()
     steps_done = step + 1
-    save_checkpoint(run_dir / CHECKPOINT, config=cfg.to_dict(), profile=prof.to_dict(), step=steps_done,
-                    category_names=list(names), generator=G.state_dict(), discriminator=D.state_dict())
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        config=cfg.to_dict(),
+        profile=prof.to_dict(),
+        step=steps_done,
+        category_names=list(names),
+        generator=G.state_dict(),
+        discriminator=D.state_dict(),
+    )
     draw_curves(run_dir / "curves.png", curves, f"conditional LSGAN [{prof.name}] {steps_done} steps")
     save_samples(G, run_dir / "samples.png", names, seed=prof.seed)
     metrics = {
-        "profile": prof.to_dict(), "config": cfg.to_dict(), "device": str(device), "category_names": list(names),
-        "steps_done": steps_done, "stopped_by_max_seconds": capped, "train_wall_s": round(train_s, 1),
+        "profile": prof.to_dict(),
+        "config": cfg.to_dict(),
+        "device": str(device),
+        "category_names": list(names),
+        "steps_done": steps_done,
+        "stopped_by_max_seconds": capped,
+        "train_wall_s": round(train_s, 1),
         "s_per_step": round(train_s / steps_done, 4),
         "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
         "category_consistency_1nn": category_consistency(G, cat, seed=prof.seed),
@@ -126,8 +144,9 @@ def generate(G: Generator, categories: np.ndarray | torch.Tensor, seed: int = 0)
     return G.eval()(z, one_hot(cats, G.cfg.n_categories))
 
 
-def category_consistency(G: Generator, catalogue: Any, n_per_category: int = 50, n_reference: int = 3000,
-                         seed: int = 0) -> dict[str, float]:
+def category_consistency(
+    G: Generator, catalogue: Any, n_per_category: int = 50, n_reference: int = 3000, seed: int = 0
+) -> dict[str, float]:
     """Share of samples whose nearest real image (pixel L2, random reference subset) has the
     conditioned category: overall and per category (chance ~ that category's share)."""
     rng = np.random.default_rng(seed)

@@ -37,12 +37,18 @@ from couturier.export.training.profiles import InfoGANProfile, infogan_profile
 
 def config_for(profile: InfoGANProfile, image_size: int) -> InfoGANConfig:
     """Architecture implied by a profile at the data's resolution."""
-    return InfoGANConfig(image_size=image_size, noise_dim=profile.noise_dim, n_continuous=profile.n_continuous,
-                         g_channels=tuple(profile.g_channels), d_channels=tuple(profile.d_channels))
+    return InfoGANConfig(
+        image_size=image_size,
+        noise_dim=profile.noise_dim,
+        n_continuous=profile.n_continuous,
+        g_channels=tuple(profile.g_channels),
+        d_channels=tuple(profile.d_channels),
+    )
 
 
-def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = "demo",
-                  **overrides: Any) -> dict[str, Any]:
+def train_infogan(
+    prepared: Any, run_dir: Path, profile: str | InfoGANProfile = "demo", **overrides: Any
+) -> dict[str, Any]:
     """Train on ``prepared.catalogue.images`` (no labels); return the metrics dict written to disk."""
     prof = infogan_profile(profile, **overrides) if isinstance(profile, str) else profile
     run_dir = Path(run_dir)
@@ -57,7 +63,9 @@ def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = 
     data = images_to_tensor(images)
     opt_d = torch.optim.Adam(list(D.trunk.parameters()) + list(D.d_head.parameters()), lr=prof.lr_d, betas=(0.5, 0.999))
     opt_g = torch.optim.Adam(list(G.parameters()) + list(D.q_head.parameters()), lr=prof.lr_g, betas=(0.5, 0.999))
-    curves: dict[str, list[float]] = {k: [] for k in ("loss_d", "loss_g_adv", "info_cat_ce", "info_cont_mse", "q_cat_acc")}
+    curves: dict[str, list[float]] = {
+        k: [] for k in ("loss_d", "loss_g_adv", "info_cat_ce", "info_cont_mse", "q_cat_acc")
+    }
     ones = torch.ones(prof.batch_size, device=device)
     zeros = torch.zeros(prof.batch_size, device=device)
     start, stopped_early, step = time.perf_counter(), False, 0
@@ -66,7 +74,7 @@ def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = 
     for step in bar:
         if cursor + prof.batch_size > len(data):
             perm, cursor = torch.randperm(len(data), generator=gen), 0
-        real = data[perm[cursor:cursor + prof.batch_size]].to(device)
+        real = data[perm[cursor : cursor + prof.batch_size]].to(device)
         cursor += prof.batch_size
         latent, c_cat, c_cont = sample_latent(cfg, prof.batch_size, gen, device=device)
         fake = G(latent)
@@ -86,8 +94,13 @@ def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = 
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        for key, val in (("loss_d", loss_d), ("loss_g_adv", adv), ("info_cat_ce", ce), ("info_cont_mse", mse),
-                         ("q_cat_acc", (q_cat.argmax(1) == c_cat).float().mean())):
+        for key, val in (
+            ("loss_d", loss_d),
+            ("loss_g_adv", adv),
+            ("info_cat_ce", ce),
+            ("info_cont_mse", mse),
+            ("q_cat_acc", (q_cat.argmax(1) == c_cat).float().mean()),
+        ):
             curves[key].append(float(val.detach()))
         if step % prof.log_every == 0:
             bar.set_postfix(d=f"{curves['loss_d'][-1]:.3f}", g=f"{adv.item():.3f}", ce=f"{ce.item():.3f}")
@@ -97,15 +110,27 @@ def train_infogan(prepared: Any, run_dir: Path, profile: str | InfoGANProfile = 
     train_s = time.perf_counter() - start
     G.eval(), D.eval()
     gan = InfoGAN(cfg, G.cpu(), D.cpu())
-    save_checkpoint(run_dir / CHECKPOINT, config=cfg.to_dict(), profile=prof.to_dict(), step=step + 1,
-                    generator=G.state_dict(), discriminator=D.state_dict())
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        config=cfg.to_dict(),
+        profile=prof.to_dict(),
+        step=step + 1,
+        generator=G.state_dict(),
+        discriminator=D.state_dict(),
+    )
     draw_curves(run_dir / "curves.png", curves, f"InfoGAN [{prof.name}] {step + 1} steps")
     save_samples(gan, run_dir / "samples.png", seed=prof.seed)
-    metrics = {"profile": prof.to_dict(), "config": cfg.to_dict(), "steps_done": step + 1,
-               "stopped_by_max_seconds": stopped_early, "train_wall_s": round(train_s, 1),
-               "s_per_step": round(train_s / (step + 1), 4), "device": str(device),
-               "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
-               **unsupervised_diagnostics(gan, prepared)}
+    metrics = {
+        "profile": prof.to_dict(),
+        "config": cfg.to_dict(),
+        "steps_done": step + 1,
+        "stopped_by_max_seconds": stopped_early,
+        "train_wall_s": round(train_s, 1),
+        "s_per_step": round(train_s / (step + 1), 4),
+        "device": str(device),
+        "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
+        **unsupervised_diagnostics(gan, prepared),
+    }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -116,17 +141,24 @@ def unsupervised_diagnostics(gan: InfoGAN, prepared: Any) -> dict[str, Any]:
 
     D = gan.discriminator.eval()
     with torch.no_grad():
-        codes = torch.cat([D(images_to_tensor(prepared.catalogue.images[i:i + 512]))[1].argmax(1)
-                           for i in range(0, len(prepared.catalogue.images), 512)]).numpy()
+        codes = torch.cat(
+            [
+                D(images_to_tensor(prepared.catalogue.images[i : i + 512]))[1].argmax(1)
+                for i in range(0, len(prepared.catalogue.images), 512)
+            ]
+        ).numpy()
     fm = np.asarray(prepared.catalogue.fm_class)
     purity = sum(np.bincount(fm[codes == c]).max() for c in np.unique(codes)) / len(fm)
     enc = gan.encoder()
     db = embed_images(enc, prepared.catalogue.images)
     q = embed_images(enc, prepared.heldout.images)
-    return {"q_code_purity_vs_fm_class": float(purity), "codes_used": int(len(np.unique(codes))),
-            "embed_dim": int(db.shape[1]),
-            "embedding_norm_mean": float(np.linalg.norm(db, axis=1).mean()),
-            "retrieval_precision": evaluate_embeddings(q, db, prepared.heldout, prepared.catalogue)}
+    return {
+        "q_code_purity_vs_fm_class": float(purity),
+        "codes_used": len(np.unique(codes)),
+        "embed_dim": int(db.shape[1]),
+        "embedding_norm_mean": float(np.linalg.norm(db, axis=1).mean()),
+        "retrieval_precision": evaluate_embeddings(q, db, prepared.heldout, prepared.catalogue),
+    }
 
 
 def save_samples(gan: InfoGAN, path: Path, seed: int = 0, n_cols: int = 10) -> None:
@@ -138,15 +170,21 @@ def save_samples(gan: InfoGAN, path: Path, seed: int = 0, n_cols: int = 10) -> N
     with torch.no_grad():
         for c in range(cfg.n_categories):
             lat = noise_latent.clone()
-            lat[:, cfg.noise_dim:cfg.noise_dim + cfg.n_categories] = F.one_hot(torch.full((n_cols,), c), cfg.n_categories)
+            lat[:, cfg.noise_dim : cfg.noise_dim + cfg.n_categories] = F.one_hot(
+                torch.full((n_cols,), c), cfg.n_categories
+            )
             rows.append(list(tensor_to_images(gan.generator.eval()(lat))))
         if cfg.n_continuous:
             for c in (0, 1):
                 lat = noise_latent[:1].repeat(n_cols, 1)
-                lat[:, cfg.noise_dim:cfg.noise_dim + cfg.n_categories] = F.one_hot(torch.full((n_cols,), c), cfg.n_categories)
+                lat[:, cfg.noise_dim : cfg.noise_dim + cfg.n_categories] = F.one_hot(
+                    torch.full((n_cols,), c), cfg.n_categories
+                )
                 lat[:, cfg.noise_dim + cfg.n_categories] = torch.linspace(-2, 2, n_cols)
                 rows.append(list(tensor_to_images(gan.generator(lat))))
-    labels = [f"code {c}" for c in range(cfg.n_categories)] + ["c0 sweep, code 0", "c0 sweep, code 1"][: 2 * bool(cfg.n_continuous)]
+    labels = [f"code {c}" for c in range(cfg.n_categories)] + ["c0 sweep, code 0", "c0 sweep, code 1"][
+        : 2 * bool(cfg.n_continuous)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(rows, scale=3, labels=labels, label_w=90).save(path)
 

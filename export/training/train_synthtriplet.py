@@ -56,9 +56,15 @@ def encode_texts(texts: Sequence[str]) -> dict[str, np.ndarray]:
     return dict(zip(uniq, encode_reference(uniq)))
 
 
-def train_synthtriplet(prepared: Any, run_dir: Path, infogan_run_dir: Path, profile: str | SynthTripletProfile = "demo",
-                       eval_pairs: int | None = 1000, text_fn: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
-                       **overrides: Any) -> dict[str, Any]:
+def train_synthtriplet(
+    prepared: Any,
+    run_dir: Path,
+    infogan_run_dir: Path,
+    profile: str | SynthTripletProfile = "demo",
+    eval_pairs: int | None = 1000,
+    text_fn: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Train Gq against the frozen InfoGAN-D embedding of ``infogan_run_dir``; evaluate; write run_dir.
 
     ``text_fn`` maps texts to {text: 384-d vector}; default MiniLM via sentence-transformers.
@@ -84,8 +90,9 @@ def train_synthtriplet(prepared: Any, run_dir: Path, infogan_run_dir: Path, prof
     setup_s = time.perf_counter() - t_setup
 
     encoder = load_infogan(infogan_run_dir).encoder().to(device)
-    cfg = SynthTripletConfig(image_size=cat.images.shape[1], channels=tuple(prof.channels),
-                             critic_channels=tuple(prof.critic_channels))
+    cfg = SynthTripletConfig(
+        image_size=cat.images.shape[1], channels=tuple(prof.channels), critic_channels=tuple(prof.critic_channels)
+    )
     G, C = QueryGenerator(cfg).to(device), Critic(cfg).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=prof.lr_g, betas=(0.5, 0.9))
     opt_c = torch.optim.Adam(C.parameters(), lr=prof.lr_d, betas=(0.5, 0.9))
@@ -126,18 +133,35 @@ def train_synthtriplet(prepared: Any, run_dir: Path, infogan_run_dir: Path, prof
             break
     train_s = time.perf_counter() - start
     G.eval().cpu(), C.eval().cpu()
-    save_checkpoint(run_dir / CHECKPOINT, config=cfg.to_dict(), profile=prof.to_dict(), step=step + 1,
-                    generator=G.state_dict(), critic=C.state_dict(), infogan_run_dir=str(infogan_run_dir))
+    save_checkpoint(
+        run_dir / CHECKPOINT,
+        config=cfg.to_dict(),
+        profile=prof.to_dict(),
+        step=step + 1,
+        generator=G.state_dict(),
+        critic=C.state_dict(),
+        infogan_run_dir=str(infogan_run_dir),
+    )
     draw_curves(run_dir / "curves.png", curves, f"SynthTriplet [{prof.name}] {step + 1} steps")
     t_eval = time.perf_counter()
-    evaluation = evaluate_multimodal(G, encoder.cpu(), prepared, eval_mods, text_embed, run_dir / "samples.png",
-                                     text_fn=text_fn)
-    metrics = {"profile": prof.to_dict(), "config": cfg.to_dict(), "steps_done": step + 1,
-               "stopped_by_max_seconds": stopped_early, "train_wall_s": round(train_s, 1),
-               "s_per_step": round(train_s / (step + 1), 4), "setup_s": round(setup_s, 1),
-               "eval_s": round(time.perf_counter() - t_eval, 1), "device": str(device),
-               "train_pairs": describe(train_mods), "eval_pairs": describe(eval_mods),
-               "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()}, **evaluation}
+    evaluation = evaluate_multimodal(
+        G, encoder.cpu(), prepared, eval_mods, text_embed, run_dir / "samples.png", text_fn=text_fn
+    )
+    metrics = {
+        "profile": prof.to_dict(),
+        "config": cfg.to_dict(),
+        "steps_done": step + 1,
+        "stopped_by_max_seconds": stopped_early,
+        "train_wall_s": round(train_s, 1),
+        "s_per_step": round(train_s / (step + 1), 4),
+        "setup_s": round(setup_s, 1),
+        "eval_s": round(time.perf_counter() - t_eval, 1),
+        "device": str(device),
+        "train_pairs": describe(train_mods),
+        "eval_pairs": describe(eval_mods),
+        "final": {k: float(np.mean(v[-50:])) for k, v in curves.items()},
+        **evaluation,
+    }
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -148,15 +172,24 @@ def synthesize(G: QueryGenerator, references: np.ndarray, texts: np.ndarray, bat
     G = G.eval()
     with torch.no_grad():
         for i in range(0, len(references), batch_size):
-            out.append(tensor_to_images(G(images_to_tensor(references[i:i + batch_size]),
-                                          torch.from_numpy(texts[i:i + batch_size]))))
+            out.append(
+                tensor_to_images(
+                    G(images_to_tensor(references[i : i + batch_size]), torch.from_numpy(texts[i : i + batch_size]))
+                )
+            )
     return np.concatenate(out)
 
 
-def evaluate_multimodal(G: QueryGenerator, encoder: torch.nn.Module, prepared: Any, mods: Sequence[Modification],
-                        text_embed: dict[str, np.ndarray], samples_path: Path | None = None,
-                        ks: Sequence[int] = (10, 50),
-                        text_fn: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+def evaluate_multimodal(
+    G: QueryGenerator,
+    encoder: torch.nn.Module,
+    prepared: Any,
+    mods: Sequence[Modification],
+    text_embed: dict[str, np.ndarray],
+    samples_path: Path | None = None,
+    ks: Sequence[int] = (10, 50),
+    text_fn: Callable[[Sequence[str]], dict[str, np.ndarray]] | None = None,
+) -> dict[str, Any]:
     """Recall@K of the target product for synthetic-image, image-only and text-only queries."""
     cat, held = prepared.catalogue, prepared.heldout
     db = embed_images(encoder, cat.images)
@@ -182,15 +215,24 @@ def evaluate_multimodal(G: QueryGenerator, encoder: torch.nn.Module, prepared: A
         nn10 = top_k(q, d, 10)
         ok = (np.asarray(cat.fm_class)[nn10] == want_fm[:, None]) & (np.asarray(cat.colour)[nn10] == want_col[:, None])
         result["attribute_p@10"][name] = float(ok.mean())
-    result["synthetic_l1_to_target"] = float(np.abs(synth.astype(np.float32) - cat.images[target].astype(np.float32)).mean() / 127.5)
+    result["synthetic_l1_to_target"] = float(
+        np.abs(synth.astype(np.float32) - cat.images[target].astype(np.float32)).mean() / 127.5
+    )
     result["text_only_note"] = "MiniLM(text) vs MiniLM('a <colour> <class>') captions built from catalogue attributes"
     if samples_path is not None:
         save_samples(samples_path, refs, synth, cat.images, mods, top_k(q_syn, db, 3))
     return result
 
 
-def save_samples(path: Path, refs: np.ndarray, synth: np.ndarray, cat_images: np.ndarray,
-                 mods: Sequence[Modification], nn3: np.ndarray, n: int = 14) -> None:
+def save_samples(
+    path: Path,
+    refs: np.ndarray,
+    synth: np.ndarray,
+    cat_images: np.ndarray,
+    mods: Sequence[Modification],
+    nn3: np.ndarray,
+    n: int = 14,
+) -> None:
     """Rows: text label | reference | synthetic | target | top-3 catalogue hits for the synthetic query."""
     pick = np.linspace(0, len(mods) - 1, min(n, len(mods))).round().astype(int)
     rows = [[refs[i], synth[i], cat_images[mods[i].target], *cat_images[nn3[i]]] for i in pick]

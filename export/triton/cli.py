@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,7 +25,8 @@ triton_app = typer.Typer(
 )
 
 HomeOpt = Annotated[
-    Optional[Path], typer.Option(help="State dir (env, backends, logs); default $COUTURIER_TRITON_HOME or ./var/triton.")
+    Path | None,
+    typer.Option(help="State dir (env, backends, logs); default $COUTURIER_TRITON_HOME or ./var/triton."),
 ]
 UrlOpt = Annotated[str, typer.Option(help="Triton gRPC address host:port.")]
 RepoOpt = Annotated[Path, typer.Option(help="Model repository directory.")]
@@ -64,7 +65,7 @@ def start(
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = a free one).")] = 8001,
     http_port: Annotated[int, typer.Option(help="HTTP port (0 = a free one).")] = 0,
     metrics_port: Annotated[int, typer.Option(help="Metrics port (0 = a free one).")] = 0,
-    load: Annotated[Optional[list[str]], typer.Option(help="Model to load at start (repeatable).")] = None,
+    load: Annotated[list[str] | None, typer.Option(help="Model to load at start (repeatable).")] = None,
     load_all: Annotated[bool, typer.Option(help="Load every model folder in the repository.")] = False,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness before killing it.")] = 120.0,
 ) -> None:
@@ -128,14 +129,14 @@ def publish(
     onnx_file: Annotated[Path, typer.Argument(help="Exported ONNX model (dim 0 = dynamic batch).")],
     repo: RepoOpt,
     name: Annotated[str, typer.Option(help="Model name (folder in the repository).")],
-    version: Annotated[Optional[int], typer.Option(help="Version number (default: next).")] = None,
-    kind: Annotated[Optional[str], typer.Option(help="KIND_CPU or KIND_GPU.")] = None,
-    max_batch_size: Annotated[Optional[int], typer.Option()] = None,
-    preferred_batch_size: Annotated[Optional[list[int]], typer.Option(help="Repeatable.")] = None,
-    max_queue_delay_us: Annotated[Optional[int], typer.Option()] = None,
-    version_policy: Annotated[Optional[str], typer.Option(help="latest[:N], all or specific:V1,V2.")] = None,
+    version: Annotated[int | None, typer.Option(help="Version number (default: next).")] = None,
+    kind: Annotated[str | None, typer.Option(help="KIND_CPU or KIND_GPU.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option()] = None,
+    preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Repeatable.")] = None,
+    max_queue_delay_us: Annotated[int | None, typer.Option()] = None,
+    version_policy: Annotated[str | None, typer.Option(help="latest[:N], all or specific:V1,V2.")] = None,
     batched: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(
             "--batched/--unbatched",
             help="Unbatched: max_batch_size 0, full shapes (inputs that do not share dim 0). Default: batched.",
@@ -182,7 +183,7 @@ def swap(
 
 
 UrlsOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--url",
         help="Triton gRPC host:port (repeatable; default 127.0.0.1:8001). A name is expanded to every address "
@@ -194,21 +195,29 @@ TimeoutOpt = Annotated[float, typer.Option(help="Seconds allowed per load step."
 
 def _print_result(result: RolloutResult) -> None:
     for check in result.smoke:
-        typer.echo(f"  smoke {check.url}: version {check.version} matches onnxruntime "
-                   f"(outputs {', '.join(check.outputs)}; max |diff| {check.max_abs_diff:.2g})")
-    typer.echo(f"{result.model}: {result.mode}; serving {list(result.serving)} (was {list(result.previous)}) "
-               f"on {', '.join(result.urls)} in {result.seconds:.2f} s")
+        typer.echo(
+            f"  smoke {check.url}: version {check.version} matches onnxruntime "
+            f"(outputs {', '.join(check.outputs)}; max |diff| {check.max_abs_diff:.2g})"
+        )
+    typer.echo(
+        f"{result.model}: {result.mode}; serving {list(result.serving)} (was {list(result.previous)}) "
+        f"on {', '.join(result.urls)} in {result.seconds:.2f} s"
+    )
 
 
 @triton_app.command()
 def rollout(
     name: Annotated[str, typer.Argument(help="Model name.")],
     repo: RepoOpt,
-    onnx: Annotated[Optional[Path], typer.Option(help="ONNX file to publish as the next version.")] = None,
-    version: Annotated[Optional[int], typer.Option(help="An already published version (instead of --onnx).")] = None,
+    onnx: Annotated[Path | None, typer.Option(help="ONNX file to publish as the next version.")] = None,
+    version: Annotated[int | None, typer.Option(help="An already published version (instead of --onnx).")] = None,
     url: UrlsOpt = None,
-    canary: Annotated[bool, typer.Option(help="Keep the old and the new version loaded (pin replicas per version).")] = False,
-    inputs: Annotated[Optional[Path], typer.Option(help="Smoke inputs (.npz, one array per input; default random).")] = None,
+    canary: Annotated[
+        bool, typer.Option(help="Keep the old and the new version loaded (pin replicas per version).")
+    ] = False,
+    inputs: Annotated[
+        Path | None, typer.Option(help="Smoke inputs (.npz, one array per input; default random).")
+    ] = None,
     atol: Annotated[float, typer.Option(help="Smoke check: absolute tolerance vs onnxruntime.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Smoke check: relative tolerance vs onnxruntime.")] = 1e-3,
     timeout: TimeoutOpt = 120.0,
@@ -225,8 +234,18 @@ def rollout(
         with np.load(inputs) as data:
             feed = {key: data[key] for key in data.files}
     try:
-        result = run_rollout(url or [DEFAULT_URL], repo, name, onnx_path=onnx, version=version, canary=canary,
-                             inputs=feed, atol=atol, rtol=rtol, timeout_s=timeout)
+        result = run_rollout(
+            url or [DEFAULT_URL],
+            repo,
+            name,
+            onnx_path=onnx,
+            version=version,
+            canary=canary,
+            inputs=feed,
+            atol=atol,
+            rtol=rtol,
+            timeout_s=timeout,
+        )
     except (TritonError, ValueError) as exc:
         _fail(exc)
     _print_result(result)
@@ -234,8 +253,14 @@ def rollout(
         typer.echo(pinning_hint(result))
 
 
-def _serve_version(operation: Callable[..., RolloutResult], name: str, version: int | None, repo: Path,
-                   urls: list[str] | None, timeout: float) -> None:
+def _serve_version(
+    operation: Callable[..., RolloutResult],
+    name: str,
+    version: int | None,
+    repo: Path,
+    urls: list[str] | None,
+    timeout: float,
+) -> None:
     """Run :func:`~couturier.export.triton.rollout.promote` or ``rollback`` (same arguments) on every server."""
     _logging()
     try:
@@ -248,7 +273,9 @@ def _serve_version(operation: Callable[..., RolloutResult], name: str, version: 
 @triton_app.command()
 def promote(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    version: Annotated[Optional[int], typer.Argument(help="Version to keep (default: the newest the config serves).")] = None,
+    version: Annotated[
+        int | None, typer.Argument(help="Version to keep (default: the newest the config serves).")
+    ] = None,
     repo: RepoOpt = DEFAULT_REPO,
     url: UrlsOpt = None,
     timeout: TimeoutOpt = 120.0,
@@ -262,7 +289,9 @@ def promote(
 @triton_app.command()
 def rollback(
     name: Annotated[str, typer.Argument(help="Model name.")],
-    to: Annotated[Optional[int], typer.Option(help="Version to serve again (default: the one below the newest loaded).")] = None,
+    to: Annotated[
+        int | None, typer.Option(help="Version to serve again (default: the one below the newest loaded).")
+    ] = None,
     repo: RepoOpt = DEFAULT_REPO,
     url: UrlsOpt = None,
     timeout: TimeoutOpt = 120.0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from couturier.services.common.model_repository import RepositoryError, TritonError
 
 __all__ = [

@@ -25,8 +25,7 @@ from couturier.export.triton.control import ModelControl
 from couturier.export.triton.environment import TritonEnvironment, default_home, ensure_environment
 from couturier.export.triton.errors import ModelControlError, ServerStartError
 from couturier.export.triton.model_config import BACKEND
-from couturier.services.common.model_repository import VersionPolicy
-from couturier.services.common.model_repository import read_model_config
+from couturier.services.common.model_repository import VersionPolicy, read_model_config
 
 log = logging.getLogger(__name__)
 

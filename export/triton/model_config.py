@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from couturier.services.common.model_repository import RepositoryError, VersionPolicy
 from couturier.export.triton.signature import ELEMENT_TYPES, ModelSignature, TensorSpec
+from couturier.services.common.model_repository import RepositoryError, VersionPolicy
 
 InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 #: The backend name written to every config: NGC Triton's native onnxruntime backend in production,

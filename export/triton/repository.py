@@ -17,15 +17,6 @@ import onnx
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError
-from couturier.services.common.model_repository import (
-    CONFIG_FILENAME,
-    MODEL_FILENAME,
-    VersionPolicy,
-    list_versions,
-    read_config,
-    read_model_config,
-    served_versions,
-)
 from couturier.export.triton.model_config import (
     BACKEND,
     InstanceKind,
@@ -36,6 +27,15 @@ from couturier.export.triton.model_config import (
     render_config,
 )
 from couturier.export.triton.signature import ModelSignature, read_signature
+from couturier.services.common.model_repository import (
+    CONFIG_FILENAME,
+    MODEL_FILENAME,
+    VersionPolicy,
+    list_versions,
+    read_config,
+    read_model_config,
+    served_versions,
+)
 
 __all__ = [
     "MODEL_FILENAME",

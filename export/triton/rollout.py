@@ -32,10 +32,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 from couturier.export.triton.control import ModelControl
 from couturier.export.triton.errors import ModelControlError
 from couturier.export.triton.signature import ELEMENT_TYPES
-from couturier.services.common.model_repository import list_versions, read_model_config
-from couturier.services.common import models as names
-from couturier.services.common.model_repository import VersionPolicy
 from couturier.export.triton.versions import swap_version
+from couturier.services.common import models as names
+from couturier.services.common.model_repository import VersionPolicy, list_versions, read_model_config
 
 Mode = Literal["canary", "promoted", "rolled-back"]
 
@@ -131,11 +130,15 @@ def _wait_until(control: ModelControl, model: str, ready: set[int], timeout_s: f
         if now_ready == ready and not busy:
             return
         if time.monotonic() > deadline:
-            raise ModelControlError(f"{model!r} is in states {states}, not only {sorted(ready)} READY, after {timeout_s:.0f} s")
+            raise ModelControlError(
+                f"{model!r} is in states {states}, not only {sorted(ready)} READY, after {timeout_s:.0f} s"
+            )
         time.sleep(0.05)
 
 
-def load_beside(control: ModelControl, repo_dir: str | Path, model: str, version: int, timeout_s: float) -> tuple[int, ...]:
+def load_beside(
+    control: ModelControl, repo_dir: str | Path, model: str, version: int, timeout_s: float
+) -> tuple[int, ...]:
     """Load ``version`` next to the versions ``control``'s server serves now; return those versions."""
     before = tuple(control.ready_versions(model))
     wanted = {*before, version}
@@ -172,7 +175,11 @@ def smoke_inputs(config: pb.ModelConfig, seed: int = 0, size: int = 2) -> dict[s
         dtype_name = ELEMENT_TYPES.get(type_name)
         if dtype_name is None or dtype_name in _NO_SMOKE_TYPES:
             raise RolloutError(f"input {tensor.name!r} has type {type_name}; give smoke inputs (--inputs FILE.npz)")
-        dims = [] if tensor.HasField("reshape") and not tensor.reshape.shape else [d if d > 0 else size for d in tensor.dims]
+        dims = (
+            []
+            if tensor.HasField("reshape") and not tensor.reshape.shape
+            else [d if d > 0 else size for d in tensor.dims]
+        )
         shape = ([size] if batched else []) + dims
         dtype = np.dtype(dtype_name).type
         if np.issubdtype(dtype, np.floating):
@@ -194,10 +201,14 @@ def compare_outputs(
     for name, expected in local.items():
         got = served[name]
         if got.shape != expected.shape:
-            raise RolloutError(f"{what}: output {name!r} has shape {got.shape} on Triton, {expected.shape} in onnxruntime")
+            raise RolloutError(
+                f"{what}: output {name!r} has shape {got.shape} on Triton, {expected.shape} in onnxruntime"
+            )
         if not np.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
             diff = float(np.nanmax(np.abs(got.astype(np.float64) - expected.astype(np.float64))))
-            raise RolloutError(f"{what}: output {name!r} differs from onnxruntime by up to {diff:.3g} (atol {atol}, rtol {rtol})")
+            raise RolloutError(
+                f"{what}: output {name!r} differs from onnxruntime by up to {diff:.3g} (atol {atol}, rtol {rtol})"
+            )
         if got.size:
             worst = max(worst, float(np.nanmax(np.abs(got.astype(np.float64) - expected.astype(np.float64)))))
     return worst
@@ -281,7 +292,7 @@ def rollout(
         for url, before in touched.items():
             try:
                 _restore(url, repo_dir, model, before, timeout_s)
-            except Exception as undo:  # noqa: BLE001 - report both, keep going
+            except Exception as undo:
                 exc.add_note(f"restoring {url} to {list(before)} also failed: {undo}")
         if isinstance(exc, RolloutError):
             raise
@@ -295,21 +306,39 @@ def rollout(
         for url in servers:
             swap_version(url, repo_dir, model, version, timeout_s=timeout_s)
         serving, mode = (version,), "promoted"
-    return RolloutResult(model, version, previous, tuple(sorted(serving)), mode, tuple(servers), tuple(checks),
-                         time.monotonic() - started)
+    return RolloutResult(
+        model,
+        version,
+        previous,
+        tuple(sorted(serving)),
+        mode,
+        tuple(servers),
+        tuple(checks),
+        time.monotonic() - started,
+    )
 
 
 def promote(
-    urls: Sequence[str], repo_dir: str | Path, model: str, version: int | None = None, *,
-    timeout_s: float = 120.0, resolve: bool = True,
+    urls: Sequence[str],
+    repo_dir: str | Path,
+    model: str,
+    version: int | None = None,
+    *,
+    timeout_s: float = 120.0,
+    resolve: bool = True,
 ) -> RolloutResult:
     """End a canary: serve only ``version`` (default: the newest version the config serves)."""
     return _serve_only(urls, repo_dir, model, version, "promoted", timeout_s, resolve)
 
 
 def rollback(
-    urls: Sequence[str], repo_dir: str | Path, model: str, to_version: int | None = None, *,
-    timeout_s: float = 120.0, resolve: bool = True,
+    urls: Sequence[str],
+    repo_dir: str | Path,
+    model: str,
+    to_version: int | None = None,
+    *,
+    timeout_s: float = 120.0,
+    resolve: bool = True,
 ) -> RolloutResult:
     """Serve only ``to_version`` again (default: the newest published version below the newest loaded).
 
@@ -320,8 +349,13 @@ def rollback(
 
 
 def _serve_only(
-    urls: Sequence[str], repo_dir: str | Path, model: str, version: int | None, mode: Mode,
-    timeout_s: float, resolve: bool,
+    urls: Sequence[str],
+    repo_dir: str | Path,
+    model: str,
+    version: int | None,
+    mode: Mode,
+    timeout_s: float,
+    resolve: bool,
 ) -> RolloutResult:
     started = time.monotonic()
     servers = resolve_urls(urls) if resolve else list(urls)
@@ -354,9 +388,12 @@ def pinning_hint(result: RolloutResult) -> str:
     for service in services:
         env = f"COUTURIER_{service.upper()}_MODEL_VERSIONS"
         if old is not None:
-            lines.append(f"  stable {service} replicas: {env}='{{\"{result.model}\": \"{old}\"}}'")
-        lines.append(f"  canary {service} replicas: {env}='{{\"{result.model}\": \"{result.version}\"}}'"
-                     "  (k8s/components/canary)")
-    lines.append(f"then: couturier triton promote {result.model} {result.version}  "
-                 f"or  couturier triton rollback {result.model}" + (f" --to {old}" if old is not None else ""))
+            lines.append(f'  stable {service} replicas: {env}=\'{{"{result.model}": "{old}"}}\'')
+        lines.append(
+            f'  canary {service} replicas: {env}=\'{{"{result.model}": "{result.version}"}}\'  (k8s/components/canary)'
+        )
+    lines.append(
+        f"then: couturier triton promote {result.model} {result.version}  "
+        f"or  couturier triton rollback {result.model}" + (f" --to {old}" if old is not None else "")
+    )
     return "\n".join(lines)

@@ -120,8 +120,11 @@ def _served(spec: TensorSpec, where: str, batched: bool) -> TensorSpec:
     if not spec.shape:
         raise SignatureError(
             f"{where} {spec.name!r} has no shape (or is a scalar); "
-            + ("export it with a leading dynamic batch axis" if batched
-               else "an unbatched model needs tensors of rank >= 1")
+            + (
+                "export it with a leading dynamic batch axis"
+                if batched
+                else "an unbatched model needs tensors of rank >= 1"
+            )
         )
     dims = spec.dims
     if batched:

@@ -18,8 +18,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.control import ModelControl
 from couturier.export.triton.errors import ModelControlError
-from couturier.services.common.model_repository import list_versions, read_model_config
-from couturier.services.common.model_repository import VersionPolicy
+from couturier.services.common.model_repository import VersionPolicy, list_versions, read_model_config
 
 
 @dataclass(frozen=True)
@@ -46,9 +45,7 @@ def _settled(states: dict[int, str], version: int) -> bool:
     )
 
 
-def swap_version(
-    url: str, repo_dir: str | Path, model: str, version: int, *, timeout_s: float = 120.0
-) -> SwapResult:
+def swap_version(url: str, repo_dir: str | Path, model: str, version: int, *, timeout_s: float = 120.0) -> SwapResult:
     """Make ``version`` (already in ``repo_dir``) the only served version of ``model`` on Triton at ``url``."""
     from couturier.export.triton.repository import write_model_config  # onnx import only here
 

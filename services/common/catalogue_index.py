@@ -87,7 +87,9 @@ class CatalogueIndex:
                     f"{requested!r}; one stream indexes with one version ({upserted} products already written)"
                 )
             products = _validated_batch(request, message)
-            images = [decode_image(p.image.data, f"message {message}: products[{i}].image") for i, p in enumerate(products)]
+            images = [
+                decode_image(p.image.data, f"message {message}: products[{i}].image") for i, p in enumerate(products)
+            ]
             vectors, space = await self.embed(images, requested)
             await self.store.ensure(space)
             if self.images is not None:
@@ -143,7 +145,9 @@ def thumbnail(image: np.ndarray, size: int) -> bytes:
     return encode_png(to_model_input([image], size)[0].transpose(1, 2, 0))
 
 
-async def _enumerate(requests: AsyncIterator[catalogue_pb2.IndexProductsRequest]) -> AsyncIterator[tuple[int, catalogue_pb2.IndexProductsRequest]]:
+async def _enumerate(
+    requests: AsyncIterator[catalogue_pb2.IndexProductsRequest],
+) -> AsyncIterator[tuple[int, catalogue_pb2.IndexProductsRequest]]:
     index = 0
     async for request in requests:
         yield index, request
@@ -153,7 +157,9 @@ async def _enumerate(requests: AsyncIterator[catalogue_pb2.IndexProductsRequest]
 def _validated_batch(request: catalogue_pb2.IndexProductsRequest, message: int) -> list[catalogue_pb2.ProductToIndex]:
     products = list(request.products)
     if not 1 <= len(products) <= limits.MAX_INDEX_BATCH:
-        raise InvalidInput(f"message {message} has {len(products)} products; send 1-{limits.MAX_INDEX_BATCH} per message")
+        raise InvalidInput(
+            f"message {message} has {len(products)} products; send 1-{limits.MAX_INDEX_BATCH} per message"
+        )
     seen: set[str] = set()
     for i, p in enumerate(products):
         where = f"message {message}: products[{i}]"

@@ -107,13 +107,11 @@ class HealthMonitor:
             return True, await asyncio.wait_for(check.probe(), timeout=check.timeout_s)
         except TimeoutError:
             return False, f"no answer within {check.timeout_s:g}s"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        except Exception as exc:
             return False, str(exc) or type(exc).__name__
 
     async def _publish(self) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
             await self.servicer.set(name, status)
 

@@ -26,14 +26,18 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if max(width, height) > limits.MAX_IMAGE_SIDE:
-                raise InvalidInput(
-                    f"{field} is {width}x{height} pixels; the limit is {limits.MAX_IMAGE_SIDE} per side"
-                )
+                raise InvalidInput(f"{field} is {width}x{height} pixels; the limit is {limits.MAX_IMAGE_SIDE} per side")
             rgb = image.convert("RGB")
             rgb.load()
     except InvalidInput:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as exc:
         raise InvalidInput(f"{field}.data is not a readable PNG/JPEG/WebP image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
 

@@ -255,7 +255,9 @@ class TritonBackend:
         from tritonclient.utils import InferenceServerException
 
         try:
-            return await self._get_client().get_model_metadata(model, model_version=version, client_timeout=self.timeout_s)
+            return await self._get_client().get_model_metadata(
+                model, model_version=version, client_timeout=self.timeout_s
+            )
         except InferenceServerException as exc:
             raise _map_triton_error(exc, model, self.url) from exc
 

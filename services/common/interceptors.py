@@ -25,20 +25,24 @@ def _split(method_name: str) -> tuple[str, str]:
 class ErrorMappingInterceptor(AsyncServerInterceptor):
     """Turns exceptions into gRPC statuses (see errors.map_exception); never leaks a stack trace."""
 
-    async def intercept(self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str) -> Any:
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
         try:
             result = method(request, context)
             if hasattr(result, "__aiter__"):
                 return self._guard_stream(result, context, method_name)
             return await result
-        except Exception as exc:  # noqa: BLE001 - every error must become a status
+        except Exception as exc:
             await self._abort(exc, context, method_name)
 
-    async def _guard_stream(self, stream: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str) -> AsyncIterator[Any]:
+    async def _guard_stream(
+        self, stream: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str
+    ) -> AsyncIterator[Any]:
         try:
             async for item in stream:
                 yield item
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await self._abort(exc, context, method_name)
 
     @staticmethod
@@ -59,7 +63,9 @@ class DeadlineInterceptor(AsyncServerInterceptor):
     def __init__(self, rpc_timeout_s: float) -> None:
         self._limit = rpc_timeout_s
 
-    async def intercept(self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str) -> Any:
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
         result = method(request, context)
         if hasattr(result, "__aiter__"):
             return result  # streams report progress; the caller's deadline bounds them
@@ -71,7 +77,9 @@ class DeadlineInterceptor(AsyncServerInterceptor):
 class MetricsInterceptor(AsyncServerInterceptor):
     """Counts finished RPCs by status code and observes their latency."""
 
-    async def intercept(self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str) -> Any:
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
         service, rpc = _split(method_name)
         started = time.perf_counter()
         try:
@@ -85,7 +93,9 @@ class MetricsInterceptor(AsyncServerInterceptor):
         self._record(service, rpc, started, None)
         return response
 
-    async def _observe_stream(self, stream: AsyncIterator[Any], service: str, rpc: str, started: float) -> AsyncIterator[Any]:
+    async def _observe_stream(
+        self, stream: AsyncIterator[Any], service: str, rpc: str, started: float
+    ) -> AsyncIterator[Any]:
         try:
             async for item in stream:
                 yield item

@@ -42,7 +42,9 @@ class _Diagnostics(diagnostics_pb2_grpc.DiagnosticsServiceServicer):
     def __init__(self, monitor: HealthMonitor) -> None:
         self._monitor = monitor
 
-    async def GetStatus(self, request: diagnostics_pb2.GetStatusRequest, context: grpc.aio.ServicerContext) -> diagnostics_pb2.ServiceStatus:  # noqa: N802
+    async def GetStatus(
+        self, request: diagnostics_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> diagnostics_pb2.ServiceStatus:
         return self._monitor.status()
 
 

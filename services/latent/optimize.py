@@ -106,8 +106,15 @@ class Adam:
     State (moments, step count) is float64 and shaped like the first gradient it sees.
     """
 
-    def __init__(self, learning_rate: float = DEFAULT_LEARNING_RATE, *, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, maximise: bool = False) -> None:
+    def __init__(
+        self,
+        learning_rate: float = DEFAULT_LEARNING_RATE,
+        *,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        maximise: bool = False,
+    ) -> None:
         if learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
         self.learning_rate, self.beta1, self.beta2, self.eps = learning_rate, beta1, beta2, eps
@@ -174,10 +181,22 @@ def _tanh_adam_step(adam: Adam, w: np.ndarray, grad_z: np.ndarray) -> tuple[np.n
     return w, np.tanh(w)
 
 
-async def _pref(backend: InferenceBackend, version: str, z: np.ndarray, category: np.ndarray, theta: np.ndarray,
-                user_weight: np.ndarray, realism_weight: float) -> dict[str, np.ndarray]:
-    inputs = {"z": _f32(z), "category": _f32(category), "theta": _f32(theta), "user_weight": _f32(user_weight),
-              "realism_weight": np.full((z.shape[0], 1), realism_weight, dtype=np.float32)}
+async def _pref(
+    backend: InferenceBackend,
+    version: str,
+    z: np.ndarray,
+    category: np.ndarray,
+    theta: np.ndarray,
+    user_weight: np.ndarray,
+    realism_weight: float,
+) -> dict[str, np.ndarray]:
+    inputs = {
+        "z": _f32(z),
+        "category": _f32(category),
+        "theta": _f32(theta),
+        "user_weight": _f32(user_weight),
+        "realism_weight": np.full((z.shape[0], 1), realism_weight, dtype=np.float32),
+    }
     return await backend.infer(PREF_GRAD, inputs, version=version)
 
 
@@ -256,8 +275,10 @@ async def maximise_preference(
     """
     z0, category, theta = np.asarray(z0), np.asarray(category), np.asarray(theta)
     _require(z0.ndim == 2, f"z0 must be (B, Dz), got shape {z0.shape}")
-    _require(category.ndim == 2 and category.shape[0] == z0.shape[0],
-             f"category must be (B={z0.shape[0]}, C), got shape {category.shape}")
+    _require(
+        category.ndim == 2 and category.shape[0] == z0.shape[0],
+        f"category must be (B={z0.shape[0]}, C), got shape {category.shape}",
+    )
     _require(theta.ndim == 2 and theta.shape[0] >= 1, f"theta must be (U, K) with U >= 1, got shape {theta.shape}")
     _require(steps >= 0, f"steps must be >= 0, got {steps}")
     if objective == "top_k_share":
@@ -289,8 +310,9 @@ async def maximise_preference(
         weight = _topk_terms(start, tau, temp)[2]
     for t in range(steps + 1):
         full = objective == "top_k_share" or t in (0, steps)
-        out = await _pref(backend, version, z, category, theta if full else mean_theta,
-                          weight if full else ones, realism_weight)
+        out = await _pref(
+            backend, version, z, category, theta if full else mean_theta, weight if full else ones, realism_weight
+        )
         calls += 1
         scores = out["scores"].astype(np.float64)
         if objective == "mean":
@@ -310,10 +332,18 @@ async def maximise_preference(
             break
         w, z = _tanh_adam_step(adam, w, out["grad_z"])
     return PreferenceResult(
-        z=z.astype(np.float32), image=out["image"], scores_before=scores_before.astype(np.float32),
-        scores_after=scores.astype(np.float32), objective_before=history[0], objective_after=history[-1],
-        realism=out["realism"].reshape(-1), history=np.stack(history), smooth_history=np.stack(smooth),
-        value_history=np.stack(values), temperature=temp, calls=calls,
+        z=z.astype(np.float32),
+        image=out["image"],
+        scores_before=scores_before.astype(np.float32),
+        scores_after=scores.astype(np.float32),
+        objective_before=history[0],
+        objective_after=history[-1],
+        realism=out["realism"].reshape(-1),
+        history=np.stack(history),
+        smooth_history=np.stack(smooth),
+        value_history=np.stack(values),
+        temperature=temp,
+        calls=calls,
     )
 
 
@@ -384,8 +414,15 @@ async def invert(
             break
         w, z = _tanh_adam_step(adam, w, out["grad_z"])
     assert best_z is not None and best_image is not None
-    return InversionResult(z=best_z, image=best_image, loss=best_loss, best_restart=best[0], best_step=best[1],
-                           history=np.stack(history), calls=steps + 1)
+    return InversionResult(
+        z=best_z,
+        image=best_image,
+        loss=best_loss,
+        best_restart=best[0],
+        best_step=best[1],
+        history=np.stack(history),
+        calls=steps + 1,
+    )
 
 
 # -- GIGS seller shifts --------------------------------------------------------------------------
@@ -464,15 +501,21 @@ async def seller_shifts(
     _require(base.ndim == 1, f"base_z must be (Dz,), got shape {base.shape}")
     _require(category.ndim == 1, f"category must be (C,), got shape {category.shape}")
     _require(theta.ndim == 2, f"theta must be (U, K), got shape {theta.shape}")
-    _require(user_weight.shape == (theta.shape[0],),
-             f"user_weight must be (U={theta.shape[0]},), got shape {user_weight.shape}")
+    _require(
+        user_weight.shape == (theta.shape[0],),
+        f"user_weight must be (U={theta.shape[0]},), got shape {user_weight.shape}",
+    )
     _require(n >= 1 and radius > 0 and steps >= 0, f"need n >= 1, radius > 0, steps >= 0; got {n}, {radius}, {steps}")
     _require(n <= base.size, f"n={n} shifts need n <= Dz={base.size}")
     directions = np.linalg.qr(np.random.default_rng(seed).standard_normal((base.size, n)))[0].T  # (n,Dz) orthonormal
     shifts = _project(base, 0.5 * radius * directions, radius)
-    inputs = {"base_z": _f32(base[None]), "category": _f32(category[None]), "theta": _f32(theta),
-              "user_weight": _f32(user_weight[None]),
-              "weights": np.array([[diversity_weight, realism_weight]], dtype=np.float32)}
+    inputs = {
+        "base_z": _f32(base[None]),
+        "category": _f32(category[None]),
+        "theta": _f32(theta),
+        "user_weight": _f32(user_weight[None]),
+        "weights": np.array([[diversity_weight, realism_weight]], dtype=np.float32),
+    }
     adam = Adam(learning_rate, maximise=True)
     history = []
     version = versions.get(SHIFT_GRAD, "")
@@ -482,8 +525,15 @@ async def seller_shifts(
         shifts = _project(base, adam.step(shifts, out["grad_shifts"][0]), radius)
     z = base[None] + shifts
     both = np.concatenate([base[None], z])
-    ev = await _pref(backend, versions.get(PREF_GRAD, ""), both, np.repeat(category[None], n + 1, axis=0), theta,
-                     np.repeat(user_weight[None], n + 1, axis=0), 0.0)
+    ev = await _pref(
+        backend,
+        versions.get(PREF_GRAD, ""),
+        both,
+        np.repeat(category[None], n + 1, axis=0),
+        theta,
+        np.repeat(user_weight[None], n + 1, axis=0),
+        0.0,
+    )
     pref = ev["value"].astype(np.float64)  # realism weight 0: sum_u w_u s_u
     images = ev["image"]
     if n > 1:
@@ -493,9 +543,18 @@ async def seller_shifts(
     else:
         nearest = np.full(1, np.nan)
     return ShiftResult(
-        z=z.astype(np.float32), shifts=shifts.astype(np.float32), image=images[1:], base_image=images[0],
-        shift_norm=np.linalg.norm(shifts, axis=1), preference_before=float(pref[0]), preference_after=pref[1:],
-        preference_shift=pref[1:] - pref[0], opposite_ssim=1.0 - ssim(images[1:], images[0]),
-        realism=ev["realism"].reshape(-1)[1:], nearest_distance=nearest,
-        min_pairwise_distance=float(nearest.min()), history=np.array(history), calls=steps + 1,
+        z=z.astype(np.float32),
+        shifts=shifts.astype(np.float32),
+        image=images[1:],
+        base_image=images[0],
+        shift_norm=np.linalg.norm(shifts, axis=1),
+        preference_before=float(pref[0]),
+        preference_after=pref[1:],
+        preference_shift=pref[1:] - pref[0],
+        opposite_ssim=1.0 - ssim(images[1:], images[0]),
+        realism=ev["realism"].reshape(-1)[1:],
+        nearest_distance=nearest,
+        min_pairwise_distance=float(nearest.min()),
+        history=np.array(history),
+        calls=steps + 1,
     )

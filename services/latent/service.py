@@ -59,7 +59,11 @@ def optimizer_params(
     learning_rate: float = optimize.DEFAULT_LEARNING_RATE,
 ) -> Optimizer:
     realism = float_in_range(
-        params.realism_weight, 0.0, limits.MAX_WEIGHT, f"{field}.realism_weight", default=optimize.DEFAULT_REALISM_WEIGHT
+        params.realism_weight,
+        0.0,
+        limits.MAX_WEIGHT,
+        f"{field}.realism_weight",
+        default=optimize.DEFAULT_REALISM_WEIGHT,
     )
     return Optimizer(
         steps=int_in_range(params.steps, 1, limits.MAX_OPT_STEPS, f"{field}.steps", default=steps),
@@ -72,11 +76,20 @@ def optimizer_params(
 
 def inversion_params(params: latent_pb2.InversionParams, field: str = "inversion") -> Inversion:
     return Inversion(
-        steps=int_in_range(params.steps, 1, limits.MAX_INVERSION_STEPS, f"{field}.steps", default=optimize.DEFAULT_INVERSION_STEPS),
-        learning_rate=float_in_range(
-            params.learning_rate, 0.0, 1.0, f"{field}.learning_rate", default=optimize.DEFAULT_INVERSION_LEARNING_RATE, low_inclusive=False
+        steps=int_in_range(
+            params.steps, 1, limits.MAX_INVERSION_STEPS, f"{field}.steps", default=optimize.DEFAULT_INVERSION_STEPS
         ),
-        restarts=int_in_range(params.restarts, 1, limits.MAX_RESTARTS, f"{field}.restarts", default=optimize.DEFAULT_RESTARTS),
+        learning_rate=float_in_range(
+            params.learning_rate,
+            0.0,
+            1.0,
+            f"{field}.learning_rate",
+            default=optimize.DEFAULT_INVERSION_LEARNING_RATE,
+            low_inclusive=False,
+        ),
+        restarts=int_in_range(
+            params.restarts, 1, limits.MAX_RESTARTS, f"{field}.restarts", default=optimize.DEFAULT_RESTARTS
+        ),
     )
 
 
@@ -213,7 +226,9 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     def __init__(self, latent: Latent) -> None:
         self.latent = latent
 
-    async def Design(self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext) -> latent_pb2.DesignResponse:  # noqa: N802
+    async def Design(
+        self, request: latent_pb2.DesignRequest, context: grpc.aio.ServicerContext
+    ) -> latent_pb2.DesignResponse:
         share = request.objective == latent_pb2.TOP_K_SHARE
         top_k = int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=DEFAULT_TOP_K)
         users = resolved_users(request, "Design", top_k if share else 0, request.category)
@@ -249,7 +264,9 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
             )
         return response
 
-    async def Alter(self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[latent_pb2.AlterProgress]:  # noqa: N802
+    async def Alter(
+        self, request: latent_pb2.AlterRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[latent_pb2.AlterProgress]:
         users = resolved_users(request, "Alter")
         image, category = uploaded_item(request.item, request.category, "Alter"), request.category
         cat = category_index(category)
@@ -263,30 +280,59 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         async def on_inversion(t: int, z: np.ndarray, loss: np.ndarray, images: np.ndarray) -> None:
             if t % every == 0 or t == inv.steps:
                 best = int(np.argmin(loss))
-                progress.put_nowait(phase(phase=phase.INVERSION, step=t, current=generated(images[best], z[best], category),
-                                          reconstruction_loss=float(loss[best])))
+                progress.put_nowait(
+                    phase(
+                        phase=phase.INVERSION,
+                        step=t,
+                        current=generated(images[best], z[best], category),
+                        reconstruction_loss=float(loss[best]),
+                    )
+                )
 
         async def on_optimisation(t: int, z: np.ndarray, objective: np.ndarray, images: np.ndarray) -> None:
             if t % every == 0 or t == opt.steps:
-                progress.put_nowait(phase(phase=phase.OPTIMIZATION, step=t, current=generated(images[0], z[0], category),
-                                          preference=float(objective[0])))
+                progress.put_nowait(
+                    phase(
+                        phase=phase.OPTIMIZATION,
+                        step=t,
+                        current=generated(images[0], z[0], category),
+                        preference=float(objective[0]),
+                    )
+                )
 
         async def run() -> None:
             try:
                 inverted = await optimize.invert(
-                    self.latent.backend, target=await self.latent.target(image, versions[INV_GRAD]),
-                    category=optimize.one_hot(cat, len(CATEGORIES)), steps=inv.steps, learning_rate=inv.learning_rate,
-                    restarts=inv.restarts, seed=0, versions=versions, on_step=on_inversion,
+                    self.latent.backend,
+                    target=await self.latent.target(image, versions[INV_GRAD]),
+                    category=optimize.one_hot(cat, len(CATEGORIES)),
+                    steps=inv.steps,
+                    learning_rate=inv.learning_rate,
+                    restarts=inv.restarts,
+                    seed=0,
+                    versions=versions,
+                    on_step=on_inversion,
                 )
                 result = await optimize.maximise_preference(
-                    self.latent.backend, z0=inverted.z, category=optimize.one_hot(cat, len(CATEGORIES)),
-                    theta=users.theta, steps=opt.steps, learning_rate=opt.learning_rate,
-                    realism_weight=opt.realism_weight, versions=versions, on_step=on_optimisation,
+                    self.latent.backend,
+                    z0=inverted.z,
+                    category=optimize.one_hot(cat, len(CATEGORIES)),
+                    theta=users.theta,
+                    steps=opt.steps,
+                    learning_rate=opt.learning_rate,
+                    realism_weight=opt.realism_weight,
+                    versions=versions,
+                    on_step=on_optimisation,
                 )
-                progress.put_nowait(phase(phase=phase.DONE, step=opt.steps,
-                                          current=generated(result.image[0], result.z[0], category),
-                                          preference=float(result.objective_after[0]),
-                                          reconstruction_loss=inverted.loss))
+                progress.put_nowait(
+                    phase(
+                        phase=phase.DONE,
+                        step=opt.steps,
+                        current=generated(result.image[0], result.z[0], category),
+                        preference=float(result.objective_after[0]),
+                        reconstruction_loss=inverted.loss,
+                    )
+                )
             finally:
                 progress.put_nowait(None)  # ends the stream; a failure is re-raised by `await task`
 
@@ -298,27 +344,53 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         finally:
             task.cancel()
 
-    async def SellerShifts(self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext) -> latent_pb2.SellerShiftsResponse:  # noqa: N802
+    async def SellerShifts(
+        self, request: latent_pb2.SellerShiftsRequest, context: grpc.aio.ServicerContext
+    ) -> latent_pb2.SellerShiftsResponse:
         users = resolved_users(request, "SellerShifts")
         image, category = uploaded_item(request.item, request.category, "SellerShifts"), request.category
         cat = category_index(category)
         n = int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=optimize.DEFAULT_SHIFTS)
-        radius = float_in_range(request.radius, 0.0, limits.MAX_RADIUS, "radius", default=optimize.DEFAULT_SHIFT_RADIUS, low_inclusive=False)
-        diversity = float_in_range(request.diversity_weight, 0.0, limits.MAX_WEIGHT, "diversity_weight", default=optimize.DEFAULT_DIVERSITY_WEIGHT)
-        opt = optimizer_params(request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE)
+        radius = float_in_range(
+            request.radius, 0.0, limits.MAX_RADIUS, "radius", default=optimize.DEFAULT_SHIFT_RADIUS, low_inclusive=False
+        )
+        diversity = float_in_range(
+            request.diversity_weight,
+            0.0,
+            limits.MAX_WEIGHT,
+            "diversity_weight",
+            default=optimize.DEFAULT_DIVERSITY_WEIGHT,
+        )
+        opt = optimizer_params(
+            request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE
+        )
         inv = inversion_params(request.inversion)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
         inverted = await optimize.invert(
-            self.latent.backend, target=await self.latent.target(image, versions[INV_GRAD]),
-            category=optimize.one_hot(cat, len(CATEGORIES)), steps=inv.steps, learning_rate=inv.learning_rate,
-            restarts=inv.restarts, seed=0, versions=versions,
+            self.latent.backend,
+            target=await self.latent.target(image, versions[INV_GRAD]),
+            category=optimize.one_hot(cat, len(CATEGORIES)),
+            steps=inv.steps,
+            learning_rate=inv.learning_rate,
+            restarts=inv.restarts,
+            seed=0,
+            versions=versions,
         )
         n_users = len(users.theta)
         result = await optimize.seller_shifts(
-            self.latent.backend, base_z=inverted.z[0], category=optimize.one_hot(cat, len(CATEGORIES))[0],
-            theta=users.theta, user_weight=np.full(n_users, 1.0 / n_users, np.float32), n=n, radius=radius,
-            diversity_weight=diversity, realism_weight=opt.realism_weight, steps=opt.steps,
-            learning_rate=opt.learning_rate, seed=0, versions=versions,
+            self.latent.backend,
+            base_z=inverted.z[0],
+            category=optimize.one_hot(cat, len(CATEGORIES))[0],
+            theta=users.theta,
+            user_weight=np.full(n_users, 1.0 / n_users, np.float32),
+            n=n,
+            radius=radius,
+            diversity_weight=diversity,
+            realism_weight=opt.realism_weight,
+            steps=opt.steps,
+            learning_rate=opt.learning_rate,
+            seed=0,
+            versions=versions,
         )
         response = latent_pb2.SellerShiftsResponse(
             base=generated(result.base_image, inverted.z[0], category),
@@ -348,7 +420,9 @@ def build(settings: LatentSettings, backend: InferenceBackend | None = None) -> 
     return ServiceDefinition(
         key="latent",
         service_names=[SERVICE_NAME],
-        register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(LatentServicer(latent), server),
+        register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(
+            LatentServicer(latent), server
+        ),
         checks=[model_check(backend, m, latent.pins[m]) for m in GRADIENT_MODELS],
         on_stop=backend.close,
         shown_settings=shown_backend_settings(settings),

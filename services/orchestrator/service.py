@@ -51,7 +51,11 @@ class Downstream:
 
     def __init__(self, settings: OrchestratorSettings) -> None:
         self.stubs = Stubs(
-            {"scoring": settings.scoring_target, "latent": settings.latent_target, "retrieval": settings.retrieval_target},
+            {
+                "scoring": settings.scoring_target,
+                "latent": settings.latent_target,
+                "retrieval": settings.retrieval_target,
+            },
             {
                 "scoring": scoring_pb2_grpc.ScoringServiceStub,
                 "latent": latent_pb2_grpc.LatentOptimizationServiceStub,
@@ -177,8 +181,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._ids_only(request, prefix)
         self._check_item(request.item, request.category, prefix)
         results: list[Any] = await all_or_nothing(
-            [self._audience(request.audience, context, f"{prefix}audience"),
-             self._item(request.item, request.category, context, f"{prefix}item")]
+            [
+                self._audience(request.audience, context, f"{prefix}audience"),
+                self._item(request.item, request.category, context, f"{prefix}item"),
+            ]
         )
         resolved: latent_pb2.ResolvedAudience = results[0]
         item, category = results[1]
@@ -258,10 +264,14 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             response = await self.down.retrieval.SearchByImage(request, timeout=self._timeout(context))
         return list(response.hits)
 
-    async def DesignAndShop(self, request: orchestrator_pb2.DesignAndShopRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.DesignAndShopResponse:  # noqa: N802
+    async def DesignAndShop(
+        self, request: orchestrator_pb2.DesignAndShopRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.DesignAndShopResponse:
         if not request.HasField("design"):
             raise InvalidInput("design is required (a DesignRequest)")
-        k = int_in_range(request.products_per_design, 1, limits.MAX_PRODUCTS_PER_DESIGN, "products_per_design", default=5)
+        k = int_in_range(
+            request.products_per_design, 1, limits.MAX_PRODUCTS_PER_DESIGN, "products_per_design", default=5
+        )
         forwarded = await self._resolved_design(request.design, context, "design.")
         async with step("latent.Design"):
             designed = await self.down.latent.Design(forwarded, timeout=self._timeout(context))
@@ -277,7 +287,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 result.nearest_products.add(product=hit.product, score=next(preference), similarity=hit.score)
         return response
 
-    async def SellerFeedback(self, request: orchestrator_pb2.SellerFeedbackRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.SellerFeedbackResponse:  # noqa: N802
+    async def SellerFeedback(
+        self, request: orchestrator_pb2.SellerFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.SellerFeedbackResponse:
         if not request.HasField("shifts"):
             raise InvalidInput("shifts is required (a SellerShiftsRequest)")
         k = int_in_range(request.competitors_per_variant, 0, limits.MAX_COMPETITORS, "competitors_per_variant")
@@ -298,7 +310,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             response.variants.add(variant=variant, competitors=found)
         return response
 
-    async def MultimodalShop(self, request: orchestrator_pb2.MultimodalShopRequest, context: grpc.aio.ServicerContext) -> orchestrator_pb2.MultimodalShopResponse:  # noqa: N802
+    async def MultimodalShop(
+        self, request: orchestrator_pb2.MultimodalShopRequest, context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.MultimodalShopResponse:
         if not request.HasField("search"):
             raise InvalidInput("search is required (a SearchByImageAndTextRequest)")
         async with step("retrieval.SearchByImageAndText"):
@@ -314,7 +328,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         response.hits.extend(hits)
         return response
 
-    async def IndexCatalogue(self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> orchestrator_pb2.IndexCatalogueResponse:  # noqa: N802
+    async def IndexCatalogue(
+        self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext
+    ) -> orchestrator_pb2.IndexCatalogueResponse:
         queues: dict[str, asyncio.Queue[catalogue_pb2.IndexProductsRequest | None]] = {
             "scoring": asyncio.Queue(maxsize=4),
             "retrieval": asyncio.Queue(maxsize=4),
@@ -324,7 +340,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             while (message := await queues[name].get()) is not None:
                 yield message
 
-        async def forward(name: str, stub: scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub) -> catalogue_pb2.IndexProductsResponse:
+        async def forward(
+            name: str, stub: scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub
+        ) -> catalogue_pb2.IndexProductsResponse:
             async with step(f"{name}.IndexProducts"):
                 return await stub.IndexProducts(feed(name), timeout=self._timeout(context))
 

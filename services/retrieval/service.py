@@ -10,7 +10,6 @@ the caller can check what was searched for.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,17 +34,23 @@ SERVICE_NAME = retrieval_pb2.DESCRIPTOR.services_by_name["VisualRetrievalService
 
 
 class Retrieval:
-    def __init__(self, backend: InferenceBackend, catalogue: CatalogueIndex, text: TextEncoder, generator_pin: str = "") -> None:
+    def __init__(
+        self, backend: InferenceBackend, catalogue: CatalogueIndex, text: TextEncoder, generator_pin: str = ""
+    ) -> None:
         self.backend = backend
         self.catalogue = catalogue
         self.text = text
         self.generator_pin = generator_pin
 
-    async def search(self, image: np.ndarray, k: int, search_filter: retrieval_pb2.SearchFilter) -> tuple[list, common_pb2.ModelVersion]:
+    async def search(
+        self, image: np.ndarray, k: int, search_filter: retrieval_pb2.SearchFilter
+    ) -> tuple[list, common_pb2.ModelVersion]:
         """RGB uint8 image -> hits in the collection of the encoder version that embedded it."""
         categories = bounded_list(search_filter.categories, limits.MAX_FILTER_VALUES, "filter.categories")
         colours = bounded_list(search_filter.colours, limits.MAX_FILTER_VALUES, "filter.colours")
-        excluded = bounded_list(search_filter.exclude_product_ids, limits.MAX_EXCLUDED_IDS, "filter.exclude_product_ids")
+        excluded = bounded_list(
+            search_filter.exclude_product_ids, limits.MAX_EXCLUDED_IDS, "filter.exclude_product_ids"
+        )
         vectors, space = await self.catalogue.embed([image])
         hits = await self.catalogue.store.search(
             space, vectors, k, categories=categories, colours=colours, exclude_ids=excluded
@@ -74,18 +79,26 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
     def __init__(self, retrieval: Retrieval) -> None:
         self.retrieval = retrieval
 
-    async def IndexProducts(self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexProductsResponse:  # noqa: N802
+    async def IndexProducts(
+        self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.IndexProductsResponse:
         return await self.retrieval.catalogue.index_stream(request_iterator)
 
-    async def DeleteProducts(self, request: catalogue_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.DeleteProductsResponse:  # noqa: N802
+    async def DeleteProducts(
+        self, request: catalogue_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.DeleteProductsResponse:
         return await self.retrieval.catalogue.delete(request)
 
-    async def SearchByImage(self, request: retrieval_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.SearchResponse:  # noqa: N802
+    async def SearchByImage(
+        self, request: retrieval_pb2.SearchByImageRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchResponse:
         image = decode_image(request.image.data, "image")
         hits, encoder = await self.retrieval.search(image, _k(request.k), request.filter)
         return retrieval_pb2.SearchResponse(hits=hits, encoder=encoder)
 
-    async def SearchByImageAndText(self, request: retrieval_pb2.SearchByImageAndTextRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.SearchByImageAndTextResponse:  # noqa: N802
+    async def SearchByImageAndText(
+        self, request: retrieval_pb2.SearchByImageAndTextRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchByImageAndTextResponse:
         image = decode_image(request.image.data, "image")
         text = request.text.strip()
         if not 1 <= len(text) <= limits.MAX_TEXT_CHARS:
@@ -101,10 +114,14 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
             encoder=encoder,
         )
 
-    async def GetIndexStats(self, request: catalogue_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexStats:  # noqa: N802
+    async def GetIndexStats(
+        self, request: catalogue_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.IndexStats:
         return await self.retrieval.catalogue.stats(request)
 
-    async def GetProducts(self, request: retrieval_pb2.GetProductsRequest, context: grpc.aio.ServicerContext) -> retrieval_pb2.GetProductsResponse:  # noqa: N802
+    async def GetProducts(
+        self, request: retrieval_pb2.GetProductsRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.GetProductsResponse:
         ids = bounded_list(request.product_ids, limits.MAX_SCORE_ITEMS, "product_ids", at_least_one=True)
         catalogue = self.retrieval.catalogue
         space = await catalogue.space_of(await catalogue.encoder.version())
@@ -121,7 +138,9 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
         response = retrieval_pb2.GetProductsResponse(not_found=[i for i in dict.fromkeys(ids) if i not in stored])
         for product in stored.values():
             response.products.add(
-                product=common_pb2.Product(product_id=product.product_id, category=product.category, colour=product.colour),
+                product=common_pb2.Product(
+                    product_id=product.product_id, category=product.category, colour=product.colour
+                ),
                 image=common_pb2.ImagePayload(data=images[product.product_id], mime_type="image/png"),
             )
         return response
@@ -172,7 +191,10 @@ def build(
             RetrievalServicer(retrieval), server
         ),
         checks=[
-            *(model_check(backend, m, settings.model_version(m)) for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)),
+            *(
+                model_check(backend, m, settings.model_version(m))
+                for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
+            ),
             DependencyCheck("vector_store", store_ready),
             DependencyCheck("product_images", images.ping),
             DependencyCheck("tokenizer", tokenizer_ready),

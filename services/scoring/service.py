@@ -22,7 +22,6 @@ from couturier.services.common.health import DependencyCheck
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.common.server import ServiceDefinition
-from couturier.services.scoring.users import UserDirectory, UserTable, unknown_users_error
 from couturier.services.common.validation import (
     audience_users,
     bounded_list,
@@ -31,6 +30,7 @@ from couturier.services.common.validation import (
     require_id,
 )
 from couturier.services.common.vectors import EmbeddingSpace, VectorStore
+from couturier.services.scoring.users import UserDirectory, UserTable, unknown_users_error
 from couturier.v1 import catalogue_pb2, common_pb2, scoring_pb2, scoring_pb2_grpc
 
 SERVICE_NAME = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
@@ -48,7 +48,9 @@ class ResolvedUsers:
 class Scoring:
     """The service's logic over an inference backend, a vector store and the user tables."""
 
-    def __init__(self, backend: InferenceBackend, store: VectorStore, users: UserDirectory, pinned_version: str = "") -> None:
+    def __init__(
+        self, backend: InferenceBackend, store: VectorStore, users: UserDirectory, pinned_version: str = ""
+    ) -> None:
         self.backend = backend
         self.store = store
         self.users = users
@@ -111,7 +113,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     def __init__(self, scoring: Scoring) -> None:
         self.scoring = scoring
 
-    async def ScoreItems(self, request: scoring_pb2.ScoreItemsRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.ScoreItemsResponse:  # noqa: N802
+    async def ScoreItems(
+        self, request: scoring_pb2.ScoreItemsRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.ScoreItemsResponse:
         refs = audience_users(request.audience)
         int_in_range(len(request.items), 1, limits.MAX_SCORE_ITEMS, "number of items")
         pixels = [item_source(item, f"items[{index}]") for index, item in enumerate(request.items)]
@@ -120,12 +124,16 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         per_user = vectors @ users.theta.T  # (items, users)
         response = scoring_pb2.ScoreItemsResponse(model=model_version(users.space))
         for index, item in enumerate(request.items):
-            score = response.scores.add(product_id=item.product_id, item_index=index, score=float(per_user[index].mean()))
+            score = response.scores.add(
+                product_id=item.product_id, item_index=index, score=float(per_user[index].mean())
+            )
             if request.include_per_user_scores:
                 score.per_user_scores.extend(per_user[index].tolist())
         return response
 
-    async def Recommend(self, request: scoring_pb2.RecommendRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.RecommendResponse:  # noqa: N802
+    async def Recommend(
+        self, request: scoring_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.RecommendResponse:
         require_id(request.user.user_id, "user.user_id")
         bounded_list(request.user.liked_product_ids, limits.MAX_EXCLUDED_IDS, "user.liked_product_ids")
         k = int_in_range(request.k, 1, limits.MAX_K, "k")
@@ -141,7 +149,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             products=scored_products(hits[0]), model=model_version(users.space), folded_in=users.folded_in[0]
         )
 
-    async def DescribeUsers(self, request: scoring_pb2.DescribeUsersRequest, context: grpc.aio.ServicerContext) -> scoring_pb2.DescribeUsersResponse:  # noqa: N802
+    async def DescribeUsers(
+        self, request: scoring_pb2.DescribeUsersRequest, context: grpc.aio.ServicerContext
+    ) -> scoring_pb2.DescribeUsersResponse:
         refs = audience_users(request.audience)
         top_k = int_in_range(request.top_k, 0, limits.MAX_K, "top_k")
         if request.category:
@@ -163,13 +173,19 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 profile.kth_best_score = user_hits[-1].score
         return response
 
-    async def IndexProducts(self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexProductsResponse:  # noqa: N802
+    async def IndexProducts(
+        self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.IndexProductsResponse:
         return await self.scoring.catalogue.index_stream(request_iterator)
 
-    async def DeleteProducts(self, request: catalogue_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.DeleteProductsResponse:  # noqa: N802
+    async def DeleteProducts(
+        self, request: catalogue_pb2.DeleteProductsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.DeleteProductsResponse:
         return await self.scoring.catalogue.delete(request)
 
-    async def GetIndexStats(self, request: catalogue_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext) -> catalogue_pb2.IndexStats:  # noqa: N802
+    async def GetIndexStats(
+        self, request: catalogue_pb2.GetIndexStatsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.IndexStats:
         return await self.scoring.catalogue.stats(request)
 
 

@@ -41,7 +41,9 @@ class UserTable:
         with np.load(path, allow_pickle=False) as data:
             missing = {"user_ids", "theta", "purchased_indptr", "purchased_product_ids", "item_mean"} - set(data.files)
             if missing:
-                raise PreconditionFailed(f"user vectors {path} lack {sorted(missing)}; re-run the export subcommand of couturier")
+                raise PreconditionFailed(
+                    f"user vectors {path} lack {sorted(missing)}; re-run the export subcommand of couturier"
+                )
             user_ids = data["user_ids"].astype(str)
             theta = data["theta"].astype(np.float32)
             table = cls(
@@ -54,8 +56,14 @@ class UserTable:
                 index={user: row for row, user in enumerate(user_ids)},
                 fold_in_scale=float(np.median(np.linalg.norm(theta, axis=1))) if len(theta) else 1.0,
             )
-        if table.theta.ndim != 2 or len(table.theta) != len(table.user_ids) or table.item_mean.shape != table.theta.shape[1:]:
-            raise PreconditionFailed(f"user vectors {path} have inconsistent shapes; re-run the export subcommand of couturier")
+        if (
+            table.theta.ndim != 2
+            or len(table.theta) != len(table.user_ids)
+            or table.item_mean.shape != table.theta.shape[1:]
+        ):
+            raise PreconditionFailed(
+                f"user vectors {path} have inconsistent shapes; re-run the export subcommand of couturier"
+            )
         return table
 
     @property
@@ -70,7 +78,9 @@ class UserTable:
         row = self.index.get(user_id)
         if row is None:
             return []
-        ids: list[str] = self.purchased_product_ids[self.purchased_indptr[row] : self.purchased_indptr[row + 1]].tolist()
+        ids: list[str] = self.purchased_product_ids[
+            self.purchased_indptr[row] : self.purchased_indptr[row + 1]
+        ].tolist()
         return ids
 
     def fold_in(self, liked_vectors: np.ndarray, user_id: str) -> np.ndarray:

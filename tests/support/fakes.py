@@ -150,8 +150,14 @@ class FakeNets:
 
     # gradient models: (value, gradient, aux...) as the exported ONNX graphs ---------------------------
 
-    def _pref_terms(self, z: np.ndarray, category: np.ndarray, theta: np.ndarray, user_weight: np.ndarray,
-                    realism_weight: np.ndarray) -> dict[str, np.ndarray]:
+    def _pref_terms(
+        self,
+        z: np.ndarray,
+        category: np.ndarray,
+        theta: np.ndarray,
+        user_weight: np.ndarray,
+        realism_weight: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         """``pref = sum_u w_u theta_u . Phi(G(z)) - rw (D(G(z)) - 1)^2`` and d pref / dz, per row."""
         theta, user_weight = np.asarray(theta, np.float64), np.asarray(user_weight, np.float64)
         rw = np.asarray(realism_weight, np.float64).reshape(-1)
@@ -161,11 +167,24 @@ class FakeNets:
         realism = x @ self.d + np.asarray(category, np.float64) @ self.e
         value = (user_weight * scores).sum(axis=1) - rw * (realism - 1.0) ** 2
         grad_x = (user_weight @ theta) @ self.W.T - (2.0 * rw * (realism - 1.0))[:, None] * self.d[None]
-        return {"value": value, "grad_z": (grad_x * (1.0 - x * x)) @ self.A.T, "scores": scores,
-                "image": self._image(x), "realism": realism, "x": x, "phi": phi}
+        return {
+            "value": value,
+            "grad_z": (grad_x * (1.0 - x * x)) @ self.A.T,
+            "scores": scores,
+            "image": self._image(x),
+            "realism": realism,
+            "x": x,
+            "phi": phi,
+        }
 
-    def pref_grad(self, z: np.ndarray, category: np.ndarray, theta: np.ndarray, user_weight: np.ndarray,
-                  realism_weight: np.ndarray) -> dict[str, np.ndarray]:
+    def pref_grad(
+        self,
+        z: np.ndarray,
+        category: np.ndarray,
+        theta: np.ndarray,
+        user_weight: np.ndarray,
+        realism_weight: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         out = self._pref_terms(z, category, theta, user_weight, realism_weight)
         return {name: out[name] for name in ("value", "grad_z", "scores", "image", "realism")}
 
@@ -179,16 +198,24 @@ class FakeNets:
         grad_x = 2.0 * (x - t) / x.shape[1] + lam * (2.0 / k) * gap @ self.W.T
         return {"value": value, "grad_z": (grad_x * (1.0 - x * x)) @ self.A.T, "image": self._image(x)}
 
-    def shift_grad(self, base_z: np.ndarray, shifts: np.ndarray, category: np.ndarray, theta: np.ndarray,
-                   user_weight: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    def shift_grad(
+        self,
+        base_z: np.ndarray,
+        shifts: np.ndarray,
+        category: np.ndarray,
+        theta: np.ndarray,
+        user_weight: np.ndarray,
+        weights: np.ndarray,
+    ) -> dict[str, np.ndarray]:
         """GIGS: ``mean_i pref(G(base + shift_i)) - diversity_weight * mean_{i!=j} exp(-|f_i - f_j|^2 / sigma)``
         with ``f`` the unit-normalised Phi features; gradient with respect to the shifts."""
         shifts = np.asarray(shifts, np.float64)
         weights = np.asarray(weights, np.float64)
         b, n, dz = shifts.shape
         z = (np.asarray(base_z, np.float64)[:, None, :] + shifts).reshape(b * n, dz)
-        terms = self._pref_terms(z, np.repeat(category, n, axis=0), theta, np.repeat(user_weight, n, axis=0),
-                                 np.repeat(weights[:, 1], n))
+        terms = self._pref_terms(
+            z, np.repeat(category, n, axis=0), theta, np.repeat(user_weight, n, axis=0), np.repeat(weights[:, 1], n)
+        )
         phi, x = terms["phi"], terms["x"]
         norm = np.sqrt((phi**2).sum(axis=1, keepdims=True) + _EPS)
         feats = (phi / norm).reshape(b, n, -1)
@@ -206,8 +233,13 @@ class FakeNets:
         grad_phi = grad_f / norm - phi * ((phi * grad_f).sum(axis=1, keepdims=True) / norm**3)
         grad_z = terms["grad_z"] / n + ((grad_phi @ self.W.T) * (1.0 - x * x)) @ self.A.T
         images = terms["image"].reshape(b, n, *terms["image"].shape[1:])
-        return {"value": value, "grad_shifts": grad_z.reshape(b, n, dz), "images": images, "pref": pref,
-                "diversity": diversity}
+        return {
+            "value": value,
+            "grad_shifts": grad_z.reshape(b, n, dz),
+            "images": images,
+            "pref": pref,
+            "diversity": diversity,
+        }
 
 
 # -- the fake backend ------------------------------------------------------------------------------
@@ -224,12 +256,19 @@ def _signatures(dims: FakeDims) -> dict[str, tuple[dict[str, tuple[Any, tuple[in
         GENERATOR: ({"z": (_F, (-1, dz)), "category": (_F, (-1, c))}, {"image": image}),
         DISCRIMINATOR: ({"image": (_F, image), "category": (_F, (-1, c))}, {"realism": (-1,)}),
         RETRIEVAL_ENCODER: ({"image": (_F, image)}, {"embedding": (-1, dims.retrieval_dim)}),
-        TEXT_ENCODER: ({"input_ids": (_I, (-1, -1)), "attention_mask": (_I, (-1, -1))},
-                       {"sentence_embedding": (-1, dims.text_dim)}),
+        TEXT_ENCODER: (
+            {"input_ids": (_I, (-1, -1)), "attention_mask": (_I, (-1, -1))},
+            {"sentence_embedding": (-1, dims.text_dim)},
+        ),
         QUERY_GENERATOR: ({"reference": (_F, image), "text_embedding": (_F, (-1, dims.text_dim))}, {"image": image}),
         PREF_GRAD: (
-            {"z": (_F, (-1, dz)), "category": (_F, (-1, c)), "theta": (_F, (-1, k)), "user_weight": (_F, (-1, -1)),
-             "realism_weight": (_F, (-1, 1))},
+            {
+                "z": (_F, (-1, dz)),
+                "category": (_F, (-1, c)),
+                "theta": (_F, (-1, k)),
+                "user_weight": (_F, (-1, -1)),
+                "realism_weight": (_F, (-1, 1)),
+            },
             {"value": (-1,), "grad_z": (-1, dz), "scores": (-1, -1), "image": image, "realism": (-1,)},
         ),
         INV_GRAD: (
@@ -237,10 +276,21 @@ def _signatures(dims: FakeDims) -> dict[str, tuple[dict[str, tuple[Any, tuple[in
             {"value": (-1,), "grad_z": (-1, dz), "image": image},
         ),
         SHIFT_GRAD: (
-            {"base_z": (_F, (-1, dz)), "shifts": (_F, (-1, -1, dz)), "category": (_F, (-1, c)),
-             "theta": (_F, (-1, k)), "user_weight": (_F, (-1, -1)), "weights": (_F, (-1, 2))},
-            {"value": (-1,), "grad_shifts": (-1, -1, dz), "images": (-1, -1, 3, s, s), "pref": (-1, -1),
-             "diversity": (-1,)},
+            {
+                "base_z": (_F, (-1, dz)),
+                "shifts": (_F, (-1, -1, dz)),
+                "category": (_F, (-1, c)),
+                "theta": (_F, (-1, k)),
+                "user_weight": (_F, (-1, -1)),
+                "weights": (_F, (-1, 2)),
+            },
+            {
+                "value": (-1,),
+                "grad_shifts": (-1, -1, dz),
+                "images": (-1, -1, 3, s, s),
+                "pref": (-1, -1),
+                "diversity": (-1,),
+            },
         ),
     }
 
@@ -263,8 +313,9 @@ class FakeInferenceBackend:
     keeps each call. Inputs are checked like onnxruntime does (names, element types, ranks, fixed dims).
     """
 
-    def __init__(self, dims: FakeDims | None = None, *, seed: int = 0,
-                 versions: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(
+        self, dims: FakeDims | None = None, *, seed: int = 0, versions: Mapping[str, Sequence[str]] | None = None
+    ) -> None:
         self.dims = dims or FakeDims()
         self.seed = seed
         self.name = "fake"
@@ -320,8 +371,9 @@ class FakeInferenceBackend:
 
     # -- the protocol --------------------------------------------------------------------------------
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None,
-                    version: str = "") -> dict[str, np.ndarray]:
+    async def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: list[str] | None = None, version: str = ""
+    ) -> dict[str, np.ndarray]:
         await asyncio.sleep(0)  # a real backend yields to the event loop
         self._check_reachable()
         ran = self._version(model, version)
@@ -516,8 +568,16 @@ class InMemoryVectorStore:
         rows = self._collection(space, create=False).rows
         return {i: rows[i] for i in wanted if i in rows}
 
-    async def search(self, space: EmbeddingSpace, queries: np.ndarray, k: int, *, categories: Sequence[str] = (),
-                     colours: Sequence[str] = (), exclude_ids: Sequence[str] = ()) -> list[list[Hit]]:
+    async def search(
+        self,
+        space: EmbeddingSpace,
+        queries: np.ndarray,
+        k: int,
+        *,
+        categories: Sequence[str] = (),
+        colours: Sequence[str] = (),
+        exclude_ids: Sequence[str] = (),
+    ) -> list[list[Hit]]:
         """The ``k`` best products per query row (IP: inner product, COSINE: cosine, L2: minus the squared
         distance), best first; ties go to the smaller product id."""
         self._enter("search")
@@ -533,7 +593,8 @@ class InMemoryVectorStore:
         build_filter(categories, colours, exclude_ids)  # the real store's validation of the filter values
         excluded = set(exclude_ids)
         rows = [
-            row for row in self._collection(space, create=False).rows.values()
+            row
+            for row in self._collection(space, create=False).rows.values()
             if (not categories or row.category in categories)
             and (not colours or row.colour in colours)
             and row.product_id not in excluded
@@ -546,7 +607,8 @@ class InMemoryVectorStore:
             scores = query @ stored.T
         elif space.metric == "COSINE":
             scores = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
-                stored / np.linalg.norm(stored, axis=1, keepdims=True)).T
+                stored / np.linalg.norm(stored, axis=1, keepdims=True)
+            ).T
         else:
             scores = -((query[:, None, :] - stored[None]) ** 2).sum(axis=2)
         hits = []
@@ -629,9 +691,15 @@ class InMemoryImageStore:
 # -- files the services read -----------------------------------------------------------------------
 
 
-def write_user_table(folder: Path, version: str, user_ids: Sequence[str], theta: np.ndarray, *,
-                     purchased: Mapping[str, Sequence[str]] | None = None,
-                     item_mean: np.ndarray | None = None) -> Path:
+def write_user_table(
+    folder: Path,
+    version: str,
+    user_ids: Sequence[str],
+    theta: np.ndarray,
+    *,
+    purchased: Mapping[str, Sequence[str]] | None = None,
+    item_mean: np.ndarray | None = None,
+) -> Path:
     """``<folder>/item_encoder_v<version>.npz`` as the export subcommand publishes it (scoring's users)."""
     theta = np.asarray(theta, np.float32)
     bought = [list((purchased or {}).get(user, ())) for user in user_ids]

@@ -117,11 +117,16 @@ async def fake_hosts(tmp_path: Path, fake_backend: FakeInferenceBackend) -> Asyn
     hosts: dict[str, ServiceHost] = {}
     try:
         hosts["scoring"] = injected_host(
-            "scoring", backend=fake_backend, store=InMemoryVectorStore("scoring"),
+            "scoring",
+            backend=fake_backend,
+            store=InMemoryVectorStore("scoring"),
             user_vectors_dir=str(tmp_path / "user_vectors"),
         )
         hosts["retrieval"] = injected_host(
-            "retrieval", backend=fake_backend, store=InMemoryVectorStore("retrieval"), images=InMemoryImageStore(),
+            "retrieval",
+            backend=fake_backend,
+            store=InMemoryVectorStore("retrieval"),
+            images=InMemoryImageStore(),
             tokenizer_json=str(tokenizer),
         )
         for host in hosts.values():

@@ -76,8 +76,14 @@ def train_models(root: Path) -> TrainedModels:
     wall["publish"] = time.perf_counter() - mark
     wall["total"] = time.perf_counter() - started
     models = TrainedModels(
-        root=root, data_dir=root / "data", runs_root=runs.root, onnx=dict(exported.paths), parity=exported.parity,
-        repo_dir=root / "repo", versions=versions, wall_s={k: round(v, 1) for k, v in wall.items()},
+        root=root,
+        data_dir=root / "data",
+        runs_root=runs.root,
+        onnx=dict(exported.paths),
+        parity=exported.parity,
+        repo_dir=root / "repo",
+        versions=versions,
+        wall_s={k: round(v, 1) for k, v in wall.items()},
     )
     (root / "fixture_wall_s.json").write_text(json.dumps(models.wall_s))
     return models

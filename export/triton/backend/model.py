@@ -3,8 +3,8 @@
 Stands in locally for NGC Triton's native onnxruntime backend, so one standard model repository
 serves both. For a batched model (``max_batch_size`` >= 1) requests the dynamic batcher groups
 are concatenated along the batch axis, run once and split back; an unbatched model
-(``max_batch_size: 0``, inputs that need not share dim 0) runs every request on its own. Runs inside the Python-backend stub; imports only numpy, onnxruntime and
-``triton_python_backend_utils``.
+(``max_batch_size: 0``, inputs that need not share dim 0) runs every request on its own. Runs
+inside the Python-backend stub; imports only numpy, onnxruntime and ``triton_python_backend_utils``.
 """
 
 from __future__ import annotations
@@ -125,5 +125,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        pb_utils.Logger.log_info(f"couturier onnxruntime backend: model {self.model_name} version {self.version} unloaded")
+        pb_utils.Logger.log_info(
+            f"couturier onnxruntime backend: model {self.model_name} version {self.version} unloaded"
+        )
         self.session = None

@@ -169,7 +169,7 @@ class VectorStore:
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)
         try:
             self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - every failure to connect means the store is unavailable
+        except Exception as exc:
             raise self._unavailable(exc) from exc
         return self._client
 
@@ -231,14 +231,14 @@ class VectorStore:
         if client is not None:
             try:
                 client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not fail
+            except Exception:
                 log.debug("closing the Milvus client failed", exc_info=True)
 
     async def _run(self, space: EmbeddingSpace | None, fn: Callable[..., T], *args: Any) -> T:
         def guarded() -> T:
             try:
                 return fn(*args)
-            except Exception as exc:  # noqa: BLE001 - translated, or re-raised unchanged
+            except Exception as exc:
                 translated = self._translate(exc, space)
                 if translated is exc:
                     raise
@@ -289,8 +289,14 @@ class VectorStore:
                 raise
             return self._verify(client, space)
         self._legacy.discard(space.collection)
-        log.info("vector collection created", collection=space.collection, dim=space.dim, metric=space.metric,
-                 index=space.index, store=self.describe())
+        log.info(
+            "vector collection created",
+            collection=space.collection,
+            dim=space.dim,
+            metric=space.metric,
+            index=space.index,
+            store=self.describe(),
+        )
         return space.index
 
     def _verify(self, client: MilvusClient, space: EmbeddingSpace) -> str:
@@ -326,8 +332,12 @@ class VectorStore:
             )
         index_type = str(index.get("index_type", ""))
         if index_type != space.index:
-            log.warning("vector index type differs from the configured one; searching the stored index",
-                        collection=name, stored=index_type, configured=space.index)
+            log.warning(
+                "vector index type differs from the configured one; searching the stored index",
+                collection=name,
+                stored=index_type,
+                configured=space.index,
+            )
         return index_type
 
     async def ensure(self, space: EmbeddingSpace) -> None:
@@ -361,8 +371,10 @@ class VectorStore:
             for entry in fields:
                 if entry.get("name") == _VECTOR:
                     return int(entry.get("params", {}).get("dim", 0))
-            raise PreconditionFailed(f"collection {name} in {self.describe()} has no field {_VECTOR!r}; it was not "
-                                     "created by couturier: drop it and re-index with `couturier index`")
+            raise PreconditionFailed(
+                f"collection {name} in {self.describe()} has no field {_VECTOR!r}; it was not "
+                "created by couturier: drop it and re-index with `couturier index`"
+            )
 
         return await self._run(None, work)
 
@@ -443,13 +455,21 @@ class VectorStore:
             deleted = 0
             not_found: list[str] = []
             for chunk in _chunks(wanted, ID_BATCH):
-                rows = client.query(space.collection, filter=_in_list(_PK, chunk), output_fields=[_PK],
-                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                rows = client.query(
+                    space.collection,
+                    filter=_in_list(_PK, chunk),
+                    output_fields=[_PK],
+                    consistency_level=CONSISTENCY,
+                    timeout=self.timeout_s,
+                )
                 present = {row[_PK] for row in rows}
                 not_found.extend(i for i in chunk if i not in present)
                 if present:
-                    client.delete(space.collection, filter=_in_list(_PK, [i for i in chunk if i in present]),
-                                  timeout=self.timeout_s)
+                    client.delete(
+                        space.collection,
+                        filter=_in_list(_PK, [i for i in chunk if i in present]),
+                        timeout=self.timeout_s,
+                    )
                     deleted += len(present)
                     if self.lite:
                         self._worker.dirty.add(space.collection)
@@ -457,8 +477,13 @@ class VectorStore:
                 # Session consistency covers our upserts but not deletes (Milvus 2.3 returns no delete
                 # timestamp): one Strong read waits until the server has applied them, so the reads
                 # that follow do not see the deleted rows.
-                client.query(space.collection, filter=_in_list(_PK, list(wanted[:1])), output_fields=["count(*)"],
-                             consistency_level="Strong", timeout=self.timeout_s)
+                client.query(
+                    space.collection,
+                    filter=_in_list(_PK, list(wanted[:1])),
+                    output_fields=["count(*)"],
+                    consistency_level="Strong",
+                    timeout=self.timeout_s,
+                )
             return deleted, not_found
 
         return await self._run(space, work)
@@ -481,9 +506,13 @@ class VectorStore:
             client = self._attach(space, create=False)
             found: dict[str, ProductVector] = {}
             for chunk in _chunks(wanted, ID_BATCH):
-                rows = client.query(space.collection, filter=_in_list(_PK, chunk),
-                                    output_fields=[_PK, _VECTOR, _CATEGORY, _COLOUR],
-                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                rows = client.query(
+                    space.collection,
+                    filter=_in_list(_PK, chunk),
+                    output_fields=[_PK, _VECTOR, _CATEGORY, _COLOUR],
+                    consistency_level=CONSISTENCY,
+                    timeout=self.timeout_s,
+                )
                 for row in rows:
                     found[row[_PK]] = ProductVector(
                         product_id=row[_PK],
@@ -570,8 +599,13 @@ class VectorStore:
                 return 0
             client = self._attach(space, create=False)
             self._flush_if_dirty(client, space)
-            rows = client.query(space.collection, filter="", output_fields=["count(*)"],
-                                consistency_level=CONSISTENCY, timeout=self.timeout_s)
+            rows = client.query(
+                space.collection,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout_s,
+            )
             return int(rows[0]["count(*)"]) if rows else 0
 
         return await self._run(space, work)
@@ -590,9 +624,16 @@ class VectorStore:
             # pymilvus's query_iterator asks for a server timestamp milvus-lite does not serve.
             cursor_filter = f'{_PK} != ""'
             while True:
-                page = client.query(space.collection, filter=cursor_filter, output_fields=[_PK, _CATEGORY],
-                                    limit=SCAN_BATCH, iterator="True", reduce_stop_for_best="True",
-                                    consistency_level=CONSISTENCY, timeout=self.timeout_s)
+                page = client.query(
+                    space.collection,
+                    filter=cursor_filter,
+                    output_fields=[_PK, _CATEGORY],
+                    limit=SCAN_BATCH,
+                    iterator="True",
+                    reduce_stop_for_best="True",
+                    consistency_level=CONSISTENCY,
+                    timeout=self.timeout_s,
+                )
                 for row in page:
                     category = row.get(_CATEGORY) or ""
                     counts[category] = counts.get(category, 0) + 1
