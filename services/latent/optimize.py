@@ -456,14 +456,16 @@ def _project(base: np.ndarray, shifts: np.ndarray, radius: float) -> np.ndarray:
     """
     shifts = np.clip(base[None] + shifts, *LATENT_BOX) - base[None]
     norm = np.linalg.norm(shifts, axis=1, keepdims=True)
-    return shifts * np.minimum(1.0, radius / np.maximum(norm, 1e-12))
+    projected: np.ndarray = shifts * np.minimum(1.0, radius / np.maximum(norm, 1e-12))
+    return projected
 
 
 def _rms_distances(images: np.ndarray) -> np.ndarray:
     """(n,n) RMS pixel distance between images (n,3,S,S)."""
     flat = images.reshape(images.shape[0], -1).astype(np.float64)
     sq = ((flat[:, None] - flat[None]) ** 2).mean(axis=2)
-    return np.sqrt(sq)
+    distances: np.ndarray = np.sqrt(sq)
+    return distances
 
 
 async def seller_shifts(

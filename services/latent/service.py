@@ -11,6 +11,7 @@ INVALID_ARGUMENT naming the orchestrator RPC that takes them.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -237,7 +238,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         opt = optimizer_params(request.optimizer)
         versions = await self.latent.versions(PREF_GRAD)
         z_dim = await self.latent.z_dim(PREF_GRAD, versions[PREF_GRAD])
-        seed = request.seed or int(np.random.SeedSequence().entropy % (2**63))
+        seed = request.seed or secrets.randbits(63)
         result = await optimize.maximise_preference(
             self.latent.backend,
             z0=optimize.sample_prior(n, z_dim, seed),

@@ -67,15 +67,18 @@ class Downstream:
 
     @property
     def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
-        return self.stubs["scoring"]
+        stub: scoring_pb2_grpc.ScoringServiceStub = self.stubs["scoring"]
+        return stub
 
     @property
     def latent(self) -> latent_pb2_grpc.LatentOptimizationServiceStub:
-        return self.stubs["latent"]
+        stub: latent_pb2_grpc.LatentOptimizationServiceStub = self.stubs["latent"]
+        return stub
 
     @property
     def retrieval(self) -> retrieval_pb2_grpc.VisualRetrievalServiceStub:
-        return self.stubs["retrieval"]
+        stub: retrieval_pb2_grpc.VisualRetrievalServiceStub = self.stubs["retrieval"]
+        return stub
 
     async def close(self) -> None:
         await self.stubs.close()
@@ -344,7 +347,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             name: str, stub: scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub
         ) -> catalogue_pb2.IndexProductsResponse:
             async with step(f"{name}.IndexProducts"):
-                return await stub.IndexProducts(feed(name), timeout=self._timeout(context))
+                response: catalogue_pb2.IndexProductsResponse = await stub.IndexProducts(
+                    feed(name), timeout=self._timeout(context)
+                )
+            return response
 
         async def pump() -> None:
             async for message in request_iterator:

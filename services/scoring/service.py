@@ -100,9 +100,9 @@ class Scoring:
                     f"products not in the catalogue index of {space.model} v{space.version}: "
                     + ", ".join(repr(p) for p in missing[:10])
                 )
-        uploads = [i for i, image in enumerate(pixels) if image is not None]
+        uploads = {i: image for i, image in enumerate(pixels) if image is not None}
         if uploads:
-            vectors[uploads] = await self.catalogue.encoder.encode([pixels[i] for i in uploads], space.version)
+            vectors[list(uploads)] = await self.catalogue.encoder.encode(list(uploads.values()), space.version)
         for i, image in enumerate(pixels):
             if image is None:
                 vectors[i] = stored[items[i].product_id].vector

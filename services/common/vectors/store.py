@@ -197,7 +197,8 @@ class VectorStore:
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
                 self._drop_client()
                 return self._unavailable(exc)
-            return exc
+            rpc_error: Exception = exc
+            return rpc_error
         if isinstance(exc, MilvusException):
             message = exc.message or ""
             if space is not None and exc.code == _CODE_COLLECTION_NOT_FOUND:
