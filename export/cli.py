@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from couturier.export.data.dataset import PreparedData
+    from couturier.export.triton.model_config import InstanceKind
 
 ProfileOpt = Annotated[
     str, typer.Option(help="demo (2-core CPU, ~20 min), full (GPU) or tiny (seconds; pipeline tests).")
@@ -57,9 +58,13 @@ def export(
     from couturier.export.pipeline import export_all, publish_all, publish_user_vectors
     from couturier.services.common.models import ITEM_ENCODER
 
+    kinds: dict[str, InstanceKind] = {"KIND_CPU": "KIND_CPU", "KIND_GPU": "KIND_GPU"}
+    if kind not in kinds:
+        typer.echo(f"error: --kind must be KIND_CPU or KIND_GPU, not {kind!r}", err=True)
+        raise typer.Exit(code=2)
     exported = export_all(runs / profile)
     failed = [name for name, report in exported.parity.items() if not report.get("ok")]
-    versions = publish_all(exported.paths, repo, kind=kind)
+    versions = publish_all(exported.paths, repo, kind=kinds[kind])
     typer.echo(f"published into {repo}: " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
     vectors = publish_user_vectors(runs / profile, versions[ITEM_ENCODER], user_vectors)
     typer.echo(f"user vectors for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}: {vectors}")

@@ -68,7 +68,7 @@ def value_and_grad(
             xs = list(inputs)
             for i in idx:
                 xs[i] = xs[i].detach().requires_grad_(True)
-            out = fn(*xs)
+            out: Any = fn(*xs)  # the value tensor, or (value, *aux)
             value, aux = (out[0], tuple(out[1:])) if isinstance(out, (tuple, list)) else (out, ())
             if not isinstance(value, torch.Tensor) or not all(isinstance(a, torch.Tensor) for a in aux):
                 raise TypeError(
@@ -91,7 +91,7 @@ def trace_value_and_grad(
     equal); ``torch.export`` later pins every dim that is not declared dynamic.
     """
     f = value_and_grad(fn, wrt)
-    with fx_config.patch(use_duck_shape=False):
+    with fx_config.patch(use_duck_shape=False):  # type: ignore[attr-defined]  # torch's config modules get patch() at run time
         return make_fx(
             f,
             decomposition_table=grad_decomposition_table(),

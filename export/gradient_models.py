@@ -363,8 +363,8 @@ def check_gradient_models(
         )
         sess = make_session(path, threads=threads)
         got = dict(zip(outs, sess.run(list(outs), {k: ex[k].numpy() for k in ins}), strict=True))
-        ref = value_and_grad(_objective(name, nets64, meta), _WRT[name])(*(ex[k].double() for k in ins))
-        ref = dict(zip(outs, (r.numpy() for r in ref), strict=True))
+        ref64 = value_and_grad(_objective(name, nets64, meta), _WRT[name])(*(ex[k].double() for k in ins))
+        ref = dict(zip(outs, (r.numpy() for r in ref64), strict=True))
         rel = per_sample_relative_error(got[outs[1]], ref[outs[1]])
         # float32 torch autograd vs the same float64 reference: the conditioning floor of the models
         ref32 = value_and_grad(_objective(name, nets, meta), _WRT[name])(*(ex[k] for k in ins))

@@ -203,10 +203,10 @@ def _torch_onnx_export(
             raise OnnxExportError(f"torch.onnx.export failed for {path.name}: {type(exc).__name__}: {exc}") from exc
     # Names are applied afterwards: the exporter's own renaming can collide with internal value
     # names (an input called "cat" next to an aten.cat node gave a non-SSA graph).
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    rename_io(model, input_names, output_names)
-    drop_unused_pool_indices(model)
-    onnx.save_model(model, os.fspath(path), save_as_external_data=False)
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    rename_io(proto, input_names, output_names)
+    drop_unused_pool_indices(proto)
+    onnx.save_model(proto, os.fspath(path), save_as_external_data=False)
 
 
 def _rename_values(graph: onnx.GraphProto, mapping: Mapping[str, str]) -> None:

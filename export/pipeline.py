@@ -29,6 +29,8 @@ from couturier.services.scoring.users import UserDirectory
 if TYPE_CHECKING:  # torch is imported where a network is trained or exported: the run layout above is torch-free
     import torch
 
+    from couturier.export.triton.model_config import InstanceKind
+
 #: The networks ``couturier train`` trains, in this order, each into ``runs/<profile>/<network>/``.
 NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
 #: DVBPR's user table in a run folder (the scoring service's user vectors).
@@ -280,7 +282,7 @@ def _parity_dict(report: Any) -> dict[str, Any]:
 # --- publish ----------------------------------------------------------------------------------
 
 
-def publish_all(paths: Mapping[str, Path], repo_dir: Path, *, kind: str = "KIND_CPU") -> dict[str, str]:
+def publish_all(paths: Mapping[str, Path], repo_dir: Path, *, kind: InstanceKind = "KIND_CPU") -> dict[str, str]:
     """Publish each ONNX file as the next numbered version of its model; returns model -> version.
 
     Gradient models are published unbatched (max_batch_size 0): their inputs have their own leading

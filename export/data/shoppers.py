@@ -193,7 +193,8 @@ class Oracle:
     def load(cls, directory: Path | str) -> Oracle:
         """Read an oracle written by :meth:`save`."""
         arrays, meta = load_stored(directory, ORACLE_FILE, "simulated-taste oracle")
-        return cls(**arrays, **meta)
+        fields: dict[str, Any] = {**arrays, **meta}
+        return cls(**fields)
 
 
 def _planted_tastes(

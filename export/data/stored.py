@@ -19,7 +19,8 @@ def save_stored(directory: Path | str, name: str, arrays: Mapping[str, np.ndarra
     folder.mkdir(parents=True, exist_ok=True)
     npz = folder / f"{name}.npz"
     tmp = folder / f".{name}.tmp.npz"
-    np.savez(tmp, **arrays)
+    named: dict[str, Any] = dict(arrays)
+    np.savez(tmp, **named)
     tmp.replace(npz)
     (folder / f"{name}.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return npz

@@ -81,6 +81,11 @@ def _error_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _shifted(call: Call, offset: int) -> Call:
+    """``call`` with its call index shifted by ``offset``."""
+    return lambda i: call(offset + i)
+
+
 async def run_load(
     call: Call, concurrency: int, duration_s: float | None = None, count: int | None = None
 ) -> LoadResult:
@@ -721,7 +726,9 @@ async def load_phase(
     for case in cases:
         if opts.only and not any(s in case.name for s in opts.only):
             continue
-        entry = report["rpcs"][case.name] = {"request": case.request, "heavy": case.heavy, "levels": []}
+        levels: list[dict[str, Any]] = []
+        entry: dict[str, Any] = {"request": case.request, "heavy": case.heavy, "levels": levels}
+        report["rpcs"][case.name] = entry
         try:
             await case.call(1_000_000)  # warm-up, excluded
         except Exception as exc:
@@ -731,10 +738,10 @@ async def load_phase(
         for level in opts.levels:
             count = max(opts.heavy_calls, level) if case.heavy else None
             base = offset
-            result = await run_load(lambda i, call=case.call, base=base: call(base + i), level, opts.duration_s, count)
+            result = await run_load(_shifted(case.call, base), level, opts.duration_s, count)
             offset += result.calls
             summary = result.summary()
-            entry["levels"].append(summary)
+            levels.append(summary)
             errors = f", errors {summary['errors']}" if summary["errors"] else ""
             echo(
                 f"{case.name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
@@ -766,7 +773,7 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
         "notes": [],
         "settings": {**asdict(opts), "levels": list(opts.levels)},
     }
-    serving = None
+    serving: ServingStack | None = None
     if opts.targets:
         stack: dict[str, Any] = {
             "mode": "attached to a running stack",
@@ -791,7 +798,7 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
             echo("starting the stack (local Triton with every model, then each service as its own process) ...")
             await serving.start()
             stack["targets"] = {k: serving.target(k) for k in ("orchestrator", "scoring", "latent", "retrieval")}
-            stack["triton_url"] = serving.triton.grpc_url  # type: ignore[attr-defined]
+            stack["triton_url"] = serving.triton.grpc_url
             stack["start_s"] = round(time.perf_counter() - t0, 1)
         triton_url = stack.get("triton_url") or ""
         async with CouturierClient(**{f"{k}_target": v for k, v in stack["targets"].items()}) as client:

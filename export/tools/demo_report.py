@@ -137,6 +137,15 @@ def product_lines(item: Item) -> list[str]:
     return lines
 
 
+def _has_colour(colour: str) -> Callable[[Item], bool]:
+    return lambda item: item.colour == colour
+
+
+def _looks_like(query: Item) -> Callable[[Item], bool]:
+    """Same category and colour as ``query``."""
+    return lambda item: item.category == query.category and item.colour == query.colour
+
+
 def grid(items: Sequence[Item], highlight: Callable[[Item], bool] | None = None) -> str:
     """A CSS grid of product tiles; ``highlight(item)`` marks some tiles."""
     tiles = [tile(item, product_lines(item), bool(highlight and highlight(item))) for item in items]
@@ -587,7 +596,7 @@ def _multimodal(r: DemoResults) -> str:
             f"{fmt(q.latency_ms, 0)} ms; {_share(q.share_requested_colour)} of the hits are "
             f"{_e(q.requested_colour)}, {_share(q.share_same_category)} in the query's category"
         )
-        out.append(_card(head, caption, grid(q.hits, lambda it, c=q.requested_colour: it.colour == c)))
+        out.append(_card(head, caption, grid(q.hits, _has_colour(q.requested_colour))))
     return "".join(out)
 
 
@@ -607,7 +616,7 @@ def _search(r: DemoResults) -> str:
             _card(
                 tile(query, [*product_lines(query), "held-out query"], True),
                 f"{fmt(ex.latency_ms, 1)} ms",
-                grid(ex.hits, lambda it, q=query: it.category == q.category and it.colour == q.colour),
+                grid(ex.hits, _looks_like(query)),
             )
         )
     prec = se.precision

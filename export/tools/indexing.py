@@ -53,13 +53,13 @@ async def index_catalogue(
     try:
         if service == "orchestrator":
             return await client.orchestrator.IndexCatalogue(stream(), timeout=timeout_s)
-        stub = {"scoring": client.scoring, "retrieval": client.retrieval}[service]
+        stub: Any = {"scoring": client.scoring, "retrieval": client.retrieval}[service]
         return await stub.IndexProducts(stream(), timeout=timeout_s)
     finally:
         bar.close()
 
 
-def register(app: Any) -> None:
+def register(app: typer.Typer) -> None:
     """Adds ``couturier index`` to the CLI."""
 
     @app.command("index")

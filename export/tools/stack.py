@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from couturier.export.tools.launcher import LocalStack
+from couturier.export.triton.local_server import LocalTriton
 from couturier.services.common.models import ALL_MODELS
 from couturier.services.registry import SERVICE_KEYS
 
@@ -24,15 +25,13 @@ class ServingStack:
     work_dir: Path
     triton_home: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    triton: object | None = None
+    triton: LocalTriton | None = None
     services: LocalStack | None = None
 
     def start_triton(self, grpc_port: int = 0) -> str:
-        from couturier.export.triton.local_server import LocalTriton
-
         if self.triton is None:
             self.triton = LocalTriton(self.triton_home)
-        return self.triton.start(self.repo_dir, grpc_port=grpc_port, load_models=ALL_MODELS)  # type: ignore[attr-defined]
+        return self.triton.start(self.repo_dir, grpc_port=grpc_port, load_models=ALL_MODELS)
 
     def service_env(self, triton_url: str) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -65,4 +64,4 @@ class ServingStack:
             self.services.stop()
             self.services = None
         if self.triton is not None:
-            self.triton.stop()  # type: ignore[attr-defined]
+            self.triton.stop()

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 _PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
+def smooth(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average (same length as the input)."""
     v = np.asarray(values, dtype=np.float64)
     if window <= 1 or len(v) == 0:
@@ -78,7 +78,7 @@ def image_grid(
         if labels is not None:
             _wrapped_text(d, (4, y + 2), labels[i], label_w - 8)
         for j, tile in enumerate(row):
-            im = Image.fromarray(tile).resize((s, s), Image.NEAREST)
+            im = Image.fromarray(tile).resize((s, s), Image.Resampling.NEAREST)
             img.paste(im, (label_w + gap + j * (s + gap), y))
     return img
 

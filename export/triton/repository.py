@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 from tritonclient.grpc import model_config_pb2 as pb
@@ -79,7 +80,7 @@ def serving_options(config: pb.ModelConfig) -> ServingOptions:
         # an unbatched config keeps the defaults for the batching fields it does not write
         max_batch_size=config.max_batch_size if batched else ServingOptions.max_batch_size,
         dynamic_batching=batching if batched else ServingOptions.dynamic_batching,
-        instance_kind=pb.ModelInstanceGroup.Kind.Name(group.kind) if group else "KIND_CPU",  # type: ignore[arg-type]
+        instance_kind=pb.ModelInstanceGroup.Kind.Name(group.kind) if group else "KIND_CPU",
         instance_count=(group.count or 1) if group else 1,
         preferred_batch_sizes=tuple(config.dynamic_batching.preferred_batch_size),
         max_queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds if batching else 500,
@@ -162,7 +163,7 @@ def publish_model(
             )
     if isinstance(version_policy, str):
         version_policy = VersionPolicy.parse(version_policy)
-    given = {
+    given: dict[str, Any] = {
         "instance_kind": kind,
         "max_batch_size": max_batch_size,
         "preferred_batch_sizes": tuple(preferred_batch_sizes) if preferred_batch_sizes is not None else None,

@@ -298,6 +298,7 @@ def rollout(
             raise
         raise RolloutError(f"rollout of {model!r} version {version} failed and was undone: {exc}") from exc
     previous = tuple(sorted({v for before in touched.values() for v in before if v != version}))
+    mode: Mode
     if canary:
         config = read_model_config(repo_dir, model)
         write_model_config(repo_dir, model, _with_policy(config, VersionPolicy.only(*previous, version)))

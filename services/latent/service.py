@@ -222,6 +222,27 @@ class Latent:
         shapes = await self.backend.input_shapes(model, version)
         return int(shapes["z" if "z" in shapes else "base_z"][-1])
 
+    async def invert(
+        self,
+        image: np.ndarray,
+        category: int,
+        inv: Inversion,
+        versions: dict[str, str],
+        on_step: optimize.OnStep | None = None,
+    ) -> optimize.InversionResult:
+        """GAN inversion of ``image`` in ``category`` (seeded: the same image inverts the same way)."""
+        return await optimize.invert(
+            self.backend,
+            target=await self.target(image, versions[INV_GRAD]),
+            category=optimize.one_hot(category, len(CATEGORIES)),
+            steps=inv.steps,
+            learning_rate=inv.learning_rate,
+            restarts=inv.restarts,
+            seed=0,
+            versions=versions,
+            on_step=on_step,
+        )
+
 
 class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     def __init__(self, latent: Latent) -> None:
@@ -303,17 +324,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
 
         async def run() -> None:
             try:
-                inverted = await optimize.invert(
-                    self.latent.backend,
-                    target=await self.latent.target(image, versions[INV_GRAD]),
-                    category=optimize.one_hot(cat, len(CATEGORIES)),
-                    steps=inv.steps,
-                    learning_rate=inv.learning_rate,
-                    restarts=inv.restarts,
-                    seed=0,
-                    versions=versions,
-                    on_step=on_inversion,
-                )
+                inverted = await self.latent.invert(image, cat, inv, versions, on_inversion)
                 result = await optimize.maximise_preference(
                     self.latent.backend,
                     z0=inverted.z,
@@ -367,16 +378,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         )
         inv = inversion_params(request.inversion)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
-        inverted = await optimize.invert(
-            self.latent.backend,
-            target=await self.latent.target(image, versions[INV_GRAD]),
-            category=optimize.one_hot(cat, len(CATEGORIES)),
-            steps=inv.steps,
-            learning_rate=inv.learning_rate,
-            restarts=inv.restarts,
-            seed=0,
-            versions=versions,
-        )
+        inverted = await self.latent.invert(image, cat, inv, versions)
         n_users = len(users.theta)
         result = await optimize.seller_shifts(
             self.latent.backend,
