@@ -114,7 +114,12 @@ def mount_plugins() -> list[str]:
 
     mounted = []
     for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        entry.load()(app)
+        try:
+            register = entry.load()
+        except ImportError as exc:  # e.g. a serving image without the export extra's packages
+            typer.echo(f"note: subcommands of {entry.value} are unavailable ({exc})", err=True)
+            continue
+        register(app)
         mounted.append(entry.name)
     return mounted
 
