@@ -158,6 +158,7 @@ def test_bad_uri_is_refused_at_construction() -> None:
 # --- the store ------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_create_upsert_get_search_count_delete(store: VectorStore) -> None:
     assert await store.count(SPACE) == 0  # nothing indexed yet: no error, no collection created
     assert await store.versions("item_encoder") == []
@@ -197,6 +198,7 @@ async def test_create_upsert_get_search_count_delete(store: VectorStore) -> None
     assert await store.versions("item_encoder") == []
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_collections_hold_vectors_and_filter_fields_only(store: VectorStore) -> None:
     """No images in Milvus (they live in the product image store), and every VARCHAR fits a real server's
     limit (max_length <= 65535)."""
@@ -212,6 +214,7 @@ async def test_collections_hold_vectors_and_filter_fields_only(store: VectorStor
     assert not hasattr(ProductVector("p", np.zeros(DIM)), "thumbnail")
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_collections_created_with_a_thumbnail_field_still_take_writes(lite_store: VectorStore) -> None:
     """Collections of earlier versions kept a base64 thumbnail VARCHAR: writes fill it with "" (images now live
     in the product image store), reads and searches ignore it."""
@@ -238,6 +241,7 @@ async def test_collections_created_with_a_thumbnail_field_still_take_writes(lite
     assert (await lite_store.search(SPACE, items[4].vector * 10, 1))[0][0].product_id == "p4"
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
     first = _items(200, seed=1)
     await store.upsert(SPACE, first)
@@ -256,6 +260,7 @@ async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
     assert top[0].product_id == f"p{expected}" and top[0].colour == "green"
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_search_filters_by_category_colour_and_exclusions(store: VectorStore) -> None:
     items = _items(120, seed=2)
     odd = ProductVector("quote\"and\\back'slash é", items[0].vector * 10, category='odd "cat"', colour="red")
@@ -282,6 +287,7 @@ async def test_search_filters_by_category_colour_and_exclusions(store: VectorSto
     assert await store.delete(SPACE, [odd.product_id]) == (1, [])
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_invalid_vectors_are_rejected_and_nothing_changes(store: VectorStore) -> None:
     items = _items(20, seed=3)
     await store.upsert(SPACE, items)
@@ -320,6 +326,7 @@ async def test_invalid_vectors_are_rejected_and_nothing_changes(store: VectorSto
     assert await store.upsert(SPACE, []) == 0
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_search_limits_and_query_validation(store: VectorStore) -> None:
     await store.upsert(SPACE, _items(30, seed=4))
     query = np.ones(DIM, np.float32)
@@ -341,6 +348,7 @@ async def test_search_limits_and_query_validation(store: VectorStore) -> None:
     assert len(await store.search(SPACE, np.ones((3, DIM), np.float32), 5)) == 3
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_unknown_collection_and_schema_conflicts(store: VectorStore) -> None:
     missing = EmbeddingSpace("item_encoder", "9", DIM)
     with pytest.raises(PreconditionFailed, match=r"no vectors are indexed for item_encoder v9.*couturier index"):
@@ -368,6 +376,7 @@ async def test_unknown_collection_and_schema_conflicts(store: VectorStore) -> No
         await store.search(SPACE, np.ones(DIM, np.float32), 5)
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_cosine_and_l2_scores_are_similarities(store: VectorStore) -> None:
     items = _items(40, seed=6)
     vectors = np.stack([i.vector for i in items])
@@ -391,6 +400,7 @@ async def test_cosine_and_l2_scores_are_similarities(store: VectorStore) -> None
     np.testing.assert_allclose([h.score for h in rows], -squared[order], rtol=1e-4)  # FLAT L2: -squared distance
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_recall_flat_and_ivf_against_exact_inner_products(tmp_path: Path) -> None:
     """FLAT is exact on ~5k unnormalised vectors. IVF_FLAT (nlist 128) is measured after a reopen: milvus-lite
     builds IVF indexes for newly flushed rows in the background and searches them exactly until then,
@@ -440,6 +450,7 @@ async def test_recall_flat_and_ivf_against_exact_inner_products(tmp_path: Path) 
     assert flush_and_search_s < 20
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_concurrent_upserts_lose_no_rows(store: VectorStore) -> None:
     rng = np.random.default_rng(8)
 
@@ -460,6 +471,7 @@ async def test_concurrent_upserts_lose_no_rows(store: VectorStore) -> None:
     assert sum(d for d, _ in deleted) == 200 and await store.count(SPACE) == 9_800
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_reopen_after_close_keeps_data_and_releases_the_file(tmp_path: Path) -> None:
     uri = str(tmp_path / "reopen.db")
     items = _items(100, seed=9)
@@ -492,6 +504,7 @@ async def test_reopen_after_close_keeps_data_and_releases_the_file(tmp_path: Pat
         await reopened.close()
 
 
+@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
 async def test_second_process_on_the_same_file_is_told_what_to_do(lite_store: VectorStore) -> None:
     await lite_store.upsert(SPACE, _items(3))
     probe = _run_in_subprocess(lite_store.uri, "await store.ping()")
