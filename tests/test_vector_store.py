@@ -1,13 +1,13 @@
-"""The vector store against a real milvus-lite in tmp_path (no mocks).
+"""The vector store against a real milvus-lite in tmp_path and a real Milvus server (no mocks).
 
-The tests that take the ``store`` fixture also run against a Milvus server when
-``COUTURIER_TEST_MILVUS_URI`` is set (e.g. http://127.0.0.1:19530; each test uses its own database).
+The tests that take the ``store`` fixture run twice: on milvus-lite, and on the session's Milvus server
+(``milvus_server_uri``: ``COUTURIER_TEST_MILVUS_URI`` when set, else a local standalone server started
+from the dev extra's ``milvus`` package). Each server test uses its own database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -69,9 +69,6 @@ async def lite_store(tmp_path: Path):
     await vector_store.close()
 
 
-SERVER_URI = os.environ.get("COUTURIER_TEST_MILVUS_URI", "").rstrip("/")
-
-
 @pytest.fixture(params=["lite", "server"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "lite":
@@ -79,19 +76,18 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path):
         yield vector_store
         await vector_store.close()
         return
-    if not SERVER_URI:
-        pytest.skip("set COUTURIER_TEST_MILVUS_URI=http://127.0.0.1:19530 to run against a Milvus server")
     from pymilvus import MilvusClient
 
+    server_uri: str = request.getfixturevalue("milvus_server_uri")  # started only when a server test runs
     database = f"couturier_test_{uuid.uuid4().hex[:10]}"
-    admin = MilvusClient(SERVER_URI)
+    admin = MilvusClient(server_uri)
     admin.create_database(database)
-    vector_store = VectorStore(f"{SERVER_URI}/{database}")
+    vector_store = VectorStore(f"{server_uri}/{database}")
     try:
         yield vector_store
     finally:
         await vector_store.close()
-        scoped = MilvusClient(f"{SERVER_URI}/{database}")  # use_database needs DescribeDatabase (server >= 2.4)
+        scoped = MilvusClient(f"{server_uri}/{database}")  # use_database needs DescribeDatabase (server >= 2.4)
         for name in scoped.list_collections():
             scoped.drop_collection(name)
         scoped.close()
@@ -158,7 +154,7 @@ def test_bad_uri_is_refused_at_construction() -> None:
 # --- the store ------------------------------------------------------------------------------------
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_create_upsert_get_search_count_delete(store: VectorStore) -> None:
     assert await store.count(SPACE) == 0  # nothing indexed yet: no error, no collection created
     assert await store.versions("item_encoder") == []
@@ -198,7 +194,7 @@ async def test_create_upsert_get_search_count_delete(store: VectorStore) -> None
     assert await store.versions("item_encoder") == []
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_collections_hold_vectors_and_filter_fields_only(store: VectorStore) -> None:
     """No images in Milvus (they live in the product image store), and every VARCHAR fits a real server's
     limit (max_length <= 65535)."""
@@ -214,7 +210,7 @@ async def test_collections_hold_vectors_and_filter_fields_only(store: VectorStor
     assert not hasattr(ProductVector("p", np.zeros(DIM)), "thumbnail")
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_collections_created_with_a_thumbnail_field_still_take_writes(lite_store: VectorStore) -> None:
     """Collections of earlier versions kept a base64 thumbnail VARCHAR: writes fill it with "" (images now live
     in the product image store), reads and searches ignore it."""
@@ -241,7 +237,7 @@ async def test_collections_created_with_a_thumbnail_field_still_take_writes(lite
     assert (await lite_store.search(SPACE, items[4].vector * 10, 1))[0][0].product_id == "p4"
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
     first = _items(200, seed=1)
     await store.upsert(SPACE, first)
@@ -260,7 +256,7 @@ async def test_reupsert_same_ids_replaces_rows(store: VectorStore) -> None:
     assert top[0].product_id == f"p{expected}" and top[0].colour == "green"
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_search_filters_by_category_colour_and_exclusions(store: VectorStore) -> None:
     items = _items(120, seed=2)
     odd = ProductVector("quote\"and\\back'slash é", items[0].vector * 10, category='odd "cat"', colour="red")
@@ -287,7 +283,7 @@ async def test_search_filters_by_category_colour_and_exclusions(store: VectorSto
     assert await store.delete(SPACE, [odd.product_id]) == (1, [])
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_invalid_vectors_are_rejected_and_nothing_changes(store: VectorStore) -> None:
     items = _items(20, seed=3)
     await store.upsert(SPACE, items)
@@ -326,7 +322,7 @@ async def test_invalid_vectors_are_rejected_and_nothing_changes(store: VectorSto
     assert await store.upsert(SPACE, []) == 0
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_search_limits_and_query_validation(store: VectorStore) -> None:
     await store.upsert(SPACE, _items(30, seed=4))
     query = np.ones(DIM, np.float32)
@@ -348,7 +344,7 @@ async def test_search_limits_and_query_validation(store: VectorStore) -> None:
     assert len(await store.search(SPACE, np.ones((3, DIM), np.float32), 5)) == 3
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_unknown_collection_and_schema_conflicts(store: VectorStore) -> None:
     missing = EmbeddingSpace("item_encoder", "9", DIM)
     with pytest.raises(PreconditionFailed, match=r"no vectors are indexed for item_encoder v9.*couturier index"):
@@ -376,7 +372,7 @@ async def test_unknown_collection_and_schema_conflicts(store: VectorStore) -> No
         await store.search(SPACE, np.ones(DIM, np.float32), 5)
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_cosine_and_l2_scores_are_similarities(store: VectorStore) -> None:
     items = _items(40, seed=6)
     vectors = np.stack([i.vector for i in items])
@@ -400,7 +396,7 @@ async def test_cosine_and_l2_scores_are_similarities(store: VectorStore) -> None
     np.testing.assert_allclose([h.score for h in rows], -squared[order], rtol=1e-4)  # FLAT L2: -squared distance
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_recall_flat_and_ivf_against_exact_inner_products(tmp_path: Path) -> None:
     """FLAT is exact on ~5k unnormalised vectors. IVF_FLAT (nlist 128) is measured after a reopen: milvus-lite
     builds IVF indexes for newly flushed rows in the background and searches them exactly until then,
@@ -450,7 +446,7 @@ async def test_recall_flat_and_ivf_against_exact_inner_products(tmp_path: Path) 
     assert flush_and_search_s < 20
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_concurrent_upserts_lose_no_rows(store: VectorStore) -> None:
     rng = np.random.default_rng(8)
 
@@ -471,7 +467,7 @@ async def test_concurrent_upserts_lose_no_rows(store: VectorStore) -> None:
     assert sum(d for d, _ in deleted) == 200 and await store.count(SPACE) == 9_800
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_reopen_after_close_keeps_data_and_releases_the_file(tmp_path: Path) -> None:
     uri = str(tmp_path / "reopen.db")
     items = _items(100, seed=9)
@@ -504,7 +500,7 @@ async def test_reopen_after_close_keeps_data_and_releases_the_file(tmp_path: Pat
         await reopened.close()
 
 
-@pytest.mark.integration  # a real Milvus (lite, or the server when COUTURIER_TEST_MILVUS_URI is set)
+@pytest.mark.integration  # a real Milvus (lite, and a server)
 async def test_second_process_on_the_same_file_is_told_what_to_do(lite_store: VectorStore) -> None:
     await lite_store.upsert(SPACE, _items(3))
     probe = _run_in_subprocess(lite_store.uri, "await store.ping()")

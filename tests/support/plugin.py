@@ -15,7 +15,8 @@ Markers (registered in pyproject):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,20 @@ async def fake_hosts(tmp_path: Path, fake_backend: FakeInferenceBackend) -> Asyn
     finally:
         for host in reversed(list(hosts.values())):
             await host.stop(grace_s=0)
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus server for the session: ``COUTURIER_TEST_MILVUS_URI`` when set, else a local
+    standalone server started from the ``milvus`` package (dev extra) and stopped after the session.
+    Skips only when neither exists."""
+    given = os.environ.get("COUTURIER_TEST_MILVUS_URI", "").rstrip("/")
+    if given:
+        yield given
+        return
+    from couturier.export.tools.milvus_server import LocalMilvusServer, server_binary
+
+    if server_binary() is None:
+        pytest.skip("no Milvus server: install the dev extra (milvus==2.3.5) or set COUTURIER_TEST_MILVUS_URI")
+    with LocalMilvusServer(tmp_path_factory.mktemp("milvus-server")) as server:
+        yield server.uri
