@@ -141,11 +141,22 @@ class Clients:
         finally:
             await backend.close()
 
+    async def wait_until(self, served: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+        """Wait until ``served()`` holds over the answers seen so far (polled every 10 ms)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not served():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{what}: not seen within {timeout_s:g} s (seen {dict(self.seen)})")
+            await asyncio.sleep(0.01)
+
+    def answered(self, pin: str) -> int:
+        return sum(count for (asked, _), count in self.seen.items() if asked == pin)
+
     async def around(self, pins: list[str], operator: Callable[[], Awaitable[None]]) -> None:
         """Run clients for ``pins`` while ``operator`` acts, then let them finish a few more calls."""
 
         async def act() -> None:
-            await asyncio.sleep(0.3)
+            await self.wait_until(lambda: all(self.answered(pin) > 0 for pin in pins), "every client answered")
             try:
                 await operator()
             finally:
@@ -167,7 +178,7 @@ async def test_rollout_promote_and_rollback_lose_no_request(triton: LocalTriton,
         assert len(result.smoke) == 1 and result.smoke[0].max_abs_diff <= 1e-5
         states["promoted"] = triton.control.ready_versions("enc")
         states["promoted_config"] = list(read_model_config(repo, "enc").version_policy.specific.versions)
-        await asyncio.sleep(0.5)  # some requests on version 2 alone
+        await clients.wait_until(lambda: clients.seen[("", "v2")] >= 5, "requests on version 2 alone")
         back = await asyncio.to_thread(rollback, [url], repo, "enc")
         assert (back.mode, back.version, back.previous, back.serving) == ("rolled-back", 1, (2,), (1,))
 
@@ -208,7 +219,10 @@ async def test_canary_serves_old_and_new_pins_then_promotes(triton: LocalTriton,
     both = Clients(url, "item_encoder", outputs)
 
     async def hold() -> None:
-        await asyncio.sleep(1.0)
+        await both.wait_until(
+            lambda: min(both.seen[("1", "v1")], both.seen[("2", "v2")], both.seen[("", "v2")]) >= 5,
+            "every pin served by its version",
+        )
 
     await both.around(["1", "2", ""], hold)
     assert not canary.failures and not both.failures, (canary.failures + both.failures)[:3]
