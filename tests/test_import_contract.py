@@ -11,12 +11,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 
-def package_view(at: Path, services: Path) -> Path:
-    """A ``couturier`` package view like ``make pkgview`` makes, with ``services`` as the serving folder."""
+def package_view(at: Path, services: Path, export: Path = ROOT / "export") -> Path:
+    """A ``couturier`` package view like ``make pkgview`` makes, with ``services`` and ``export`` as given."""
     pkg = at / "couturier"
     pkg.mkdir(parents=True)
     (pkg / "services").symlink_to(services)
-    (pkg / "export").symlink_to(ROOT / "export")
+    (pkg / "export").symlink_to(export)
     (pkg / "v1").symlink_to(ROOT / "protos" / "couturier" / "v1")
     return at
 
@@ -34,7 +34,7 @@ def lint_imports(view: Path) -> subprocess.CompletedProcess[str]:
 def test_contract_holds_on_the_tree(tmp_path: Path) -> None:
     result = lint_imports(package_view(tmp_path, ROOT / "services"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_contract_catches_a_function_local_import_of_offline_code(tmp_path: Path) -> None:
@@ -55,6 +55,19 @@ def test_contract_catches_one_service_importing_another(tmp_path: Path) -> None:
     result = lint_imports(package_view(tmp_path / "view", services))
     assert result.returncode != 0
     assert "couturier.services.scoring.shortcut -> couturier.services.latent.optimize" in result.stdout
+
+
+def test_contract_catches_training_code_importing_the_judge(tmp_path: Path) -> None:
+    """The judge of generated images is never an objective: a trainer that imports it breaks the build."""
+    export = tmp_path / "export"
+    shutil.copytree(ROOT / "export", export, ignore=shutil.ignore_patterns("__pycache__"))
+    (export / "training" / "judged.py").write_text(
+        "def objective() -> object:\n    from couturier.export.evaluation import judge\n\n    return judge\n"
+    )
+    result = lint_imports(package_view(tmp_path / "view", ROOT / "services", export))
+    assert result.returncode != 0
+    assert "No optimisation code imports the judge of generated images BROKEN" in result.stdout
+    assert "couturier.export.training.judged -> couturier.export.evaluation.judge" in result.stdout
 
 
 def test_every_serving_module_imports_with_offline_code_and_torch_blocked() -> None:

@@ -1,4 +1,4 @@
-"""Offline subcommands of ``couturier``: data, train, export, eval, triton, index, demo and bench.
+"""Offline subcommands of ``couturier``: data, train, export, eval, judge, triton, index, demo and bench.
 
 Registered into the serving CLI (``couturier.services.cli``) through the ``couturier.cli`` entry point,
 so the serving package never imports this one.
@@ -125,11 +125,13 @@ def register(app: typer.Typer) -> None:
     """Add the offline subcommands to the ``couturier`` command."""
     from couturier.export.cli import register as register_models
     from couturier.export.data.cli import data_app
+    from couturier.export.evaluation.cli import judge_app
     from couturier.export.tools.indexing import register as register_index
     from couturier.export.triton.cli import triton_app
 
     app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
     app.add_typer(triton_app, name="triton", help="Local Triton server and model repository versions.")
+    app.add_typer(judge_app, name="judge", help="Judge generated images with a CNN trained on the real catalogue.")
     register_models(app)
     register_index(app)
     app.command("demo")(demo)

@@ -1,0 +1,87 @@
+"""``couturier judge train | samples``: train the judge of generated images and apply it to the GAN.
+
+Kept light (typer only at import): ``couturier`` imports every sub-app when it starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from couturier.export.data.dataset import PreparedData
+
+judge_app = typer.Typer(
+    help="The judge of generated images: a CNN trained on the real catalogue (never an optimisation objective).",
+    no_args_is_help=True,
+)
+
+ProfileOpt = Annotated[str, typer.Option(help="demo (2-core CPU, ~3-4 min), tiny (seconds) or full (GPU).")]
+RunsOpt = Annotated[Path, typer.Option(help="Runs folder; the judge lives in runs/<profile>/judge/.")]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR); prepared for the profile when empty."),
+]
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def _prepared(data_dir: Path | None, profile: str) -> PreparedData:
+    """The prepared data in ``data_dir`` (whatever its profile), else the profile's data set, prepared."""
+    from couturier.export.data.dataset import load_prepared, prepare
+    from couturier.export.data.errors import NotPreparedError
+
+    try:
+        return load_prepared(data_dir)
+    except NotPreparedError:
+        return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
+
+
+@judge_app.command("train")
+def train_cmd(profile: ProfileOpt = "demo", data_dir: DataDirOpt = None, runs: RunsOpt = Path("runs")) -> None:
+    """Train the judge on the catalogue, measure it on the held-out catalogue; write runs/<profile>/judge/."""
+    from couturier.export.evaluation.judge import JUDGE_PROFILES, train_judge
+
+    if profile not in JUDGE_PROFILES:
+        _fail(f"unknown profile {profile!r}; choose one of {', '.join(JUDGE_PROFILES)}")
+    prepared = _prepared(data_dir, profile)
+    result = train_judge(prepared, runs / profile / "judge", profile)
+    m = result.metrics
+    typer.echo(
+        f"judge[{profile}] on {prepared.profile.name} data: held-out accuracy {m['heldout_accuracy']:.3f} "
+        f"({m['n_heldout']} items; {m['epochs_done']} epochs, {m['train_wall_s']} s) -> {result.run_dir}"
+    )
+
+
+@judge_app.command("samples")
+def samples_cmd(
+    profile: ProfileOpt = "demo",
+    data_dir: DataDirOpt = None,
+    runs: RunsOpt = Path("runs"),
+    n_per_category: Annotated[int, typer.Option(help="GAN samples drawn per category.")] = 100,
+    draws: Annotated[int, typer.Option(help="Random reference draws FID is averaged over.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the samples' z and of the reference draws.")] = 0,
+) -> None:
+    """Judge the profile's trained GAN against the real held-out items; write samples.json and samples.png."""
+    from couturier.export.evaluation.judge import LabelledImages
+    from couturier.export.evaluation.samples import judge_gan, judge_summary_lines
+
+    root = runs / profile
+    if not (root / "judge" / "checkpoint.pt").is_file():
+        _fail(f"no trained judge in {root / 'judge'}: run `couturier judge train --profile {profile}` first")
+    if not (root / "gan" / "checkpoint.pt").is_file():
+        _fail(f"no trained GAN in {root / 'gan'}: run `couturier train --profile {profile} --only gan` first")
+    if n_per_category < 2 or draws < 1:
+        _fail("--n-per-category must be >= 2 and --draws >= 1")
+    prepared = _prepared(data_dir, profile)
+    report, json_path, png = judge_gan(
+        root, LabelledImages.of(prepared.heldout), n_per_category=n_per_category, draws=draws, seed=seed
+    )
+    for line in judge_summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"wrote {json_path} and {png}")
