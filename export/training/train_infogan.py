@@ -1,8 +1,10 @@
 """Train the label-free InfoGAN whose discriminator trunk is the retrieval encoder (Ay et al.).
 
-No labels are used for training: only catalogue images. Losses (Chen et al. 2016): D minimises
-BCE(real, 1) + BCE(fake, 0); G and the Q head minimise BCE(D(G(z,c)), 1) + lambda_cat CE(Q_cat,
-c_cat) + lambda_cont MSE(Q_cont, c_cont) (fixed-variance Gaussian). Writes ``run_dir``::
+No labels are used for training: only catalogue images. Losses (Chen et al. 2016), with the
+mutual-information term I = lambda_cat CE(Q_cat, c_cat) + lambda_cont MSE(Q_cont, c_cont)
+(fixed-variance Gaussian) on generated images: D's trunk and head minimise BCE(real, 1) +
+BCE(fake, 0) + I, so the shared trunk (the retrieval embedding) learns the codes too; G and the Q
+head minimise BCE(D(G(z,c)), 1) + I. Writes ``run_dir``::
 
     checkpoint.pt   config + profile + G/D state dicts
     metrics.json    losses, timing, code/class purity and precision@k of the D embedding
@@ -46,6 +48,33 @@ def config_for(profile: InfoGANProfile, image_size: int) -> InfoGANConfig:
     )
 
 
+def information_loss(
+    q_cat: torch.Tensor, q_cont: torch.Tensor, c_cat: torch.Tensor, c_cont: torch.Tensor, prof: InfoGANProfile
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(I, its categorical CE, its continuous MSE) of Q's guesses of the codes ``c_cat``, ``c_cont``."""
+    ce = F.cross_entropy(q_cat, c_cat)
+    mse = F.mse_loss(q_cont, c_cont)
+    return prof.lambda_cat * ce + prof.lambda_cont * mse, ce, mse
+
+
+def discriminator_loss(
+    D: torch.nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    c_cat: torch.Tensor,
+    c_cont: torch.Tensor,
+    prof: InfoGANProfile,
+) -> torch.Tensor:
+    """D's objective: real vs fake, plus the information term on the fake images' codes (through the
+    shared trunk: without it the trunk, which is the retrieval embedding, never learns the codes)."""
+    d_real, _, _ = D(real)
+    d_fake, q_cat, q_cont = D(fake.detach())
+    adversarial = F.binary_cross_entropy_with_logits(
+        d_real, torch.ones_like(d_real)
+    ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+    return adversarial + information_loss(q_cat, q_cont, c_cat, c_cont, prof)[0]
+
+
 def train_infogan(
     prepared: Any, run_dir: Path, profile: str | InfoGANProfile = "demo", **overrides: Any
 ) -> dict[str, Any]:
@@ -67,7 +96,6 @@ def train_infogan(
         k: [] for k in ("loss_d", "loss_g_adv", "info_cat_ce", "info_cont_mse", "q_cat_acc")
     }
     ones = torch.ones(prof.batch_size, device=device)
-    zeros = torch.zeros(prof.batch_size, device=device)
     start, stopped_early, step = time.perf_counter(), False, 0
     perm, cursor = torch.randperm(len(data), generator=gen), 0
     bar = tqdm(range(prof.steps), desc=f"infogan[{prof.name}]", mininterval=2.0)
@@ -78,19 +106,16 @@ def train_infogan(
         cursor += prof.batch_size
         latent, c_cat, c_cont = sample_latent(cfg, prof.batch_size, gen, device=device)
         fake = G(latent)
-        # discriminator step
-        d_real, _, _ = D(real)
-        d_fake, _, _ = D(fake.detach())
-        loss_d = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+        # discriminator step (trunk and D head; the Q head's gradients here are dropped below)
+        loss_d = discriminator_loss(D, real, fake, c_cat, c_cont, prof)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         # generator + Q step
         d_out, q_cat, q_cont = D(fake)
         adv = F.binary_cross_entropy_with_logits(d_out, ones)
-        ce = F.cross_entropy(q_cat, c_cat)
-        mse = F.mse_loss(q_cont, c_cont)
-        loss_g = adv + prof.lambda_cat * ce + prof.lambda_cont * mse
+        info, ce, mse = information_loss(q_cat, q_cont, c_cat, c_cont, prof)
+        loss_g = adv + info
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
