@@ -13,6 +13,7 @@ from couturier.services.common.inference import OnnxRuntimeBackend
 from couturier.services.common.models import ITEM_ENCODER
 from couturier.services.latent import optimize as opt
 from couturier.services.latent.ssim import gaussian_window, ssim
+from support.fakes import FakeInferenceBackend
 from support.trained import TrainedModels
 
 B = 4
@@ -245,3 +246,29 @@ async def test_seller_shifts_stay_in_the_ball_and_raise_preference(
     # here (seeds 4-6) the closest pair is 1.6-9x and the mean nearest distance 1.2-4.7x further apart.
     assert diverse.nearest_distance.mean() > plain.nearest_distance.mean()
     assert diverse.min_pairwise_distance > plain.min_pairwise_distance
+
+
+async def test_the_shift_step_scales_with_the_radius() -> None:
+    """With the default rate, one Adam step moves a GIGS shift by the same share of its ball whatever the
+    radius (a fixed rate would move a small ball's shifts 4x further, relative to the radius, than a large one's)."""
+    backend = FakeInferenceBackend()
+    dims = backend.dims
+    base = np.zeros(dims.z_dim)
+    common = dict(
+        base_z=base,
+        category=opt.one_hot(1, dims.n_categories)[0],
+        theta=np.random.default_rng(0).normal(size=(3, dims.item_dim)),
+        user_weight=np.full(3, 1 / 3),
+        n=2,
+        diversity_weight=0.0,
+        realism_weight=0.0,
+        seed=7,
+    )
+    moved = {}
+    for radius in (0.25, 1.0):
+        start = await opt.seller_shifts(backend, radius=radius, steps=0, **common)
+        after = await opt.seller_shifts(backend, radius=radius, steps=1, **common)
+        moved[radius] = float(np.linalg.norm(after.shifts - start.shifts, axis=1).mean()) / radius
+    assert moved[0.25] > 0
+    np.testing.assert_allclose(moved[0.25], moved[1.0], rtol=0.05)
+    assert opt.default_shift_learning_rate(0.5) == pytest.approx(0.003)  # the measured default is kept

@@ -43,11 +43,11 @@ __all__ = [
     "DEFAULT_REALISM_WEIGHT",
     "DEFAULT_RESTARTS",
     "DEFAULT_SHIFTS",
-    "DEFAULT_SHIFT_LEARNING_RATE",
     "DEFAULT_SHIFT_RADIUS",
     "DEFAULT_SHIFT_STEPS",
     "DEFAULT_STEPS",
     "LATENT_BOX",
+    "SHIFT_LEARNING_RATE_PER_RADIUS",
     "TOPK_TEMPERATURE_FACTOR",
     "Adam",
     "InversionResult",
@@ -55,6 +55,7 @@ __all__ = [
     "OnStep",
     "PreferenceResult",
     "ShiftResult",
+    "default_shift_learning_rate",
     "invert",
     "maximise_preference",
     "one_hot",
@@ -85,8 +86,17 @@ DEFAULT_SHIFT_STEPS = 20
 #: (Kang's design rate) one step of a 100-d shift already spans the whole 0.5 radius and every
 #: shift collapses onto the one best direction (measured on the demo models: min pairwise variant
 #: distance 0.003 vs 0.09 to the base). At 0.003 the shifts keep their distinct starting directions
-#: (min pairwise 0.02-0.03) and still gain ~70% of the preference of the collapsed solution.
-DEFAULT_SHIFT_LEARNING_RATE = 0.003
+#: (min pairwise 0.02-0.03) and still gain ~70% of the preference of the collapsed solution. The rate
+#: scales with the radius (0.003 at the default 0.5), so a shift crosses the same share of its ball
+#: per step whatever the radius.
+SHIFT_LEARNING_RATE_PER_RADIUS = 0.006
+
+
+def default_shift_learning_rate(radius: float) -> float:
+    """Adam's rate on the shifts for an L2 ball of ``radius``: proportional to it."""
+    return SHIFT_LEARNING_RATE_PER_RADIUS * radius
+
+
 #: The generator's latent range (training prior U[-1, 1]).
 LATENT_BOX = (-1.0, 1.0)
 #: TOP_K_SHARE temperature T_b = factor * RMS_u(s_bu(z0) - tau_u) (see :func:`maximise_preference`).
@@ -480,7 +490,7 @@ async def seller_shifts(
     diversity_weight: float = DEFAULT_DIVERSITY_WEIGHT,
     realism_weight: float = DEFAULT_REALISM_WEIGHT,
     steps: int = DEFAULT_SHIFT_STEPS,
-    learning_rate: float = DEFAULT_SHIFT_LEARNING_RATE,
+    learning_rate: float | None = None,
     seed: int | None = 0,
     versions: Mapping[str, str] = {},
 ) -> ShiftResult:
@@ -494,9 +504,9 @@ async def seller_shifts(
     one ``pref_grad`` call (B = n + 1, realism weight 0) on the base and the final variants.
     Calls: ``steps`` shift_grad + 1 pref_grad.
 
-    Learning rate: Adam moves every coordinate by about ``learning_rate`` per step, i.e. the shift by
-    ~``learning_rate * sqrt(Dz)`` (0.5 at the defaults), so shifts reach the radius within a few
-    steps and the search runs along the ball's surface.
+    Learning rate (default :func:`default_shift_learning_rate` of ``radius``): Adam moves every
+    coordinate by about ``learning_rate`` per step, i.e. the shift by ~``learning_rate * sqrt(Dz)``
+    (0.03, 6% of the radius, at the defaults with Dz = 100), the same share of the ball at any radius.
     """
     base = np.clip(np.asarray(base_z, dtype=np.float64), *LATENT_BOX)
     category, theta, user_weight = np.asarray(category), np.asarray(theta), np.asarray(user_weight)
@@ -518,7 +528,7 @@ async def seller_shifts(
         "user_weight": _f32(user_weight[None]),
         "weights": np.array([[diversity_weight, realism_weight]], dtype=np.float32),
     }
-    adam = Adam(learning_rate, maximise=True)
+    adam = Adam(default_shift_learning_rate(radius) if learning_rate is None else learning_rate, maximise=True)
     history = []
     version = versions.get(SHIFT_GRAD, "")
     for _ in range(steps):

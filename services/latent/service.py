@@ -374,7 +374,9 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
             default=optimize.DEFAULT_DIVERSITY_WEIGHT,
         )
         opt = optimizer_params(
-            request.optimizer, steps=optimize.DEFAULT_SHIFT_STEPS, learning_rate=optimize.DEFAULT_SHIFT_LEARNING_RATE
+            request.optimizer,
+            steps=optimize.DEFAULT_SHIFT_STEPS,
+            learning_rate=optimize.default_shift_learning_rate(radius),
         )
         inv = inversion_params(request.inversion)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
