@@ -56,12 +56,12 @@ def export(
 ) -> None:
     """Export every trained network and the gradient models to ONNX, check parity, publish new versions."""
     from couturier.export.pipeline import export_all, publish_all, publish_user_vectors
+    from couturier.services.cli import fail
     from couturier.services.common.models import ITEM_ENCODER
 
     kinds: dict[str, InstanceKind] = {"KIND_CPU": "KIND_CPU", "KIND_GPU": "KIND_GPU"}
     if kind not in kinds:
-        typer.echo(f"error: --kind must be KIND_CPU or KIND_GPU, not {kind!r}", err=True)
-        raise typer.Exit(code=2)
+        fail(f"--kind must be KIND_CPU or KIND_GPU, not {kind!r}")
     exported = export_all(runs / profile)
     failed = [name for name, report in exported.parity.items() if not report.get("ok")]
     versions = publish_all(exported.paths, repo, kind=kinds[kind])

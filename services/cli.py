@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from google.protobuf.json_format import MessageToDict
@@ -22,7 +22,8 @@ app = typer.Typer(
 ServiceArg = Annotated[str, typer.Argument(help="scoring, latent, retrieval, orchestrator, or all (one process).")]
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with code 2 (a usage error); every subcommand uses it."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
 
@@ -46,9 +47,9 @@ def serve(
 
     keys = SERVICE_KEYS if service == "all" else (service,)
     if service != "all" and service not in SERVICE_KEYS:
-        _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICE_KEYS)} or all")
+        fail(f"unknown service {service!r}; choose one of {', '.join(SERVICE_KEYS)} or all")
     if service == "all" and port is not None:
-        _fail("--port applies to one service; set COUTURIER_<SERVICE>_PORT for each service of 'all'")
+        fail("--port applies to one service; set COUTURIER_<SERVICE>_PORT for each service of 'all'")
     overrides = {"host": host, "metrics_port": metrics_port, "log_format": log_format, "log_level": log_level}
     try:
         settings = {key: load_settings(key, **overrides, port=port) for key in keys}
@@ -58,7 +59,7 @@ def serve(
             for key in ("scoring", "latent", "retrieval"):  # one /metrics endpoint per process
                 settings[key] = settings[key].model_copy(update={"metrics_port": None})
     except CouturierError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     first = settings[keys[0]]
     configure_logging(first.log_level, first.log_format)
     hosts = [make_host(key, settings[key]) for key in keys]
@@ -83,7 +84,7 @@ def health(
         else:
             status = asyncio.run(check_health(target, service))
     except (TimeoutError, grpc.aio.AioRpcError) as exc:
-        _fail(str(exc) if isinstance(exc, TimeoutError) else f"{target}: {exc.code().name} {exc.details()}")
+        fail(str(exc) if isinstance(exc, TimeoutError) else f"{target}: {exc.code().name} {exc.details()}")
     typer.echo(status)
     if status != "SERVING":
         raise typer.Exit(code=1)

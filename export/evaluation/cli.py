@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from couturier.services.cli import fail
+
 if TYPE_CHECKING:
     from couturier.export.data.dataset import PreparedData
 
@@ -24,11 +26,6 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR); prepared for the profile when empty."),
 ]
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def _prepared(data_dir: Path | None, profile: str) -> PreparedData:
@@ -48,7 +45,7 @@ def train_cmd(profile: ProfileOpt = "demo", data_dir: DataDirOpt = None, runs: R
     from couturier.export.evaluation.judge import JUDGE_PROFILES, train_judge
 
     if profile not in JUDGE_PROFILES:
-        _fail(f"unknown profile {profile!r}; choose one of {', '.join(JUDGE_PROFILES)}")
+        fail(f"unknown profile {profile!r}; choose one of {', '.join(JUDGE_PROFILES)}")
     prepared = _prepared(data_dir, profile)
     result = train_judge(prepared, runs / profile / "judge", profile)
     m = result.metrics
@@ -73,11 +70,11 @@ def samples_cmd(
 
     root = runs / profile
     if not (root / "judge" / "checkpoint.pt").is_file():
-        _fail(f"no trained judge in {root / 'judge'}: run `couturier judge train --profile {profile}` first")
+        fail(f"no trained judge in {root / 'judge'}: run `couturier judge train --profile {profile}` first")
     if not (root / "gan" / "checkpoint.pt").is_file():
-        _fail(f"no trained GAN in {root / 'gan'}: run `couturier train --profile {profile} --only gan` first")
+        fail(f"no trained GAN in {root / 'gan'}: run `couturier train --profile {profile} --only gan` first")
     if n_per_category < 2 or draws < 1:
-        _fail("--n-per-category must be >= 2 and --draws >= 1")
+        fail("--n-per-category must be >= 2 and --draws >= 1")
     prepared = _prepared(data_dir, profile)
     report, json_path, png = judge_gan(
         root, LabelledImages.of(prepared.heldout), n_per_category=n_per_category, draws=draws, seed=seed

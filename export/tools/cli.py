@@ -13,12 +13,8 @@ from typing import Annotated
 
 import typer
 
+from couturier.services.cli import fail
 from couturier.services.common.errors import CouturierError
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=2)
 
 
 def demo(
@@ -39,7 +35,7 @@ def demo(
     try:
         report = run_demo(out, data_dir=data_dir, profile=profile)
     except CouturierError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         typer.echo("interrupted (the serving stack, if it had started, was stopped)", err=True)
         raise typer.Exit(code=130) from None
@@ -96,11 +92,11 @@ def bench(
     attach = {"orchestrator": orchestrator, "scoring": scoring, "latent": latent, "retrieval": retrieval}
     given = {k: v for k, v in attach.items() if v}
     if given and len(given) != len(attach):
-        _fail(f"attaching needs all four services; missing --{', --'.join(k for k in attach if k not in given)}")
+        fail(f"attaching needs all four services; missing --{', --'.join(k for k in attach if k not in given)}")
     try:
         levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
     except ValueError:
-        _fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
+        fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
     options = BenchOptions(
         out=out,
         targets=given,
