@@ -14,7 +14,10 @@ if TYPE_CHECKING:
     from couturier.export.triton.model_config import InstanceKind
 
 ProfileOpt = Annotated[
-    str, typer.Option(help="demo (2-core CPU, ~20 min), full (GPU) or tiny (seconds; pipeline tests).")
+    str,
+    typer.Option(
+        help="demo (2-core CPU), quality (the shipped models: GPU minutes), full (GPU) or tiny (seconds; pipeline tests)."
+    ),
 ]
 RunsOpt = Annotated[Path, typer.Option(help="Runs folder; a profile writes runs/<profile>/.")]
 DataDirOpt = Annotated[Path | None, typer.Option(help="Prepared data (default var/data or $COUTURIER_DATA_DIR).")]
@@ -76,15 +79,33 @@ def export(
         raise typer.Exit(code=1)
 
 
-def evaluate(profile: ProfileOpt = "demo", runs: RunsOpt = Path("runs"), data_dir: DataDirOpt = None) -> None:
-    """Retrieval evaluation (InfoGAN-D vs pixels vs EfficientNet-Lite0), then the full report."""
+def evaluate(
+    profile: ProfileOpt = "demo",
+    runs: RunsOpt = Path("runs"),
+    data_dir: DataDirOpt = None,
+    shoppers: Annotated[int, typer.Option(help="Shoppers (and alterations) the generation flows are judged on.")] = 50,
+) -> None:
+    """Retrieval evaluation, the judge's verdict on GAN samples, Design, Alter and GIGS, then the full report.
+
+    The judge figures need a trained judge (`couturier judge train --profile P`) and exported models
+    (`couturier export --profile P`); without them the report says what is missing.
+    """
     from couturier.export.report import write_report
     from couturier.export.training.retrieval_eval import EFFNET_INPUT, run_retrieval_eval
 
     root = runs / profile
-    run_retrieval_eval(
-        _prepared(data_dir, profile), root / "infogan", root / "retrieval", effnet_input=EFFNET_INPUT.get(profile, 112)
-    )
+    prepared = _prepared(data_dir, profile)
+    run_retrieval_eval(prepared, root / "infogan", root / "retrieval", effnet_input=EFFNET_INPUT.get(profile, 112))
+    missing = [str(p) for p in (root / "judge" / "checkpoint.pt", root / "onnx" / "pref_grad.onnx") if not p.is_file()]
+    if missing:
+        typer.echo(f"judge figures skipped: {', '.join(missing)} missing (couturier judge train / couturier export)")
+    else:
+        from couturier.export.evaluation.generation import GenerationSettings, evaluate_generation
+        from couturier.export.evaluation.judge import LabelledImages
+        from couturier.export.evaluation.samples import judge_gan
+
+        judge_gan(root, LabelledImages.of(prepared.heldout))
+        evaluate_generation(root, prepared, GenerationSettings(n_shoppers=shoppers, n_alter=shoppers))
     typer.echo(f"report: {write_report(root)}")
 
 

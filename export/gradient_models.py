@@ -63,9 +63,11 @@ from .grad_export import export_value_and_grad, per_sample_relative_error, value
 from .objectives import (
     DEFAULT_DIVERSITY_SIGMA,
     DEFAULT_PERCEPTUAL_WEIGHT,
+    DEFAULT_REALISM_MARGIN,
     InversionObjective,
     PreferenceObjective,
     ShiftObjective,
+    sample_realism_margin,
 )
 from .onnx_io import export_forward, make_session, onnx_signature
 
@@ -184,8 +186,9 @@ def example_inputs(
 
 
 def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]) -> nn.Module:
+    margin = float(meta.get("realism_margin", DEFAULT_REALISM_MARGIN))
     if name == PREF_GRAD:
-        return PreferenceObjective(nets["generator"], nets["discriminator"], nets["encoder"])
+        return PreferenceObjective(nets["generator"], nets["discriminator"], nets["encoder"], realism_margin=margin)
     if name == INV_GRAD:
         return InversionObjective(
             nets["generator"], nets["perceptual"], float(meta.get("perceptual_weight", DEFAULT_PERCEPTUAL_WEIGHT))
@@ -196,6 +199,7 @@ def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]
         nets["encoder"],
         sigma=float(meta.get("diversity_sigma", DEFAULT_DIVERSITY_SIGMA)),
         diversity_space=meta.get("diversity_space", "phi"),
+        realism_margin=margin,
     )
 
 
@@ -227,6 +231,7 @@ def export_gradient_models(
     perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT,
     diversity_sigma: float = DEFAULT_DIVERSITY_SIGMA,
     diversity_space: str = "phi",
+    realism_margin: float | None = None,
     z_dim: int | None = None,
     n_categories: int | None = None,
     opset: int = 18,
@@ -244,11 +249,13 @@ def export_gradient_models(
     for m in nets.values():
         _eval_frozen(m)
     dims = _infer_dims(generator, encoder, z_dim, n_categories)
-    meta_common = {**{k: v for k, v in dims.items()}, "torch": torch.__version__}
+    if realism_margin is None:  # the median realism of the generator's own samples
+        realism_margin = sample_realism_margin(generator, discriminator, dims["n_categories"], dims["z_dim"])
+    meta_common = {**{k: v for k, v in dims.items()}, "torch": torch.__version__, "realism_margin": realism_margin}
     meta = {
         PREF_GRAD: {
             **meta_common,
-            "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*(D(G(z))-1)^2",
+            "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*min(D(G(z))-realism_margin,0)^2",
             "direction": "maximise",
         },
         INV_GRAD: {

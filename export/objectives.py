@@ -17,9 +17,15 @@ All modules must be in eval mode (BatchNorm running statistics) so samples stay 
 
 Preference (Kang et al. 2017, and Kang's official code)::
 
-    pref_b = sum_u user_weight[b,u] * theta_u . Phi(G(z_b, c_b)) - realism_weight_b * (D(G(z_b), c_b) - 1)^2
+    pref_b = sum_u user_weight[b,u] * theta_u . Phi(G(z_b, c_b)) - realism_weight_b * min(D(G(z_b), c_b) - m, 0)^2
 
-Kang's code maximises ``mean_u theta_u . Phi(G(z)) - 1.0 * (D(G(z)) - 1)^2``; that is
+Kang's code maximises ``mean_u theta_u . Phi(G(z)) - 1.0 * (D(G(z)) - 1)^2`` with an LSGAN D (real
+~ 1). couturier's D is hinge-trained: real items score about >= 1 and the generator's own samples
+about -1, so Kang's target of 1 made the realism term (about 3.5 per design) outweigh the
+preference gain (about 1.3), and Adam spent the steps making designs "more real" for D instead of
+more liked (measured on the quality models). The term is one-sided around ``m``, the median realism
+of the generator's own samples (:func:`sample_realism_margin`, measured at export): a design pays
+only for becoming less realistic than a typical sample. Otherwise Kang's objective is kept:
 ``user_weight = 1/U`` (or U=1 with the mean theta, identical because theta enters linearly) and
 ``realism_weight = 1``. Non-linear group objectives ``F(s_1..s_U)`` of the per-user scores
 ``s_u = theta_u . Phi(G(z))`` are handled by the caller: compute ``s`` (aux output ``scores``), set
@@ -56,6 +62,7 @@ alternative when visually distinct variants matter more than distinct audiences.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,12 +70,14 @@ from torch import nn
 __all__ = [
     "DEFAULT_DIVERSITY_SIGMA",
     "DEFAULT_PERCEPTUAL_WEIGHT",
+    "DEFAULT_REALISM_MARGIN",
     "DIVERSITY_SPACES",
     "InversionObjective",
     "PreferenceObjective",
     "ShiftObjective",
     "diversity_penalty",
     "preference_terms",
+    "sample_realism_margin",
 ]
 
 #: lambda of the inversion objective (MSE + lambda * perceptual); GIGS weights LPIPS 1:1 with MSE.
@@ -76,6 +85,8 @@ DEFAULT_PERCEPTUAL_WEIGHT = 1.0
 #: RBF width of the diversity penalty on squared distances in [0, 4].
 DEFAULT_DIVERSITY_SIGMA = 0.5
 DIVERSITY_SPACES = ("phi", "pixels")
+#: Realism margin when none is measured (the hinge loss's margin for real items).
+DEFAULT_REALISM_MARGIN = 1.0
 _EPS = 1e-8
 
 
@@ -88,14 +99,40 @@ def preference_terms(
     theta: torch.Tensor,
     user_weight: torch.Tensor,
     realism_weight: torch.Tensor,
+    realism_margin: float = DEFAULT_REALISM_MARGIN,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(pref (B,), scores (B,U), image (B,3,S,S), realism D (B,), Phi (B,K))`` for latent codes ``z``."""
     image = generator(z, category)
     phi = encoder(image)
     scores = phi @ theta.transpose(0, 1)
     realism = discriminator(image, category).reshape(-1)
-    pref = (user_weight * scores).sum(dim=1) - realism_weight.reshape(-1) * (realism - 1.0) ** 2
+    pref = (user_weight * scores).sum(dim=1) - realism_weight.reshape(-1) * F.relu(realism_margin - realism) ** 2
     return pref, scores, image, realism, phi
+
+
+@torch.no_grad()
+def sample_realism_margin(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    n_categories: int,
+    z_dim: int,
+    n: int = 3000,
+    seed: int = 20_171_118,
+) -> float:
+    """Median ``D(G(z, c))`` over ``n`` prior samples, categories in turn: the realism of a typical sample.
+
+    Its own seed: a latent drawn with another stream (e.g. an optimiser's start) never sits exactly on
+    the penalty's kink."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.rand(n, z_dim, generator=g) * 2.0 - 1.0
+    category = F.one_hot(torch.arange(n) % n_categories, n_categories).float()
+    realism = torch.cat(
+        [
+            discriminator(generator(z[i : i + 500], category[i : i + 500]), category[i : i + 500])
+            for i in range(0, n, 500)
+        ]
+    )
+    return float(np.median(realism.reshape(-1).double().numpy()))
 
 
 def diversity_penalty(features: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -119,9 +156,17 @@ class PreferenceObjective(nn.Module):
     value (B,), scores (B,U) = theta_u . Phi(G(z_b)), image (B,3,S,S), realism (B,) = D(G(z_b)).
     """
 
-    def __init__(self, generator: nn.Module, discriminator: nn.Module, encoder: nn.Module) -> None:
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        encoder: nn.Module,
+        *,
+        realism_margin: float = DEFAULT_REALISM_MARGIN,
+    ) -> None:
         super().__init__()
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
+        self.realism_margin = float(realism_margin)
         self.eval()
 
     def forward(
@@ -133,7 +178,15 @@ class PreferenceObjective(nn.Module):
         realism_weight: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         pref, scores, image, realism, _ = preference_terms(
-            self.generator, self.discriminator, self.encoder, z, category, theta, user_weight, realism_weight
+            self.generator,
+            self.discriminator,
+            self.encoder,
+            z,
+            category,
+            theta,
+            user_weight,
+            realism_weight,
+            self.realism_margin,
         )
         return pref, scores, image, realism
 
@@ -172,6 +225,7 @@ class ShiftObjective(nn.Module):
         *,
         sigma: float = DEFAULT_DIVERSITY_SIGMA,
         diversity_space: str = "phi",
+        realism_margin: float = DEFAULT_REALISM_MARGIN,
     ) -> None:
         super().__init__()
         if diversity_space not in DIVERSITY_SPACES:
@@ -181,6 +235,7 @@ class ShiftObjective(nn.Module):
         self.generator, self.discriminator, self.encoder = generator, discriminator, encoder
         self.sigma = float(sigma)
         self.diversity_space = diversity_space
+        self.realism_margin = float(realism_margin)
         self.eval()
 
     def forward(
@@ -207,6 +262,7 @@ class ShiftObjective(nn.Module):
             theta,
             rep(user_weight),
             rep(weights[:, 1:2]),
+            self.realism_margin,
         )
         if self.diversity_space == "phi":
             feats = phi / torch.sqrt(phi.pow(2).sum(dim=1, keepdim=True) + _EPS)

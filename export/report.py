@@ -119,13 +119,101 @@ def _gan(metrics: dict[str, Any]) -> list[str]:
     rows.append(["overall", consistency["overall"]])
     final = metrics.get("final", {})
     return [
-        f"Conditional LSGAN, {metrics.get('steps_done')} steps in {metrics.get('train_wall_s')} s; mean D output "
+        f"Conditional hinge GAN, {metrics.get('steps_done')} steps in {metrics.get('train_wall_s')} s; mean D output "
         f"{final.get('d_real', float('nan')):.2f} on real images, {final.get('d_fake', float('nan')):.2f} on samples. "
         "Category consistency = share of samples whose nearest real catalogue image (pixels) has the "
         "requested category. Samples per category: see the pictures below.",
         "",
         *_table(["category", "1-NN category consistency"], rows),
     ]
+
+
+#: Issue 10's acceptance floors: key in the ``judge`` object -> (comparison, floor). ``retrieval`` compares
+#: with the pixel baseline of the same run instead of a constant.
+FLOORS: dict[str, tuple[str, float]] = {
+    "samples.category_accuracy": (">=", 0.85),
+    "samples.fid_ratio": ("<=", 5.0),
+    "designs.preference_raised_share": (">=", 0.9),
+    "designs.category_accuracy": (">=", 0.8),
+    "designs.oracle_top10_share": (">=", 0.6),
+    "alter.reconstruction_category_accuracy": (">=", 0.8),
+    "alter.altered_category_accuracy": (">=", 0.8),
+    "alter.oracle_gain_share": (">=", 0.7),
+    "gigs.positive_shift_share": (">=", 0.9),
+    "gigs.variant_category_accuracy": (">=", 1.0),
+    "gigs.min_pairwise_opposite_ssim": (">=", 0.05),
+}
+_SCALARS = (int, float)
+
+
+def judge_summary(root: Path) -> dict[str, Any] | None:
+    """The ``judge`` object of the report: the judge's figures for samples, designs, alterations, GIGS
+    variants and retrieval, each a number, plus ``floors`` (value, floor, met) for every acceptance floor."""
+    samples = _load(root / "judge" / "samples.json")
+    generation = _load(root / "judge" / "generation.json")
+    retrieval = _load(root / "retrieval" / "metrics.json")
+    if samples is None and generation is None:
+        return None
+    out: dict[str, Any] = {}
+    if samples is not None:
+        out["samples"] = {
+            "category_accuracy": samples["generated"]["overall"]["accuracy"],
+            "fid_ratio": samples["fid_ratio"]["overall"],
+            "real_category_accuracy": samples["real_ceiling"]["overall"]["accuracy"],
+            "judge_heldout_accuracy": samples.get("judge_heldout_accuracy"),
+            "per_category_accuracy": {k: v["accuracy"] for k, v in samples["generated"]["per_category"].items()},
+            "per_category_fid_ratio": {k: v for k, v in samples["fid_ratio"].items() if k != "overall"},
+        }
+    if generation is not None:
+        for flow in ("designs", "alter", "gigs"):
+            out[flow] = dict(generation[flow])
+    if retrieval is not None:
+        methods = retrieval["methods"]
+        out["retrieval"] = {
+            f"{short}_p10_category": methods[name]["precision"]["category"]["p@10"]
+            for short, name in (("infogan", "infogan_d"), ("pixels", "pixels"))
+            if name in methods
+        }
+    floors: dict[str, Any] = {}
+    for key, (op, floor) in FLOORS.items():
+        flow, name = key.split(".")
+        value = out.get(flow, {}).get(name)
+        if isinstance(value, _SCALARS):
+            floors[key] = {
+                "value": value,
+                "floor": f"{op} {floor}",
+                "met": value >= floor if op == ">=" else value <= floor,
+            }
+    r = out.get("retrieval", {})
+    if {"infogan_p10_category", "pixels_p10_category"} <= set(r):
+        floors["retrieval.infogan_p10_category"] = {
+            "value": r["infogan_p10_category"],
+            "floor": f">= pixels {r['pixels_p10_category']:.3f}",
+            "met": r["infogan_p10_category"] >= r["pixels_p10_category"],
+        }
+    out["floors"] = floors
+    return out
+
+
+def _judge(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        "A CNN trained on the REAL catalogue images (never used by any optimisation) judges every generated "
+        "image: category accuracy, and the Fréchet distance in its features against real held-out items of "
+        "the same category divided by the real-vs-real distance (fid_ratio; 1 = as close as real items). "
+        "Oracle figures use the SIMULATED planted tastes. Design/Alter/GIGS run with the latent service's "
+        "optimisers at their defaults on the exported models.",
+        "",
+    ]
+    rows = [[key, f["value"], f["floor"], "yes" if f["met"] else "NO"] for key, f in summary.get("floors", {}).items()]
+    lines += _table(["figure", "value", "floor", "met"], rows)
+    extra = []
+    for flow in ("designs", "alter", "gigs"):
+        for key, value in summary.get(flow, {}).items():
+            if isinstance(value, _SCALARS) and f"{flow}.{key}" not in FLOORS:
+                extra.append([f"{flow}.{key}", value])
+    if extra:
+        lines += ["", *_table(["more figures", "value"], extra)]
+    return lines
 
 
 def _parity(parity: dict[str, Any]) -> list[str]:
@@ -161,6 +249,13 @@ def write_report(runs_root: Path) -> Path:
     )
     section("Multimodal search (SynthTriplet) vs image-only", "synthtriplet", _multimodal)
     section("Design generator: conditional GAN", "gan", _gan)
+    judge = judge_summary(root)
+    sections.append(
+        (
+            "Generated images judged: samples, designs, alterations, GIGS variants",
+            _judge(judge) if judge is not None else [f"**Not run**: no judge figures under {root / 'judge'}."],
+        )
+    )
     section("ONNX exports: parity with PyTorch (forward) and float64 autograd (gradients)", "parity", _parity)
     images = []
     for network, picture in (("gan", "samples.png"), ("infogan", "samples.png"), ("synthtriplet", "samples.png")):
@@ -170,6 +265,12 @@ def write_report(runs_root: Path) -> Path:
                 target = out / f"{network}_{name}"
                 shutil.copyfile(source, target)
                 images.append((f"{network} {name.removesuffix('.png')}", target.name))
+    for name in ("samples.png", "designs.png", "alter.png", "gigs.png"):
+        source = root / "judge" / name
+        if source.is_file():
+            target = out / f"judge_{name}"
+            shutil.copyfile(source, target)
+            images.append((f"judged {name.removesuffix('.png')}", target.name))
     if sources["training"] is not None:
         sections.append(("Training wall time (s)", [json.dumps(sources["training"]["wall_s"])]))
 
@@ -179,7 +280,7 @@ def write_report(runs_root: Path) -> Path:
     md += ["## Pictures", ""] + [f"![{title}]({name})" for title, name in images]
     markdown = out / "eval_report.md"
     markdown.write_text("\n".join(md) + "\n")
-    (out / "eval_report.json").write_text(json.dumps(sources, indent=2, default=float))
+    (out / "eval_report.json").write_text(json.dumps({**sources, "judge": judge}, indent=2, default=float))
     (out / "eval_report.html").write_text(_html(sections, images))
     return markdown
 

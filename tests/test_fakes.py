@@ -16,7 +16,8 @@ from couturier.services.common.inference import (
 )
 from couturier.services.common.models import ALL_MODELS, INV_GRAD, ITEM_ENCODER, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.vectors import EmbeddingSpace, ProductVector
-from support.fakes import FakeInferenceBackend, InMemoryVectorStore
+from couturier.services.latent.optimize import realism_term
+from support.fakes import FAKE_REALISM_MARGIN, FakeInferenceBackend, InMemoryVectorStore
 
 F32 = np.float32
 
@@ -131,7 +132,9 @@ def test_gradient_models_agree_with_the_forward_models() -> None:
     np.testing.assert_allclose(out["image"], image)
     np.testing.assert_allclose(out["scores"], nets.item_encoder(image) @ theta.T)
     realism = nets.discriminator(image, category)
-    np.testing.assert_allclose(out["value"], out["scores"].mean(1) - (realism - 1) ** 2)
+    penalty = np.minimum(realism - FAKE_REALISM_MARGIN, 0.0) ** 2
+    np.testing.assert_allclose(out["value"], out["scores"].mean(1) - penalty)
+    np.testing.assert_allclose(realism_term(out["value"], out["scores"], weight), penalty, atol=1e-9)
     inv = nets.inv_grad(z, category, image[::-1].copy())
     assert inv["value"][0] > 0 and np.allclose(nets.inv_grad(z, category, image)["value"], 0)
     # identical variants: diversity 1, value = preference - diversity weight

@@ -271,4 +271,4 @@ async def test_the_shift_step_scales_with_the_radius() -> None:
         moved[radius] = float(np.linalg.norm(after.shifts - start.shifts, axis=1).mean()) / radius
     assert moved[0.25] > 0
     np.testing.assert_allclose(moved[0.25], moved[1.0], rtol=0.05)
-    assert opt.default_shift_learning_rate(0.5) == pytest.approx(0.003)  # the measured default is kept
+    assert opt.default_shift_learning_rate(opt.DEFAULT_SHIFT_RADIUS) == pytest.approx(0.006 * opt.DEFAULT_SHIFT_RADIUS)

@@ -15,10 +15,13 @@ from couturier.export.models.gan import (
     Discriminator,
     GanConfig,
     Generator,
-    lsgan_d_loss,
-    lsgan_g_loss,
+    bake_spectral_norm,
+    diff_augment,
+    hinge_d_loss,
+    hinge_g_loss,
     one_hot,
     sample_z,
+    update_ema,
 )
 from couturier.export.models.perceptual import PerceptualDistance
 from couturier.export.training.baselines import popularity_scorer
@@ -189,6 +192,7 @@ def test_evaluate_scorer_perfect_reversed_and_tied() -> None:
 @pytest.mark.parametrize("size", [32, 64])
 def test_gan_shapes_and_ranges(size: int) -> None:
     cfg = GanConfig(image_size=size, z_dim=16, g_channels=(16, 8, 8, 4), d_channels=(4, 8, 8, 16))
+    assert all(not isinstance(m, torch.nn.ConvTranspose2d) for m in Generator(cfg).modules())
     G, D = Generator(cfg), Discriminator(cfg)
     oh = one_hot(torch.tensor([0, 3, 5]), cfg.n_categories)
     x = G(sample_z(3, 16), oh)
@@ -199,14 +203,51 @@ def test_gan_shapes_and_ranges(size: int) -> None:
     assert z.min() >= -1 and z.max() <= 1
 
 
-def test_lsgan_losses_known_values() -> None:
+def test_hinge_losses_known_values() -> None:
     one, zero = torch.ones(4), torch.zeros(4)
-    assert lsgan_d_loss(one, zero).item() == 0.0
-    assert lsgan_d_loss(zero, one).item() == pytest.approx(1.0)
-    assert lsgan_d_loss(torch.tensor([3.0]), torch.tensor([-1.0])).item() == pytest.approx(0.5 * 4 + 0.5 * 1)
-    assert lsgan_g_loss(one).item() == 0.0
-    assert lsgan_g_loss(zero).item() == pytest.approx(0.5)
-    assert lsgan_g_loss(torch.tensor([3.0])).item() == pytest.approx(2.0)
+    assert hinge_d_loss(one, -one).item() == 0.0  # both past their margins
+    assert hinge_d_loss(zero, zero).item() == pytest.approx(2.0)
+    assert hinge_d_loss(torch.tensor([3.0, -1.0]), torch.tensor([-3.0, 0.5])).item() == pytest.approx(1.0 + 0.75)
+    assert hinge_g_loss(torch.tensor([2.0, -1.0])).item() == pytest.approx(-0.5)
+
+
+def test_baked_spectral_norm_is_the_same_function_with_unit_spectral_norms() -> None:
+    torch.manual_seed(0)
+    cfg = GanConfig(z_dim=8, d_channels=(8, 16, 16))
+    D = Discriminator(cfg, spectral=True).train()
+    with torch.no_grad():  # make the raw weight's spectral norm far from 1, so only the bake can give 1
+        D.trunk[2].parametrizations.weight.original.mul_(7.0)
+    x, oh = torch.randn(5, 3, 32, 32), one_hot(torch.tensor([0, 1, 2, 3, 4]), cfg.n_categories)
+    for _ in range(30):  # power iterations converge in train mode
+        D(x, oh)
+    D.eval()
+    plain = bake_spectral_norm(D)
+    assert not any("parametrizations" in k for k in plain.state_dict())
+    torch.testing.assert_close(plain(x, oh), D(x, oh))
+    conv = plain.trunk[2].weight.detach().reshape(plain.trunk[2].weight.shape[0], -1)
+    assert torch.linalg.matrix_norm(conv, ord=2).item() == pytest.approx(1.0, abs=0.02)
+    raw = D.trunk[2].parametrizations.weight.original.detach().reshape(conv.shape[0], -1)
+    assert torch.linalg.matrix_norm(raw, ord=2).item() > 3.0
+
+
+def test_diff_augment_translates_and_cuts_out_differentiably() -> None:
+    x = torch.ones(16, 3, 32, 32, requires_grad=True)
+    y = diff_augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    zeros = (y == 0).float().mean(dim=(1, 2, 3))
+    # a 16x16 cutout (up to 1/4, less where it leaves the frame) plus the shifted-in border (up to 4 px)
+    assert (zeros > 0.05).all() and (zeros < 0.55).all() and 0.2 < zeros.mean() < 0.45
+    y.sum().backward()
+    assert x.grad is not None and 0 < x.grad.sum() < x.numel()  # kept pixels carry gradient, cut ones none
+
+
+def test_ema_tracks_the_average_of_the_weights() -> None:
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    start = a.weight.detach().clone()
+    update_ema(a, b, 0.75)
+    torch.testing.assert_close(a.weight, 0.75 * start + 0.25 * b.weight.detach())
+    update_ema(a, b, 0.0)
+    torch.testing.assert_close(a.weight, b.weight)
 
 
 @pytest.mark.integration

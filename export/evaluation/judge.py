@@ -166,12 +166,13 @@ JUDGE_PROFILES: dict[str, JudgeProfile] = {
     # one torch thread: on the shared 2-core machine it ran faster than two (see training/profiles.py)
     "demo": JudgeProfile(name="demo", epochs=6, max_seconds=300.0),
     "tiny": JudgeProfile(name="tiny", epochs=4, batch_size=16, max_seconds=60.0),  # ~6 s on 400 items
+    "quality": JudgeProfile(name="quality", epochs=20, batch_size=256, use_cuda=True, threads=2),  # the shipped judge
     "full": JudgeProfile(name="full", epochs=20, batch_size=256, use_cuda=True, threads=8),
 }
 
 
 def judge_profile(name: str, **overrides: Any) -> JudgeProfile:
-    """The named profile (demo, tiny, full) with field overrides."""
+    """The named profile (demo, tiny, quality, full) with field overrides."""
     if name not in JUDGE_PROFILES:
         raise ValueError(f"unknown judge profile {name!r}; choose one of {', '.join(JUDGE_PROFILES)}")
     return replace(JUDGE_PROFILES[name], **overrides)

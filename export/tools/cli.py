@@ -1,4 +1,4 @@
-"""Offline subcommands of ``couturier``: data, train, export, eval, judge, triton, index, demo and bench.
+"""Offline subcommands of ``couturier``: data, train, export, eval, judge, models, triton, index, demo and bench.
 
 Registered into the serving CLI (``couturier.services.cli``) through the ``couturier.cli`` entry point,
 so the serving package never imports this one.
@@ -18,22 +18,45 @@ from couturier.services.common.errors import CouturierError
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("runs/demo"),
+    out: Annotated[Path | None, typer.Option(help="Where the report goes (default runs/<profile>).")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory (default var/data or COUTURIER_DATA_DIR).")
     ] = None,
-    profile: Annotated[str, typer.Option(help="Data and training profile: demo (2-core machine) or full.")] = "demo",
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Models to serve from runs/<profile>: quality (the shipped models; the default), or with --train "
+            "demo (2-core CPU; the default with --train), quality or full (GPU)."
+        ),
+    ] = None,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train", help="Train the networks on this machine when runs/<profile> lacks them (no shipped models)."
+        ),
+    ] = False,
+    shipped: Annotated[
+        Path | None, typer.Option(help="Shipped models to install (default export/shipped/<profile>).")
+    ] = None,
 ) -> None:
-    """The main job on the embedded default: data, models (trained once), the whole stack, every flow, a report.
+    """The main job on the embedded default: data, models, the whole stack, every flow, a report.
 
-    Trains and publishes models only when missing (about 12 minutes on a 2-core CPU the first time),
-    runs every flow against a local Triton and the four services, stops them, writes
-    <out>/demo_report.html.
+    By default serves the shipped quality models, installed from export/shipped/quality when runs/quality lacks them.
+
+    Installing checks every file's sha256 and that the prepared data is the data they were trained on.
+
+    --train trains missing models on this machine instead (the demo profile unless --profile says otherwise).
+
+    Without --train and with nothing shipped, the demo refuses before doing any work.
+
+    Then exports and publishes only what is missing, and runs every flow against a local Triton and the services.
+
+    The report goes to <out>/demo_report.html.
     """
     from couturier.export.tools.demo import run_demo
 
     try:
-        report = run_demo(out, data_dir=data_dir, profile=profile)
+        report = run_demo(out, data_dir=data_dir, profile=profile, train=train, shipped=shipped)
     except CouturierError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -117,6 +140,94 @@ def bench(
     typer.echo(f"results: {md_path} and {json_path}")
 
 
+models_app = typer.Typer(
+    help="Trained models shipped with the repository (export/shipped/<profile>): write, verify, install.",
+    no_args_is_help=True,
+)
+
+
+@models_app.command("ship")
+def models_ship(
+    profile: Annotated[str, typer.Option(help="The trained profile to ship (runs/<profile>).")] = "quality",
+    runs: Annotated[Path, typer.Option(help="Runs folder holding runs/<profile>/ (and its judge/).")] = Path("runs"),
+    dest: Annotated[Path | None, typer.Option(help="Shipped folder (default export/shipped/<profile>).")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="The prepared data the run was trained on (default var/data or COUTURIER_DATA_DIR)."),
+    ] = None,
+    device_name: Annotated[
+        str | None, typer.Option(help="The hardware it was trained on, for the model card (e.g. 'NVIDIA H200').")
+    ] = None,
+) -> None:
+    """Copy a trained run into the shipped folder: trimmed checkpoints, metrics, user vectors, manifest, model card.
+
+    Writes manifest.json, MODEL_CARD.md and SHA256SUMS; refuses above the size limit (25 MB) or when the data differs.
+    """
+    from couturier.export.data.paths import default_data_dir
+    from couturier.export.tools.shipped import SIZE_LIMIT_BYTES, ship, shipped_dir
+
+    target = dest or shipped_dir(profile)
+    try:
+        folder = ship(
+            runs,
+            profile,
+            target,
+            prepared_data_dir=data_dir or default_data_dir(),
+            device_description=device_name,
+            echo=typer.echo,
+        )
+    except CouturierError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"shipped the {profile!r} models into {folder} (limit {SIZE_LIMIT_BYTES:,} bytes); check with `couturier models verify`"
+    )
+
+
+@models_app.command("verify")
+def models_verify(
+    shipped: Annotated[Path | None, typer.Option(help="Shipped folder (default export/shipped/quality).")] = None,
+) -> None:
+    """Check every shipped file against SHA256SUMS and the manifest against both; exit 2 on any mismatch."""
+    from couturier.export.tools.shipped import shipped_dir, verify
+
+    folder = shipped or shipped_dir("quality")
+    try:
+        manifest = verify(folder)
+    except CouturierError as exc:
+        fail(str(exc))
+    files = manifest["files"]
+    typer.echo(
+        f"{folder}: the {manifest['profile']!r} models, {len(files)} files, "
+        f"{sum(f['bytes'] for f in files):,} bytes: every sha256 matches"
+    )
+
+
+@models_app.command("install")
+def models_install(
+    shipped: Annotated[Path | None, typer.Option(help="Shipped folder (default export/shipped/quality).")] = None,
+    runs: Annotated[Path, typer.Option(help="Runs folder; installs into runs/<profile>/.")] = Path("runs"),
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Prepared data (default var/data or COUTURIER_DATA_DIR).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace files of a different run in runs/<profile>/.")] = False,
+) -> None:
+    """Verify the shipped models and the prepared data, then copy them to runs/<profile>/ (what couturier demo does)."""
+    from couturier.export.data.paths import default_data_dir
+    from couturier.export.tools.shipped import install, shipped_dir
+
+    try:
+        run_dir = install(
+            shipped or shipped_dir("quality"),
+            runs,
+            data_dir or default_data_dir(),
+            overwrite=overwrite,
+            echo=typer.echo,
+        )
+    except CouturierError as exc:
+        fail(str(exc))
+    typer.echo(f"installed into {run_dir}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the offline subcommands to the ``couturier`` command."""
     from couturier.export.cli import register as register_models
@@ -128,6 +239,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data", help="Prepare, inspect and import data sets.")
     app.add_typer(triton_app, name="triton", help="Local Triton server and model repository versions.")
     app.add_typer(judge_app, name="judge", help="Judge generated images with a CNN trained on the real catalogue.")
+    app.add_typer(models_app, name="models", help="Trained models shipped with the repository: ship, verify, install.")
     register_models(app)
     register_index(app)
     app.command("demo")(demo)

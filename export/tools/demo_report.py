@@ -298,6 +298,8 @@ def _model_lines(models: ModelsSummary) -> list[str]:
         if models.trained
         else f"training: not needed ({models.training_reason or 'trained models found'})"
     ]
+    if models.installed:
+        lines.append(f"shipped models: {models.install_reason}")
     if models.exported:
         lines.append(f"ONNX export: {models.export_reason or 'done'}")
     if models.parity_failed:

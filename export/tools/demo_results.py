@@ -46,6 +46,9 @@ class ModelsSummary:
     """What the models stage did (train / export / publish) and the versions it serves."""
 
     run_dir: str
+    #: The shipped models were installed into ``run_dir`` (``export/shipped/<profile>``), and why.
+    installed: bool = False
+    install_reason: str = ""
     trained: bool = False
     training_reason: str = ""
     training_s: float | None = None

@@ -1,9 +1,12 @@
-"""Train the category-conditioned LSGAN on catalogue images (Kang et al. 2017's design generator).
+"""Train the category-conditioned GAN on catalogue images (Kang et al. 2017's design generator).
 
-Conditioning: ``prepared.catalogue.category`` (6 categories). Adam(2e-4, betas (0.5, 0.999)) for
-both nets, one D step then one G step per batch. Writes ``run_dir``::
+Conditioning: ``prepared.catalogue.category``. Hinge loss with a spectral-norm projection
+discriminator, DiffAugment (translation + cutout) on every image D sees, one D step then one G step
+per batch, Adam (``betas`` of the profile), optionally MSGAN's mode-seeking term. G's weights are averaged (EMA, ``ema_decay``); the EMA generator
+is what is saved and served, with its BatchNorm statistics re-estimated at the end ("standing
+statistics": the running statistics of the trained G belong to other weights). Writes ``run_dir``::
 
-    checkpoint.pt   config + profile + G/D state dicts
+    checkpoint.pt   config + profile + architecture tag + EMA-G / baked-D state dicts
     metrics.json    losses, timings, category consistency of samples (1-NN in pixel space)
     curves.png      D/G losses and D outputs per step
     samples.png     one row per category (same z across rows)
@@ -11,6 +14,7 @@ both nets, one D step then one G step per batch. Writes ``run_dir``::
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +25,18 @@ import torch
 from tqdm.auto import tqdm
 
 from couturier.export.models.gan import (
+    ARCHITECTURE,
     Discriminator,
     GanConfig,
     Generator,
-    lsgan_d_loss,
-    lsgan_g_loss,
+    bake_spectral_norm,
+    diff_augment,
+    hinge_d_loss,
+    hinge_g_loss,
+    mode_seeking_loss,
     one_hot,
     sample_z,
+    update_ema,
 )
 from couturier.export.training.common import (
     CHECKPOINT,
@@ -73,14 +82,16 @@ def train_gan(
         g_channels=tuple(prof.g_channels),
         d_channels=tuple(prof.d_channels),
     )
-    G, D = Generator(cfg).to(device), Discriminator(cfg).to(device)
+    G, D = Generator(cfg).to(device), Discriminator(cfg, spectral=True).to(device)
+    G_ema = copy.deepcopy(G).eval()
     data = images_to_tensor(cat.images).to(device)
     labels = torch.as_tensor(np.asarray(cat.category), dtype=torch.long, device=device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=prof.lr_g, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), lr=prof.lr_d, betas=(0.5, 0.999))
+    opt_g = torch.optim.Adam(G.parameters(), lr=prof.lr_g, betas=tuple(prof.betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=prof.lr_d, betas=tuple(prof.betas))
     curves: dict[str, list[float]] = {k: [] for k in ("loss_d", "loss_g", "d_real", "d_fake")}
     b = prof.batch_size
     perm, cursor, step, capped = torch.randperm(len(data), generator=gen).to(device), 0, 0, False
+    history = torch.zeros(prof.steps, len(curves), device=device)
     start = time.perf_counter()
     bar = tqdm(range(prof.steps), desc=f"gan[{prof.name}]", mininterval=2.0, disable=not progress)
     for step in bar:
@@ -89,28 +100,39 @@ def train_gan(
         idx = perm[cursor : cursor + b]
         cursor += b
         real, oh = data[idx], one_hot(labels[idx], cfg.n_categories)
-        fake = G(sample_z(b, cfg.z_dim, gen, device), oh)  # fake shares the real batch's categories
-        d_real, d_fake = D(real, oh), D(fake.detach(), oh)
-        loss_d = lsgan_d_loss(d_real, d_fake)
+        if prof.mode_seeking > 0:  # rows i and i + b/2 share a category: the mode-seeking pairs
+            oh_fake = torch.cat([oh[: b // 2], oh[: b - b // 2]])
+        else:
+            oh_fake = oh  # fake shares the real batch's categories
+        z = sample_z(b, cfg.z_dim, gen, device)
+        fake = G(z, oh_fake)
+        d_real, d_fake = D(diff_augment(real, gen), oh), D(diff_augment(fake.detach(), gen), oh_fake)
+        loss_d = hinge_d_loss(d_real, d_fake)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        loss_g = lsgan_g_loss(D(fake, oh))
+        loss_g = hinge_g_loss(D(diff_augment(fake, gen), oh_fake))
+        if prof.mode_seeking > 0:
+            loss_g = loss_g + prof.mode_seeking * mode_seeking_loss(z, fake)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        for key, val in (("loss_d", loss_d), ("loss_g", loss_g), ("d_real", d_real.mean()), ("d_fake", d_fake.mean())):
-            curves[key].append(val.item())
-        if step % prof.log_every == 0:
-            bar.set_postfix(d=f"{curves['loss_d'][-1]:.3f}", g=f"{curves['loss_g'][-1]:.3f}")
+        update_ema(G_ema, G, prof.ema_decay if step >= prof.ema_start else 0.0)
+        history[step] = torch.stack([loss_d, loss_g, d_real.mean(), d_fake.mean()]).detach()  # no GPU sync
+        if progress and step % prof.log_every == 0:
+            bar.set_postfix(d=f"{loss_d.item():.3f}", g=f"{loss_g.item():.3f}")
         if prof.max_seconds is not None and time.perf_counter() - start > prof.max_seconds:
             capped = True
             break
     train_s = time.perf_counter() - start
-    G, D = G.cpu().eval(), D.cpu().eval()
+    for key, column in zip(curves, history[: step + 1].cpu().T.tolist(), strict=True):
+        curves[key] = column
+    standing_statistics(G_ema, labels, gen)
+    G, D = G_ema.cpu().eval(), bake_spectral_norm(D).cpu().eval()
     steps_done = step + 1
     save_checkpoint(
         run_dir / CHECKPOINT,
+        architecture=ARCHITECTURE,
         config=cfg.to_dict(),
         profile=prof.to_dict(),
         step=steps_done,
@@ -118,7 +140,7 @@ def train_gan(
         generator=G.state_dict(),
         discriminator=D.state_dict(),
     )
-    draw_curves(run_dir / "curves.png", curves, f"conditional LSGAN [{prof.name}] {steps_done} steps")
+    draw_curves(run_dir / "curves.png", curves, f"conditional hinge GAN [{prof.name}] {steps_done} steps")
     save_samples(G, run_dir / "samples.png", names, seed=prof.seed)
     metrics = {
         "profile": prof.to_dict(),
@@ -134,6 +156,24 @@ def train_gan(
     }
     write_json(run_dir / "metrics.json", metrics)
     return GanResult(G, D, metrics, run_dir)
+
+
+@torch.no_grad()
+def standing_statistics(G: Generator, labels: torch.Tensor, gen: torch.Generator, batches: int = 50) -> None:
+    """Re-estimate G's BatchNorm running statistics for its current weights (cumulative average over
+    ``batches`` batches of prior samples, categories drawn as in the data); G ends in eval mode."""
+    device = next(G.parameters()).device
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    G.train()
+    for _ in range(batches):
+        idx = torch.randint(0, len(labels), (256,), generator=gen).to(device)
+        G(sample_z(256, G.cfg.z_dim, gen, device), one_hot(labels[idx], G.cfg.n_categories))
+    for m in norms:
+        m.momentum = 0.1
+    G.eval()
 
 
 @torch.no_grad()
@@ -177,6 +217,11 @@ def save_samples(G: Generator, path: Path, names: tuple[str, ...], seed: int = 0
 def load_gan(run_dir: Path | str) -> tuple[Generator, Discriminator]:
     """The trained generator and discriminator (eval mode, CPU) from ``run_dir/checkpoint.pt``."""
     ckpt = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    if ckpt.get("architecture") != ARCHITECTURE:
+        raise ValueError(
+            f"{run_dir} holds a GAN of another architecture ({ckpt.get('architecture', 'LSGAN DCGAN')!r},"
+            f" this code builds {ARCHITECTURE!r}); retrain it with couturier train --only gan"
+        )
     cfg = GanConfig.from_dict(ckpt["config"])
     G, D = Generator(cfg), Discriminator(cfg)
     G.load_state_dict(ckpt["generator"])

@@ -61,6 +61,10 @@ _EPS = 1e-8  # as in couturier.export.objectives (unit-normalised Phi features o
 # -- the fake networks -----------------------------------------------------------------------------
 
 
+#: The fake gradient models' realism margin (the real ones measure theirs at export).
+FAKE_REALISM_MARGIN = 1.0
+
+
 @dataclass(frozen=True)
 class FakeDims:
     """Sizes of the fake models (small, so everything runs in microseconds)."""
@@ -165,8 +169,9 @@ class FakeNets:
         phi = x @ self.W
         scores = phi @ theta.T
         realism = x @ self.d + np.asarray(category, np.float64) @ self.e
-        value = (user_weight * scores).sum(axis=1) - rw * (realism - 1.0) ** 2
-        grad_x = (user_weight @ theta) @ self.W.T - (2.0 * rw * (realism - 1.0))[:, None] * self.d[None]
+        short = np.minimum(realism - FAKE_REALISM_MARGIN, 0.0)  # the one-sided realism term of the real models
+        value = (user_weight * scores).sum(axis=1) - rw * short**2
+        grad_x = (user_weight @ theta) @ self.W.T - (2.0 * rw * short)[:, None] * self.d[None]
         return {
             "value": value,
             "grad_z": (grad_x * (1.0 - x * x)) @ self.A.T,
