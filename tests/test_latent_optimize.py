@@ -176,7 +176,8 @@ async def test_top_k_share_raises_the_smooth_share(
 
     images = load_prepared(trained_models.data_dir).catalogue.images
     phi = (await backend.infer(ITEM_ENCODER, {"image": to_model_input(list(images), 32)}))["embedding"]
-    thresholds = np.sort(phi @ theta.T, axis=0)[-10]  # each user's 10th best catalogue score
+    # each user's top-10% catalogue score: random starts enter it for some users, so the hard share can move
+    thresholds = np.quantile(phi @ theta.T, 0.9, axis=0)
     z0, cat = _start(seed=7)
     res = await opt.maximise_preference(
         backend,
@@ -191,10 +192,9 @@ async def test_top_k_share_raises_the_smooth_share(
     assert res.calls == 22 and res.temperature is not None and np.all(res.temperature > 0)
     np.testing.assert_allclose(res.objective_before, (res.scores_before >= thresholds).mean(axis=1))
     np.testing.assert_allclose(res.objective_after, (res.scores_after >= thresholds).mean(axis=1))
-    # The hard share of random starts against top-10 thresholds is often 0 and can stay there for 20
-    # steps on small models; the optimised surrogate must rise for every design.
+    # the optimised surrogate rises for every design, and the hard share it stands for on average
     assert np.all(res.smooth_history[-1] > res.smooth_history[0])
-    assert res.objective_after.mean() >= res.objective_before.mean()
+    assert res.objective_after.mean() > res.objective_before.mean()
 
 
 @pytest.mark.slow
@@ -238,7 +238,7 @@ async def test_seller_shifts_stay_in_the_ball_and_raise_preference(
         assert np.all(np.abs(res.z) <= 1.0)
         np.testing.assert_allclose(res.z - base, res.shifts, atol=1e-6)
         np.testing.assert_allclose(res.preference_shift, res.preference_after - res.preference_before, atol=1e-6)
-        assert np.all((res.opposite_ssim > 0) & (res.opposite_ssim <= 2))
+        np.testing.assert_allclose(res.opposite_ssim, 1.0 - ssim(res.image, res.base_image), atol=1e-9)
     assert plain.preference_after.mean() > plain.preference_before
     assert plain.history[-1] > plain.history[0]
     # The diversity term (RBF repulsion of the variants' Phi directions) spreads the variants apart.

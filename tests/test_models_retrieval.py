@@ -182,7 +182,8 @@ def test_infogan_and_synthtriplet_checkpoint_round_trip(tmp_path: Path) -> None:
         max_seconds=None,
     )
     assert set(s["recall"]) == {"synthetic_image", "image_only", "text_only"}
-    assert 0 <= s["recall"]["synthetic_image"]["R@10"] <= 1
+    for recall in s["recall"].values():  # recall can only grow with K, and the median rank is a rank
+        assert recall["R@10"] <= recall["R@50"] and 1 <= recall["median_rank"] <= 96
     G, cfg, extras = load_synthtriplet(tmp_path / "st")
     assert cfg.image_size == 16 and extras["step"] == 2
     assert G(torch.randn(1, 3, 16, 16), torch.randn(1, 384)).shape == (1, 3, 16, 16)

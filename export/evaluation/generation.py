@@ -274,7 +274,7 @@ async def _gigs(world: _World, backend: Any, s: GenerationSettings) -> dict[str,
             min_opp.append(float((1.0 - pair_ssim)[~np.eye(n, dtype=bool)].min()))
             imgs = to_uint8(res.image)
             base = to_uint8(res.base_image[None])
-            u = _oracle_utility(p, group, np.concatenate([base, imgs]), np.full(n + 1, c)).mean(axis=0)
+            u = _oracle_utility(p, group.tolist(), np.concatenate([base, imgs]), np.full(n + 1, c)).mean(axis=0)
             oracle_gain.extend((u[1:] - u[0]).tolist())
             variants.append(imgs)
             variant_cats.extend([c] * n)
@@ -341,8 +341,10 @@ def evaluate_generation(
         served.close()
     out = root / "judge"
     names = judge.config.category_names
-    _design_gallery(out / "designs.png", root, prepared, judge, *designs.pop("_gallery"), names)
-    _alter_gallery(out / "alter.png", judge, *alter.pop("_gallery"), names)
+    starts, design_images, design_cats = designs.pop("_gallery")
+    _design_gallery(out / "designs.png", prepared, judge, starts, design_images, design_cats, names)
+    originals, recons, altered, alter_cats = alter.pop("_gallery")
+    _alter_gallery(out / "alter.png", judge, originals, recons, altered, alter_cats, names)
     _gigs_gallery(out / "gigs.png", judge, gigs.pop("_gallery"))
     result = {
         "note": (
@@ -404,7 +406,6 @@ def _judged_tiles(judge: Judge, images: np.ndarray, category: int, names: Sequen
 
 def _design_gallery(
     path: Path,
-    root: Path,
     prepared: Any,
     judge: Judge,
     starts: np.ndarray,

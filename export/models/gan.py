@@ -170,8 +170,11 @@ def bake_spectral_norm(discriminator: Discriminator) -> Discriminator:
     discriminator.eval()
     plain = Discriminator(discriminator.cfg).to(next(discriminator.parameters()).device)
     with torch.no_grad():
-        state = {key: functools.reduce(getattr, key.split("."), discriminator) for key in plain.state_dict()}
-        plain.load_state_dict({key: value.detach().clone() for key, value in state.items()})
+        state: dict[str, torch.Tensor] = {
+            key: torch.as_tensor(functools.reduce(getattr, key.split("."), discriminator)).detach().clone()
+            for key in plain.state_dict()
+        }
+        plain.load_state_dict(state)
     return plain.eval()
 
 

@@ -86,8 +86,9 @@ def train_gan(
     G_ema = copy.deepcopy(G).eval()
     data = images_to_tensor(cat.images).to(device)
     labels = torch.as_tensor(np.asarray(cat.category), dtype=torch.long, device=device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=prof.lr_g, betas=tuple(prof.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=prof.lr_d, betas=tuple(prof.betas))
+    betas = (float(prof.betas[0]), float(prof.betas[1]))
+    opt_g = torch.optim.Adam(G.parameters(), lr=prof.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=prof.lr_d, betas=betas)
     curves: dict[str, list[float]] = {k: [] for k in ("loss_d", "loss_g", "d_real", "d_fake")}
     b = prof.batch_size
     perm, cursor, step, capped = torch.randperm(len(data), generator=gen).to(device), 0, 0, False
