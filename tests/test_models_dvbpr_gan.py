@@ -138,6 +138,7 @@ def test_dvbpr_beats_popularity_when_pixels_matter_and_round_trip(tmp_path: Path
         n_negatives=20,
         bprmf_epochs=5,
         max_seconds=None,
+        lambda_theta=1e-3,  # this 8-d toy world in 20 epochs; the profiles use the official scale (0.5)
     )
     res = train_dvbpr(data, tmp_path, prof, progress=False)
     auc = res.metrics["test_auc"]
@@ -264,7 +265,7 @@ def test_gan_training_writes_and_round_trips(tmp_path: Path) -> None:
     torch.testing.assert_close(G(z, oh), res.generator(z, oh))
     torch.testing.assert_close(D(G(z, oh), oh), res.discriminator(res.generator(z, oh), oh))
     # the metric written is that of the saved (EMA) generator, recomputed from the checkpoint
-    assert res.metrics["category_consistency_1nn"] == category_consistency(G, data, seed=prof.seed)
+    assert res.metrics["category_consistency_1nn"] == category_consistency(G, data.catalogue, seed=prof.seed)
 
 
 # ---------------------------------------------------------------- perceptual

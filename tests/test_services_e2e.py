@@ -348,6 +348,11 @@ async def test_seller_shifts_are_distinct_and_raise_the_group_preference(stack: 
         audience=stack.group(10),
         n=4,
         inversion=latent_pb2.InversionParams(steps=60),
+        # The session's models train a few steps: the discriminator is noise (realism off here; the
+        # design tests keep it on) and preferences span ~0.01, so the diversity weight is scaled down
+        # from the default 0.2 (set for the quality models' ~1-unit gains) to keep the same balance.
+        optimizer=latent_pb2.OptimizerParams(use_zero_realism=True),
+        diversity_weight=0.002,
     )
     async with stack.client() as client:
         response = await client.orchestrator.SellerShifts(request)
@@ -403,8 +408,9 @@ async def test_search_by_image_precision_by_category_and_filters(stack: Stack) -
     assert np.mean(precision) > untrained + UNTRAINED_MARGIN, (np.mean(precision), untrained)
 
 
-#: Measured on the session's test models (InfoGAN of the tiny training): trained {TRAINED} vs untrained {UNTRAINED}.
-UNTRAINED_MARGIN = 0.0
+#: Measured on the session's test models (the tiny InfoGAN, 300 steps): precision@10 by category 0.667
+#: trained against 0.608 untrained on these 40 queries; half of that gap is required.
+UNTRAINED_MARGIN = 0.03
 
 
 def _untrained_precision(stack: Stack, rows: np.ndarray) -> float:

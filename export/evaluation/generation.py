@@ -140,9 +140,10 @@ def _category_percentile(prepared: Any, user: int, category: int, q: float) -> f
     return float(np.percentile(utilities[0], q))
 
 
-def _held_item(prepared: Any, category: int, rng: np.random.Generator) -> int:
+def _held_item(prepared: Any, category: int, rng: np.random.Generator) -> int | None:
+    """A random held-out product of ``category`` (None when the held-out catalogue has none)."""
     rows = np.flatnonzero(np.asarray(prepared.heldout.category) == category)
-    return int(rng.choice(rows))
+    return int(rng.choice(rows)) if len(rows) else None
 
 
 async def _designs(
@@ -210,6 +211,8 @@ async def _alter(world: _World, backend: Any, shoppers: list[tuple[int, int]], s
     gain_vs_product, gain_vs_recon, raised, recon_ssim = [], [], [], []
     for user, c in shoppers[: s.n_alter]:
         row = _held_item(p, c, rng)
+        if row is None:
+            continue
         product = p.heldout.images[row : row + 1]
         onehot = one_hot(c, world.n_categories)
         inv = await invert(backend, target=to_signed(product), category=onehot)
@@ -256,6 +259,8 @@ async def _gigs(world: _World, backend: Any, s: GenerationSettings) -> dict[str,
         for pair in range(s.gigs_pairs_per_category):
             group = rng.choice(fans, size=min(s.group_size, len(fans)), replace=False)
             row = _held_item(p, c, rng)
+            if row is None:
+                break
             product = p.heldout.images[row : row + 1]
             onehot = one_hot(c, world.n_categories)
             inv = await invert(backend, target=to_signed(product), category=onehot)
@@ -298,6 +303,18 @@ async def _gigs(world: _World, backend: Any, s: GenerationSettings) -> dict[str,
 
 
 def _judged(world: _World, images: np.ndarray, categories: np.ndarray, s: GenerationSettings) -> dict[str, Any]:
+    counts = np.bincount(np.asarray(categories, dtype=np.int64), minlength=world.n_categories)
+    if counts.max() < 2:  # too few images of any one category for a Fréchet distance: accuracy only
+        predicted = world.judge.predict(images)
+        names = world.judge.config.category_names
+        return {
+            "category_accuracy": float(np.mean(predicted == categories)),
+            "per_category_accuracy": {
+                names[c]: float(np.mean(predicted[categories == c] == c)) for c in np.unique(categories)
+            },
+            "fid_ratio": float("nan"),
+            "fid_note": "fewer than 2 images per category: no Fréchet distance",
+        }
     report = judge_against_real(world.judge, images, categories, world.reference, draws=s.draws, seed=s.seed)
     gen = report.generated
     return {
@@ -312,9 +329,15 @@ def _judged(world: _World, images: np.ndarray, categories: np.ndarray, s: Genera
 
 
 def evaluate_generation(
-    runs_root: Path | str, prepared: Any, settings: GenerationSettings | None = None
+    runs_root: Path | str,
+    prepared: Any,
+    settings: GenerationSettings | None = None,
+    *,
+    reference: LabelledImages | None = None,
 ) -> dict[str, Any]:
-    """Run and judge Design, Alter and GIGS on the run's exported models; write JSON and galleries."""
+    """Run and judge Design, Alter and GIGS on the run's exported models; write JSON and galleries.
+
+    ``reference``: the real items FID compares with (default: the held-out catalogue)."""
     s = settings or GenerationSettings()
     root = Path(runs_root)
     judge = load_judge(root / "judge")
@@ -327,7 +350,7 @@ def evaluate_generation(
         theta=np.asarray(users["theta"], dtype=np.float32),
         favourite=_favourite_categories(prepared),
         bought=_bought_categories(prepared),
-        reference=LabelledImages.of(prepared.heldout),
+        reference=reference if reference is not None else LabelledImages.of(prepared.heldout),
         n_categories=judge.config.n_categories,
     )
     shoppers = _shoppers(world, max(s.n_shoppers, s.n_alter), s.seed)
