@@ -62,6 +62,7 @@ from couturier.services.common.models import GRADIENT_MODELS, INV_GRAD, PREF_GRA
 from .grad_export import export_value_and_grad, per_sample_relative_error, value_and_grad
 from .objectives import (
     DEFAULT_DIVERSITY_SIGMA,
+    DEFAULT_DIVERSITY_SPACE,
     DEFAULT_PERCEPTUAL_WEIGHT,
     DEFAULT_REALISM_MARGIN,
     InversionObjective,
@@ -198,7 +199,7 @@ def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]
         nets["discriminator"],
         nets["encoder"],
         sigma=float(meta.get("diversity_sigma", DEFAULT_DIVERSITY_SIGMA)),
-        diversity_space=meta.get("diversity_space", "phi"),
+        diversity_space=meta.get("diversity_space", DEFAULT_DIVERSITY_SPACE),
         realism_margin=margin,
     )
 
@@ -230,7 +231,7 @@ def export_gradient_models(
     n_shifts_example: int = 3,
     perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT,
     diversity_sigma: float = DEFAULT_DIVERSITY_SIGMA,
-    diversity_space: str = "phi",
+    diversity_space: str = DEFAULT_DIVERSITY_SPACE,
     realism_margin: float | None = None,
     z_dim: int | None = None,
     n_categories: int | None = None,

@@ -40,24 +40,25 @@ GIGS shifts (Kumar et al., PeerJ CS 2025), ``x_bi = G(base_z_b + shift_bi, c_b)`
 
     shift_b = mean_i pref(x_bi) - diversity_weight_b * mean_{i != j} exp(-||f_bi - f_bj||^2 / sigma)
 
-with ``f`` the unit-normalised Phi features of the variants (default) or their 8x8 average-pooled
-pixels. Relation to GIGS's code: GIGS trains a shift *predictor* with a cross-entropy loss
-(0.1 * CE) so each shift is identifiable from the image change, plus an L1 term and the (mean over
-users) preference, re-standardises z each step and clamps shifts to radius 0.5 (paper: eps 0.4).
+with ``f`` the variants' 8x8 average-pooled pixels (default) or their unit-normalised Phi features.
+Relation to GIGS's code: GIGS trains a shift *predictor* with a cross-entropy loss (0.1 * CE) so
+each shift is identifiable from the image change, plus an L1 term and the (mean over users)
+preference, re-standardises z each step and clamps shifts to radius 0.5 (paper: eps 0.4).
 Here the predictor is replaced by a differentiable, predictor-free stand-in for identifiability:
 a pairwise RBF repulsion between the variants' features (it is 1 for identical variants, -> 0 as
 they spread), so no extra network has to be trained or served. The radius constraint (projection
 of each shift onto the L2 ball of radius eps) and any z re-standardisation are applied by the
 optimiser in the service, not in the graph; the L1 term is subsumed by that projection.
 
-Why Phi features for diversity: they are computed anyway for the preference term (no extra cost),
-and DVBPR ranks items by inner products with user vectors, so the *direction* of Phi decides which
-users a design appeals to. Variants with distinct Phi directions are distinct in the sense that
-matters to the recommender, which is exactly what the preference term alone would collapse (every
-shift drifting to the same optimum). Unit normalisation makes the distance scale-free
-(``||u_i - u_j||^2 = 2 - 2 cos`` in [0, 4]) so ``sigma`` means the same for any trained encoder.
-``diversity_space="pixels"`` (8x8 mean-pooled images, mean squared difference in [0, 4]) is the
-alternative when visually distinct variants matter more than distinct audiences.
+Why pixels, and sigma = 0.01: a seller needs variants that *look* different. In Phi space (unit
+vectors, sigma 0.5) the variants' distances were about 2e-4, the kernel sat at 1 and its gradient
+(proportional to the distance) at 0: the term did nothing. The pooled-pixel distance is the mean
+squared difference of 8x8 mean-pooled images (in [0, 4]); sigma = 0.01 makes variants closer than
+an RMS difference of about 0.1 (5% of the [-1, 1] range) repel. Measured on 18 (group, product)
+pairs of the quality models at radius 4, 40 steps, diversity weight 1 (SIMULATED shoppers): least
+distinct pair 1 - SSIM 0.075 (median 0.23), positive mean shift for 100% of pairs, 90% of variants
+judged in their category; Phi space, sigma 0.5: 0.048 (0.15), 100%, 93%; pixels, sigma 0.05: 0.030.
+``diversity_space="phi"`` remains for variants meant to reach distinct audiences.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from torch import nn
 
 __all__ = [
     "DEFAULT_DIVERSITY_SIGMA",
+    "DEFAULT_DIVERSITY_SPACE",
     "DEFAULT_PERCEPTUAL_WEIGHT",
     "DEFAULT_REALISM_MARGIN",
     "DIVERSITY_SPACES",
@@ -82,8 +84,9 @@ __all__ = [
 
 #: lambda of the inversion objective (MSE + lambda * perceptual); GIGS weights LPIPS 1:1 with MSE.
 DEFAULT_PERCEPTUAL_WEIGHT = 1.0
-#: RBF width of the diversity penalty on squared distances in [0, 4].
-DEFAULT_DIVERSITY_SIGMA = 0.5
+#: Where the diversity penalty measures variants, and its RBF width on squared distances in [0, 4].
+DEFAULT_DIVERSITY_SPACE = "pixels"
+DEFAULT_DIVERSITY_SIGMA = 0.01
 DIVERSITY_SPACES = ("phi", "pixels")
 #: Realism margin when none is measured (the hinge loss's margin for real items).
 DEFAULT_REALISM_MARGIN = 1.0
@@ -224,7 +227,7 @@ class ShiftObjective(nn.Module):
         encoder: nn.Module,
         *,
         sigma: float = DEFAULT_DIVERSITY_SIGMA,
-        diversity_space: str = "phi",
+        diversity_space: str = DEFAULT_DIVERSITY_SPACE,
         realism_margin: float = DEFAULT_REALISM_MARGIN,
     ) -> None:
         super().__init__()

@@ -127,7 +127,8 @@ def test_files_signatures_and_metadata(paths: dict[str, Path], nets: dict[str, n
     ins = {t.name: t.shape for t in onnx_signature(paths["shift_grad"]).inputs}
     assert ins["shifts"] == ("batch", "shifts", DZ)
     assert read_metadata(paths["inv_grad"])["perceptual_weight"] == "1.0"
-    assert read_metadata(paths["shift_grad"])["diversity_space"] == "phi"
+    assert read_metadata(paths["shift_grad"])["diversity_space"] == "pixels"
+    assert float(read_metadata(paths["shift_grad"])["diversity_sigma"]) == 0.01
     for name in ("pref_grad", "shift_grad"):
         assert float(read_metadata(paths[name])["realism_margin"]) == _ABOVE_ALL
     z = torch.rand(500, DZ, generator=torch.Generator().manual_seed(0)) * 2 - 1

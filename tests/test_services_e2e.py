@@ -350,9 +350,9 @@ async def test_seller_shifts_are_distinct_and_raise_the_group_preference(stack: 
         inversion=latent_pb2.InversionParams(steps=60),
         # The session's models train a few steps: the discriminator is noise (realism off here; the
         # design tests keep it on) and preferences span ~0.01, so the diversity weight is scaled down
-        # from the default 0.2 (set for the quality models' ~1-unit gains) to keep the same balance.
+        # from the default 1 (set for the quality models' ~1-unit gains) to keep the same balance.
         optimizer=latent_pb2.OptimizerParams(use_zero_realism=True),
-        diversity_weight=0.002,
+        diversity_weight=0.01,
     )
     async with stack.client() as client:
         response = await client.orchestrator.SellerShifts(request)

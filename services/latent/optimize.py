@@ -86,12 +86,13 @@ DEFAULT_RESTARTS = 4
 #: uses radius 0.5 in StyleGAN's latent; in this generator's 100-d box a shift of 0.5 changes the
 #: image by ~0.2% (1 - SSIM between variants 0.002, measured on the quality models), so variants
 #: were indistinguishable. Measured on 18 (group, product) pairs of the quality models (SIMULATED
-#: shoppers): radius 4, 40 steps, diversity 0.2 gave a positive mean shift for 89% of pairs, median
-#: pairwise 1-SSIM 0.10 between variants (min 0.02), 88% of variants in their category by the
-#: judge; radius 0.5 (20 steps, diversity 1): 67%, 0.002, 100%.
+#: shoppers), with the diversity term on 8x8-pooled pixels (sigma 0.01, see export/objectives.py):
+#: radius 4, 40 steps, diversity weight 1 gave a positive mean shift for 100% of pairs, least
+#: distinct pair of variants 1 - SSIM 0.075 (median 0.23), 90% of variants judged in their
+#: category; radius 0.5 (20 steps): 67% of pairs, 0.000 (0.002).
 DEFAULT_SHIFTS = 6
 DEFAULT_SHIFT_RADIUS = 4.0
-DEFAULT_DIVERSITY_WEIGHT = 0.2
+DEFAULT_DIVERSITY_WEIGHT = 1.0
 DEFAULT_SHIFT_STEPS = 40
 #: Adam moves every coordinate by about lr per step, so a step has L2 norm ~ lr * sqrt(Dz): at 0.05
 #: (Kang's design rate) one step of a 100-d shift spans a radius of 0.5 and every shift collapses
