@@ -125,9 +125,21 @@ class Generator(nn.Module):
         x = self.project(torch.cat([z, onehot], dim=1)).reshape(b, self.cfg.g_width(0), 4, 4)
         x = F.relu(self.norm0(x, onehot))
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = upsample2x(x)
             x = F.relu(norm(conv(x), onehot))
         return torch.tanh(self.to_rgb(x))
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour 2x upsampling of (B,C,H,W) as broadcast + reshape.
+
+    Equal to ``F.interpolate(x, scale_factor=2, mode="nearest")``, but its gradient is a plain sum
+    over each 2x2 block. The interpolate form traces to an index whose gradient exports as
+    ``ScatterND(reduction="add")``, which onnxruntime runs as a racy parallel update: the gradient
+    models gave different results from run to run.
+    """
+    _, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(-1, -1, -1, 2, -1, 2).reshape(-1, c, 2 * h, 2 * w)
 
 
 class Discriminator(nn.Module):
