@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 if TYPE_CHECKING:
-    from couturier.export.data.dataset import PreparedData
     from couturier.export.triton.model_config import InstanceKind
 
 ProfileOpt = Annotated[
@@ -24,28 +23,87 @@ DataDirOpt = Annotated[Path | None, typer.Option(help="Prepared data (default va
 RepoOpt = Annotated[Path, typer.Option(help="Triton model repository to publish into.")]
 
 
-def _prepared(data_dir: Path | None, profile: str) -> PreparedData:
-    from couturier.export.data.dataset import prepare
+DatasetOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dataset",
+        help="A dataset folder of your own (`couturier data import-...`); read-only. "
+        "Default: the simulated demo world in --data-dir.",
+    ),
+]
 
-    return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
+
+def _data(profile: str, dataset: Path | None, data_dir: Path | None, image_size: int | None = None) -> Any:
+    """The data a command works on; a data problem ends the command with its message (exit 2)."""
+    from couturier.export.data.errors import DataError
+    from couturier.export.data.selection import select_data
+    from couturier.services.cli import fail
+
+    try:
+        return select_data(profile, dataset=dataset, data_dir=data_dir, image_size=image_size)
+    except DataError as exc:
+        fail(str(exc))
 
 
 def train(
     profile: ProfileOpt = "demo",
     runs: RunsOpt = Path("runs"),
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Train at this image side (32, 64, 128); default: the profile's, capped by the data's."),
+    ] = None,
     only: Annotated[list[str] | None, typer.Option(help="Train only these: dvbpr, gan, infogan, synthtriplet.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue each network from its resume.pt.")] = False,
+    nproc: Annotated[
+        int, typer.Option(help="Processes (GPUs) to train on with DistributedDataParallel, through torchrun.")
+    ] = 1,
 ) -> None:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet."""
     from couturier.export.pipeline import NETWORKS, train_all
 
+    if nproc > 1:
+        _train_distributed(nproc, profile, runs, data_dir, dataset, image_size, only or [], resume)
+        return
     started = time.perf_counter()
+    data = _data(profile, dataset, data_dir, image_size)
+    typer.echo(f"training on {_describe(data)}")
     try:
-        result = train_all(_prepared(data_dir, profile), runs, profile, only=tuple(only or NETWORKS))
+        result = train_all(data, runs, profile, only=tuple(only or NETWORKS), resume=resume)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"trained into {result.root} in {time.perf_counter() - started:.0f} s: {json.dumps(result.wall_s)}")
+
+
+def _train_distributed(
+    nproc: int,
+    profile: str,
+    runs: Path,
+    data_dir: Path | None,
+    dataset: Path | None,
+    image_size: int | None,
+    only: list[str],
+    resume: bool,
+) -> None:
+    """``couturier train`` on ``nproc`` processes: torchrun runs :mod:`couturier.export.training.distributed_train`."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    args += ["-m", "couturier.export.training.distributed_train", "--profile", profile, "--runs", str(runs)]
+    for flag, value in (("--data-dir", data_dir), ("--dataset", dataset), ("--image-size", image_size)):
+        if value is not None:
+            args += [flag, str(value)]
+    for network in only:
+        args += ["--only", network]
+    if resume:
+        args.append("--resume")
+    typer.echo("running: " + " ".join(args))
+    code = subprocess.call(args)
+    if code:
+        raise typer.Exit(code=code)
 
 
 def export(
@@ -83,6 +141,7 @@ def evaluate(
     profile: ProfileOpt = "demo",
     runs: RunsOpt = Path("runs"),
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     shoppers: Annotated[int, typer.Option(help="Shoppers (and alterations) the generation flows are judged on.")] = 50,
 ) -> None:
     """Retrieval evaluation, the judge's verdict on GAN samples, Design, Alter and GIGS, then the full report.
@@ -94,7 +153,8 @@ def evaluate(
     from couturier.export.training.retrieval_eval import EFFNET_INPUT, run_retrieval_eval
 
     root = runs / profile
-    prepared = _prepared(data_dir, profile)
+    prepared = _data(profile, dataset, data_dir, _trained_image_size(root))
+    typer.echo(f"evaluating on {_describe(prepared)}")
     run_retrieval_eval(prepared, root / "infogan", root / "retrieval", effnet_input=EFFNET_INPUT.get(profile, 112))
     missing = [str(p) for p in (root / "judge" / "checkpoint.pt", root / "onnx" / "pref_grad.onnx") if not p.is_file()]
     if missing:
@@ -107,6 +167,19 @@ def evaluate(
         judge_gan(root, LabelledImages.of(prepared.heldout))
         evaluate_generation(root, prepared, GenerationSettings(n_shoppers=shoppers, n_alter=shoppers))
     typer.echo(f"report: {write_report(root)}")
+
+
+def _describe(data: Any) -> str:
+    kind = getattr(data, "provenance", "simulated")
+    return f"{getattr(data, 'name', 'the demo world')} ({kind} data, {len(data.catalogue)} products)"
+
+
+def _trained_image_size(root: Path) -> int | None:
+    """The image side the run in ``root`` was trained at (None: not recorded)."""
+    from couturier.export.pipeline import read_dataset_record
+
+    size = read_dataset_record(root).get("image_size")
+    return int(size) if size else None
 
 
 def register(app: typer.Typer) -> None:

@@ -36,7 +36,8 @@ outputs, so one Triton call serves one optimiser step. Signatures (``B`` = dynam
     constraint (project each shift onto the L2 ball of radius eps; GIGS code 0.5, paper 0.4) and z
     re-standardisation are the service optimiser's job, not the graph's.
 
-Constants baked into a model (perceptual weight, diversity sigma/space) are written to the ONNX
+Constants baked into a model (perceptual weight, diversity sigma/space) and the category names of
+the one-hot input (``couturier.categories``, from the training data) are written to the ONNX
 ``metadata_props`` (keys ``couturier.*``) so the service and :func:`check_gradient_models` read them
 from the file. :func:`check_gradient_models` compares each file against float64 torch autograd per
 sample; its report goes into the evaluation report.
@@ -48,12 +49,11 @@ import copy
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
@@ -70,7 +70,7 @@ from .objectives import (
     ShiftObjective,
     sample_realism_margin,
 )
-from .onnx_io import export_forward, make_session, onnx_signature
+from .onnx_io import category_metadata, export_forward, make_session, onnx_signature, read_metadata, write_metadata
 
 __all__ = [
     "IO",
@@ -98,7 +98,6 @@ _DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
     INV_GRAD: {},
     SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
 }
-_META_PREFIX = "couturier."
 
 
 def _eval_frozen(m: nn.Module) -> nn.Module:
@@ -204,23 +203,6 @@ def _objective(name: str, nets: Mapping[str, nn.Module], meta: Mapping[str, str]
     )
 
 
-def _write_metadata(path: Path, meta: Mapping[str, Any]) -> None:
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    keep = [p for p in model.metadata_props if not p.key.startswith(_META_PREFIX)]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for key, value in meta.items():
-        model.metadata_props.add(key=_META_PREFIX + key, value=str(value))
-    onnx.checker.check_model(model)
-    onnx.save_model(model, os.fspath(path), save_as_external_data=False)
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``couturier.*`` metadata of a gradient model (prefix stripped)."""
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    return {p.key[len(_META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)}
-
-
 def export_gradient_models(
     generator: nn.Module,
     discriminator: nn.Module,
@@ -228,6 +210,7 @@ def export_gradient_models(
     perceptual: nn.Module,
     out_dir: str | os.PathLike[str],
     *,
+    categories: Sequence[str],
     n_shifts_example: int = 3,
     perceptual_weight: float = DEFAULT_PERCEPTUAL_WEIGHT,
     diversity_sigma: float = DEFAULT_DIVERSITY_SIGMA,
@@ -240,9 +223,11 @@ def export_gradient_models(
 ) -> dict[str, Path]:
     """Write ``pref_grad.onnx``, ``inv_grad.onnx``, ``shift_grad.onnx`` into ``out_dir``; returns name -> path.
 
-    Modules are put in eval mode and frozen (float32). Dynamic axes: ``batch`` everywhere, ``users``
-    on theta/user_weight, ``shifts`` on axis 1 of shifts (``n_shifts_example`` >= 2 is only the
-    tracing example). Raises :class:`~couturier.export.onnx_io.OnnxExportError` on failure.
+    ``categories``: the names of the generator's categories in one-hot order (the training data's),
+    written into each model's metadata. Modules are put in eval mode and frozen (float32). Dynamic
+    axes: ``batch`` everywhere, ``users`` on theta/user_weight, ``shifts`` on axis 1 of shifts
+    (``n_shifts_example`` >= 2 is only the tracing example). Raises
+    :class:`~couturier.export.onnx_io.OnnxExportError` on failure.
     """
     if n_shifts_example < 2:
         raise ValueError("n_shifts_example must be >= 2 (size-1 example dims get specialised)")
@@ -250,9 +235,19 @@ def export_gradient_models(
     for m in nets.values():
         _eval_frozen(m)
     dims = _infer_dims(generator, encoder, z_dim, n_categories)
+    if len(categories) != dims["n_categories"]:
+        raise ValueError(
+            f"{len(categories)} category names for a generator of {dims['n_categories']} categories: "
+            "pass the names the generator was trained with (its checkpoint's category_names)"
+        )
     if realism_margin is None:  # the median realism of the generator's own samples
         realism_margin = sample_realism_margin(generator, discriminator, dims["n_categories"], dims["z_dim"])
-    meta_common = {**{k: v for k, v in dims.items()}, "torch": torch.__version__, "realism_margin": realism_margin}
+    meta_common = {
+        **dims,
+        **category_metadata(categories),
+        "torch": torch.__version__,
+        "realism_margin": realism_margin,
+    }
     meta = {
         PREF_GRAD: {
             **meta_common,
@@ -291,7 +286,7 @@ def export_gradient_models(
             dynamic_axes=_DYNAMIC_AXES[name],
             opset=opset,
         )
-        _write_metadata(path, meta[name])
+        write_metadata(path, meta[name])
         paths[name] = path
     return paths
 

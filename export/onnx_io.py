@@ -4,6 +4,10 @@ Every model couturier serves goes through Triton as a single self-contained ``mo
 (no external data), default-domain opset >= 18, with a dynamic batch axis 0 on every input and
 output unless declared otherwise. Gradient models are produced by
 :func:`couturier.export.grad_export.export_value_and_grad` and share the helpers here.
+
+What a model says about itself (e.g. the category list of a model that takes a category one-hot)
+is written into its ``metadata_props`` under ``couturier.`` (:func:`write_metadata`); the keys are
+defined in :mod:`couturier.services.common.model_metadata`, which the services read them with.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import onnx
 import torch
 
 from couturier.export.triton.signature import TensorSpec, tensor_specs, written_opset
+from couturier.services.common.model_metadata import CATEGORIES_KEY, METADATA_PREFIX, encode_categories
 
 __all__ = [
     "MIN_OPSET",
@@ -29,14 +34,17 @@ __all__ = [
     "OutputParity",
     "ParityReport",
     "build_dynamic_shapes",
+    "category_metadata",
     "check_parity",
     "drop_unused_pool_indices",
     "export_forward",
     "finalize_onnx",
     "make_session",
     "onnx_signature",
+    "read_metadata",
     "rename_io",
     "run_onnx",
+    "write_metadata",
 ]
 
 #: The lowest default-domain opset couturier accepts in an exported file.
@@ -104,6 +112,31 @@ def onnx_signature(path: str | os.PathLike[str] | onnx.ModelProto) -> OnnxSignat
     inputs = [v for v in model.graph.input if v.name not in inits]
     outputs = tensor_specs(model.graph.output, "output")
     return OnnxSignature(tensor_specs(inputs, "input"), outputs, written_opset(model))
+
+
+def category_metadata(categories: Sequence[str]) -> dict[str, str]:
+    """The metadata of a model that takes a category one-hot: its category names in one-hot order."""
+    return {CATEGORIES_KEY: encode_categories(categories)}
+
+
+def write_metadata(path: str | os.PathLike[str], meta: Mapping[str, Any]) -> None:
+    """Set the file's ``couturier.*`` metadata to ``meta`` (keys without the prefix; values as ``str``).
+
+    Replaces every ``couturier.*`` entry the file had; other entries are kept."""
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    keep = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in meta.items():
+        model.metadata_props.add(key=METADATA_PREFIX + key, value=str(value))
+    onnx.checker.check_model(model)
+    onnx.save_model(model, os.fspath(path), save_as_external_data=False)
+
+
+def read_metadata(path: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, str]:
+    """The ``couturier.*`` metadata of an ONNX file (prefix stripped)."""
+    model = path if isinstance(path, onnx.ModelProto) else onnx.load(os.fspath(path), load_external_data=False)
+    return {p.key[len(METADATA_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
 def build_dynamic_shapes(
@@ -286,13 +319,16 @@ def export_forward(
     dynamic_batch: bool = True,
     dynamic_axes: DynamicAxes | None = None,
     opset: int = 18,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Export ``module`` (put in eval mode) to one self-contained ONNX file and validate it.
 
     Axis 0 of every input is a shared dynamic ``batch`` axis unless ``dynamic_batch=False`` or the
     input has its own entry in ``dynamic_axes`` (e.g. ``{"theta": {0: "users"}}``, ``{"w": {}}``).
-    Outputs get whatever dynamic dims follow from the inputs. Raises :class:`OnnxExportError` when
-    the export fails, the checker rejects the file, or the written opset is below ``opset``/18.
+    Outputs get whatever dynamic dims follow from the inputs. ``metadata`` is written as the file's
+    ``couturier.*`` metadata (:func:`write_metadata`; e.g. :func:`category_metadata`). Raises
+    :class:`OnnxExportError` when the export fails, the checker rejects the file, or the written
+    opset is below ``opset``/18.
     """
     if len(input_names) != len(example_inputs):
         raise ValueError(f"{len(example_inputs)} example inputs but {len(input_names)} input names")
@@ -311,6 +347,8 @@ def export_forward(
             opset=opset,
         )
     finalize_onnx(path, opset=opset, input_names=input_names, output_names=output_names)
+    if metadata:
+        write_metadata(path, metadata)
     return path
 
 

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # torch is imported where a network is trained or exported: t
 NETWORKS = ("dvbpr", "gan", "infogan", "synthtriplet")
 #: DVBPR's user table in a run folder (the scoring service's user vectors).
 USER_VECTORS = "user_vectors.npz"
+#: What a run folder was trained on (:func:`describe_dataset`).
+DATASET_RECORD = "dataset.json"
 
 #: Training-size overrides of the "tiny" profile: seconds per network, for tests of the pipeline
 #: itself (export, repository, serving); its models are not meant to be good.
@@ -66,12 +68,22 @@ def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
 
 
 def train_all(
-    prepared: Any, runs_dir: Path, profile: str = "demo", *, progress: bool = True, only: tuple[str, ...] = NETWORKS
+    prepared: Any,
+    runs_dir: Path,
+    profile: str = "demo",
+    *,
+    progress: bool = True,
+    only: tuple[str, ...] = NETWORKS,
+    resume: bool = False,
 ) -> TrainedRuns:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet, in that order.
 
-    ``only`` trains a subset (SynthTriplet needs a trained InfoGAN in the same run folder).
+    ``only`` trains a subset (SynthTriplet needs a trained InfoGAN in the same run folder); ``resume``
+    continues each network from its ``resume.pt``. Under torchrun (several processes), every process
+    calls this; only the main one writes the run folder's own files.
     """
+    from couturier.export.training import distributed
+
     unknown = set(only) - set(NETWORKS)
     if unknown:
         raise ValueError(f"unknown networks {sorted(unknown)}; choose from {', '.join(NETWORKS)}")
@@ -80,19 +92,53 @@ def train_all(
     from couturier.export.training.train_infogan import train_infogan
     from couturier.export.training.train_synthtriplet import train_synthtriplet
 
+    if "dvbpr" in only and getattr(prepared, "interactions", None) is None:
+        raise ValueError(
+            f"dataset {getattr(prepared, 'name', '')!r} is a catalogue without interactions: DVBPR (recommendation) "
+            "needs purchase or click logs. Import them with `couturier data import-table --products P "
+            "--interactions I`, or train the rest with --only gan --only infogan --only synthtriplet"
+        )
     base, overrides = _base_profile(profile)
     runs = TrainedRuns(Path(runs_dir) / profile)
+    main = distributed.current().is_main
+    if main:
+        runs.root.mkdir(parents=True, exist_ok=True)
+        record = json.dumps(describe_dataset(prepared), indent=2, sort_keys=True)
+        (runs.root / DATASET_RECORD).write_text(record + "\n")
+    if "synthtriplet" in only and not has_text_vocabulary(prepared):
+        from couturier.export.training.train_synthtriplet import NO_VOCABULARY
+
+        only = tuple(n for n in only if n != "synthtriplet")
+        runs.metrics["synthtriplet"] = {"skipped": NO_VOCABULARY}
+        if main:
+            shutil.rmtree(runs.dir("synthtriplet"), ignore_errors=True)  # never export another dataset's model
     stages: list[tuple[str, Callable[[], Any]]] = [
         (
             "dvbpr",
-            lambda: train_dvbpr(prepared, runs.dir("dvbpr"), base, progress=progress, **overrides.get("dvbpr", {})),
+            lambda: train_dvbpr(
+                prepared, runs.dir("dvbpr"), base, progress=progress, resume=resume, **overrides.get("dvbpr", {})
+            ),
         ),
-        ("gan", lambda: train_gan(prepared, runs.dir("gan"), base, progress=progress, **overrides.get("gan", {}))),
-        ("infogan", lambda: train_infogan(prepared, runs.dir("infogan"), _profile_obj("infogan", base, overrides))),
+        (
+            "gan",
+            lambda: train_gan(
+                prepared, runs.dir("gan"), base, progress=progress, resume=resume, **overrides.get("gan", {})
+            ),
+        ),
+        (
+            "infogan",
+            lambda: train_infogan(
+                prepared, runs.dir("infogan"), _profile_obj("infogan", base, overrides), resume=resume
+            ),
+        ),
         (
             "synthtriplet",
             lambda: train_synthtriplet(
-                prepared, runs.dir("synthtriplet"), runs.dir("infogan"), _profile_obj("synthtriplet", base, overrides)
+                prepared,
+                runs.dir("synthtriplet"),
+                runs.dir("infogan"),
+                _profile_obj("synthtriplet", base, overrides),
+                resume=resume,
             ),
         ),
     ]
@@ -103,12 +149,58 @@ def train_all(
         result = stage()
         runs.wall_s[name] = round(time.perf_counter() - started, 1)
         runs.metrics[name] = _metrics_of(result)
+    if not main:
+        return runs
     if "dvbpr" in only:
         _save_user_vectors(prepared, runs)
     (runs.root / "training_summary.json").write_text(
         json.dumps({"profile": profile, "wall_s": runs.wall_s, "total_wall_s": sum(runs.wall_s.values())}, indent=2)
     )
     return runs
+
+
+def describe_dataset(prepared: Any) -> dict[str, Any]:
+    """What a run was trained on: name, source, provenance, fingerprint, categories, counts, image size."""
+    manifest = dict(getattr(prepared, "manifest", None) or {})
+    catalogue = prepared.catalogue
+    return {
+        "name": getattr(prepared, "name", manifest.get("name", "unnamed")),
+        "source": getattr(prepared, "source", manifest.get("source", "unknown")),
+        "provenance": getattr(prepared, "provenance", manifest.get("provenance", "simulated")),
+        "data_dir": str(getattr(prepared, "data_dir", "")),
+        "fingerprint": manifest.get("fingerprint") or _fingerprint(prepared),
+        "categories": [str(c) for c in getattr(catalogue, "category_names", ())],
+        "attributes": sorted((getattr(catalogue, "attribute_values", None) or {}).keys()),
+        "image_size": int(catalogue.images.shape[1]),
+        "products": len(catalogue.images),
+        "held_out": len(prepared.heldout.images),
+        "users": int(prepared.interactions.n_users) if getattr(prepared, "interactions", None) is not None else 0,
+        "oracle": getattr(prepared, "oracle", None) is not None,
+        "multimodal": has_text_vocabulary(prepared),
+    }
+
+
+def _fingerprint(prepared: Any) -> str:
+    from couturier.export.data.dataset_folder import dataset_fingerprint
+
+    folder = getattr(prepared, "data_dir", None)
+    try:
+        return dataset_fingerprint(folder) if folder else ""
+    except Exception:  # a stand-in data set (tests) has no folder to fingerprint
+        return ""
+
+
+def has_text_vocabulary(prepared: Any) -> bool:
+    """Whether the catalogue has an attribute texts can change (else no multimodal model is trained)."""
+    from couturier.export.training.modifications import text_vocabulary
+
+    return text_vocabulary(prepared.catalogue) is not None
+
+
+def read_dataset_record(runs_root: Path) -> dict[str, Any]:
+    """The :func:`describe_dataset` record of a run folder ({} for runs trained before it existed)."""
+    path = Path(runs_root) / DATASET_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _profile_obj(network: str, base: str, overrides: Mapping[str, Mapping[str, Any]]) -> Any:
@@ -179,12 +271,15 @@ class ExportedModels:
 
 
 def export_all(runs_root: Path, *, with_text_encoder: bool = True) -> ExportedModels:
-    """Export every trained network (and the gradient models) to ``runs_root/onnx``; check parity."""
+    """Export every trained network (and the gradient models) to ``runs_root/onnx``; check parity.
+
+    Every model that takes a category one-hot carries the GAN's category names (the training data's)
+    in its metadata, where the services read them."""
     import torch
 
-    from couturier.export.onnx_io import check_parity, export_forward
+    from couturier.export.onnx_io import category_metadata, check_parity, export_forward
     from couturier.export.training.train_dvbpr import load_dvbpr
-    from couturier.export.training.train_gan import load_gan
+    from couturier.export.training.train_gan import gan_category_names, load_gan
 
     out = Path(runs_root) / "onnx"
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +289,7 @@ def export_all(runs_root: Path, *, with_text_encoder: bool = True) -> ExportedMo
 
     dvbpr = load_dvbpr(Path(runs_root) / "dvbpr")
     generator, discriminator = load_gan(Path(runs_root) / "gan")
+    categories = category_metadata(gan_category_names(Path(runs_root) / "gan"))
     size = generator.cfg.image_size if hasattr(generator, "cfg") else dvbpr.cfg.image_size
     z_dim, n_cat = generator.cfg.z_dim, generator.cfg.n_categories
     images = rng.uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
@@ -209,11 +305,13 @@ def export_all(runs_root: Path, *, with_text_encoder: bool = True) -> ExportedMo
     for name, module, inputs, outputs in forward:
         path = out / f"{name}.onnx"
         example = tuple(torch.from_numpy(value) for value in inputs.values())
-        export_forward(module, example, path, input_names=list(inputs), output_names=outputs)
+        meta = categories if name in names.CATEGORY_MODELS else None
+        export_forward(module, example, path, input_names=list(inputs), output_names=outputs, metadata=meta)
         report = check_parity(module, path, inputs, rtol=1e-3, atol=1e-4)
         parity[name] = _parity_dict(report)
         paths[name] = path
-    if with_text_encoder:
+    multimodal = names.QUERY_GENERATOR in paths  # no query generator: a dataset without a usable attribute
+    if with_text_encoder and multimodal:
         paths[names.TEXT_ENCODER], parity[names.TEXT_ENCODER] = _export_text_encoder(out)
     grad_paths, grad_report = _export_gradients(Path(runs_root), out)
     paths.update(grad_paths)
@@ -229,13 +327,18 @@ def _retrieval_modules(
     from couturier.export.training.train_synthtriplet import load_synthtriplet
 
     encoder = load_infogan(runs_root / "infogan").encoder().eval()
+    modules: list[tuple[str, torch.nn.Module, dict[str, np.ndarray], list[str]]] = [
+        (names.RETRIEVAL_ENCODER, encoder, {"image": images}, ["embedding"])
+    ]
+    if not (runs_root / "synthtriplet").is_dir():  # skipped in training: no attribute usable for texts
+        return modules
     query_generator, cfg, _meta = load_synthtriplet(runs_root / "synthtriplet")
     text = rng.normal(size=(images.shape[0], cfg.text_dim)).astype(np.float32)
     text /= np.linalg.norm(text, axis=1, keepdims=True)
-    return [
-        (names.RETRIEVAL_ENCODER, encoder, {"image": images}, ["embedding"]),
-        (names.QUERY_GENERATOR, query_generator.eval(), {"reference": images, "text_embedding": text}, ["image"]),
-    ]
+    modules.append(
+        (names.QUERY_GENERATOR, query_generator.eval(), {"reference": images, "text_embedding": text}, ["image"])
+    )
+    return modules
 
 
 def _export_text_encoder(out: Path) -> tuple[Path, dict[str, Any]]:
@@ -250,13 +353,14 @@ def _export_gradients(runs_root: Path, out: Path) -> tuple[dict[str, Path], dict
     from couturier.export.gradient_models import check_gradient_models, export_gradient_models
     from couturier.export.models.perceptual import load_perceptual
     from couturier.export.training.train_dvbpr import load_dvbpr
-    from couturier.export.training.train_gan import load_gan
+    from couturier.export.training.train_gan import gan_category_names, load_gan
 
     generator, discriminator = load_gan(runs_root / "gan")
     dvbpr = load_dvbpr(runs_root / "dvbpr")
     encoder = dvbpr.encoder.eval()
     perceptual = load_perceptual(runs_root / "dvbpr")
-    paths = export_gradient_models(generator, discriminator, encoder, perceptual, out)
+    categories = gan_category_names(runs_root / "gan")
+    paths = export_gradient_models(generator, discriminator, encoder, perceptual, out, categories=categories)
     theta = dvbpr.theta.detach()[:4].clone()
     checked = check_gradient_models(
         generator, discriminator, encoder, perceptual, paths, theta=theta, measure_cost=True

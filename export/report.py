@@ -67,33 +67,30 @@ def _recommender(metrics: dict[str, Any]) -> list[str]:
 
 
 def _retrieval(metrics: dict[str, Any]) -> list[str]:
-    rows = []
-    for name, method in metrics["methods"].items():
-        p = method["precision"]
-        rows.append(
-            [
-                name,
-                method["dim"],
-                p["category"]["p@1"],
-                p["category"]["p@10"],
-                p["fm_class"]["p@10"],
-                p["colour"]["p@10"],
-                method["search_ms_per_query_median"],
-                method["encode_ms_per_image_median"],
-            ]
-        )
+    methods = metrics["methods"]
+    labels = list(next(iter(methods.values()))["precision"]) if methods else []
+    rows = [
+        [
+            name,
+            method["dim"],
+            method["precision"]["category"]["p@1"],
+            *(method["precision"].get(label, {}).get("p@10", "n/a") for label in labels),
+            method["search_ms_per_query_median"],
+            method["encode_ms_per_image_median"],
+        ]
+        for name, method in methods.items()
+    ]
     return [
-        f"{metrics['n_queries']} held-out Fashion-MNIST test images as queries against {metrics['n_catalogue']} "
-        "catalogue items; precision@k = share of the k nearest (cosine) with the query's label.",
+        f"{metrics['n_queries']} queries ({metrics.get('queries', 'held-out items')}) against "
+        f"{metrics['n_catalogue']} catalogue items; precision@k = share of the k nearest (cosine) with the "
+        "query's label.",
         "",
         *_table(
             [
                 "method",
                 "dim",
                 "category P@1",
-                "category P@10",
-                "class P@10",
-                "colour P@10",
+                *(f"{label} P@10" for label in labels),
                 "search ms/query (median)",
                 "encode ms/image (median)",
             ],

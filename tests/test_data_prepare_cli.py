@@ -1,4 +1,4 @@
-"""prepare/load_prepared, reports and the `couturier data` Typer sub-app."""
+"""prepare/load_prepared (the simulated world as a dataset folder), reports and the `couturier data` sub-app."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from couturier.export.data.cli import data_app
 from couturier.export.data.dataset import PROFILES, Profile, load_prepared, prepare
+from couturier.export.data.dataset_folder import NotADatasetError, dataset_fingerprint
 from couturier.export.data.errors import DataError, NotPreparedError
 from couturier.export.data.report import SHEET_TITLE, write_contact_sheet, write_stats
 
@@ -41,13 +42,19 @@ def test_profiles() -> None:
 def test_prepare_writes_and_is_idempotent(prepared_dir: Path) -> None:
     data = load_prepared(prepared_dir)
     assert len(data.catalogue) == 400 and len(data.heldout) == 100
+    assert data.interactions is not None and data.oracle is not None and data.profile == TINY
     assert data.interactions.n_users == 120 and data.interactions.n_items == 400
-    assert (prepared_dir / "oracle_simulated_tastes.npz").is_file()
-    manifest = json.loads((prepared_dir / "manifest.json").read_text())
-    assert manifest["profile"]["items_per_class"] == 40 and "simulated" in manifest
-    stamp = (prepared_dir / "catalogue.npz").stat().st_mtime_ns
-    again = prepare(prepared_dir, TINY, progress=False)  # same parameters: loaded, not rebuilt
-    assert (prepared_dir / "catalogue.npz").stat().st_mtime_ns == stamp
+    assert (prepared_dir / "oracle.npz").is_file() and (prepared_dir / "images_32.u8").is_file()
+    manifest = json.loads((prepared_dir / "dataset.json").read_text())
+    assert manifest["provenance"] == "simulated" and manifest["simulation"]["profile"]["items_per_class"] == 40
+    assert "Fashion-MNIST" in manifest["source"] and manifest["importer"] == "couturier data prepare --profile tiny"
+    assert set(manifest["attributes"]) == {"colour", "garment"} and data.categories[4] == "shoes"
+    # the simulated labels training and the judge need stay filled
+    assert (data.catalogue.fm_class >= 0).all() and (data.catalogue.colour >= 0).all()
+    assert (data.heldout.fm_class >= 0).all() and data.catalogue.colour_names[0] == "black"
+    stamps = {p.name: p.stat().st_mtime_ns for p in prepared_dir.iterdir()}
+    again = prepare(prepared_dir, TINY, progress=False)  # same parameters: opened, not rebuilt
+    assert {p.name: p.stat().st_mtime_ns for p in prepared_dir.iterdir()} == stamps
     assert np.array_equal(again.catalogue.images, data.catalogue.images)
     assert all(np.array_equal(a, b) for a, b in zip(again.interactions.train, data.interactions.train))
     # test/validation items are catalogue rows; the held-out catalogue comes from the test split
@@ -57,14 +64,26 @@ def test_prepare_writes_and_is_idempotent(prepared_dir: Path) -> None:
 
 def test_prepare_rebuilds_on_new_parameters(tmp_path: Path) -> None:
     small = Profile("x", items_per_class=30, heldout_per_class=5, n_users=50)
-    prepare(tmp_path, small, progress=False)
+    first = prepare(tmp_path, small, progress=False)
+    assert first.interactions is not None and first.interactions.n_users == 50
     other = prepare(tmp_path, Profile("x", items_per_class=30, heldout_per_class=5, n_users=60), progress=False)
-    assert load_prepared(tmp_path).interactions.n_users == 60 == other.interactions.n_users
+    again = load_prepared(tmp_path).interactions
+    assert other.interactions is not None and again is not None
+    assert again.n_users == 60 == other.interactions.n_users
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))  # no partial or old folder left beside it
+
+
+def test_prepare_is_deterministic(prepared_dir: Path, tmp_path: Path) -> None:
+    """The same profile gives byte-identical files, so the same fingerprint (models record it)."""
+    prepare(tmp_path / "again", TINY, progress=False)
+    assert dataset_fingerprint(tmp_path / "again") == dataset_fingerprint(prepared_dir)
 
 
 def test_load_prepared_errors(tmp_path: Path, prepared_dir: Path) -> None:
-    with pytest.raises(NotPreparedError, match="couturier data prepare"):
+    with pytest.raises(NotPreparedError, match="couturier data prepare") as err:
         load_prepared(tmp_path / "empty")
+    assert isinstance(err.value, NotADatasetError) and "couturier data import-table" in str(err.value)
+    assert not (tmp_path / "empty").exists()
     with pytest.raises(DataError, match="unknown data profile 'huge'"):
         prepare(tmp_path, "huge")
 
@@ -72,15 +91,17 @@ def test_load_prepared_errors(tmp_path: Path, prepared_dir: Path) -> None:
 def test_stats_and_contact_sheet(prepared_dir: Path, tmp_path: Path) -> None:
     js, md = write_stats(prepared_dir, tmp_path)
     stats = json.loads(js.read_text())
-    inter = stats["interactions (SIMULATED shoppers)"]
+    inter = stats["interactions"]
     assert inter["n_users"] == 120 and inter["split_sizes"]["validation"] == 120
     assert inter["split_sizes"]["train"] + 240 == inter["n_interactions"]
     assert inter["cold_items (no train interaction)"] > 0
-    assert sum(stats["catalogue"]["items_per_category (real garment types)"].values()) == 400
-    assert stats["catalogue"]["items_per_category (real garment types)"]["shoes"] == 120
-    assert sum(stats["catalogue"]["items_per_colour (SIMULATED)"].values()) == 400
+    assert stats["dataset"]["provenance"] == "simulated" and "Fashion-MNIST" in stats["provenance"]["real"]
+    assert sum(stats["catalogue"]["items_per_category"].values()) == 400
+    assert stats["catalogue"]["items_per_category"]["shoes"] == 120
+    assert sum(stats["catalogue"]["items_per_attribute"]["colour"].values()) == 400
+    assert stats["heldout"]["items_per_attribute"]["garment"]["Bag"] == 10
     text = md.read_text()
-    assert "Simulated" in text and "Real" in text and "SIMULATED shoppers" in text
+    assert "Simulated" in text and "Real" in text and "SIMULATED shoppers" in text and "simulated-tiny" in text
     png = write_contact_sheet(load_prepared(prepared_dir).catalogue, tmp_path / "sheet.png")
     with Image.open(png) as img:
         assert img.mode == "RGB" and img.width > 600 and img.height > 500

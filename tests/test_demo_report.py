@@ -70,7 +70,8 @@ from couturier.export.tools.demo_results import (
 )
 from couturier.export.training.common import CHECKPOINT
 from couturier.services.common.images import encode_png
-from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER
+from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, ITEM_ENCODER
+from support.onnx_models import linear_model, with_categories
 
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -343,7 +344,9 @@ def _fake_run(root: Path, profile: str = "demo") -> Path:
         (run / net / CHECKPOINT).write_bytes(b"ckpt")
     (run / "onnx").mkdir()
     for n, name in enumerate(ALL_MODELS):
-        (run / "onnx" / f"{name}.onnx").write_bytes(f"onnx {name} {n}".encode())
+        path = linear_model(run / "onnx" / f"{name}.onnx", seed=n)
+        if name in CATEGORY_MODELS:
+            with_categories(path, ("tops", "bags"))
     np.savez(run / USER_VECTORS, theta=np.zeros((2, 2), np.float32))
     return run
 
@@ -360,6 +363,10 @@ def test_decisions_follow_the_files(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
     repo = tmp_path / "repo"
     assert training_reasons(run) == [] and export_reasons(run) == []
+    carried = (run / "onnx" / "pref_grad.onnx").read_bytes()
+    linear_model(run / "onnx" / "pref_grad.onnx", seed=99)  # exported before the models named their categories
+    assert export_reasons(run) == [f"pref_grad in {run / 'onnx'} carry no category list (exported before models did)"]
+    (run / "onnx" / "pref_grad.onnx").write_bytes(carried)
     assert publish_reasons(run / "onnx", repo) == {name: "not in the repository" for name in ALL_MODELS}
     _fake_repo(repo, run)
     assert publish_reasons(run / "onnx", repo) == {}

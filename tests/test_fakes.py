@@ -14,10 +14,11 @@ from couturier.services.common.inference import (
     InferenceBackend,
     ModelNotReady,
 )
-from couturier.services.common.models import ALL_MODELS, INV_GRAD, ITEM_ENCODER, PREF_GRAD, SHIFT_GRAD
+from couturier.services.common.model_metadata import ModelCategories
+from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, INV_GRAD, ITEM_ENCODER, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.vectors import EmbeddingSpace, ProductVector
 from couturier.services.latent.optimize import realism_term
-from support.fakes import FAKE_REALISM_MARGIN, FakeInferenceBackend, InMemoryVectorStore
+from support.fakes import FAKE_CATEGORIES, FAKE_REALISM_MARGIN, FakeDims, FakeInferenceBackend, InMemoryVectorStore
 
 F32 = np.float32
 
@@ -64,6 +65,16 @@ async def test_fake_backend_serves_every_model_with_its_signature() -> None:
     assert backend.calls == dict.fromkeys(ALL_MODELS, 2)
     size = backend.dims.image_size
     assert (await backend.input_shapes(ITEM_ENCODER))["image"] == (-1, 3, size, size)
+
+
+async def test_fake_models_carry_their_categories_in_their_metadata() -> None:
+    backend = FakeInferenceBackend(FakeDims(categories=("boots", "sandals", "slippers")))
+    categories = ModelCategories(backend)
+    for model in CATEGORY_MODELS:
+        assert await categories.of(model, "1") == ("boots", "sandals", "slippers")
+        assert (await backend.input_shapes(model))["category"][-1] == 3
+    assert [m for m in ALL_MODELS if await backend.model_metadata(m)] == list(CATEGORY_MODELS)
+    assert FakeDims().categories == FAKE_CATEGORIES and FakeDims().n_categories == 6
 
 
 async def test_fake_backend_checks_inputs_versions_and_availability() -> None:
@@ -125,7 +136,7 @@ def test_gradient_models_return_the_gradient_of_their_value(model: str) -> None:
 def test_gradient_models_agree_with_the_forward_models() -> None:
     nets = FakeInferenceBackend().nets("1")
     rng = np.random.default_rng(4)
-    z, category = rng.uniform(-1, 1, (2, 4)), np.eye(6)[[1, 4]]
+    z, category = rng.uniform(-1, 1, (2, 4)), np.eye(len(FAKE_CATEGORIES))[[1, 4]]
     theta, weight = rng.normal(size=(3, 6)), np.full((2, 3), 1 / 3)
     out = nets.pref_grad(z, category, theta, weight, np.ones((2, 1)))
     image = nets.generator(z, category)

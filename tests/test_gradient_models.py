@@ -40,9 +40,12 @@ from couturier.export.objectives import (  # noqa: E402
     sample_realism_margin,
 )
 from couturier.export.onnx_io import make_session, onnx_signature  # noqa: E402
+from couturier.services.common.model_metadata import decode_categories  # noqa: E402
 from couturier.services.common.models import GRADIENT_MODELS  # noqa: E402
 
 DZ, NCAT, K, S = 8, 3, 8, 32
+#: The test generator's categories (a shop's own, not the simulated world's): every model carries them.
+NAMES = ("boots", "sandals", "slippers")
 
 
 def _init(m: nn.Module, seed: int) -> nn.Module:
@@ -79,7 +82,11 @@ def paths(nets: dict[str, nn.Module], tmp_path_factory: pytest.TempPathFactory) 
     # examples: these random-weight nets have huge D gradients, so a sample near the kink would test
     # float32 rounding of D rather than the export. The measured default: test_realism_margin_default.
     return export_gradient_models(
-        **nets, out_dir=tmp_path_factory.mktemp("grad_models"), n_shifts_example=3, realism_margin=_ABOVE_ALL
+        **nets,
+        out_dir=tmp_path_factory.mktemp("grad_models"),
+        categories=NAMES,
+        n_shifts_example=3,
+        realism_margin=_ABOVE_ALL,
     )
 
 
@@ -122,6 +129,7 @@ def test_files_signatures_and_metadata(paths: dict[str, Path], nets: dict[str, n
         assert tuple(sig.input_names) == IO[name][0] and tuple(sig.output_names) == IO[name][1]
         meta = read_metadata(path)
         assert meta["z_dim"] == str(DZ) and meta["image_size"] == str(S)
+        assert decode_categories(meta["categories"]) == NAMES
     ins = {t.name: t.shape for t in onnx_signature(paths["pref_grad"]).inputs}
     assert ins["theta"] == ("users", K) and ins["user_weight"] == ("batch", "users")
     ins = {t.name: t.shape for t in onnx_signature(paths["shift_grad"]).inputs}
@@ -151,6 +159,12 @@ def test_gradients_are_deterministic_with_threads(paths: dict[str, Path]) -> Non
         assert np.array_equal(_run(sess, "shift_grad", inputs)["grad_shifts"], first)
 
 
+def test_the_category_names_must_match_the_generator(nets: dict[str, nn.Module], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 category names for a generator of 3 categories"):
+        export_gradient_models(**nets, out_dir=tmp_path / "out", categories=NAMES[:2])
+    assert not (tmp_path / "out").exists()
+
+
 def test_generator_upsampling_equals_nearest_interpolation() -> None:
     x = torch.randn(3, 5, 4, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(upsample2x(x), torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -158,7 +172,7 @@ def test_generator_upsampling_equals_nearest_interpolation() -> None:
 
 @pytest.mark.integration
 def test_realism_margin_default_is_the_median_realism_of_samples(nets: dict[str, nn.Module], tmp_path: Path) -> None:
-    paths = export_gradient_models(**nets, out_dir=tmp_path, models=("pref_grad",))
+    paths = export_gradient_models(**nets, out_dir=tmp_path, categories=NAMES, models=("pref_grad",))
     margin = float(read_metadata(paths["pref_grad"])["realism_margin"])
     assert margin == pytest.approx(sample_realism_margin(nets["generator"], nets["discriminator"], NCAT, DZ))
     z = torch.rand(2000, DZ, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -28,7 +28,6 @@ from couturier.export.evaluation.judge import (
     train_judge,
 )
 from couturier.export.tools.cli import register
-from couturier.services.common.models import CATEGORIES
 from support.trained import MODEL_DATA
 
 # The tiny judge (4 epochs, batch 16, ~6 s) on the tiny catalogue reached 0.80-0.825 held-out accuracy
@@ -138,11 +137,12 @@ def test_real_items_are_closer_to_real_than_noise(trained: JudgeResult, tiny_dat
     categories = np.repeat(np.arange(6), 8)
     noisy = judge_images(judge, noise, categories, reference, draws=4, seed=1)
     ceiling = real_ceiling(judge, reference, 8, draws=4, seed=1)
-    assert set(noisy.per_category) == set(ceiling.per_category) == set(CATEGORIES)
+    names = tiny_data.catalogue.category_names
+    assert set(noisy.per_category) == set(ceiling.per_category) == set(names)
     assert ceiling.overall.fid * 3 < noisy.overall.fid
     assert ceiling.overall.nearest_real < noisy.overall.nearest_real
     # same reference draws: the same counts were compared, per category and overall
-    for name in CATEGORIES:
+    for name in names:
         g, r = noisy.per_category[name], ceiling.per_category[name]
         assert (g.n_per_draw, g.n_reference) == (r.n_per_draw, r.n_reference)
         assert g.n_reference >= g.n_per_draw >= 2
@@ -209,7 +209,7 @@ def test_couturier_judge_train_and_samples(tiny_data: PreparedData, tmp_path: Pa
     assert "overall" in result.output
     report = json.loads((runs / "tiny" / "judge" / "samples.json").read_text())
     assert report["n_per_category"] == 10 and report["gan_steps"] == 3
-    assert set(report["generated"]["per_category"]) == set(CATEGORIES)
+    assert set(report["generated"]["per_category"]) == set(tiny_data.catalogue.category_names)
     assert report["generated"]["overall"]["n_images"] == 60 and report["real_ceiling"]["draws"] == 2
     ratio = report["fid_ratio"]["overall"]
     assert ratio == pytest.approx(report["generated"]["overall"]["fid"] / report["real_ceiling"]["overall"]["fid"])

@@ -18,7 +18,7 @@ from support.trained import TrainedModels
 
 B = 4
 N_USERS = 12
-CATEGORY = 2  # trousers (couturier.export.data.catalogue.CATEGORIES order)
+CATEGORY = 2  # "trousers" in the simulated world (the fake models' and the session's trained models' order)
 
 
 # -- pure numpy ----------------------------------------------------------------------------------

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from couturier.export.onnx_io import onnx_signature
+from couturier.export.onnx_io import onnx_signature, read_metadata
 from couturier.export.triton.environment import default_home
 from couturier.export.triton.local_server import LocalTriton
 from couturier.export.triton.repository import read_model_config
 from couturier.services.common import models as names
 from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
+from couturier.services.common.model_metadata import decode_categories
 from support.trained import TrainedModels
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,21 @@ def test_every_network_is_exported_with_parity(trained_models: TrainedModels) ->
         assert [o.name for o in config.output] == [t.name for t in signature.outputs]
 
 
+def test_models_that_take_a_category_carry_the_datasets_categories(trained_models: TrainedModels) -> None:
+    """The category list comes from the training data: in each ONNX file and in its published config."""
+    from couturier.export.data.dataset import load_prepared
+
+    expected = tuple(load_prepared(trained_models.data_dir).catalogue.category_names)
+    for name, path in trained_models.onnx.items():
+        carried = read_metadata(path).get("categories")
+        parameters = read_model_config(trained_models.repo_dir, name).parameters
+        if name in names.CATEGORY_MODELS:
+            assert carried is not None and decode_categories(carried) == expected, name
+            assert parameters["couturier.categories"].string_value == carried, name
+        else:
+            assert carried is None and "couturier.categories" not in parameters, name
+
+
 def _example_inputs(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs for a model from its ONNX signature (symbolic dims -> small sizes)."""
     inputs: dict[str, np.ndarray] = {}
@@ -76,6 +92,10 @@ async def test_triton_serves_every_model_like_onnxruntime(
     local = OnnxRuntimeBackend(trained_models.repo_dir)
     try:
         served, expected = await asyncio.gather(remote.infer(model, inputs), local.infer(model, inputs))
+        # the category list reaches the services by both routes: config parameters and ONNX metadata
+        shown, carried = await asyncio.gather(remote.model_metadata(model), local.model_metadata(model))
+        assert shown.get("categories") == carried.get("categories")
+        assert ("categories" in carried) == (model in names.CATEGORY_MODELS)
     finally:
         await remote.close()
         await local.close()

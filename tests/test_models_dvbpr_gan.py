@@ -39,6 +39,7 @@ torch.set_num_threads(1)
 class _Catalogue:
     images: np.ndarray
     category: np.ndarray
+    category_names: tuple[str, ...] = ("red things", "blue things")
 
 
 @dataclass

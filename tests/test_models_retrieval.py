@@ -18,8 +18,8 @@ from couturier.export.models.synthtriplet import (
     gradient_penalty,
     triplet_loss,
 )
-from couturier.export.training.data_access import synthetic_prepared
-from couturier.export.training.modifications import FM_TO_GROUP, make_modifications
+from couturier.export.training.data_access import SimpleCatalogue, synthetic_prepared
+from couturier.export.training.modifications import FM_TO_GROUP, make_modifications, text_vocabulary
 from couturier.export.training.retrieval_eval import precision_at_k, rank_of, recall_at_k, top_k
 
 
@@ -122,24 +122,57 @@ def test_triplet_loss_and_generator_shapes() -> None:
 
 def test_modifications_deterministic_and_targets_differ() -> None:
     prep = synthetic_prepared(n=300, n_heldout=30, size=16)
-    names = prep.colour_names
-    a = make_modifications(prep.heldout, prep.catalogue, names, per_reference=3, seed=4)
-    b = make_modifications(prep.heldout, prep.catalogue, names, per_reference=3, seed=4)
+    vocab = text_vocabulary(prep.catalogue)
+    assert vocab is not None and vocab.kind_label == "fm_class" and vocab.attribute == "colour"
+    names = prep.catalogue.colour_names
+    a = make_modifications(prep.heldout, prep.catalogue, vocab, per_reference=3, seed=4)
+    b = make_modifications(prep.heldout, prep.catalogue, vocab, per_reference=3, seed=4)
     assert a == b and len(a) > 30
-    assert {m.kind for m in a} >= {"colour", "class_within", "class_across"}
+    assert {m.kind for m in a} >= {"attribute", "class_within", "class_across"}
     ref, cat = prep.heldout, prep.catalogue
     for m in a:
         tf, tc = cat.fm_class[m.target], cat.colour[m.target]
-        assert (tf, tc) == (m.target_fm_class, m.target_colour)
-        if m.kind == "colour":
+        assert (tf, tc) == (m.target_kind, m.target_value)
+        if m.kind == "attribute":
             assert tf == ref.fm_class[m.reference] and tc != ref.colour[m.reference]
             assert names[tc] in m.text
         else:
             assert tc == ref.colour[m.reference] and tf != ref.fm_class[m.reference]
             same_group = FM_TO_GROUP[tf] == FM_TO_GROUP[ref.fm_class[m.reference]]
             assert same_group == (m.kind == "class_within")
-    self_mods = make_modifications(cat, cat, names, per_reference=2)
+    self_mods = make_modifications(cat, cat, vocab, per_reference=2)
     assert all(m.target != m.reference for m in self_mods)
+
+
+def test_text_vocabulary_from_a_shops_attributes() -> None:
+    """Real data: categories are the nouns, the dataset's own attribute gives the words; no usable
+    attribute -> no vocabulary (so no multimodal model)."""
+    prep = synthetic_prepared(n=200, n_heldout=20, size=16)
+    cat = prep.catalogue
+    rng = np.random.default_rng(0)
+    unknown = np.full(len(cat), -1)
+    shop = SimpleCatalogue(
+        cat.product_ids,
+        cat.images,
+        cat.category,
+        unknown,
+        unknown,
+        category_names=("boots", "sandals", "slippers", "clogs", "mules", "flats"),
+        attributes={"material": rng.integers(0, 3, len(cat)), "sku": np.arange(len(cat))},
+        attribute_values={"material": ("leather", "suede", "canvas"), "sku": tuple(map(str, range(len(cat))))},
+    )
+    vocab = text_vocabulary(shop)
+    assert vocab is not None and vocab.kind_label == "category" and vocab.attribute == "material"
+    mods = make_modifications(shop, shop, vocab, per_reference=2, seed=1)
+    assert mods and {m.kind for m in mods} == {"attribute", "class_across"}
+    for m in mods:
+        want = vocab.values[m.target_value] if m.kind == "attribute" else vocab.nouns[m.target_kind]
+        assert want in m.text
+        assert shop.attributes["material"][m.target] == m.target_value
+        assert shop.category[m.target] == m.target_kind
+    shop.attributes = {"sku": np.arange(len(cat))}  # every value on one product only
+    shop.attribute_values = {"sku": tuple(map(str, range(len(cat))))}
+    assert text_vocabulary(shop) is None
 
 
 @pytest.mark.integration

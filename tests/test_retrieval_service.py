@@ -203,3 +203,32 @@ async def test_health_follows_each_model(retrieval: Retrieval) -> None:
     await host.monitor.check_once()
     status = await get_status(host.address)
     assert not status.serving and [d.name for d in status.dependencies if not d.ready] == [QUERY_GENERATOR]
+
+
+async def test_without_a_multimodal_model_text_search_is_refused_and_health_ignores_it(
+    fake_backend: FakeInferenceBackend, memory_store: InMemoryVectorStore
+) -> None:
+    """A deployment trained on a dataset without a usable attribute has no query generator: image search
+    serves, SearchByImageAndText answers FAILED_PRECONDITION naming why."""
+    fake_backend.unload(QUERY_GENERATOR)
+    fake_backend.unload(TEXT_ENCODER)
+    host = injected_host(
+        "retrieval", backend=fake_backend, store=memory_store, images=InMemoryImageStore(), multimodal=False
+    )
+    await host.start()
+    try:
+        await assert_serving(host, timeout_s=5)
+        status = await get_status(host.address)
+        assert {d.name for d in status.dependencies} == {RETRIEVAL_ENCODER, "vector_store", "product_images"}
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            stub = retrieval_pb2_grpc.VisualRetrievalServiceStub(channel)
+            request = retrieval_pb2.SearchByImageAndTextRequest(
+                image=common_pb2.ImagePayload(data=encode_png(np.zeros((12, 12, 3), np.uint8))), text="in red", k=3
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SearchByImageAndText(request)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "no query generator" in info.value.details() and "attribute" in info.value.details()
+            assert fake_backend.calls[QUERY_GENERATOR] == 0
+    finally:
+        await host.stop(grace_s=0)

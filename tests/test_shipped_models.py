@@ -1,6 +1,6 @@
 """Shipped models (export/tools/shipped.py): ship -> verify -> install, and every refusal.
 
-Fast: fake run folders of small torch dicts and a fake prepared data set; no network is trained or
+Fast: fake run folders of small torch dicts and a tiny simulated dataset folder; no network is trained or
 loaded (``verify_loaders=False``: the loaders need real architectures, which ``couturier models ship``
 checks on the real run).
 """
@@ -8,6 +8,7 @@ checks on the real run).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from couturier.export.data.catalogue import CATEGORIES, COLOUR_ATTRIBUTE, COLOUR_NAMES, GARMENT_ATTRIBUTE
+from couturier.export.data.dataset import Profile
+from couturier.export.data.dataset_folder import PRODUCTS_FILE, dataset_fingerprint, validate_dataset
+from couturier.export.data.dataset_writer import DatasetWriter
+from couturier.export.data.fashion_mnist import FM_CLASSES
+from couturier.export.data.shoppers import Oracle
+from couturier.export.data.stored import read_npz
 from couturier.export.pipeline import NETWORKS, USER_VECTORS
 from couturier.export.tools import shipped as shipped_module
 from couturier.export.tools.cli import register
@@ -39,22 +47,49 @@ from couturier.export.tools.shipped import (
 
 PROFILE = "quality"
 USERS = np.array([f"sim-user-{n:05d}" for n in range(4)])
+SIZE = 8  # image side of the fake data (DatasetWriter's minimum)
+PRODUCTS = ("a", "b", "c")
+TINY = Profile("demo", items_per_class=1, heldout_per_class=1, n_users=4, image_size=SIZE)
 
 
-def _write_data(folder: Path, *, pixel: int = 7, users: np.ndarray = USERS) -> Path:
-    """A prepared-data folder as couturier.export.data.dataset writes it (tiny)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "format_version": 1,
-        "profile": {"name": "demo", "items_per_class": 1, "heldout_per_class": 1, "n_users": 4, "image_size": 4},
-        "fashion_mnist_sha256": {"train-images-idx3-ubyte.gz": "ab" * 32},
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    images = np.full((3, 4, 4, 3), pixel, dtype=np.uint8)
-    np.savez(folder / "catalogue.npz", images=images, category=np.arange(3), product_ids=np.array(["a", "b", "c"]))
-    (folder / "catalogue.json").write_text(json.dumps({"n_items": 3, "category_names": ["tops"]}))
-    np.savez(folder / "interactions_simulated.npz", user_ids=users, train_indptr=np.arange(len(users) + 1))
-    (folder / "interactions_simulated.json").write_text(json.dumps({"n_users": len(users), "n_items": 3}))
+def _write_data(folder: Path, *, pixel: int = 7, users: np.ndarray = USERS, real: bool = False) -> Path:
+    """A tiny dataset folder: the simulated world as ``couturier data prepare`` writes it (queries, oracle,
+    the manifest's ``simulation`` entry), or with ``real`` a real dataset of the same products."""
+    with DatasetWriter(
+        folder,
+        image_size=SIZE,
+        categories=CATEGORIES,
+        attribute_values={COLOUR_ATTRIBUTE: COLOUR_NAMES, GARMENT_ATTRIBUTE: FM_CLASSES},
+    ) as writer:
+        for i, product in enumerate(PRODUCTS):
+            image = np.full((SIZE, SIZE, 3), pixel, dtype=np.uint8)
+            attributes = {COLOUR_ATTRIBUTE: COLOUR_NAMES[i], GARMENT_ATTRIBUTE: FM_CLASSES[i]}
+            writer.add_product(product, CATEGORIES[i], image, attributes)
+        writer.add_query("q", CATEGORIES[0], np.zeros((SIZE, SIZE, 3), np.uint8), {COLOUR_ATTRIBUTE: COLOUR_NAMES[0]})
+        # every shopper bought the three products: train, validation, test
+        writer.set_interactions(
+            np.repeat(users, len(PRODUCTS)), list(PRODUCTS) * len(users), split=np.tile([0, 1, 2], len(users))
+        )
+        if real:
+            writer.finish(name="shop", source="a test shop", provenance="real", importer="pytest", contact_sheet=False)
+            return folder
+        n, k, d = len(users), len(COLOUR_NAMES), 2
+        oracle = Oracle(
+            category_weights=np.full((n, len(CATEGORIES)), 1 / len(CATEGORIES)),
+            colour_prefs=np.zeros((n, k)),
+            style_dirs=np.ones((n, d)) / np.sqrt(d),
+            style_mean=np.zeros((len(CATEGORIES), d)),
+            style_std=np.ones((len(CATEGORIES), d)),
+        )
+        writer.finish(
+            name="simulated-demo",
+            source="test",
+            provenance="simulated",
+            importer="couturier data prepare --profile demo",
+            oracle=oracle,
+            simulation={"profile": asdict(TINY), "fashion_mnist_sha256": {"train-images-idx3-ubyte.gz": "ab" * 32}},
+            contact_sheet=False,
+        )
     return folder
 
 
@@ -88,7 +123,7 @@ def _write_run(runs_root: Path, profile: str = PROFILE) -> Path:
 
 @pytest.fixture
 def shipment(tmp_path: Path) -> tuple[Path, Path]:
-    """(shipped folder, prepared data) from a fake run."""
+    """(shipped folder, simulated dataset folder) from a fake run."""
     data = _write_data(tmp_path / "data")
     _write_run(tmp_path / "trained")
     dest = ship(
@@ -126,6 +161,9 @@ def test_ship_verify_install_round_trip(shipment: tuple[Path, Path], tmp_path: P
     assert manifest["device"]["torch"]["gan"] == "cuda"
     assert manifest["data"]["data_profile"]["name"] == "demo"
     assert manifest["data"]["tables"]["interactions_simulated"]["n_users"] == 4
+    assert manifest["data"]["tables"]["catalogue"]["n_items"] == len(PRODUCTS)
+    assert manifest["data"]["data_profile"] == asdict(TINY)
+    assert set(manifest["data"]["tables"]["catalogue"]) == {"content_sha256", "n_items"}
     card = (dest / MODEL_CARD).read_text()
     for text in (
         "SIMULATED",
@@ -195,16 +233,51 @@ def test_install_refuses_other_data_and_names_train(shipment: tuple[Path, Path],
     with pytest.raises(DataMismatchError) as caught:
         install(dest, tmp_path / "runs", other)
     message = str(caught.value)
-    assert "catalogue arrays_sha256" in message and "interactions_simulated" not in message
+    assert "catalogue content_sha256" in message and "interactions_simulated" not in message
     assert "couturier demo --train --profile quality" in message and "couturier data prepare --profile demo" in message
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_data_fingerprint_ignores_the_zip_container(shipment: tuple[Path, Path], tmp_path: Path) -> None:
+def test_install_refuses_other_shoppers_naming_the_interactions(shipment: tuple[Path, Path], tmp_path: Path) -> None:
+    dest, _ = shipment
+    other = _write_data(tmp_path / "other_data", users=np.array([f"someone-else-{n}" for n in range(4)]))
+    with pytest.raises(DataMismatchError) as caught:
+        install(dest, tmp_path / "runs", other)
+    message = str(caught.value)
+    assert "interactions_simulated content_sha256" in message and "catalogue content_sha256" not in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_data_fingerprint_ignores_the_container(shipment: tuple[Path, Path], tmp_path: Path) -> None:
     dest, data = shipment
-    with np.load(data / "catalogue.npz") as arrays:
-        np.savez_compressed(data / "catalogue.npz", **{key: arrays[key] for key in arrays.files})  # same content
+    before = dataset_fingerprint(data)
+    arrays = read_npz(data / PRODUCTS_FILE)
+    np.savez_compressed(data / PRODUCTS_FILE, **arrays)  # same content, another container
+    manifest = json.loads((data / "dataset.json").read_text())
+    manifest["files"][PRODUCTS_FILE] = shipped_module.sha256_file(data / PRODUCTS_FILE)
+    (data / "dataset.json").write_text(json.dumps(manifest, indent=2))
+    assert validate_dataset(data) == [] and dataset_fingerprint(data) != before  # other bytes, a valid dataset
     assert install(dest, tmp_path / "runs", data).is_dir()
+
+
+def test_install_refuses_a_real_dataset_or_old_format_data(shipment: tuple[Path, Path], tmp_path: Path) -> None:
+    dest, _ = shipment
+    shop = _write_data(tmp_path / "shop", real=True)  # the very same products and shoppers, but real data
+    with pytest.raises(DataMismatchError) as caught:
+        install(dest, tmp_path / "runs", shop)
+    message = str(caught.value)
+    assert f"{shop} holds a real dataset" in message and "simulated demo world" in message
+    assert "couturier data prepare --data-dir DIR" in message
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    np.savez(old / "catalogue.npz", images=np.zeros((1, SIZE, SIZE, 3), np.uint8))
+    with pytest.raises(DataMismatchError, match=rf"couturier data prepare --force --data-dir {old}"):
+        install(dest, tmp_path / "runs", old)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataMismatchError, match=r"not a dataset folder.*\n.*couturier data prepare --data-dir DIR"):
+        install(dest, tmp_path / "runs", tmp_path / "empty")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_install_never_overwrites_a_different_run_silently(shipment: tuple[Path, Path], tmp_path: Path) -> None:
@@ -234,7 +307,7 @@ def test_ship_refuses_above_the_size_limit(tmp_path: Path) -> None:
 
 def test_ship_refuses_a_run_trained_on_other_shoppers_or_incomplete(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "trained")
-    other = _write_data(tmp_path / "data", users=np.array(["someone-else"] * 4))
+    other = _write_data(tmp_path / "data", users=np.array([f"someone-else-{n}" for n in range(4)]))
     with pytest.raises(DataMismatchError, match="trained on other data"):
         ship(tmp_path / "trained", PROFILE, tmp_path / "dest", prepared_data_dir=other, verify_loaders=False)
     (run / "judge" / CHECKPOINT).unlink()

@@ -1,15 +1,24 @@
-"""Data layer: real Fashion-MNIST images, a simulated-colour catalogue, simulated shoppers.
+"""Data layer: dataset folders (couturier's own format), their importers, and the simulated demo world.
 
-Real: the Fashion-MNIST images and classes (Debian package ``dataset-fashion-mnist``), and the
-optional loaders for DVBPR's Amazon ``.npy`` (:mod:`.dvbpr_amazon`) and UT-Zap50K folders
-(:mod:`.utzap50k`). Simulated (and labelled so everywhere): the garment colours of the catalogue,
-the shoppers, their purchases and the planted-taste oracle (evaluation only).
+A dataset folder (:mod:`.dataset_folder`, written by :mod:`.dataset_writer`, format in
+``docs/datasets.md``) holds a catalogue of products with images, categories and attributes, and
+optionally interactions; its provenance is ``real`` or ``simulated``. The simulated world
+(:func:`prepare`) is one such dataset: real Fashion-MNIST images and classes with SIMULATED colours,
+shoppers, purchases and the planted-taste oracle (evaluation only).
 """
 
 from __future__ import annotations
 
 from couturier.export.data.catalogue import CATEGORIES, COLOUR_NAMES, Catalogue, build_catalogue
 from couturier.export.data.dataset import PROFILES, PreparedData, Profile, load_prepared, prepare
+from couturier.export.data.dataset_folder import (
+    Dataset,
+    NotADatasetError,
+    dataset_fingerprint,
+    open_dataset,
+    validate_dataset,
+)
+from couturier.export.data.dataset_writer import DatasetWriter, split_interactions
 from couturier.export.data.errors import (
     DataError,
     DataFormatError,
@@ -30,19 +39,26 @@ __all__ = [
     "Catalogue",
     "DataError",
     "DataFormatError",
+    "Dataset",
     "DatasetCorruptError",
     "DatasetMissingError",
+    "DatasetWriter",
     "FashionMNIST",
     "Interactions",
+    "NotADatasetError",
     "NotPreparedError",
     "Oracle",
     "PreparedData",
     "Profile",
     "build_catalogue",
+    "dataset_fingerprint",
     "default_data_dir",
     "fashion_mnist_dir",
     "load_fashion_mnist",
     "load_prepared",
+    "open_dataset",
     "prepare",
     "simulate_shoppers",
+    "split_interactions",
+    "validate_dataset",
 ]

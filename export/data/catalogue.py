@@ -34,10 +34,13 @@ from tqdm import tqdm
 from couturier.export.data.errors import DataFormatError
 from couturier.export.data.fashion_mnist import FM_CLASSES, FashionMNIST
 from couturier.export.data.stored import load_stored, save_stored
-from couturier.services.common.models import CATEGORIES as MODEL_CATEGORIES
 
-#: Category groups; the order is the generator's one-hot order (defined once, in services.common.models).
-CATEGORIES: tuple[str, ...] = MODEL_CATEGORIES
+#: The simulated world's category groups, in code order (the generator's one-hot order on this data).
+#: Other datasets bring their own list (``dataset.json`` ``categories``).
+CATEGORIES: tuple[str, ...] = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
+#: Attribute names of the simulated world: the palette colour and the Fashion-MNIST class name.
+COLOUR_ATTRIBUTE = "colour"
+GARMENT_ATTRIBUTE = "garment"
 
 #: Fashion-MNIST class index -> category index (into :data:`CATEGORIES`).
 FM_CLASS_TO_CATEGORY: np.ndarray = np.array([0, 2, 1, 3, 1, 4, 0, 4, 5, 4], dtype=np.int64)
@@ -146,7 +149,11 @@ def colourise(gray: np.ndarray, colours: np.ndarray, *, image_size: int = 32) ->
 class Catalogue:
     """Products with images. Arrays are aligned along the first axis (N items).
 
-    ``fm_class`` and ``colour`` are -1 where unknown (catalogues from real data sets).
+    ``images`` may be a read-only ``np.memmap`` (a dataset folder's image store): nothing here copies
+    or writes it (:meth:`subset` copies the selected rows only). ``fm_class`` and ``colour`` are -1
+    where unknown (``fm_class`` is known on the simulated world only; ``colour`` mirrors a "colour"
+    attribute). ``attributes`` holds one int code array per categorical attribute (-1 = unknown) with
+    its names in ``attribute_values``; ``numeric_attributes`` holds float arrays (NaN = unknown).
     ``metadata`` records provenance (what is real, what is simulated, seeds, sizes).
     """
 
@@ -160,6 +167,9 @@ class Catalogue:
     category_names: tuple[str, ...] = CATEGORIES
     colour_names: tuple[str, ...] = COLOUR_NAMES
     metadata: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    numeric_attributes: dict[str, np.ndarray] = field(default_factory=dict)
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     _ARRAYS = ("product_ids", "images", "category", "fm_class", "colour", "source_split", "source_index")
@@ -171,6 +181,13 @@ class Catalogue:
                 raise DataFormatError(f"catalogue field {name} has {len(getattr(self, name))} rows, expected {n}")
         if self.images.ndim != 4 or self.images.shape[3] != 3 or self.images.shape[1] != self.images.shape[2]:
             raise DataFormatError(f"catalogue images must be (N, S, S, 3), got {self.images.shape}")
+        for kind, table in (("attribute", self.attributes), ("numeric attribute", self.numeric_attributes)):
+            for name, values in table.items():
+                if len(values) != n:
+                    raise DataFormatError(f"catalogue {kind} {name!r} has {len(values)} rows, expected {n}")
+        unnamed = sorted(set(self.attributes) - set(self.attribute_values))
+        if unnamed:
+            raise DataFormatError(f"catalogue attributes {unnamed} have no attribute_values (names of their codes)")
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -189,12 +206,15 @@ class Catalogue:
     def subset(self, indices: Sequence[int] | np.ndarray) -> Catalogue:
         """A new catalogue with the rows ``indices`` (in that order)."""
         idx = np.asarray(indices, dtype=np.int64)
-        arrays = {name: getattr(self, name)[idx] for name in self._ARRAYS}
+        arrays = {name: np.asarray(getattr(self, name)[idx]) for name in self._ARRAYS}
         return Catalogue(
             **arrays,
             category_names=self.category_names,
             colour_names=self.colour_names,
             metadata={**self.metadata, "subset_of": self.metadata.get("name", "catalogue")},
+            attributes={name: np.asarray(codes)[idx] for name, codes in self.attributes.items()},
+            attribute_values=dict(self.attribute_values),
+            numeric_attributes={name: np.asarray(v)[idx] for name, v in self.numeric_attributes.items()},
         )
 
     def save(self, directory: Path | str, name: str = "catalogue") -> Path:
@@ -202,11 +222,14 @@ class Catalogue:
         arrays = {key: getattr(self, key) for key in self._ARRAYS}
         arrays["product_ids"] = np.asarray(self.product_ids, dtype=str)
         arrays["source_split"] = np.asarray(self.source_split, dtype=str)
+        arrays.update({f"attr.{name}": np.asarray(codes) for name, codes in self.attributes.items()})
+        arrays.update({f"num.{name}": np.asarray(values) for name, values in self.numeric_attributes.items()})
         meta = {
             "n_items": len(self),
             "image_size": self.image_size,
             "category_names": list(self.category_names),
             "colour_names": list(self.colour_names),
+            "attribute_values": {name: list(values) for name, values in self.attribute_values.items()},
             "metadata": self.metadata,
         }
         return save_stored(directory, name, arrays, meta)
@@ -220,6 +243,9 @@ class Catalogue:
             category_names=tuple(meta["category_names"]),
             colour_names=tuple(meta["colour_names"]),
             metadata=meta.get("metadata", {}),
+            attributes={key[5:]: value for key, value in arrays.items() if key.startswith("attr.")},
+            attribute_values={name: tuple(values) for name, values in meta.get("attribute_values", {}).items()},
+            numeric_attributes={key[4:]: value for key, value in arrays.items() if key.startswith("num.")},
         )
 
 
@@ -277,4 +303,6 @@ def build_catalogue(
             "category_mapping": category_mapping(),
             "palette": {name: list(rgb) for name, rgb in PALETTE},
         },
+        attributes={COLOUR_ATTRIBUTE: colour, GARMENT_ATTRIBUTE: fm_class},
+        attribute_values={COLOUR_ATTRIBUTE: COLOUR_NAMES, GARMENT_ATTRIBUTE: FM_CLASSES},
     )

@@ -16,12 +16,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 data_app = typer.Typer(
-    help="Data: real Fashion-MNIST images with simulated colours and simulated shoppers.",
+    help="Data: dataset folders (import, validate, stats) and the simulated demo data (prepare).",
     no_args_is_help=True,
 )
 
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Prepared-data folder (default $COUTURIER_DATA_DIR or ./var/data).")
+    Path | None, typer.Option("--data-dir", help="Dataset folder (default $COUTURIER_DATA_DIR or ./var/data).")
 ]
 
 
@@ -44,18 +44,22 @@ def _clean_errors(func: Callable[P, R]) -> Callable[P, R]:
 def prepare_cmd(
     data_dir: DataDirOpt = None,
     profile: Annotated[str, typer.Option(help="demo (10,000 items, 2,000 shoppers) or full (all 60,000).")] = "demo",
-    force: Annotated[bool, typer.Option(help="Rebuild even if the folder is up to date.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even if up to date (replaces simulated data only, never a real dataset).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Build the catalogue, held-out queries and simulated shoppers (idempotent)."""
+    """Build the simulated demo dataset folder (idempotent; never writes over other data)."""
     from couturier.export.data.dataset import prepare
 
     started = time.perf_counter()
     data = prepare(data_dir, profile, progress=progress, force=force)
+    inter = data.interactions
+    assert data.profile is not None and inter is not None  # the simulated world has both
     typer.echo(
         f"prepared {data.profile.name} data in {data.data_dir}: {len(data.catalogue)} items, "
-        f"{len(data.heldout)} held-out queries, {data.interactions.n_users} simulated shoppers, "
-        f"{data.interactions.n_train} train purchases ({time.perf_counter() - started:.1f} s)"
+        f"{len(data.heldout)} held-out queries, {inter.n_users} simulated shoppers, "
+        f"{inter.n_train} train purchases ({time.perf_counter() - started:.1f} s)"
     )
 
 
@@ -65,7 +69,7 @@ def stats_cmd(
     data_dir: DataDirOpt = None,
     out: Annotated[Path, typer.Option(help="Folder for data_stats.json and data_stats.md.")] = Path("var/reports"),
 ) -> None:
-    """Write statistics of the prepared data (real vs simulated labelled)."""
+    """Write statistics of a dataset folder (real vs simulated labelled)."""
     from couturier.export.data.report import write_stats
 
     for path in write_stats(_data_dir(data_dir), out):
@@ -85,54 +89,130 @@ def sheet_cmd(
     typer.echo(str(write_contact_sheet(load_prepared(_data_dir(data_dir)).catalogue, out)))
 
 
+@data_app.command("validate")
+def validate_cmd(
+    path: Annotated[Path, typer.Argument(help="Dataset folder to check (dataset.json, tables, images, checksums).")],
+) -> None:
+    """Check a dataset folder: exit 0 with a one-line summary, or exit 2 listing every problem."""
+    from couturier.export.data.dataset_folder import dataset_summary, read_manifest, validate_dataset
+
+    problems = validate_dataset(path)
+    if problems:
+        typer.echo(f"{path}: NOT a valid dataset ({len(problems)} problems):")
+        for problem in problems:
+            typer.echo(f"  - {problem}")
+        raise typer.Exit(code=2)
+    typer.echo(f"{path}: valid {dataset_summary(read_manifest(path))}")
+
+
 def _data_dir(value: Path | None) -> Path:
     from couturier.export.data.paths import default_data_dir
 
     return value if value is not None else default_data_dir()
 
 
+OutOpt = Annotated[Path, typer.Option("--out", help="New dataset folder (must not exist or be empty, unless --force).")]
+ImageSizeOpt = Annotated[int, typer.Option(help="Store product images at this many pixels per side.")]
+SkipInvalidOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-invalid", help="Import the rest when rows are bad, and record what was skipped in the manifest."
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty --out once the new dataset is complete.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
+
+
+def _echo_import(folder: Path, started: float) -> None:
+    from couturier.export.data.importers.summary import import_summary
+
+    for line in import_summary(folder, time.perf_counter() - started):
+        typer.echo(line)
+
+
 @data_app.command("import-dvbpr")
 @_clean_errors
 def import_dvbpr_cmd(
-    path: Annotated[Path, typer.Argument(help="DVBPR Amazon .npy file (e.g. AmazonFashion6ImgPartitioned.npy).")],
-    out: Annotated[
-        Path, typer.Option(help="Folder for the imported catalogue, interactions and contact sheet.")
-    ] = Path("var/data/dvbpr_amazon"),
-    image_size: Annotated[int, typer.Option(help="Resize product images to this many pixels per side.")] = 64,
+    path: Annotated[
+        Path, typer.Argument(help="DVBPR Amazon/Tradesy .npy file (e.g. AmazonFashion6ImgPartitioned.npy).")
+    ],
+    out: OutOpt,
+    categories: Annotated[
+        str | None,
+        typer.Option(help="Category names in the file's index order, comma-separated (default category-<c>)."),
+    ] = None,
+    image_size: ImageSizeOpt = 64,
+    skip_invalid: SkipInvalidOpt = False,
+    force: ForceOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
-    """Import a REAL DVBPR Amazon data set: catalogue + per-user train/validation/test purchases."""
-    from couturier.export.data.dvbpr_amazon import load_dvbpr_amazon
-    from couturier.export.data.report import write_contact_sheet
+    """Import a DVBPR .npy (a pickle, read with a restricted unpickler): products by asin, the file's own split."""
+    from couturier.export.data.importers import import_dvbpr
 
-    data = load_dvbpr_amazon(path, image_size=image_size, progress=True)
-    out.mkdir(parents=True, exist_ok=True)
-    data.catalogue.save(out, "catalogue")
-    data.interactions.save(out, "interactions")
-    sheet = write_contact_sheet(
-        data.catalogue, out / "contact_sheet.png", title=f"DVBPR Amazon data from {path.name} (real)"
+    started = time.perf_counter()
+    names = [name.strip() for name in categories.split(",")] if categories is not None else None
+    folder = import_dvbpr(
+        path,
+        out,
+        image_size=image_size,
+        category_names=names,
+        skip_invalid=skip_invalid,
+        force=force,
+        progress=progress,
     )
-    typer.echo(
-        f"imported {len(data.catalogue)} items and {data.interactions.n_users} users "
-        f"({data.interactions.n_train} train purchases) into {out}; contact sheet {sheet}"
+    _echo_import(folder, started)
+
+
+@data_app.command("import-table")
+@_clean_errors
+def import_table_cmd(
+    products: Annotated[
+        Path,
+        typer.Option(help="Products CSV/Parquet: product_id, image (path), category, further columns = attributes."),
+    ],
+    out: OutOpt,
+    interactions: Annotated[
+        Path | None, typer.Option(help="Interactions CSV/Parquet: user_id, product_id, optional timestamp.")
+    ] = None,
+    image_size: ImageSizeOpt = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the split draw when the interactions have no timestamps.")] = 0,
+    skip_invalid: SkipInvalidOpt = False,
+    force: ForceOpt = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Import a shop's tables: products with images, categories and attributes, and their purchases."""
+    from couturier.export.data.importers import import_table
+
+    started = time.perf_counter()
+    folder = import_table(
+        products,
+        interactions,
+        out,
+        image_size=image_size,
+        seed=seed,
+        skip_invalid=skip_invalid,
+        force=force,
+        progress=progress,
     )
+    _echo_import(folder, started)
 
 
 @data_app.command("import-utzap50k")
 @_clean_errors
 def import_utzap50k_cmd(
     root: Annotated[Path, typer.Argument(help="UT-Zap50K image folder (<Category>/<SubCategory>/<Brand>/<id>.jpg).")],
-    out: Annotated[Path, typer.Option(help="Folder for the imported catalogue and contact sheet.")] = Path(
-        "var/data/utzap50k"
-    ),
-    image_size: Annotated[int, typer.Option(help="Resize images to this many pixels per side.")] = 64,
+    out: OutOpt,
     limit: Annotated[int | None, typer.Option(help="Import only the first N images (sorted path order).")] = None,
+    image_size: ImageSizeOpt = 64,
+    skip_invalid: SkipInvalidOpt = False,
+    force: ForceOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
-    """Import REAL UT-Zap50K shoe images as a catalogue (no interactions ship with it)."""
-    from couturier.export.data.report import write_contact_sheet
-    from couturier.export.data.utzap50k import load_utzap50k
+    """Import UT-Zap50K shoe photos as a catalogue only (it has no purchases: training needs interactions from elsewhere)."""
+    from couturier.export.data.importers import import_utzap50k
 
-    catalogue = load_utzap50k(root, image_size=image_size, limit=limit, progress=True).to_catalogue()
-    out.mkdir(parents=True, exist_ok=True)
-    catalogue.save(out, "catalogue")
-    sheet = write_contact_sheet(catalogue, out / "contact_sheet.png", title=f"UT-Zap50K from {root} (real)")
-    typer.echo(f"imported {len(catalogue)} images into {out}; contact sheet {sheet}")
+    started = time.perf_counter()
+    folder = import_utzap50k(
+        root, out, image_size=image_size, limit=limit, skip_invalid=skip_invalid, force=force, progress=progress
+    )
+    _echo_import(folder, started)

@@ -62,6 +62,72 @@ class Interactions:
             seen[t] = True
         return np.flatnonzero(~seen)
 
+    def to_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user, item, split) rows, user by user: the train items, then the validation, then the test item.
+
+        ``split`` uses the dataset-folder codes (int8: 0 train, 1 validation, 2 test)."""
+        sizes = np.array([len(t) + 2 for t in self.train], dtype=np.int64)
+        users = np.repeat(np.arange(self.n_users, dtype=np.int64), sizes)
+        items = np.concatenate(
+            [np.concatenate([t, [v, s]]) for t, v, s in zip(self.train, self.validation, self.test)]
+            if self.n_users
+            else [np.zeros(0, np.int64)]
+        ).astype(np.int64)
+        split = np.concatenate(
+            [np.r_[np.zeros(len(t), np.int8), np.int8(1), np.int8(2)] for t in self.train]
+            if self.n_users
+            else [np.zeros(0, np.int8)]
+        ).astype(np.int8)
+        return users, items, split
+
+    @classmethod
+    def from_rows(
+        cls,
+        users: np.ndarray,
+        items: np.ndarray,
+        split: np.ndarray,
+        *,
+        user_ids: np.ndarray,
+        n_items: int,
+        metadata: dict[str, Any] | None = None,
+    ) -> Interactions:
+        """Interactions from (user, item, split) rows (split codes 0 train, 1 validation, 2 test).
+
+        Every user needs exactly one validation and one test row (train rows may be none); train lists
+        keep the rows' order.
+        """
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        split = np.asarray(split)
+        n_users = len(user_ids)
+        held: dict[str, np.ndarray] = {}
+        for code, name in ((1, "validation"), (2, "test")):
+            rows = np.flatnonzero(split == code)
+            counts = np.bincount(users[rows], minlength=n_users)
+            bad = np.flatnonzero(counts != 1)
+            if bad.size:
+                u = int(bad[0])
+                raise DataFormatError(
+                    f"{bad.size} users do not have exactly one {name} interaction "
+                    f"(first: {user_ids[u]!s} has {int(counts[u])})"
+                )
+            out = np.empty(n_users, dtype=np.int64)
+            out[users[rows]] = items[rows]
+            held[name] = out
+        train_rows = np.flatnonzero(split == 0)
+        order = train_rows[np.argsort(users[train_rows], kind="stable")]
+        bounds = np.searchsorted(users[order], np.arange(n_users + 1))
+        train = [items[order[bounds[u] : bounds[u + 1]]] for u in range(n_users)]
+        return cls(
+            n_users=n_users,
+            n_items=int(n_items),
+            user_ids=np.asarray(user_ids, dtype=str),
+            train=train,
+            validation=held["validation"],
+            test=held["test"],
+            metadata=dict(metadata or {}),
+        )
+
     def save(self, directory: Path | str, name: str = "interactions") -> Path:
         """Write ``<name>.npz`` (CSR train lists, validation, test, user ids) and ``<name>.json``."""
         indptr = np.concatenate([[0], np.cumsum([len(t) for t in self.train])]).astype(np.int64)

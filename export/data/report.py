@@ -1,7 +1,7 @@
-"""Statistics (JSON + markdown) and a contact sheet (PNG) of a prepared data set.
+"""Statistics (JSON + markdown) and a contact sheet (PNG) of a dataset folder.
 
-Everything is labelled by provenance: images and garment classes are REAL (Fashion-MNIST);
-colours, shoppers and purchases are SIMULATED.
+Everything is labelled by provenance: a real dataset says where it came from; on the simulated world,
+images and garment classes are REAL (Fashion-MNIST) while colours, shoppers and purchases are SIMULATED.
 """
 
 from __future__ import annotations
@@ -14,26 +14,45 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from couturier.export.data.catalogue import Catalogue
-from couturier.export.data.dataset import PreparedData, load_prepared
-from couturier.export.data.fashion_mnist import FM_CLASSES
+from couturier.export.data.dataset_folder import Dataset, open_dataset
 from couturier.export.data.interactions import Interactions
 
 SHEET_TITLE = "Catalogue built from Fashion-MNIST (real images) with SIMULATED colours"
+#: At most this many categories (the largest) get a row on a contact sheet.
+SHEET_MAX_ROWS = 40
 
 
 def _counts(values: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
-    counts = np.bincount(np.asarray(values)[np.asarray(values) >= 0], minlength=len(names))
-    return {name: int(counts[i]) for i, name in enumerate(names)}
+    arr = np.asarray(values)
+    counts = np.bincount(arr[arr >= 0], minlength=len(names))
+    out = {name: int(counts[i]) for i, name in enumerate(names)}
+    if (arr < 0).any():
+        out["(unknown)"] = int((arr < 0).sum())
+    return out
 
 
 def catalogue_stats(catalogue: Catalogue) -> dict[str, Any]:
-    """Item counts per category, colour and Fashion-MNIST class."""
+    """Item counts per category and per value of each categorical attribute; ranges of numeric ones."""
+    numeric = {}
+    for name, values in catalogue.numeric_attributes.items():
+        arr = np.asarray(values, dtype=np.float64)
+        known = arr[~np.isnan(arr)]
+        numeric[name] = {
+            "known": len(known),
+            **(
+                {"min": float(known.min()), "max": float(known.max()), "mean": float(known.mean())}
+                if len(known)
+                else {}
+            ),
+        }
     return {
         "n_items": len(catalogue),
         "image_size": catalogue.image_size,
-        "items_per_category (real garment types)": _counts(catalogue.category, catalogue.category_names),
-        "items_per_fm_class (real)": _counts(catalogue.fm_class, FM_CLASSES),
-        "items_per_colour (SIMULATED)": _counts(catalogue.colour, catalogue.colour_names),
+        "items_per_category": _counts(catalogue.category, catalogue.category_names),
+        "items_per_attribute": {
+            name: _counts(codes, catalogue.attribute_values[name]) for name, codes in catalogue.attributes.items()
+        },
+        "numeric_attributes": numeric,
         "metadata": catalogue.metadata,
     }
 
@@ -66,43 +85,75 @@ def interaction_stats(interactions: Interactions) -> dict[str, Any]:
     }
 
 
-def collect_stats(prepared: PreparedData) -> dict[str, Any]:
-    """All statistics of a prepared data set, labelled real vs simulated."""
+def provenance_lines(dataset: Dataset) -> dict[str, str]:
+    """What is real and what is simulated in ``dataset``."""
+    simulation = dataset.manifest.get("simulation") or {}
+    if dataset.is_simulated:
+        return {
+            "real": str(simulation.get("real", "see the dataset's source")),
+            "simulated": str(simulation.get("simulated", "the interactions and the oracle")),
+        }
+    return {"real": dataset.source, "simulated": "nothing"}
+
+
+def collect_stats(dataset: Dataset) -> dict[str, Any]:
+    """All statistics of a dataset, labelled real vs simulated."""
+    m = dataset.manifest
     return {
-        "provenance": {
-            "real": "images and garment classes: Fashion-MNIST (Debian package dataset-fashion-mnist)",
-            "simulated": "garment colours, shoppers, purchases, planted tastes (oracle)",
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "provenance": dataset.provenance,
+            "folder": str(dataset.data_dir),
+            "importer": m.get("importer"),
+            "created_utc": m.get("created_utc"),
+            "fingerprint": dataset.fingerprint,
+            "skipped": m.get("skipped", {}),
+            "notes": [*m.get("notes", []), *dataset.notes],
         },
-        "profile": prepared.manifest.get("profile", {}),
-        "catalogue": catalogue_stats(prepared.catalogue),
-        "heldout_catalogue (Fashion-MNIST test split)": catalogue_stats(prepared.heldout),
-        "interactions (SIMULATED shoppers)": interaction_stats(prepared.interactions),
+        "provenance": provenance_lines(dataset),
+        "profile": m.get("simulation", {}).get("profile"),
+        "catalogue": catalogue_stats(dataset.catalogue),
+        "heldout": catalogue_stats(dataset.heldout),
+        "interactions": interaction_stats(dataset.interactions) if dataset.interactions is not None else None,
     }
 
 
 def _markdown(stats: dict[str, Any]) -> str:
+    d = stats["dataset"]
+    simulated = d["provenance"] == "simulated"
     lines = [
-        "# Couturier data statistics",
+        f"# Couturier data statistics: {d['name']}",
         "",
+        f"- **Provenance**: {d['provenance']} ({d['source']})",
         f"- **Real**: {stats['provenance']['real']}",
         f"- **Simulated**: {stats['provenance']['simulated']}",
+        f"- **Folder**: {d['folder']} (fingerprint {d['fingerprint'][:12]})",
         "",
     ]
-    for section in ("catalogue", "heldout_catalogue (Fashion-MNIST test split)"):
+    for section, title in (("catalogue", "Catalogue"), ("heldout", "Held-out queries")):
         cat = stats[section]
-        lines += [f"## {section}", "", f"{cat['n_items']} items, {cat['image_size']}x{cat['image_size']} RGB", ""]
-        for key in (
-            "items_per_category (real garment types)",
-            "items_per_fm_class (real)",
-            "items_per_colour (SIMULATED)",
-        ):
-            lines += [f"### {key}", "", "| name | items |", "|---|---:|"]
-            lines += [f"| {name} | {count} |" for name, count in cat[key].items()]
+        lines += [f"## {title}", "", f"{cat['n_items']} items, {cat['image_size']}x{cat['image_size']} RGB", ""]
+        tables = {"category": cat["items_per_category"], **cat["items_per_attribute"]}
+        for name, counts in tables.items():
+            label = " (SIMULATED)" if simulated and name == "colour" else ""
+            lines += [f"### items per {name}{label}", "", f"| {name} | items |", "|---|---:|"]
+            lines += [f"| {value} | {count} |" for value, count in counts.items()]
             lines.append("")
-    inter = stats["interactions (SIMULATED shoppers)"]
+        for name, summary in cat["numeric_attributes"].items():
+            lines.append(f"- {name}: {summary}")
+    inter = stats["interactions"]
+    if inter is None:
+        lines += [
+            "## Interactions",
+            "",
+            "none: a catalogue-only dataset (recommendation training needs interactions)",
+            "",
+        ]
+        return "\n".join(lines)
     ppu = inter["purchases_per_user"]
     lines += [
-        "## Interactions (SIMULATED shoppers)",
+        f"## Interactions ({'SIMULATED shoppers' if simulated else 'real'})",
         "",
         f"- users: {inter['n_users']}, items: {inter['n_items']}, purchases: {inter['n_interactions']}",
         f"- split sizes: train {inter['split_sizes']['train']}, validation {inter['split_sizes']['validation']}, "
@@ -116,10 +167,10 @@ def _markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_stats(source: PreparedData | Path | str, out_dir: Path | str) -> tuple[Path, Path]:
+def write_stats(source: Dataset | Path | str, out_dir: Path | str) -> tuple[Path, Path]:
     """Write ``data_stats.json`` and ``data_stats.md`` into ``out_dir``; returns both paths."""
-    prepared = source if isinstance(source, PreparedData) else load_prepared(source)
-    stats = collect_stats(prepared)
+    dataset = source if isinstance(source, Dataset) else open_dataset(source)
+    stats = collect_stats(dataset)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     js, md = folder / "data_stats.json", folder / "data_stats.md"
@@ -155,23 +206,26 @@ def _sheet_picks(catalogue: Catalogue, category: int, per_row: int) -> list[int]
 def write_contact_sheet(
     catalogue: Catalogue, path: Path | str, *, per_row: int = 8, cell: int = 96, title: str | None = None
 ) -> Path:
-    """PNG grid: one row per category, ``per_row`` items (distinct colours), labelled."""
+    """PNG grid: one row per category (the largest :data:`SHEET_MAX_ROWS`), ``per_row`` items
+    (distinct colours first), labelled. Reads only the rows it shows (``images`` may be a memmap)."""
     if title is None:
         title = SHEET_TITLE if catalogue.metadata.get("simulated colours") == "yes" else "Catalogue"
     label_w, title_h, caption_h, pad = 110, 36, 16, 6
-    n_rows = len(catalogue.category_names)
+    sizes = np.bincount(np.asarray(catalogue.category), minlength=len(catalogue.category_names))
+    shown = sorted(np.argsort(-sizes, kind="stable")[:SHEET_MAX_ROWS].tolist())
+    n_rows = len(shown)
     width = label_w + per_row * (cell + pad) + pad
     height = title_h + n_rows * (cell + caption_h + pad) + pad
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 10), title, fill="black", font=_font(15))
     small = _font(11)
-    for r, name in enumerate(catalogue.category_names):
+    for r, category in enumerate(shown):
         y = title_h + r * (cell + caption_h + pad)
-        draw.text((pad, y + cell // 2 - 6), name, fill="black", font=_font(13))
-        for c, i in enumerate(_sheet_picks(catalogue, r, per_row)):
+        draw.text((pad, y + cell // 2 - 6), catalogue.category_names[category][:16], fill="black", font=_font(13))
+        for c, i in enumerate(_sheet_picks(catalogue, category, per_row)):
             x = label_w + c * (cell + pad)
-            tile = Image.fromarray(catalogue.images[i]).resize((cell, cell), Image.Resampling.BICUBIC)
+            tile = Image.fromarray(np.asarray(catalogue.images[i])).resize((cell, cell), Image.Resampling.BICUBIC)
             sheet.paste(tile, (x, y))
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(220, 220, 220))
             colour = int(catalogue.colour[i])

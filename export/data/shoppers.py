@@ -171,8 +171,8 @@ class Oracle:
         style, affinity = self.item_signals(images, categories)
         return self.utility_from_signals(users, style, affinity, categories)
 
-    def save(self, directory: Path | str) -> Path:
-        """Write ``oracle_simulated_tastes.npz`` and ``.json`` into ``directory``."""
+    def save(self, directory: Path | str, name: str = ORACLE_FILE) -> Path:
+        """Write ``<name>.npz`` and ``<name>.json`` (default ``oracle_simulated_tastes``) into ``directory``."""
         arrays = {
             "category_weights": self.category_weights,
             "colour_prefs": self.colour_prefs,
@@ -187,12 +187,12 @@ class Oracle:
             "temperature": self.temperature,
             "metadata": self.metadata,
         }
-        return save_stored(directory, ORACLE_FILE, arrays, meta)
+        return save_stored(directory, name, arrays, meta)
 
     @classmethod
-    def load(cls, directory: Path | str) -> Oracle:
+    def load(cls, directory: Path | str, name: str = ORACLE_FILE) -> Oracle:
         """Read an oracle written by :meth:`save`."""
-        arrays, meta = load_stored(directory, ORACLE_FILE, "simulated-taste oracle")
+        arrays, meta = load_stored(directory, name, "simulated-taste oracle")
         fields: dict[str, Any] = {**arrays, **meta}
         return cls(**fields)
 

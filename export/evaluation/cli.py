@@ -6,14 +6,11 @@ Kept light (typer only at import): ``couturier`` imports every sub-app when it s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
 
 from couturier.services.cli import fail
-
-if TYPE_CHECKING:
-    from couturier.export.data.dataset import PreparedData
 
 judge_app = typer.Typer(
     help="The judge of generated images: a CNN trained on the real catalogue (never an optimisation objective).",
@@ -28,29 +25,36 @@ DataDirOpt = Annotated[
 ]
 
 
-def _prepared(data_dir: Path | None, profile: str) -> PreparedData:
-    """The prepared data in ``data_dir`` (whatever its profile), else the profile's data set, prepared."""
-    from couturier.export.data.dataset import load_prepared, prepare
-    from couturier.export.data.errors import NotPreparedError
+DatasetOpt = Annotated[
+    Path | None, typer.Option("--dataset", help="A dataset folder of your own; default: the simulated world.")
+]
+
+
+def _data(profile: str, dataset: Path | None, data_dir: Path | None) -> Any:
+    """The dataset, or the simulated world in ``data_dir`` (prepared when missing); exit 2 on a data problem."""
+    from couturier.export.data.errors import DataError
+    from couturier.export.data.selection import select_data
 
     try:
-        return load_prepared(data_dir)
-    except NotPreparedError:
-        return prepare(data_dir, "full" if profile == "full" else "demo", progress=True)
+        return select_data(profile, dataset=dataset, data_dir=data_dir)
+    except DataError as exc:
+        fail(str(exc))
 
 
 @judge_app.command("train")
-def train_cmd(profile: ProfileOpt = "demo", data_dir: DataDirOpt = None, runs: RunsOpt = Path("runs")) -> None:
+def train_cmd(
+    profile: ProfileOpt = "demo", data_dir: DataDirOpt = None, dataset: DatasetOpt = None, runs: RunsOpt = Path("runs")
+) -> None:
     """Train the judge on the catalogue, measure it on the held-out catalogue; write runs/<profile>/judge/."""
     from couturier.export.evaluation.judge import JUDGE_PROFILES, train_judge
 
     if profile not in JUDGE_PROFILES:
         fail(f"unknown profile {profile!r}; choose one of {', '.join(JUDGE_PROFILES)}")
-    prepared = _prepared(data_dir, profile)
+    prepared = _data(profile, dataset, data_dir)
     result = train_judge(prepared, runs / profile / "judge", profile)
     m = result.metrics
     typer.echo(
-        f"judge[{profile}] on {prepared.profile.name} data: held-out accuracy {m['heldout_accuracy']:.3f} "
+        f"judge[{profile}] on {getattr(prepared, 'name', 'the simulated')} data: held-out accuracy {m['heldout_accuracy']:.3f} "
         f"({m['n_heldout']} items; {m['epochs_done']} epochs, {m['train_wall_s']} s) -> {result.run_dir}"
     )
 
@@ -59,6 +63,7 @@ def train_cmd(profile: ProfileOpt = "demo", data_dir: DataDirOpt = None, runs: R
 def samples_cmd(
     profile: ProfileOpt = "demo",
     data_dir: DataDirOpt = None,
+    dataset: DatasetOpt = None,
     runs: RunsOpt = Path("runs"),
     n_per_category: Annotated[int, typer.Option(help="GAN samples drawn per category.")] = 100,
     draws: Annotated[int, typer.Option(help="Random reference draws FID is averaged over.")] = 10,
@@ -75,7 +80,7 @@ def samples_cmd(
         fail(f"no trained GAN in {root / 'gan'}: run `couturier train --profile {profile} --only gan` first")
     if n_per_category < 2 or draws < 1:
         fail("--n-per-category must be >= 2 and --draws >= 1")
-    prepared = _prepared(data_dir, profile)
+    prepared = _data(profile, dataset, data_dir)
     report, json_path, png = judge_gan(
         root, LabelledImages.of(prepared.heldout), n_per_category=n_per_category, draws=draws, seed=seed
     )

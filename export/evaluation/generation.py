@@ -131,7 +131,18 @@ def _shoppers(world: _World, n: int, seed: int) -> list[tuple[int, int]]:
 
 
 def _oracle_utility(prepared: Any, users: Sequence[int], images: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """The planted taste of ``users`` for ``images``: (U, N); NaN everywhere on real data (no oracle)."""
+    if getattr(prepared, "oracle", None) is None:
+        return np.full((len(users), len(images)), np.nan)
     return np.asarray(prepared.oracle.utility(np.asarray(users), images, np.asarray(categories)), dtype=np.float64)
+
+
+def _oracle_mean(values: Sequence[float], *, positive: bool = False) -> float | None:
+    """Mean (or share > 0) of oracle figures; None on real data, where there is no planted taste."""
+    arr = np.asarray(values, dtype=np.float64)
+    if not arr.size or np.isnan(arr).all():
+        return None
+    return float(np.mean(arr > 0)) if positive else float(np.mean(arr))
 
 
 def _category_percentile(prepared: Any, user: int, category: int, q: float) -> float:
@@ -175,8 +186,8 @@ async def _designs(
         p90 = _category_percentile(p, int(user), c, 90.0)
         best = int(np.argmax(learned_after))
         raised.append(float(learned_after.mean() > learned_before.mean()))
-        top10.append(float(oracle_after[best] >= p90))
-        top10_all.extend((oracle_after >= p90).astype(float).tolist())
+        top10.append(float(oracle_after[best] >= p90) if not np.isnan(p90) else np.nan)
+        top10_all.extend(np.where(np.isnan(oracle_after), np.nan, oracle_after >= p90).tolist())
         gains.append(float(oracle_after.mean() - oracle_before.mean()))
         learned_gain.append(float(learned_after.mean() - learned_before.mean()))
         images.append(after)
@@ -190,10 +201,10 @@ async def _designs(
         "designs_per_shopper": s.designs_per_shopper,
         "preference_raised_share": float(np.mean(raised)),
         "learned_score_gain_mean": float(np.mean(learned_gain)),
-        "oracle_top10_share": float(np.mean(top10)),
-        "oracle_top10_share_all_designs": float(np.mean(top10_all)),
-        "oracle_gain_mean": float(np.mean(gains)),
-        "oracle_gain_positive_share": float(np.mean(np.asarray(gains) > 0)),
+        "oracle_top10_share": _oracle_mean(top10),
+        "oracle_top10_share_all_designs": _oracle_mean(top10_all),
+        "oracle_gain_mean": _oracle_mean(gains),
+        "oracle_gain_positive_share": _oracle_mean(gains, positive=True),
         "_gallery": (np.concatenate(starts), all_images, all_cats),
     }
 
@@ -240,9 +251,9 @@ async def _alter(world: _World, backend: Any, shoppers: list[tuple[int, int]], s
         "altered_fid_ratio": altered_figures["fid_ratio"],
         "altered_per_category_accuracy": altered_figures["per_category_accuracy"],
         "preference_raised_share": float(np.mean(raised)),
-        "oracle_gain_share": float(np.mean(np.asarray(gain_vs_product) > 0)),
-        "oracle_gain_mean": float(np.mean(gain_vs_product)),
-        "oracle_gain_vs_reconstruction_share": float(np.mean(np.asarray(gain_vs_recon) > 0)),
+        "oracle_gain_share": _oracle_mean(gain_vs_product, positive=True),
+        "oracle_gain_mean": _oracle_mean(gain_vs_product),
+        "oracle_gain_vs_reconstruction_share": _oracle_mean(gain_vs_recon, positive=True),
         "_gallery": (np.concatenate(originals), recon_all, altered_all, cat_arr),
     }
 
@@ -296,8 +307,8 @@ async def _gigs(world: _World, backend: Any, s: GenerationSettings) -> dict[str,
         "variant_per_category_accuracy": figures["per_category_accuracy"],
         "min_pairwise_opposite_ssim": float(np.min(min_opp)),
         "median_pairwise_opposite_ssim": float(np.median(min_opp)),
-        "oracle_gain_share": float(np.mean(np.asarray(oracle_gain) > 0)),
-        "oracle_gain_mean": float(np.mean(oracle_gain)),
+        "oracle_gain_share": _oracle_mean(oracle_gain, positive=True),
+        "oracle_gain_mean": _oracle_mean(oracle_gain),
         "_gallery": gallery,
     }
 
@@ -373,8 +384,10 @@ def evaluate_generation(
         "note": (
             "Flows run with the latent service's optimisers (default settings) on the exported gradient models; "
             "images judged by the judge CNN (trained on real catalogue images, never optimised against); oracle = "
-            "the SIMULATED planted tastes. fid_ratio = domain FID / real-vs-real FID on the same reference draws."
+            "the SIMULATED planted tastes (None on real data: no planted taste to check against). fid_ratio = "
+            "domain FID / real-vs-real FID on the same reference draws."
         ),
+        "data": _data_kind(prepared),
         "settings": asdict(s),
         "wall_s": round(time.perf_counter() - started, 1),
         "designs": designs,
@@ -383,6 +396,12 @@ def evaluate_generation(
     }
     write_json(out / GENERATION_JSON, result)
     return result
+
+
+def _data_kind(prepared: Any) -> str:
+    provenance = getattr(prepared, "provenance", "simulated")
+    name = getattr(prepared, "name", "the demo world")
+    return f"{provenance} data: {name}" + (" (oracle = planted taste)" if getattr(prepared, "oracle", None) else "")
 
 
 # --- galleries -----------------------------------------------------------------------------------

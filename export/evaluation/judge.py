@@ -36,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from couturier.export.training.common import images_to_tensor, pick_device, seed_everything, write_json
-from couturier.services.common.models import CATEGORIES
+from couturier.export.training.loaders import gather_rows, to_model_input
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -46,11 +46,13 @@ METRICS = "metrics.json"
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """Architecture: one double-conv block (3x3 conv, BN, ReLU, twice; then 2x2 max-pool) per width."""
+    """Architecture: one double-conv block (3x3 conv, BN, ReLU, twice; then 2x2 max-pool) per width.
 
+    ``category_names``: the classes it tells apart, the training data's categories in code order."""
+
+    category_names: tuple[str, ...]
     image_size: int = 32
     channels: tuple[int, ...] = (32, 64, 128)
-    category_names: tuple[str, ...] = CATEGORIES
 
     @property
     def n_categories(self) -> int:
@@ -70,7 +72,7 @@ class JudgeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JudgeConfig:
-        return cls(int(data["image_size"]), tuple(data["channels"]), tuple(data["category_names"]))
+        return cls(tuple(data["category_names"]), int(data["image_size"]), tuple(data["channels"]))
 
 
 class JudgeNet(nn.Module):
@@ -214,12 +216,12 @@ def train_judge(
     gen = seed_everything(prof.seed)
     device = pick_device(prof.use_cuda)
     cat, held = prepared.catalogue, prepared.heldout
-    names = tuple(getattr(cat, "category_names", CATEGORIES))
+    names = tuple(cat.category_names)
     cfg = JudgeConfig(image_size=int(cat.images.shape[1]), channels=tuple(prof.channels), category_names=names)
     net = JudgeNet(cfg).to(device)
-    data = images_to_tensor(cat.images).to(device)
+    images = cat.images  # read one batch at a time (a memmap stays on disk)
     labels = torch.as_tensor(np.asarray(cat.category), dtype=torch.long, device=device)
-    batches = max(1, -(-len(data) // prof.batch_size))
+    batches = max(1, -(-len(images) // prof.batch_size))
     opt = torch.optim.Adam(net.parameters(), lr=prof.lr, weight_decay=prof.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=prof.epochs * batches)
     history: list[dict[str, float]] = []
@@ -228,13 +230,14 @@ def train_judge(
     bar = tqdm(range(prof.epochs), desc=f"judge[{prof.name}]", disable=not progress)
     for _epoch in bar:
         net.train()
-        perm = torch.randperm(len(data), generator=gen).to(device)
+        perm = torch.randperm(len(images), generator=gen).to(device)
         loss_sum, hits, seen = 0.0, 0, 0
         for b in range(batches):
             idx = perm[b * prof.batch_size : (b + 1) * prof.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            logits = net(_augment(data[idx], prof, gen))
+            batch = to_model_input(gather_rows(images, idx.cpu().numpy()), device)
+            logits = net(_augment(batch, prof, gen))
             loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -258,7 +261,7 @@ def train_judge(
         "config": cfg.to_dict(),
         "device": str(device),
         "seed": prof.seed,
-        "n_train": len(data),
+        "n_train": len(images),
         "epochs_done": len(history),
         "stopped_by_max_seconds": capped,
         "train_wall_s": round(train_s, 1),

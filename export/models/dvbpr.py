@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Image sides the networks are built for (the profile picks one; the CPU demo 32, real photos 64, GPU 128).
+IMAGE_SIZES = (32, 64, 128)
+
 
 @dataclass(frozen=True)
 class DvbprConfig:
@@ -35,10 +38,14 @@ class DvbprConfig:
     hidden: int = 256
 
     def __post_init__(self) -> None:
-        if self.image_size not in (32, 64):
-            raise ValueError(f"image_size must be 32 or 64, got {self.image_size}")
-        if len(self.channels) < self.n_blocks:
-            raise ValueError(f"need {self.n_blocks} conv channel widths for {self.image_size} px, got {self.channels}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size}")
+        if not self.channels:
+            raise ValueError("channels needs at least one width")
+
+    def width(self, i: int) -> int:
+        """Width of conv block ``i`` (the last given width repeats for larger images)."""
+        return self.channels[min(i, len(self.channels) - 1)]
 
     @property
     def n_blocks(self) -> int:
@@ -60,7 +67,7 @@ class ItemEncoder(nn.Module):
         super().__init__()
         blocks: list[nn.Module] = []
         c_in = 3
-        for c_out in cfg.channels[: cfg.n_blocks]:
+        for c_out in (cfg.width(i) for i in range(cfg.n_blocks)):
             blocks.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from couturier.export.models.dvbpr import IMAGE_SIZES
+
 #: Architecture tag stored in checkpoints (older LSGAN checkpoints are refused with a clear message).
 ARCHITECTURE = "cbn-upconv-g/sn-projection-d"
 
@@ -50,11 +52,11 @@ class GanConfig:
     z_dim: int = 100
     n_categories: int = 6
     g_channels: tuple[int, ...] = (128, 64, 32)  # widths at 4x4, 8x8, 16x16 (the last repeats to the image size)
-    d_channels: tuple[int, ...] = (32, 64, 128)  # widths at S/2, S/4, S/8 (the last repeats for 64 px)
+    d_channels: tuple[int, ...] = (32, 64, 128)  # widths at S/2, S/4, S/8 (the last repeats for larger images)
 
     def __post_init__(self) -> None:
-        if self.image_size not in (32, 64):
-            raise ValueError(f"image_size must be 32 or 64, got {self.image_size}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size}")
         if not self.g_channels or not self.d_channels:
             raise ValueError("g_channels and d_channels need at least one width each")
 

@@ -137,6 +137,7 @@ class BenchData:
     query_pngs: list[bytes]
     images: np.ndarray  # (N, S, S, 3) uint8 catalogue images, for the model inputs
     categories: np.ndarray  # (N,) category index of ``images``
+    category_names: tuple[str, ...]  # the catalogue's categories, in code order (what Design asks for)
     theta: np.ndarray  # (U, K) trained user vectors
     tokenizer_json: Path
     sizes: dict[str, int] = field(default_factory=dict)
@@ -161,6 +162,7 @@ class BenchData:
             query_pngs=[encode_png(held.images[i]) for i in queries],
             images=cat.images[:64],
             categories=np.asarray(cat.category[:64]),
+            category_names=tuple(cat.category_names),
             theta=np.asarray(vectors["theta"], dtype=np.float32),
             tokenizer_json=tokenizer_json,
             sizes={
@@ -183,7 +185,6 @@ class RpcCase:
 
 def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
     """One realistic fixed request per RPC; call ``i`` varies the user, product and image."""
-    from couturier.services.common.models import CATEGORIES
     from couturier.v1 import (
         common_pb2 as c,
     )
@@ -218,7 +219,10 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
 
     def design(i: int) -> Any:
         return lat.DesignRequest(
-            audience=c.Audience(user=user(i)), category=CATEGORIES[i % len(CATEGORIES)], n=4, seed=i + 1
+            audience=c.Audience(user=user(i)),
+            category=data.category_names[i % len(data.category_names)],
+            n=4,
+            seed=i + 1,
         )
 
     def shifts(i: int) -> Any:

@@ -38,6 +38,14 @@ def demo(
     shipped: Annotated[
         Path | None, typer.Option(help="Shipped models to install (default export/shipped/<profile>).")
     ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset",
+            help="Run on a dataset folder of your own (`couturier data import-...`; read-only): trains its models "
+            "here (default profile demo) into runs/datasets/<name>-<fingerprint>/, then serves them.",
+        ),
+    ] = None,
 ) -> None:
     """The main job on the embedded default: data, models, the whole stack, every flow, a report.
 
@@ -56,7 +64,7 @@ def demo(
     from couturier.export.tools.demo import run_demo
 
     try:
-        report = run_demo(out, data_dir=data_dir, profile=profile, train=train, shipped=shipped)
+        report = run_demo(out, data_dir=data_dir, profile=profile, train=train, shipped=shipped, dataset=dataset)
     except CouturierError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -71,6 +79,7 @@ def demo(
 
 
 def bench(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Where bench.json and bench.md go.")] = Path("runs/bench"),
     orchestrator: Annotated[
         str | None, typer.Option(help="Attach: orchestrator host:port (give all four services).")
@@ -106,7 +115,12 @@ def bench(
     ] = 50,
     timeout_s: Annotated[float, typer.Option(help="Deadline of each RPC.")] = 120.0,
 ) -> None:
-    """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model."""
+    """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model.
+
+    `couturier bench data` measures the data path instead: import and training on a generated shop.
+    """
+    if ctx.invoked_subcommand is not None:
+        return  # `couturier bench data`: that command runs, not the service benchmark
     import os
 
     from couturier.export.tools.bench import BenchOptions
@@ -137,6 +151,60 @@ def bench(
         timeout_s=timeout_s,
     )
     json_path, md_path = asyncio.run(run_bench(options, echo=typer.echo))
+    typer.echo(f"results: {md_path} and {json_path}")
+
+
+def bench_data(
+    out: Annotated[Path, typer.Option(help="Where bench_data.json and bench_data.md go.")] = Path("runs/bench-data"),
+    work: Annotated[
+        Path | None,
+        typer.Option(help="Generated shop, imported datasets and training runs (default <out>/work; the photos are reused)."),
+    ] = None,
+    n: Annotated[int, typer.Option("--n", help="Products in the generated shop (the largest catalogue).")] = 50_000,
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated catalogue sizes imported and trained on (default 10000 and --n).")
+    ] = "",
+    image_size: Annotated[int, typer.Option(help="Image resolution imported and trained at.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the generated shop.")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="Image-decoding processes of the import (default: the importer's).")
+    ] = None,
+    dvbpr_seconds: Annotated[float, typer.Option(help="DVBPR: one epoch or this many seconds of steps.")] = 60.0,
+    gan_steps: Annotated[int, typer.Option(help="Conditional GAN steps per catalogue size.")] = 100,
+    repeats: Annotated[int, typer.Option(help="Repeat each import and training measurement (medians).")] = 1,
+    regenerate: Annotated[bool, typer.Option(help="Generate the shop's photos again even if present.")] = False,
+) -> None:
+    """Import images/s, training images/s and peak RSS of import and training on a generated shop (64 px).
+
+    Generates N products (photo-like JPEGs, categories, colours, purchases with timestamps), imports each
+    catalogue size with `import-table`, trains DVBPR and the GAN (demo profile) on each, each in its own
+    process; reports against the targets (import >= 1,000 images/s, training RSS < 3 GB at any size).
+    """
+    from couturier.export.data.errors import DataError
+    from couturier.export.tools.bench_data import BenchDataOptions
+    from couturier.export.tools.bench_data import bench_data as run_bench_data
+
+    try:
+        chosen = tuple(int(v) for v in sizes.split(",") if v.strip())
+    except ValueError:
+        fail(f"--sizes must be comma-separated integers, got {sizes!r}")
+    options = BenchDataOptions(
+        out=out,
+        work=work,
+        n=n,
+        sizes=chosen,
+        image_size=image_size,
+        seed=seed,
+        workers=workers,
+        dvbpr_seconds=dvbpr_seconds,
+        gan_steps=gan_steps,
+        repeats=repeats,
+        regenerate=regenerate,
+    )
+    try:
+        json_path, md_path = run_bench_data(options, echo=typer.echo)
+    except DataError as exc:
+        fail(str(exc))
     typer.echo(f"results: {md_path} and {json_path}")
 
 
@@ -243,4 +311,7 @@ def register(app: typer.Typer) -> None:
     register_models(app)
     register_index(app)
     app.command("demo")(demo)
-    app.command("bench")(bench)
+    bench_app = typer.Typer(no_args_is_help=False)
+    bench_app.callback(invoke_without_command=True)(bench)
+    bench_app.command("data")(bench_data)
+    app.add_typer(bench_app, name="bench")

@@ -74,7 +74,8 @@ from couturier.export.tools.shipped import (
     train_hint,
 )
 from couturier.services.common.errors import InvalidInput
-from couturier.services.common.models import ALL_MODELS, ITEM_ENCODER, TEXT_ENCODER
+from couturier.services.common.model_metadata import CATEGORIES_KEY, METADATA_PREFIX
+from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, ITEM_ENCODER, TEXT_ENCODER
 from couturier.services.latent import optimize
 from couturier.services.scoring.users import UserDirectory
 
@@ -102,6 +103,58 @@ MULTIMODAL_QUERIES = (
     ("same but in black", "black", "dresses"),
     ("make it navy", "navy", "outerwear"),
 )
+
+
+@dataclass(frozen=True)
+class DemoScript:
+    """Which categories, colours and texts the flows use: fixed on the simulated world, derived from
+    the data (categories by training purchases, the most common attribute values) on a dataset."""
+
+    new_shopper: tuple[str, str]  # (liked colour or "", liked category)
+    group_category: str
+    seller_category: str
+    search_categories: tuple[str, ...]
+    multimodal: tuple[tuple[str, str, str], ...]  # (text, requested value, category of the query image)
+
+
+SIMULATED_SCRIPT = DemoScript(
+    ("red", "dresses"), "shoes", "outerwear", ("shoes", "bags", "trousers"), MULTIMODAL_QUERIES
+)
+
+
+def script_for(prepared: Any) -> DemoScript:
+    """:data:`SIMULATED_SCRIPT` for the simulated world, else a script built from the dataset's labels."""
+    from couturier.export.training.modifications import attribute_text, text_vocabulary
+
+    if getattr(prepared, "provenance", "simulated") == "simulated":
+        return SIMULATED_SCRIPT
+    cat, held, inter = prepared.catalogue, prepared.heldout, prepared.interactions
+    names = list(cat.category_names)
+    bought = np.bincount(cat.category[np.concatenate(inter.train)], minlength=len(names)) if inter.n_train else None
+    ranked = [
+        names[c] for c in np.argsort(-(bought if bought is not None else np.bincount(cat.category)), kind="stable")
+    ]
+    ranked = [c for c in ranked if (cat.category == names.index(c)).any()]
+    top = ranked[0]
+    colour = ""
+    if len(cat.colour_names) and (cat.colour >= 0).any():
+        in_top = cat.colour[(cat.category == names.index(top)) & (cat.colour >= 0)]
+        colour = cat.colour_names[int(np.bincount(in_top).argmax())] if len(in_top) else ""
+    held_counts = np.bincount(held.category, minlength=len(names))
+    search = tuple(names[c] for c in np.argsort(-held_counts, kind="stable")[:3] if held_counts[c])
+    vocab = text_vocabulary(cat)
+    queries: list[tuple[str, str, str]] = []
+    if vocab is not None:
+        codes = vocab.attribute_codes(cat)
+        in_top = codes[(cat.category == names.index(top)) & (codes >= 0)]
+        for value in np.argsort(-np.bincount(in_top, minlength=len(vocab.values)), kind="stable")[:3]:
+            kind = (
+                names.index(top)
+                if vocab.kind_label == "category"
+                else int(vocab.kinds(cat)[cat.category == names.index(top)][0])
+            )
+            queries.append((attribute_text(vocab, 0, int(value), kind), vocab.values[int(value)], top))
+    return DemoScript((colour, top), top, ranked[1] if len(ranked) > 1 else top, search, tuple(queries))
 
 
 #: Training profiles the demo can serve (``tiny``: seconds of training, for tests of the pipeline).
@@ -164,11 +217,26 @@ class Stages:
 # -- models: train, export, publish only what is missing ----------------------------------------------
 
 
+def expected_networks(run_dir: Path) -> tuple[str, ...]:
+    """The networks a run has: all four, but no SynthTriplet for a dataset without a usable attribute."""
+    from couturier.export.pipeline import read_dataset_record
+
+    return tuple(n for n in NETWORKS if n != "synthtriplet" or read_dataset_record(run_dir).get("multimodal", True))
+
+
+def expected_models(run_dir: Path) -> tuple[str, ...]:
+    """The models a run exports: all, but not the multimodal pair when SynthTriplet was not trained."""
+    from couturier.export.tools.stack import OPTIONAL_MODELS
+
+    multimodal = "synthtriplet" in expected_networks(run_dir)
+    return tuple(m for m in ALL_MODELS if multimodal or m not in OPTIONAL_MODELS)
+
+
 def checkpoints(run_dir: Path) -> dict[str, Path]:
     """Network -> where ``couturier train`` writes its checkpoint in ``run_dir``."""
     from couturier.export.training.common import CHECKPOINT
 
-    return {net: run_dir / net / CHECKPOINT for net in NETWORKS}
+    return {net: run_dir / net / CHECKPOINT for net in expected_networks(run_dir)}
 
 
 def training_reasons(run_dir: Path) -> list[str]:
@@ -179,15 +247,33 @@ def training_reasons(run_dir: Path) -> list[str]:
     return reasons
 
 
+def carries_categories(path: Path) -> bool:
+    """Whether an exported ONNX file names its categories (``couturier.categories`` metadata); False for
+    a file that is not ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError:
+        return False
+    return any(p.key == METADATA_PREFIX + CATEGORIES_KEY for p in model.metadata_props)
+
+
 def export_reasons(run_dir: Path) -> list[str]:
-    """Why the ONNX export must be (re)done: missing files, or a checkpoint newer than the export."""
+    """Why the ONNX export must be (re)done: missing files, a checkpoint newer than the export, or
+    files without their category list (exported before the models carried it)."""
     onnx = run_dir / "onnx"
-    missing = [name for name in ALL_MODELS if not (onnx / f"{name}.onnx").is_file()]
+    models = expected_models(run_dir)
+    missing = [name for name in models if not (onnx / f"{name}.onnx").is_file()]
     if missing:
         return [f"{onnx} lacks {', '.join(missing)}"]
-    oldest = min((onnx / f"{name}.onnx").stat().st_mtime for name in ALL_MODELS)
+    oldest = min((onnx / f"{name}.onnx").stat().st_mtime for name in models)
     newer = [net for net, path in checkpoints(run_dir).items() if path.is_file() and path.stat().st_mtime > oldest]
-    return [f"the {', '.join(newer)} checkpoint is newer than the ONNX export"] if newer else []
+    if newer:
+        return [f"the {', '.join(newer)} checkpoint is newer than the ONNX export"]
+    unnamed = [name for name in models if name in CATEGORY_MODELS and not carries_categories(onnx / f"{name}.onnx")]
+    return [f"{', '.join(unnamed)} in {onnx} carry no category list (exported before models did)"] if unnamed else []
 
 
 def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
@@ -195,7 +281,7 @@ def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
     from couturier.services.common.model_repository import list_versions, model_path
 
     reasons: dict[str, str] = {}
-    for name in ALL_MODELS:
+    for name in expected_models(onnx_dir.parent):
         versions = list_versions(repo_dir, name)
         if not versions:
             reasons[name] = "not in the repository"
@@ -351,7 +437,10 @@ def _share(flags: list[bool]) -> float | None:
 class _Flows:
     """Runs every flow against the started stack and fills ``results``."""
 
-    def __init__(self, client: Any, prepared: Any, results: DemoResults, stages: Stages) -> None:
+    def __init__(
+        self, client: Any, prepared: Any, results: DemoResults, stages: Stages, *, multimodal: bool = True
+    ) -> None:
+        from couturier.export.training.modifications import text_vocabulary
         from couturier.services.common.images import encode_png
 
         self.client, self.prepared, self.results, self.stages = client, prepared, results, stages
@@ -359,6 +448,11 @@ class _Flows:
         self.cat = prepared.catalogue
         self.held = prepared.heldout
         self.inter = prepared.interactions
+        self.script = script_for(prepared)
+        self.simulated = getattr(prepared, "provenance", "simulated") == "simulated"
+        self.shoppers = "simulated shoppers" if self.simulated else "shoppers"
+        self.has_colour = bool(len(self.cat.colour_names)) and bool((np.asarray(self.cat.colour) >= 0).any())
+        self.vocab = text_vocabulary(self.cat) if multimodal else None
         self.latency: dict[str, float] = results.timings.calls_ms
         self.served: dict[str, str] = results.served_models
 
@@ -490,10 +584,10 @@ class _Flows:
             )
             self.served["scoring Recommend"] = self._version(reply.model)
         async with self.section("recommend", "Recommend (new shopper, folded in)"):
-            colour, category = "red", "dresses"
-            rows = [int(r) for r in self.rows_of(category) if self.cat.colour_names[int(self.cat.colour[r])] == colour][
-                :4
-            ]
+            colour, category = self.script.new_shopper
+            rows = [
+                int(r) for r in self.rows_of(category) if not colour or self._labels(self.cat, int(r))[1] == colour
+            ][:4]
             liked = [str(self.cat.product_ids[r]) for r in rows]
             reply = await self.timed(
                 "Recommend (new shopper)",
@@ -558,7 +652,7 @@ class _Flows:
                 designs=self._designs(reply),
             )
         async with self.section("design", "DesignAndShop (group of 20, top-10 share)"):
-            category = "shoes"
+            category = self.script.group_category
             users = self.segment(category, DESIGN_GROUP_SIZE)
             audience = common_pb2.Audience(
                 group=common_pb2.UserGroup(
@@ -587,7 +681,7 @@ class _Flows:
             thresholds = [u.kth_best_score for u in described.users]
             out.group = DesignRun(
                 title=f"Designs for a group of {len(users)} shoppers",
-                audience=f"{len(users)} simulated shoppers who buy the most {category} ({users[0]}, ...)",
+                audience=f"{len(users)} {self.shoppers} who buy the most {category} ({users[0]}, ...)",
                 category=category,
                 top_k=10,
                 users=users,
@@ -668,7 +762,7 @@ class _Flows:
         from couturier.v1 import common_pb2, latent_pb2, orchestrator_pb2, scoring_pb2
 
         async with self.section("seller", "SellerFeedback (group of 30)"):
-            category = "outerwear"
+            category = self.script.seller_category
             rows = self.rows_of(category)
             row = int(rows[np.random.default_rng(3).integers(len(rows))])
             product_id = str(self.cat.product_ids[row])
@@ -700,7 +794,7 @@ class _Flows:
                 product=self.item(row),
                 users=users,
                 latency_ms=self.latency["SellerFeedback (group of 30)"],
-                audience=f"{len(users)} simulated shoppers who buy the most {category}",
+                audience=f"{len(users)} {self.shoppers} who buy the most {category}",
                 settings=f"n=4 variants, radius {SELLER_RADIUS:g}, diversity weight {SELLER_DIVERSITY:g}, "
                 f"{SELLER_STEPS} shift steps, default inversion",
                 base_image=reply.base.image.data,
@@ -726,12 +820,17 @@ class _Flows:
 
         out = self.results.multimodal
         out.user_id = self.user_id
-        for text, colour, category in MULTIMODAL_QUERIES:
+        if self.vocab is None:
+            from couturier.export.training.train_synthtriplet import NO_VOCABULARY
+
+            out.skipped = NO_VOCABULARY
+            self.stages.note(f"MultimodalShop: skipped ({NO_VOCABULARY})")
+            return
+        held_values, cat_values = self.vocab.attribute_codes(self.held), self.vocab.attribute_codes(self.cat)
+        for text, colour, category in self.script.multimodal:
             async with self.section("multimodal", f"MultimodalShop ({text!r})"):
-                c, k = self.held.category_names.index(category), self.held.colour_names.index(colour)
-                row = int(
-                    next(r for r in range(len(self.held)) if self.held.category[r] == c and self.held.colour[r] != k)
-                )
+                c, k = self.held.category_names.index(category), self.vocab.values.index(colour)
+                row = int(next(r for r in range(len(self.held)) if self.held.category[r] == c and held_values[r] != k))
                 request = orchestrator_pb2.MultimodalShopRequest(
                     search=retrieval_pb2.SearchByImageAndTextRequest(
                         image=common_pb2.ImagePayload(
@@ -756,7 +855,9 @@ class _Flows:
                         synthetic_image=reply.synthetic_query.data,
                         hits=hits,
                         latency_ms=self.latency[name],
-                        share_requested_colour=_share([h.colour == colour for h in hits]),
+                        share_requested_colour=_share(
+                            [int(cat_values[self.cat.index_of(h.product_id)]) == k for h in hits]
+                        ),
                         share_same_category=_share([h.category == category for h in hits]),
                     )
                 )
@@ -774,7 +875,7 @@ class _Flows:
             reply = await self.client.retrieval.SearchByImage(request, timeout=CALL_TIMEOUT_S)
             return reply, (time.perf_counter() - begin) * 1000
 
-        for category in ("shoes", "bags", "trousers"):
+        for category in self.script.search_categories:
             async with self.section("search", f"SearchByImage ({category})"):
                 c = self.held.category_names.index(category)
                 row = int(np.flatnonzero(self.held.category == c)[0])
@@ -789,7 +890,8 @@ class _Flows:
                     )
                 )
         async with self.section("search", f"precision@{PRECISION_K} over {PRECISION_QUERIES} held-out queries"):
-            rows = precision_rows(np.asarray(self.held.fm_class), PRECISION_QUERIES)
+            labels = self.held.fm_class if self.simulated else self.held.category
+            rows = precision_rows(np.asarray(labels), PRECISION_QUERIES)
             cat_hits, col_hits, cls_hits, times = [], [], [], []
             per: dict[str, dict[str, list[float]]] = {}
             for row in rows:
@@ -812,16 +914,16 @@ class _Flows:
                 queries=len(rows),
                 k=PRECISION_K,
                 category=float(np.mean(cat_hits)),
-                colour=float(np.mean(col_hits)),
-                fm_class=float(np.mean(cls_hits)),
+                colour=float(np.mean(col_hits)) if self.has_colour else None,
+                fm_class=float(np.mean(cls_hits)) if self.simulated else None,
                 median_ms=round(statistics.median(times), 2),
                 p90_ms=round(float(np.percentile(times, 90)), 2),
                 chance_category=float(np.mean([counts[int(self.held.category[r])] for r in rows])),
-                chance_colour=1.0 / len(self.cat.colour_names),
+                chance_colour=1.0 / len(self.cat.colour_names) if self.has_colour else None,
                 per_category={
                     c: CategoryPrecision(
                         category=float(np.mean(v["category"])),
-                        colour=float(np.mean(v["colour"])),
+                        colour=float(np.mean(v["colour"])) if self.has_colour else None,
                         queries=len(v["category"]),
                     )
                     for c, v in sorted(per.items())
@@ -904,7 +1006,7 @@ async def _serve_and_run(stack: Any, prepared: Any, results: DemoResults, stages
             idx = results.indexing = await _index(client, prepared)
             stages.note(f"{idx.items} products in {idx.seconds:.1f} s ({idx.items_per_s:.0f} products/s)")
         with stages.stage("flows", "Recommend, DesignAndShop, Alter, SellerFeedback, MultimodalShop, SearchByImage"):
-            await _Flows(client, prepared, results, stages).run()
+            await _Flows(client, prepared, results, stages, multimodal=stack.multimodal).run()
         with stages.stage("diagnostics", "asking every service for its status"):
             await _diagnostics(stack, results)
     finally:
@@ -924,6 +1026,40 @@ def _stop(stack: Any) -> dict[str, int]:
 # -- entry ---------------------------------------------------------------------------------------------------
 
 
+def dataset_locations(prepared: Any, runs_root: Path = Path("runs"), var_dir: Path = Path("var")) -> Locations:
+    """Where the demo keeps the runs, model repository and user vectors of a dataset of the user's: a
+    folder per dataset content (name + fingerprint), so two datasets never share models."""
+    from couturier.export.pipeline import describe_dataset
+
+    record = describe_dataset(prepared)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in str(record["name"]))[:60] or "dataset"
+    slug = f"{safe}-{(record['fingerprint'] or 'unknown')[:12]}"
+    base = var_dir / "datasets" / slug
+    return Locations(
+        runs_root=runs_root / "datasets" / slug,
+        repo_dir=base / "model_repository",
+        user_vectors_dir=base / "user_vectors",
+    )
+
+
+def _data_summary(prepared: Any) -> DataSummary:
+    cat = prepared.catalogue
+    manifest = dict(getattr(prepared, "manifest", None) or {})
+    summary = DataSummary(
+        catalogue_items=len(cat),
+        heldout_items=len(prepared.heldout),
+        users=int(prepared.interactions.n_users),
+        categories=list(cat.category_names),
+        colours=list(cat.colour_names),
+        manifest=manifest,
+    )
+    if getattr(prepared, "provenance", "simulated") != "simulated":
+        summary.name = str(getattr(prepared, "name", manifest.get("name", "")))
+        summary.source = str(getattr(prepared, "source", manifest.get("source", "")))
+        summary.provenance = str(prepared.provenance)
+    return summary
+
+
 def run_demo(
     out_dir: Path | None = None,
     data_dir: Path | None = None,
@@ -932,17 +1068,39 @@ def run_demo(
     train: bool = False,
     shipped: Path | None = None,
     where: Locations | None = None,
+    dataset: Path | None = None,
 ) -> Path:
     """Run the main job; returns the path of the HTML report (``<out_dir>/demo_report.html``).
 
     Serves ``runs/<profile>`` (default: the shipped ``quality`` models, installed from ``shipped``,
     default ``export/shipped/<profile>``, when the run lacks them); ``train=True`` trains a missing run
     instead (default profile ``demo``). ``out_dir`` defaults to ``runs/<profile>``.
+
+    ``dataset``: a dataset folder of the user's (read-only) instead of the simulated world. Nothing is
+    shipped for it, so its models are trained here (default profile ``demo``) into
+    :func:`dataset_locations`, and served from there.
     """
     from couturier.export.data.dataset import prepare
+    from couturier.export.data.errors import DataError
     from couturier.export.data.paths import default_data_dir
+    from couturier.export.data.selection import select_data
     from couturier.export.tools.stack import ServingStack
 
+    own = None
+    if dataset is not None:
+        if data_dir is not None:
+            raise InvalidInput("give --dataset (your own data) or --data-dir (the simulated world), not both")
+        train, profile = True, profile or TRAINED_PROFILE
+        try:
+            own = select_data(profile, dataset=Path(dataset))
+        except DataError as exc:
+            raise InvalidInput(str(exc)) from None
+        if own.interactions is None:
+            raise InvalidInput(
+                f"dataset {own.name!r} has no interactions: the demo recommends and designs for shoppers, so it "
+                "needs purchase or click logs (import them with `couturier data import-table --interactions`)"
+            )
+        where = where or dataset_locations(own)
     where = where or Locations()
     profile = profile or default_profile(train)
     if profile not in DEMO_PROFILES:
@@ -950,27 +1108,22 @@ def run_demo(
     plan = plan_models(profile, where, train=train, shipped=shipped)  # refuses before any work
     out_dir = Path(out_dir) if out_dir is not None else where.runs_root / profile
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = Path(dataset) if dataset is not None else Path(data_dir) if data_dir is not None else default_data_dir()
     stages = Stages(total=7)
     results = DemoResults(
         profile=profile, data_dir=str(data_dir), generated_at=datetime.now(UTC).isoformat(timespec="seconds")
     )
 
     data_profile = data_profile_for(profile)
-    with stages.stage("data", f"preparing the {data_profile!r} data in {data_dir}"):
-        prepared = prepare(data_dir, profile=data_profile)
-        cat = prepared.catalogue
-        results.data = DataSummary(
-            catalogue_items=len(cat),
-            heldout_items=len(prepared.heldout),
-            users=int(prepared.interactions.n_users),
-            categories=list(cat.category_names),
-            colours=list(cat.colour_names),
-            manifest=prepared.manifest,
-        )
+    what = (
+        f"opening the dataset {data_dir} (read-only)" if own else f"preparing the {data_profile!r} data in {data_dir}"
+    )
+    with stages.stage("data", what):
+        prepared = own if own is not None else prepare(data_dir, profile=data_profile)
+        results.data = _data_summary(prepared)
         stages.note(
-            f"{len(cat)} products, {len(prepared.heldout)} held-out images, "
-            f"{prepared.interactions.n_users} simulated shoppers"
+            f"{results.data.provenance} data {results.data.name!r}: {results.data.catalogue_items} products, "
+            f"{results.data.heldout_items} held-out images, {results.data.users} shoppers"
         )
     with stages.stage("models", f"checking the trained models in {where.runs_root / profile} and {where.repo_dir}"):
         results.models = ensure_models(prepared, profile, where, stages, plan=plan)

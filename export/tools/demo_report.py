@@ -47,6 +47,18 @@ SIMULATED_NOTICE = (
     "taste of real people."
 )
 
+
+def data_notice(r: DemoResults) -> str:
+    """What the data is: the simulated world's notice, or the real dataset's name and source."""
+    if r.data is None or r.data.provenance == "simulated":
+        return SIMULATED_NOTICE
+    return (
+        f"REAL data: the dataset {r.data.name!r} ({r.data.source}). Products, images and interactions are the "
+        "dataset's own; there is no planted taste to check designs against, so preference figures are the "
+        "learned model's."
+    )
+
+
 GAN_NOTE = (
     "Generated images come from the conditional GAN of the training profile; the demo profile trains it for a few "
     "minutes on a CPU, so its images are rough. What to look at is the preference gain and the real products found."
@@ -268,9 +280,19 @@ def _overview(r: DemoResults) -> str:
     if r.data:
         out.append(
             table(
-                ["catalogue products", "held-out images (queries)", "simulated shoppers", "categories", "colours"],
+                [
+                    "dataset",
+                    "provenance",
+                    "catalogue products",
+                    "held-out images (queries)",
+                    "shoppers",
+                    "categories",
+                    "colours",
+                ],
                 [
                     [
+                        f"{r.data.name} ({r.data.source})",
+                        r.data.provenance,
                         r.data.catalogue_items,
                         r.data.heldout_items,
                         r.data.users,
@@ -350,18 +372,27 @@ def _index_side(side: IndexSide) -> str:
     return f"{side.upserted} / {side.total} / {side.encoder}"
 
 
+def _provenance(r: DemoResults) -> str:
+    return r.data.provenance if r.data else "simulated"
+
+
+def _kind(r: DemoResults) -> str:
+    """'simulated ' on the simulated world, '' on real data (for phrases like 'a simulated shopper')."""
+    return "simulated " if _provenance(r) == "simulated" else ""
+
+
 def _recommend(r: DemoResults) -> str:
     out = [
         _what(
             "Top-10 catalogue products by DVBPR preference (theta_u . Phi(image)) from the scoring service: "
-            "first for a simulated shopper the model was trained on (with their training purchases, which "
+            f"first for a {_kind(r)}shopper the model was trained on (with their training purchases, which "
             "Recommend excludes), then for a new shopper folded in from a few liked products."
         )
     ]
     user = r.recommend.user
     if user:
         out.append(f"<h3>Trained shopper {_e(user.user_id)}</h3>")
-        out.append(f"<p>{len(user.purchases)} training purchases (simulated):</p>")
+        out.append(f"<p>{len(user.purchases)} training purchases ({_e(_provenance(r))}):</p>")
         out.append(grid(user.purchases))
         bought = {(p.category, p.colour) for p in user.purchases}
         out.append(
@@ -587,8 +618,10 @@ def _multimodal(r: DemoResults) -> str:
             "real products, and the orchestrator re-ranks them by the shopper's preference."
         )
     ]
-    if mm.user_id:
-        out.append(f"<p>Re-ranked for {_e(mm.user_id)}; highlighted hits have the requested colour.</p>")
+    if mm.skipped:
+        out.append(f"<p>No multimodal search in this deployment: {_e(mm.skipped)}</p>")
+    if mm.user_id and mm.queries:
+        out.append(f"<p>Re-ranked for {_e(mm.user_id)}; highlighted hits have the requested value.</p>")
     for q in mm.queries:
         head = _pair(
             tile(q.query, [*product_lines(q.query), "held-out query"], True),
@@ -609,7 +642,7 @@ def _search(r: DemoResults) -> str:
             "Image-to-image search with the InfoGAN-discriminator embedding (trained without labels): held-out "
             "images (never indexed) as queries; highlighted hits share the query's category and colour. Then "
             "precision@10 over many held-out queries: the share of the 10 hits in the query's category, "
-            "colour, and Fashion-MNIST class."
+            "colour (where the data has one), and Fashion-MNIST class (the simulated world only)."
         )
     ]
     for ex in se.examples:
@@ -692,7 +725,7 @@ def render_html(results: DemoResults) -> str:
     body = [
         f'<h1>couturier demo</h1><p class="small">profile {_e(results.profile)}, generated '
         f"{_e(results.generated_at)}, data {_e(results.data_dir)}</p>",
-        f'<p class="notice">{_e(SIMULATED_NOTICE)}</p>',
+        f'<p class="notice">{_e(data_notice(results))}</p>',
         f"<nav>{nav}</nav>",
     ]
     for sid, title in SECTIONS:
@@ -714,7 +747,7 @@ def render_markdown(results: DemoResults, html_name: str = "demo_report.html") -
     lines = [
         "# couturier demo (embedded default)",
         "",
-        f"> {SIMULATED_NOTICE}",
+        f"> {data_notice(results)}",
         "",
         f"Full report with images: `{html_name}`; numbers: `demo_report.json`.",
         "",

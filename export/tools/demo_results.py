@@ -39,6 +39,10 @@ class DataSummary:
     categories: list[str]
     colours: list[str]
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: The dataset: its name, where it came from, and whether it is real or simulated.
+    name: str = "simulated demo world"
+    source: str = "Fashion-MNIST images with simulated colours and shoppers"
+    provenance: str = "simulated"
 
 
 @dataclass
@@ -237,6 +241,8 @@ class MultimodalQuery:
 class MultimodalSearches:
     user_id: str = ""
     queries: list[MultimodalQuery] = field(default_factory=list)
+    #: Why no multimodal query ran ("" when they did), e.g. no attribute usable for text changes.
+    skipped: str = ""
 
 
 @dataclass
@@ -251,7 +257,7 @@ class CategoryPrecision:
     """Precision of the queries of one category (share of hits in that category / colour)."""
 
     category: float
-    colour: float
+    colour: float | None  # None: the dataset has no colour
     queries: int
 
 
@@ -262,12 +268,12 @@ class SearchPrecision:
     queries: int
     k: int
     category: float
-    colour: float
-    fm_class: float  # by Fashion-MNIST class
+    colour: float | None  # None: the dataset has no colour
+    fm_class: float | None  # by Fashion-MNIST class (the simulated world only)
     median_ms: float
     p90_ms: float
     chance_category: float
-    chance_colour: float
+    chance_colour: float | None
     per_category: dict[str, CategoryPrecision] = field(default_factory=dict)
 
 

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from couturier.export.data.dataset import CATALOGUE_NAME, INTERACTIONS_NAME
-from couturier.export.data.dataset import MANIFEST as DATA_MANIFEST
+from couturier.export.data.dataset_folder import MANIFEST_FILE as DATASET_MANIFEST
+from couturier.export.data.dataset_folder import Dataset, NotADatasetError, is_legacy_prepared, open_dataset
+from couturier.export.data.errors import DataError
 from couturier.export.data.fashion_mnist import sha256_file
 from couturier.export.pipeline import NETWORKS, USER_VECTORS
 from couturier.services.common.errors import PreconditionFailed
@@ -59,8 +61,6 @@ JUDGE_SAMPLES = "judge/samples.json"
 #: hold (``load_infogan`` needs the InfoGAN generator too, although only the discriminator's trunk is
 #: served), so those checkpoints ship whole.
 DROPPED_KEYS: dict[str, tuple[str, ...]] = {"synthtriplet": ("critic",)}
-#: The data tables that identify what a run was trained on (``couturier.export.data.dataset``).
-DATA_TABLES = (CATALOGUE_NAME, INTERACTIONS_NAME)
 #: What each shipped network serves (model names of couturier.services.common.models).
 SERVES = {
     "dvbpr": "item_encoder (scoring) and the user vectors; the preference term of pref_grad / shift_grad",
@@ -132,77 +132,118 @@ def has_shipment(folder: Path) -> bool:
 # --- the data fingerprint ------------------------------------------------------------------------------
 
 
-def _arrays_sha256(npz: Path) -> str:
-    """sha256 over an npz's arrays (name, dtype, shape, bytes; sorted by name), not over the zip's bytes."""
+def _content_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over named arrays (sorted by name: name, dtype, shape, then the bytes), not over any file's
+    bytes: the same content hashes the same whatever container holds it."""
     import hashlib
 
     digest = hashlib.sha256()
-    with np.load(npz, allow_pickle=False) as data:
-        for name in sorted(data.files):
-            array = np.ascontiguousarray(data[name])
-            digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-            digest.update(array.tobytes())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
     return digest.hexdigest()
 
 
-def _json_sha256(path: Path) -> str:
-    import hashlib
+def _open_simulated(prepared_data_dir: Path) -> Dataset:
+    """The simulated demo world in ``prepared_data_dir``; :class:`DataMismatchError` saying what to do
+    for a folder that is not a dataset, an old-format folder, a damaged dataset or a real one."""
+    folder = Path(prepared_data_dir)
+    trained_on = "the shipped models were trained on the simulated demo world (`couturier data prepare`)"
+    if is_legacy_prepared(folder):
+        raise DataMismatchError(
+            f"{folder} holds prepared data of an old format (manifest.json, catalogue.npz; no {DATASET_MANIFEST}): "
+            f"{trained_on}; re-run `couturier data prepare --force --data-dir {folder}` to rebuild it as a dataset folder"
+        )
+    try:
+        dataset = open_dataset(folder)
+    except NotADatasetError as exc:
+        raise DataMismatchError(
+            f"{exc}\n{trained_on}: build it with `couturier data prepare --data-dir DIR` (an empty or new folder)"
+        ) from None
+    except DataError as exc:
+        raise DataMismatchError(
+            f"the dataset in {folder} cannot be read: {exc}\n{trained_on}: rebuild it with "
+            f"`couturier data prepare --force --data-dir {folder}` if it is simulated data"
+        ) from None
+    if dataset.provenance != "simulated":
+        raise DataMismatchError(
+            f"{folder} holds a {dataset.provenance} dataset ({dataset.name!r}, from {dataset.source!r}), not the "
+            f"simulated demo world: {trained_on} and serve only it. Prepare that into another folder "
+            "(`couturier data prepare --data-dir DIR`), or train models on this dataset instead of installing them"
+        )
+    return dataset
 
-    canonical = json.dumps(json.loads(path.read_text()), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+
+def _fingerprint(dataset: Dataset) -> dict[str, Any]:
+    simulation = dataset.manifest.get("simulation") or {}
+    catalogue = dataset.catalogue
+    tables: dict[str, dict[str, Any]] = {
+        CATALOGUE_NAME: {
+            "content_sha256": _content_sha256(
+                {
+                    "product_ids": np.asarray(catalogue.product_ids, dtype=str),
+                    "images": catalogue.images,
+                    "category": np.asarray(catalogue.category, dtype=np.int64),
+                    "fm_class": np.asarray(catalogue.fm_class, dtype=np.int64),
+                    "colour": np.asarray(catalogue.colour, dtype=np.int64),
+                }
+            ),
+            "n_items": len(catalogue.product_ids),
+        }
+    }
+    interactions = dataset.interactions
+    if interactions is not None:
+        tables[INTERACTIONS_NAME] = {
+            "content_sha256": _content_sha256(
+                {
+                    "user_ids": np.asarray(interactions.user_ids, dtype=str),
+                    "train_indptr": np.concatenate([[0], np.cumsum([len(t) for t in interactions.train])]).astype(
+                        np.int64
+                    ),
+                    "train_indices": interactions.train_pairs()[:, 1],
+                    "validation": interactions.validation,
+                    "test": interactions.test,
+                }
+            ),
+            "n_users": interactions.n_users,
+        }
+    return {
+        "data_profile": simulation.get("profile"),
+        "fashion_mnist_sha256": simulation.get("fashion_mnist_sha256"),
+        "tables": tables,
+    }
 
 
 def data_fingerprint(prepared_data_dir: Path) -> dict[str, Any]:
-    """What identifies a prepared data set: its data manifest's profile and Fashion-MNIST checksums, and
-    the content sha256 of the catalogue and the simulated interactions.
+    """What identifies the simulated demo world in a dataset folder: its data profile and Fashion-MNIST
+    checksums (the manifest's ``simulation`` entry), and the content sha256 of its catalogue and its
+    simulated interactions.
 
-    The data manifest (``<dir>/manifest.json``) records the profile and the sha256 of the Fashion-MNIST
-    source files but no checksum of the tables it writes, so these are computed here: over the arrays of
-    each ``.npz`` (the zip container's bytes could change with the numpy or Python version while the
-    data does not) and over the parsed ``.json`` metadata. ``npz_sha256`` (the file's bytes) is recorded
-    for reference and not compared.
+    The content hashes are computed over the arrays the models train on (catalogue: product ids,
+    images, category, Fashion-MNIST class, colour; interactions: user ids, the CSR train lists,
+    validation and test items), not over the files, so that a container written differently (another
+    numpy, another format of the same data) does not change them. They equal those of the format
+    before dataset folders, which the shipped models were trained on. A folder that is not a dataset,
+    or a real dataset, is a :class:`DataMismatchError` saying what to do.
     """
-    folder = Path(prepared_data_dir)
-    manifest_path = folder / DATA_MANIFEST
-    if not manifest_path.is_file():
-        raise DataMismatchError(
-            f"no prepared data in {folder} (no {DATA_MANIFEST}): run `couturier data prepare` first"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    tables: dict[str, dict[str, Any]] = {}
-    for name in DATA_TABLES:
-        npz, meta = folder / f"{name}.npz", folder / f"{name}.json"
-        if not npz.is_file() or not meta.is_file():
-            raise DataMismatchError(
-                f"the prepared data in {folder} lacks {npz.name} or {meta.name}: run `couturier data prepare` again"
-            )
-        tables[name] = {
-            "arrays_sha256": _arrays_sha256(npz),
-            "metadata_sha256": _json_sha256(meta),
-            "npz_sha256": sha256_file(npz),
-            **{key: value for key, value in json.loads(meta.read_text()).items() if key in ("n_items", "n_users")},
-        }
-    return {
-        "data_profile": manifest.get("profile"),
-        "format_version": manifest.get("format_version"),
-        "fashion_mnist_sha256": manifest.get("fashion_mnist_sha256"),
-        "tables": tables,
-    }
+    return _fingerprint(_open_simulated(prepared_data_dir))
 
 
 def data_differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> list[str]:
     """How the prepared data ``actual`` differs from ``expected`` (both from :func:`data_fingerprint`)."""
     differences = []
-    for key in ("data_profile", "format_version", "fashion_mnist_sha256"):
+    for key in ("data_profile", "fashion_mnist_sha256"):
         if expected.get(key) != actual.get(key):
             differences.append(
                 f"{key}: the models were trained with {expected.get(key)!r}, the data has {actual.get(key)!r}"
             )
     for name, want in (expected.get("tables") or {}).items():
         have = (actual.get("tables") or {}).get(name, {})
-        for key in ("arrays_sha256", "metadata_sha256"):
-            if want.get(key) != have.get(key):
-                differences.append(f"{name} {key}: trained on {want.get(key)}, the data has {have.get(key)}")
+        if want.get("content_sha256") != have.get("content_sha256"):
+            differences.append(
+                f"{name} content_sha256: trained on {want.get('content_sha256')}, the data has {have.get('content_sha256')}"
+            )
     return differences
 
 
@@ -271,12 +312,11 @@ def _judged_this_gan(samples: Mapping[str, Any], gan_metrics: Mapping[str, Any])
     )
 
 
-def _check_same_shoppers(run_dir: Path, prepared_data_dir: Path) -> None:
+def _check_same_shoppers(run_dir: Path, dataset: Dataset, prepared_data_dir: Path) -> None:
     """The run's user table must list the prepared data's shoppers (it was trained on that data)."""
     with np.load(run_dir / USER_VECTORS, allow_pickle=False) as vectors:
         run_users = vectors["user_ids"]
-    with np.load(prepared_data_dir / f"{INTERACTIONS_NAME}.npz", allow_pickle=False) as interactions:
-        data_users = interactions["user_ids"]
+    data_users = dataset.interactions.user_ids if dataset.interactions is not None else np.zeros(0, dtype=str)
     if run_users.shape != data_users.shape or not np.array_equal(run_users, data_users):
         raise DataMismatchError(
             f"{run_dir / USER_VECTORS} holds {len(run_users)} shoppers that are not the {len(data_users)} of the "
@@ -353,14 +393,15 @@ def ship(
             f"{run_dir} is not a complete trained run: missing "
             + "; ".join(f"{path} (made by `{_producer(path, profile)}`)" for path in missing)
         )
-    data = data_fingerprint(prepared_data_dir)
+    dataset = _open_simulated(prepared_data_dir)
+    data = _fingerprint(dataset)
     data_profile = (data.get("data_profile") or {}).get("name")
     if data_profile != data_profile_for(profile):
         raise DataMismatchError(
             f"the {profile!r} models train on the {data_profile_for(profile)!r} data, but {prepared_data_dir} holds "
             f"{data_profile!r} data; pass --data-dir with the data the run was trained on"
         )
-    _check_same_shoppers(run_dir, Path(prepared_data_dir))
+    _check_same_shoppers(run_dir, dataset, Path(prepared_data_dir))
     if dest.exists() and has_shipment(dest) and not (dest / MANIFEST).is_file():
         raise ShippedModelsError(f"{dest} holds files but no {MANIFEST}: not a shipped folder, refusing to replace it")
 
@@ -578,8 +619,9 @@ def render_model_card(
         f"{_num(_get(tables, 'interactions_simulated.n_users'))} simulated shoppers, "
         f"{data_profile.get('image_size')}x{data_profile.get('image_size')} RGB images.",
         f"- Fingerprint (content sha256, checked on install): catalogue "
-        f"`{_get(tables, 'catalogue.arrays_sha256')}`, interactions "
-        f"`{_get(tables, 'interactions_simulated.arrays_sha256')}`.",
+        f"`{_get(tables, 'catalogue.content_sha256')}`, interactions "
+        f"`{_get(tables, 'interactions_simulated.content_sha256')}`.",
+        *([f"- Verified: {data['verified']}."] if data.get("verified") else []),
         "",
         "## Training",
         "",

@@ -8,8 +8,11 @@ from pathlib import Path
 
 from couturier.export.tools.launcher import LocalStack
 from couturier.export.triton.local_server import LocalTriton
-from couturier.services.common.models import ALL_MODELS
+from couturier.services.common.models import ALL_MODELS, QUERY_GENERATOR, TEXT_ENCODER
 from couturier.services.registry import SERVICE_KEYS
+
+#: Models a deployment may lack: the multimodal pair, for a dataset without a usable attribute.
+OPTIONAL_MODELS = (TEXT_ENCODER, QUERY_GENERATOR)
 
 
 @dataclass
@@ -31,7 +34,13 @@ class ServingStack:
     def start_triton(self, grpc_port: int = 0) -> str:
         if self.triton is None:
             self.triton = LocalTriton(self.triton_home)
-        return self.triton.start(self.repo_dir, grpc_port=grpc_port, load_models=ALL_MODELS)
+        models = [m for m in ALL_MODELS if m not in OPTIONAL_MODELS or (self.repo_dir / m).is_dir()]
+        return self.triton.start(self.repo_dir, grpc_port=grpc_port, load_models=models)
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the repository holds the multimodal models (absent for a dataset without a usable attribute)."""
+        return all((self.repo_dir / m).is_dir() for m in OPTIONAL_MODELS)
 
     def service_env(self, triton_url: str) -> dict[str, str]:
         env: dict[str, str] = {}
@@ -46,6 +55,8 @@ class ServingStack:
         env["COUTURIER_RETRIEVAL_PRODUCT_IMAGES_DIR"] = str(self.work_dir / "milvus" / "product_images")
         env["COUTURIER_SCORING_USER_VECTORS_DIR"] = str(self.user_vectors_dir)
         env["COUTURIER_RETRIEVAL_TOKENIZER_JSON"] = str(self.repo_dir / "text_encoder" / "tokenizer.json")
+        # models trained on a dataset without a usable attribute have no query generator (issue 9)
+        env["COUTURIER_RETRIEVAL_MULTIMODAL"] = str(self.multimodal).lower()
         return {**env, **self.extra_env}
 
     async def start(self, timeout_s: float = 120.0) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from couturier.export.training.loaders import to_model_input
+
 #: File name of a network's checkpoint in its run folder (``runs/<profile>/<network>/``).
 CHECKPOINT = "checkpoint.pt"
 
@@ -31,9 +33,12 @@ def pick_device(prefer_cuda: bool) -> torch.device:
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N,S,S,3) uint8 RGB -> (N,3,S,S) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    """(N,S,S,3) uint8 RGB -> (N,3,S,S) float32 in [-1, 1].
+
+    For a batch: a catalogue is streamed in batches instead (:mod:`couturier.export.training.loaders`).
+    """
+    rows = np.ascontiguousarray(images)
+    return to_model_input(rows if rows.flags.writeable else rows.copy())
 
 
 def tensor_to_images(x: torch.Tensor) -> np.ndarray:

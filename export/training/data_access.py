@@ -7,8 +7,8 @@ tests can pass synthetic stand-ins (:func:`synthetic_prepared`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class SimpleCatalogue:
     category: np.ndarray
     fm_class: np.ndarray
     colour: np.ndarray
+    colour_names: tuple[str, ...] = ()
+    category_names: tuple[str, ...] = ()
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+    attribute_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -63,20 +67,14 @@ class SimplePrepared:
 
 def subset(cat: CatalogueLike, index: np.ndarray) -> SimpleCatalogue:
     """Rows ``index`` of a catalogue as a :class:`SimpleCatalogue`."""
+    rows = {f: np.asarray(getattr(cat, f))[index] for f in ("product_ids", "images", "category", "fm_class", "colour")}
     return SimpleCatalogue(
-        *(np.asarray(getattr(cat, f))[index] for f in ("product_ids", "images", "category", "fm_class", "colour"))
+        **rows,
+        colour_names=tuple(getattr(cat, "colour_names", ())),
+        category_names=tuple(getattr(cat, "category_names", ())),
+        attributes={k: np.asarray(v)[index] for k, v in (getattr(cat, "attributes", None) or {}).items()},
+        attribute_values=dict(getattr(cat, "attribute_values", None) or {}),
     )
-
-
-def colour_names(prepared: Any) -> tuple[str, ...]:
-    """Names of the colour palette, index = ``colour`` value (from the catalogue or the data layer)."""
-    for holder in (prepared, getattr(prepared, "catalogue", None)):
-        names = getattr(holder, "colour_names", None)
-        if names:
-            return tuple(names)
-    from couturier.export.data.catalogue import COLOUR_NAMES
-
-    return tuple(COLOUR_NAMES)
 
 
 def synthetic_prepared(
@@ -98,7 +96,10 @@ def synthetic_prepared(
             mask &= rng.random((size, size)) > 0.1
             imgs[i][mask] = palette[col[i]]
         ids = np.array([f"p{offset + i:05d}" for i in range(m)])
-        return SimpleCatalogue(ids, imgs, cat_of[fm].astype(np.int64), fm.astype(np.int64), col.astype(np.int64))
+        return SimpleCatalogue(
+            ids, imgs, cat_of[fm].astype(np.int64), fm.astype(np.int64), col.astype(np.int64), names, categories
+        )
 
     names = ("red", "navy", "green", "black", "white", "beige")[:n_colours]
-    return SimplePrepared(make(n, 0), make(n_heldout, n), tuple(names))
+    categories = tuple(f"group-{g}" for g in range(int(cat_of.max()) + 1))
+    return SimplePrepared(make(n, 0), make(n_heldout, n), names)

@@ -3,6 +3,10 @@ models: GPU minutes or CPU hours) and ``full`` (larger networks, GPU).
 
 Step counts, not wall-clock budgets, define a run so that a seed reproduces it; ``max_seconds`` is
 only a safety cap (None = off) for shared machines and is recorded in the metrics when it fires.
+Every profile also says how a run scales (none of it changes what a step computes on the CPU):
+``workers`` (DataLoader processes gathering image batches from the store, :mod:`.loaders`),
+``amp`` / ``amp_dtype`` (mixed precision, :mod:`.precision`) and ``checkpoint_every`` (steps between
+resumable checkpoints, :mod:`.resume`).
 The demo uses ONE torch thread: on the shared 2-core machine, 2 OpenMP threads competing with other
 jobs ran ~10x slower (1.6 s vs 0.16 s per InfoGAN step, measured).
 """
@@ -25,6 +29,12 @@ class TrainingProfile:
     use_cuda: bool = False
     threads: int = 2
     max_seconds: float | None = None
+    # DataLoader worker processes gathering batches from the image store (0 = in the training process,
+    # right for data in the page cache; 2-8 for catalogues larger than RAM or on slow disks)
+    workers: int = 0
+    amp: bool | None = None  # mixed precision; None = on when training on CUDA, off on the CPU
+    amp_dtype: str = "bfloat16"  # or "float16" (with a gradient scaler) on GPUs without bfloat16
+    checkpoint_every: int = 500  # steps between resumable checkpoints (resume.pt); 0 = only at the end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,6 +116,7 @@ _INFOGAN = {
         use_cuda=True,
         threads=8,
         log_every=50,
+        workers=4,
     ),
 }
 _SYNTH = {
@@ -170,6 +181,9 @@ class DvbprProfile(TrainingProfile):
     hidden: int = 256
     n_negatives: int = 100
     bprmf_epochs: int = 60
+    # early stopping: epochs without a better validation sampled AUC before training stops (None =
+    # all epochs); the best epoch's weights are kept either way
+    patience: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +212,10 @@ _DVBPR = {
         channels=(64, 128, 256, 256),
         hidden=1024,
         bprmf_epochs=60,
+        patience=5,
         use_cuda=True,
         threads=8,
+        workers=4,
     ),
 }
 _GAN = {
@@ -231,6 +247,7 @@ _GAN = {
         use_cuda=True,
         threads=8,
         log_every=50,
+        workers=4,
     ),
 }
 

@@ -32,10 +32,17 @@ def purchased_mask(interactions: Any, users: np.ndarray) -> np.ndarray:
     return mask
 
 
-def sample_negatives(interactions: Any, n_negatives: int = 100, seed: int = 0, chunk: int = 1024) -> np.ndarray:
-    """(U, n_negatives) items each user never bought, uniform with replacement, deterministic per seed."""
+def user_chunk(n_items: int, cap: int, cells: int = 1 << 22) -> int:
+    """Users per chunk of a (users, items) matrix: at most ``cap``, and ~``cells`` entries whatever the catalogue size."""
+    return max(1, min(cap, cells // max(n_items, 1)))
+
+
+def sample_negatives(interactions: Any, n_negatives: int = 100, seed: int = 0, chunk: int | None = None) -> np.ndarray:
+    """(U, n_negatives) items each user never bought, uniform with replacement, deterministic per seed
+    (whatever ``chunk``, the users per purchase mask; default: bounded memory for any catalogue)."""
     rng = np.random.default_rng(seed)
     n_users, n_items = interactions.n_users, interactions.n_items
+    chunk = chunk or user_chunk(n_items, 1024, 1 << 24)
     cand = rng.integers(0, n_items, size=(n_users, 3 * n_negatives))
     out = np.empty((n_users, n_negatives), dtype=np.int64)
     for start in range(0, n_users, chunk):
@@ -68,13 +75,15 @@ def evaluate_scorer(
     negatives: np.ndarray,
     *,
     target: str = "test",
-    chunk: int = 512,
+    chunk: int | None = None,
 ) -> dict[str, Any]:
     """Sampled and full AUC, on all users and on users whose ``target`` item is cold.
 
-    ``negatives`` comes from :func:`sample_negatives`; ``target`` is "test" or "validation".
+    ``negatives`` comes from :func:`sample_negatives`; ``target`` is "test" or "validation";
+    ``chunk`` users are scored at a time (default: ~4M scores, whatever the catalogue size).
     """
     items = {"test": interactions.test, "validation": interactions.validation}[target]
+    chunk = chunk or user_chunk(interactions.n_items, 512)
     n_users = interactions.n_users
     cold = np.zeros(interactions.n_items, dtype=bool)
     cold[interactions.cold_items()] = True

@@ -1,9 +1,11 @@
 """Retrieval evaluation: held-out queries against the catalogue, cosine similarity, brute force.
 
-Reports precision@k (k = 1, 5, 10) by category, by Fashion-MNIST class, by colour and by
-class-and-colour ("same product look"), median milliseconds per query (batch 1, numpy brute
-force over the whole catalogue, encoder time reported separately), for InfoGAN-D features, raw
-pixels and EfficientNet-Lite0 ImageNet features.
+Reports precision@k (k = 1, 5, 10) for every label the dataset has: the category always, each
+categorical attribute where present (e.g. colour), and on the simulated world the Fashion-MNIST
+class and class-and-colour ("same product look"). Unknown labels (-1) are left out: a query without
+the label is not counted, a product without it is never a hit. Also median milliseconds per query
+(batch 1, numpy brute force over the whole catalogue, encoder time reported separately), for
+InfoGAN-D features, raw pixels and EfficientNet-Lite0 ImageNet features.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from tqdm.auto import tqdm
 from couturier.export.training.common import images_to_tensor, write_json
 
 KS = (1, 5, 10)
-ATTRIBUTES = ("category", "fm_class", "colour", "class_colour")
 
 
 def embed_images(
@@ -55,9 +56,14 @@ def top_k(queries: np.ndarray, database: np.ndarray, k: int, chunk: int = 1024) 
 def precision_at_k(
     neighbours: np.ndarray, query_labels: np.ndarray, db_labels: np.ndarray, ks: Sequence[int] = KS
 ) -> dict[str, float]:
-    """Mean fraction of the top-k neighbours whose label equals the query's label, per k."""
-    hits = db_labels[neighbours] == query_labels[:, None]
-    return {f"p@{k}": float(hits[:, :k].mean()) for k in ks if k <= neighbours.shape[1]}
+    """Mean fraction of the top-k neighbours whose label equals the query's label, per k.
+
+    Queries with an unknown label (< 0) are left out; NaN when no query has the label."""
+    known = query_labels >= 0
+    hits = db_labels[neighbours[known]] == query_labels[known][:, None]
+    return {
+        f"p@{k}": float(hits[:, :k].mean()) if known.any() else float("nan") for k in ks if k <= neighbours.shape[1]
+    }
 
 
 def rank_of(queries: np.ndarray, database: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -72,25 +78,37 @@ def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = (10, 50)) -> dict[str, fl
     return {f"R@{k}": float((ranks < k).mean()) for k in ks}
 
 
+def _codes(cat: Any, name: str) -> np.ndarray | None:
+    value = getattr(cat, name, None)
+    if value is None:
+        return None
+    codes = np.asarray(value, dtype=np.int64)
+    return codes if codes.size and (codes >= 0).any() else None
+
+
 def attribute_labels(cat: Any) -> dict[str, np.ndarray]:
-    """The label arrays precision is measured against."""
-    fm = np.asarray(cat.fm_class, dtype=np.int64)
-    colour = np.asarray(cat.colour, dtype=np.int64)
-    return {
-        "category": np.asarray(cat.category, dtype=np.int64),
-        "fm_class": fm,
-        "colour": colour,
-        "class_colour": fm * 1000 + colour,
-    }
+    """Label arrays precision is measured against (-1 = unknown): ``category``, every categorical
+    attribute of the catalogue, and where known ``fm_class`` and ``class_colour`` (the simulated world)."""
+    labels = {"category": np.asarray(cat.category, dtype=np.int64)}
+    for name, codes in sorted((getattr(cat, "attributes", None) or {}).items()):
+        labels[name] = np.asarray(codes, dtype=np.int64)
+    colour, fm = _codes(cat, "colour"), _codes(cat, "fm_class")
+    if colour is not None:
+        labels.setdefault("colour", colour)
+    if fm is not None:
+        labels["fm_class"] = fm
+        if colour is not None:
+            labels["class_colour"] = np.where((fm >= 0) & (colour >= 0), fm * 1000 + colour, -1)
+    return labels
 
 
 def evaluate_embeddings(
     query_emb: np.ndarray, db_emb: np.ndarray, query_cat: Any, db_cat: Any, ks: Sequence[int] = KS
 ) -> dict[str, dict[str, float]]:
-    """precision@k for every attribute in :data:`ATTRIBUTES`."""
+    """precision@k for every label both the queries and the catalogue have (:func:`attribute_labels`)."""
     nn_idx = top_k(query_emb, db_emb, max(ks))
     q_lab, d_lab = attribute_labels(query_cat), attribute_labels(db_cat)
-    return {a: precision_at_k(nn_idx, q_lab[a], d_lab[a], ks) for a in ATTRIBUTES}
+    return {a: precision_at_k(nn_idx, q_lab[a], d_lab[a], ks) for a in q_lab if a in d_lab}
 
 
 def ms_per_query(db_emb: np.ndarray, query_emb: np.ndarray, k: int = 10, n: int = 200) -> float:
@@ -165,13 +183,20 @@ def run_retrieval_eval(
     summary = {
         "n_catalogue": len(prepared.catalogue.images),
         "n_queries": len(prepared.heldout.images),
-        "queries": "held-out Fashion-MNIST test images (never in the catalogue)",
+        "queries": _queries_note(prepared),
         "similarity": "cosine (L2-normalised vectors, numpy brute force)",
         "methods": results,
         "notes": notes,
     }
     write_json(Path(out_dir) / "metrics.json", summary)
     return summary
+
+
+def _queries_note(prepared: Any) -> str:
+    provenance = getattr(prepared, "provenance", "simulated")
+    if provenance == "simulated":
+        return "held-out Fashion-MNIST test images (never in the catalogue); simulated colours"
+    return f"held-out products of the {provenance} dataset {getattr(prepared, 'name', '')!r} (never in the catalogue)"
 
 
 EFFNET_INPUT = {"demo": 112, "full": 224}

@@ -35,7 +35,8 @@ class ServingOptions:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 500
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
-    #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count``; keep to standard keys.
+    #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count``; keep to standard keys. Publishing
+    #: adds couturier's ``couturier.*`` entries from the ONNX metadata (backends ignore unknown keys).
     parameters: Mapping[str, str] = field(default_factory=dict)
     batched: bool = True
 

@@ -1,7 +1,9 @@
 """Write a Triton model repository: ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/<N>/model.onnx``.
 
 The config is generated from the ONNX signature (one source of truth) with standard fields only,
-so NGC Triton's native onnxruntime backend serves the same folder on GPU.
+so NGC Triton's native onnxruntime backend serves the same folder on GPU. The ONNX metadata the
+services need (``PUBLISHED_KEYS`` of :mod:`couturier.services.common.model_metadata`, e.g. the category
+list) is copied into the config's ``parameters``, where Triton shows it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from couturier.export.triton.model_config import (
     render_config,
 )
 from couturier.export.triton.signature import ModelSignature, read_signature
+from couturier.services.common.model_metadata import METADATA_PREFIX, PUBLISHED_KEYS
 from couturier.services.common.model_repository import (
     CONFIG_FILENAME,
     MODEL_FILENAME,
@@ -109,6 +112,32 @@ def _external_files(onnx_path: Path) -> list[str]:
     return sorted(files)
 
 
+def _published_parameters(
+    src: Path, name: str, repo: Path, parameters: Mapping[str, str], existing: pb.ModelConfig | None
+) -> dict[str, str]:
+    """``parameters`` with the ONNX file's ``PUBLISHED_KEYS`` metadata as ``couturier.<key>`` entries.
+
+    These keys describe the model's inputs (what each category one-hot position means), so every
+    version of one model must agree on them, like on the signature: a value that differs from the
+    config's is refused. A config without them (versions exported before they existed) takes them.
+    """
+    model = onnx.load(str(src), load_external_data=False)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    out = {k: v for k, v in parameters.items() if not k.startswith(METADATA_PREFIX)}
+    for key in PUBLISHED_KEYS:
+        entry = METADATA_PREFIX + key
+        value = metadata.get(entry)
+        if existing is not None and entry in existing.parameters and existing.parameters[entry].string_value != value:
+            raise RepositoryError(
+                f"{src} has {entry} = {value if value is not None else 'nothing'} but model {name!r} in {repo} "
+                f"serves versions with {existing.parameters[entry].string_value}: models trained on other data go "
+                "into a new model repository (couturier export --repo DIR) or under a new model name"
+            )
+        if value is not None:
+            out[entry] = value
+    return out
+
+
 def publish_model(
     repo_dir: str | Path,
     name: str,
@@ -176,6 +205,7 @@ def publish_model(
     }
     base = serving_options(existing) if existing is not None else ServingOptions()
     options = replace(base, **{k: v for k, v in given.items() if v is not None})
+    options = replace(options, parameters=_published_parameters(src, name, repo, options.parameters, existing))
     config = build_model_config(name, signature, options)
 
     versions = list_versions(repo, name)

@@ -139,6 +139,12 @@ class RetrievalSettings(ServerSettings, ModelBackendSettings, VectorStoreSetting
         "var/model_repository/text_encoder/tokenizer.json",
         description="tokenizer.json of the text encoder (published beside its model).",
     )
+    multimodal: bool = Field(
+        True,
+        description="Serve SearchByImageAndText (needs text_encoder, query_generator and the tokenizer). "
+        "Off for models trained on a dataset without an attribute usable for text changes: the RPC then "
+        "answers FAILED_PRECONDITION and health does not wait for those models.",
+    )
 
 
 class OrchestratorSettings(ServerSettings):

@@ -24,6 +24,7 @@ from couturier.services.common.errors import (
     InvalidInput,
 )
 from couturier.services.common.logs import get_logger
+from couturier.services.common.model_metadata import METADATA_PREFIX
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -89,6 +90,14 @@ class InferenceBackend(Protocol):
         """Output name -> full ONNX shape (-1 for a dynamic axis), from the model's metadata."""
         ...
 
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, str]:
+        """The model's ``couturier.*`` metadata, prefix stripped (:mod:`~couturier.services.common.model_metadata`).
+
+        In-process: the ONNX file's ``metadata_props``. Triton: the ``parameters`` of the model's
+        config, where publishing copies the keys the services need (Triton shows no ONNX metadata).
+        """
+        ...
+
     async def close(self) -> None:
         """Release connections, sessions and threads."""
         ...
@@ -137,6 +146,11 @@ class VersionCache:
         """Drop every cached version of ``model`` (one of them stopped serving)."""
         for key in [k for k in self._entries if k[0] == model]:
             del self._entries[key]
+
+
+def _couturier_keys(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The ``couturier.*`` entries of ``metadata``, prefix stripped."""
+    return {k[len(METADATA_PREFIX) :]: v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}
 
 
 # -- Triton ------------------------------------------------------------------------------------
@@ -299,6 +313,17 @@ class TritonBackend:
 
     async def input_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
         return await self._shapes(model, version, "inputs")
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, str]:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            response = await self._get_client().get_model_config(
+                model, model_version=version, client_timeout=self.timeout_s
+            )
+        except InferenceServerException as exc:
+            raise _map_triton_error(exc, model, self.url) from exc
+        return _couturier_keys({k: v.string_value for k, v in response.config.parameters.items()})
 
     async def output_shapes(self, model: str, version: str = "") -> dict[str, tuple[int, ...]]:
         return await self._shapes(model, version, "outputs")
@@ -465,6 +490,11 @@ class OnnxRuntimeBackend:
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._executor, self._session, model, version)
         return {o.name: tuple(d if isinstance(d, int) else -1 for d in o.shape) for o in session.get_outputs()}
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        session = await loop.run_in_executor(self._executor, self._session, model, version)
+        return _couturier_keys(session.get_modelmeta().custom_metadata_map)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

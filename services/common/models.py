@@ -1,6 +1,8 @@
 """Names of the models in the model repository: shared by the exporter and the services (no torch).
 
 Every image tensor a model takes or returns is float32 NCHW in [-1, 1] at the catalogue resolution.
+The category list (names and one-hot order) is not a constant: it comes from the training data and
+travels in the models' metadata (:mod:`couturier.services.common.model_metadata`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,5 @@ SHIFT_GRAD: Final = "shift_grad"  # GIGS shift objective and d/dshifts
 FORWARD_MODELS: Final = (ITEM_ENCODER, GENERATOR, DISCRIMINATOR, RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
 GRADIENT_MODELS: Final = (PREF_GRAD, INV_GRAD, SHIFT_GRAD)
 ALL_MODELS: Final = FORWARD_MODELS + GRADIENT_MODELS
-
-#: Product categories in the order of the generator's one-hot category input (the catalogue's order).
-CATEGORIES: Final = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
+#: The models that take a category one-hot: each carries its category list in its metadata.
+CATEGORY_MODELS: Final = (GENERATOR, DISCRIMINATOR, PREF_GRAD, INV_GRAD, SHIFT_GRAD)

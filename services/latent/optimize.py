@@ -169,7 +169,7 @@ def sample_prior(batch: int, z_dim: int, seed: int | None) -> np.ndarray:
 
 
 def one_hot(index: int, n_categories: int, batch: int = 1) -> np.ndarray:
-    """``(batch, n_categories)`` float32 one-hot rows of category ``index`` (order: catalogue CATEGORIES)."""
+    """``(batch, n_categories)`` float32 one-hot rows of category ``index`` (order: the models' category list)."""
     if not 0 <= index < n_categories:
         raise ValueError(f"category index {index} is outside 0..{n_categories - 1}")
     return np.repeat(np.eye(n_categories, dtype=np.float32)[index][None], batch, axis=0)

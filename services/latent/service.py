@@ -23,7 +23,8 @@ from couturier.services.common.config import LatentSettings
 from couturier.services.common.errors import InvalidInput
 from couturier.services.common.images import chw_png, to_model_input
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
-from couturier.services.common.models import CATEGORIES, GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
+from couturier.services.common.model_metadata import ModelCategories, category_index
+from couturier.services.common.models import GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
     categorised_item,
@@ -94,10 +95,16 @@ def inversion_params(params: latent_pb2.InversionParams, field: str = "inversion
     )
 
 
-def category_index(category: str) -> int:
-    if category not in CATEGORIES:
-        raise InvalidInput(f"unknown category {category!r}; the generator knows {', '.join(CATEGORIES)}")
-    return CATEGORIES.index(category)
+@dataclass(frozen=True)
+class Category:
+    """A requested category: its one-hot position in the served models' category list."""
+
+    name: str
+    index: int
+    count: int  # categories the models know (the one-hot width)
+
+    def one_hot(self, batch: int = 1) -> np.ndarray:
+        return optimize.one_hot(self.index, self.count, batch)
 
 
 def generated(image: np.ndarray, z: np.ndarray, category: str) -> common_pb2.GeneratedImage:
@@ -187,7 +194,7 @@ def resolved_users(
 
 
 def uploaded_item(item: common_pb2.ItemSource, category: str, rpc: str) -> np.ndarray:
-    """The RGB pixels of ``item.image``, whose ``category`` is required and known to the generator.
+    """The RGB pixels of ``item.image``, whose ``category`` is required (the models check they know it).
 
     A catalogue product id is refused: this service calls no other service to fetch its image."""
     if item.WhichOneof("source") == "product_id":
@@ -200,7 +207,6 @@ def uploaded_item(item: common_pb2.ItemSource, category: str, rpc: str) -> np.nd
         raise InvalidInput("item.image is required (an uploaded image, with its category)")
     pixels = categorised_item(item, category)
     assert pixels is not None  # an image, checked above
-    category_index(category)
     return pixels
 
 
@@ -210,9 +216,18 @@ class Latent:
     def __init__(self, backend: InferenceBackend, settings: LatentSettings) -> None:
         self.backend = backend
         self.pins = {m: settings.model_version(m) for m in GRADIENT_MODELS}
+        self.categories = ModelCategories(backend)
 
     async def versions(self, *models: str) -> dict[str, str]:
         return {m: await self.backend.resolve_version(m, self.pins[m]) for m in models}
+
+    async def category(self, name: str, versions: dict[str, str]) -> Category:
+        """``name`` in the category list the models of ``versions`` carry (they must agree on it).
+
+        INVALID_ARGUMENT naming the known categories for an unknown name; FAILED_PRECONDITION for
+        models exported without the list (their metadata comes from the training data)."""
+        names = await self.categories.common(versions)
+        return Category(name, category_index(names, name), len(names))
 
     async def target(self, image: np.ndarray, version: str) -> np.ndarray:
         size = int((await self.backend.input_shapes(INV_GRAD, version))["target"][-1])
@@ -225,7 +240,7 @@ class Latent:
     async def invert(
         self,
         image: np.ndarray,
-        category: int,
+        category: Category,
         inv: Inversion,
         versions: dict[str, str],
         on_step: optimize.OnStep | None = None,
@@ -234,7 +249,7 @@ class Latent:
         return await optimize.invert(
             self.backend,
             target=await self.target(image, versions[INV_GRAD]),
-            category=optimize.one_hot(category, len(CATEGORIES)),
+            category=category.one_hot(),
             steps=inv.steps,
             learning_rate=inv.learning_rate,
             restarts=inv.restarts,
@@ -254,16 +269,16 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         share = request.objective == latent_pb2.TOP_K_SHARE
         top_k = int_in_range(request.top_k, 1, limits.MAX_K, "top_k", default=DEFAULT_TOP_K)
         users = resolved_users(request, "Design", top_k if share else 0, request.category)
-        cat = category_index(request.category)
         n = int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=DEFAULT_DESIGNS)
         opt = optimizer_params(request.optimizer)
         versions = await self.latent.versions(PREF_GRAD)
+        cat = await self.latent.category(request.category, versions)
         z_dim = await self.latent.z_dim(PREF_GRAD, versions[PREF_GRAD])
         seed = request.seed or secrets.randbits(63)
         result = await optimize.maximise_preference(
             self.latent.backend,
             z0=optimize.sample_prior(n, z_dim, seed),
-            category=optimize.one_hot(cat, len(CATEGORIES), n),
+            category=cat.one_hot(n),
             theta=users.theta,
             objective="top_k_share" if share else "mean",
             thresholds=users.thresholds if share else None,
@@ -291,11 +306,11 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     ) -> AsyncIterator[latent_pb2.AlterProgress]:
         users = resolved_users(request, "Alter")
         image, category = uploaded_item(request.item, request.category, "Alter"), request.category
-        cat = category_index(category)
         inv = inversion_params(request.inversion)
         opt = optimizer_params(request.optimizer)
         every = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD)
+        cat = await self.latent.category(category, versions)
         progress: asyncio.Queue[latent_pb2.AlterProgress | None] = asyncio.Queue()
         phase = latent_pb2.AlterProgress
 
@@ -328,7 +343,7 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
                 result = await optimize.maximise_preference(
                     self.latent.backend,
                     z0=inverted.z,
-                    category=optimize.one_hot(cat, len(CATEGORIES)),
+                    category=cat.one_hot(),
                     theta=users.theta,
                     steps=opt.steps,
                     learning_rate=opt.learning_rate,
@@ -361,7 +376,6 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
     ) -> latent_pb2.SellerShiftsResponse:
         users = resolved_users(request, "SellerShifts")
         image, category = uploaded_item(request.item, request.category, "SellerShifts"), request.category
-        cat = category_index(category)
         n = int_in_range(request.n, 1, limits.MAX_SHIFTS, "n", default=optimize.DEFAULT_SHIFTS)
         radius = float_in_range(
             request.radius, 0.0, limits.MAX_RADIUS, "radius", default=optimize.DEFAULT_SHIFT_RADIUS, low_inclusive=False
@@ -380,12 +394,13 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         )
         inv = inversion_params(request.inversion)
         versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
+        cat = await self.latent.category(category, versions)
         inverted = await self.latent.invert(image, cat, inv, versions)
         n_users = len(users.theta)
         result = await optimize.seller_shifts(
             self.latent.backend,
             base_z=inverted.z[0],
-            category=optimize.one_hot(cat, len(CATEGORIES))[0],
+            category=cat.one_hot()[0],
             theta=users.theta,
             user_weight=np.full(n_users, 1.0 / n_users, np.float32),
             n=n,

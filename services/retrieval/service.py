@@ -71,13 +71,22 @@ class Retrieval:
         return np.clip(out["image"][0], -1.0, 1.0), common_pb2.ModelVersion(name=QUERY_GENERATOR, version=version)
 
 
+#: Why SearchByImageAndText is refused when the deployment has no multimodal model.
+MULTIMODAL_OFF = (
+    "multimodal search is off in this deployment (COUTURIER_RETRIEVAL_MULTIMODAL=false): its models were "
+    "trained on a dataset without an attribute usable for text changes (e.g. a colour column), so there is "
+    "no query generator; use SearchByImage, or retrain on a dataset with such an attribute"
+)
+
+
 def _k(value: int) -> int:
     return int_in_range(value, 1, limits.MAX_K, "k")
 
 
 class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
-    def __init__(self, retrieval: Retrieval) -> None:
+    def __init__(self, retrieval: Retrieval, *, multimodal: bool = True) -> None:
         self.retrieval = retrieval
+        self.multimodal = multimodal
 
     async def IndexProducts(
         self, request_iterator: AsyncIterator[catalogue_pb2.IndexProductsRequest], context: grpc.aio.ServicerContext
@@ -99,6 +108,8 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
     async def SearchByImageAndText(
         self, request: retrieval_pb2.SearchByImageAndTextRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchByImageAndTextResponse:
+        if not self.multimodal:
+            raise PreconditionFailed(MULTIMODAL_OFF)
         image = decode_image(request.image.data, "image")
         text = request.text.strip()
         if not 1 <= len(text) <= limits.MAX_TEXT_CHARS:
@@ -179,6 +190,8 @@ def build(
         retrieval.text.tokenizer()
         return str(settings.tokenizer_json)
 
+    models = (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR) if settings.multimodal else (RETRIEVAL_ENCODER,)
+
     async def close() -> None:
         await backend.close()
         await store.close()
@@ -188,16 +201,13 @@ def build(
         key="retrieval",
         service_names=[SERVICE_NAME],
         register=lambda server: retrieval_pb2_grpc.add_VisualRetrievalServiceServicer_to_server(
-            RetrievalServicer(retrieval), server
+            RetrievalServicer(retrieval, multimodal=settings.multimodal), server
         ),
         checks=[
-            *(
-                model_check(backend, m, settings.model_version(m))
-                for m in (RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
-            ),
+            *(model_check(backend, m, settings.model_version(m)) for m in models),
             DependencyCheck("vector_store", store_ready),
             DependencyCheck("product_images", images.ping),
-            DependencyCheck("tokenizer", tokenizer_ready),
+            *([DependencyCheck("tokenizer", tokenizer_ready)] if settings.multimodal else []),
         ],
         on_stop=close,
         shown_settings={
@@ -205,5 +215,6 @@ def build(
             "milvus_uri": settings.milvus_uri,
             "product_images_dir": settings.product_images_dir,
             "tokenizer_json": settings.tokenizer_json,
+            "multimodal": str(settings.multimodal).lower(),
         },
     )

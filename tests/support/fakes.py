@@ -29,9 +29,10 @@ import numpy as np
 
 from couturier.services.common.errors import DependencyUnavailable, InvalidInput, PreconditionFailed
 from couturier.services.common.inference import BackendUnavailable, BadInferenceInput, ModelNotReady
+from couturier.services.common.model_metadata import CATEGORIES_KEY, encode_categories
 from couturier.services.common.models import (
     ALL_MODELS,
-    CATEGORIES,
+    CATEGORY_MODELS,
     DISCRIMINATOR,
     GENERATOR,
     INV_GRAD,
@@ -63,6 +64,8 @@ _EPS = 1e-8  # as in couturier.export.objectives (unit-normalised Phi features o
 
 #: The fake gradient models' realism margin (the real ones measure theirs at export).
 FAKE_REALISM_MARGIN = 1.0
+#: The categories the fake models are conditioned on (one-hot order), as the simulated world's.
+FAKE_CATEGORIES = ("tops", "outerwear", "trousers", "dresses", "shoes", "bags")
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class FakeDims:
     item_dim: int = 6  # K: DVBPR item / user vectors
     retrieval_dim: int = 5  # retrieval embeddings (L2-normalised)
     z_dim: int = 4  # Dz: generator latent
-    n_categories: int = len(CATEGORIES)  # C: one-hot category
+    categories: tuple[str, ...] = FAKE_CATEGORIES  # C = len: one-hot category, in the models' metadata
     text_dim: int = 16  # text embeddings (the real MiniLM has 384)
     vocab: int = 997  # token ids are taken modulo this
     perceptual_weight: float = 1.0  # inv_grad: MSE + weight * perceptual
@@ -82,6 +85,10 @@ class FakeDims:
     @property
     def pixels(self) -> int:
         return 3 * self.image_size * self.image_size
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.categories)
 
 
 def _rng(seed: int, part: str, version: str) -> np.random.Generator:
@@ -316,6 +323,8 @@ class FakeInferenceBackend:
     (numerically) is served for version ``""``. :meth:`publish` / :meth:`unload` change them, ``unavailable``
     makes every call fail like a Triton that went away. ``calls`` counts ``infer`` per model, ``history``
     keeps each call. Inputs are checked like onnxruntime does (names, element types, ranks, fixed dims).
+    ``metadata`` is each model's ``couturier.*`` metadata (every version alike): the models that take a
+    category one-hot carry ``dims.categories``; tests edit it to serve models exported without it.
     """
 
     def __init__(
@@ -333,6 +342,10 @@ class FakeInferenceBackend:
         self.history: list[FakeCall] = []
         self._nets: dict[str, FakeNets] = {}
         self._signatures = _signatures(self.dims)
+        categories = {CATEGORIES_KEY: encode_categories(self.dims.categories)}
+        self.metadata: dict[str, dict[str, str]] = {
+            m: dict(categories) if m in CATEGORY_MODELS else {} for m in ALL_MODELS
+        }
 
     def nets(self, version: str = "1") -> FakeNets:
         """The networks of ``version`` (what the models of that version compute), for expected values."""
@@ -426,6 +439,11 @@ class FakeInferenceBackend:
         self._check_reachable()
         self._version(model, version)
         return dict(self._signatures[model][1])
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, str]:
+        self._check_reachable()
+        self._version(model, version)
+        return dict(self.metadata[model])
 
     async def close(self) -> None:
         self.closed = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,92 @@ def users_model(path: Path, dim: int = 4, seed: int = 5) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def pref_grad_model(
+    path: Path,
+    categories: tuple[str, ...] | None,
+    *,
+    z_dim: int = 4,
+    k: int = 6,
+    size: int = 4,
+    seed: int = 11,
+) -> Path:
+    """A stand-in with ``pref_grad``'s signature over a linear-tanh generator, carrying ``categories``
+    as its ONNX metadata (``couturier.categories``; None: a model exported without them).
+
+    ``x = tanh(z A + category B)``, ``image = x`` as (3, size, size), ``scores = (x W) theta^T``,
+    ``value = sum_u user_weight * scores`` (no realism term: ``realism_weight`` is taken and ignored),
+    ``grad_z`` its exact gradient, ``realism = x . d``.
+    """
+    pixels, n_cat = 3 * size * size, len(categories or ("a", "b", "c"))
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0, 1 / np.sqrt(z_dim), (z_dim, pixels)).astype(np.float32)
+    b = rng.normal(0, 0.5, (n_cat, pixels)).astype(np.float32)
+    w = rng.normal(0, 1 / np.sqrt(pixels), (pixels, k)).astype(np.float32)
+    d = rng.normal(0, 1 / np.sqrt(pixels), pixels).astype(np.float32)
+    node = helper.make_node
+    graph = helper.make_graph(
+        [
+            node("MatMul", ["z", "A"], ["za"]),
+            node("MatMul", ["category", "B"], ["cb"]),
+            node("Add", ["za", "cb"], ["h"]),
+            node("Tanh", ["h"], ["x"]),
+            node("Reshape", ["x", "image_shape"], ["image"]),
+            node("MatMul", ["x", "W"], ["phi"]),
+            node("Transpose", ["theta"], ["theta_t"], perm=[1, 0]),
+            node("MatMul", ["phi", "theta_t"], ["scores"]),
+            node("Mul", ["user_weight", "scores"], ["weighted"]),
+            node("ReduceSum", ["weighted", "axis1"], ["value"], keepdims=0),
+            node("Mul", ["x", "d"], ["xd"]),
+            node("ReduceSum", ["xd", "axis1"], ["realism"], keepdims=0),
+            # grad_z = ((user_weight theta W^T) * (1 - x^2)) A^T
+            node("MatMul", ["user_weight", "theta"], ["wtheta"]),
+            node("MatMul", ["wtheta", "W_t"], ["grad_x"]),
+            node("Mul", ["x", "x"], ["x2"]),
+            node("Sub", ["one", "x2"], ["dtanh"]),
+            node("Mul", ["grad_x", "dtanh"], ["grad_h"]),
+            node("MatMul", ["grad_h", "A_t"], ["grad_z"]),
+        ],
+        "pref_grad_stub",
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", z_dim]),
+            helper.make_tensor_value_info("category", TensorProto.FLOAT, ["batch", n_cat]),
+            helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["users", k]),
+            helper.make_tensor_value_info("user_weight", TensorProto.FLOAT, ["batch", "users"]),
+            helper.make_tensor_value_info("realism_weight", TensorProto.FLOAT, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("grad_z", TensorProto.FLOAT, ["batch", z_dim]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "users"]),
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size]),
+            helper.make_tensor_value_info("realism", TensorProto.FLOAT, ["batch"]),
+        ],
+        [
+            numpy_helper.from_array(a, "A"),
+            numpy_helper.from_array(np.ascontiguousarray(a.T), "A_t"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(w, "W"),
+            numpy_helper.from_array(np.ascontiguousarray(w.T), "W_t"),
+            numpy_helper.from_array(d, "d"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array([-1, 3, size, size], np.int64), "image_shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    if categories is not None:
+        helper.set_model_props(model, {"couturier.categories": json.dumps(list(categories))})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def with_categories(path: Path, categories: tuple[str, ...]) -> Path:
+    """Give an ONNX file the category list of an export (``couturier.categories`` metadata)."""
+    model = onnx.load(str(path))
+    helper.set_model_props(model, {"couturier.categories": json.dumps(list(categories))})
+    onnx.save(model, str(path))
+    return path
