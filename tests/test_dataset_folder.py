@@ -422,14 +422,13 @@ def test_prepare_refuses_other_folders(tmp_path: Path) -> None:
     assert checksums(mine) == before
 
 
-def test_prepare_replaces_old_simulated_data_only_with_force(tmp_path: Path) -> None:
+def test_prepare_rebuilds_its_own_old_format_simulated_data(tmp_path: Path) -> None:
+    """couturier's own derived data in the old layout (its manifest says Fashion-MNIST) is rebuilt as a
+    dataset folder without --force; an old folder of anything else is refused (test above)."""
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "manifest.json").write_text(json.dumps({"real": "images: Fashion-MNIST", "fashion_mnist_sha256": {}}))
     (legacy / "catalogue.npz").write_bytes(b"old")
-    with pytest.raises(DataError, match=rf"older couturier.*couturier data prepare --force --data-dir {legacy}"):
-        prepare(legacy, TINY, progress=False)
-    assert (legacy / "catalogue.npz").read_bytes() == b"old"
-    data = prepare(legacy, TINY, progress=False, force=True)
+    data = prepare(legacy, TINY, progress=False)
     assert data.provenance == "simulated" and not (legacy / "catalogue.npz").exists()
     assert validate_dataset(legacy) == [] and data.interactions is not None and data.interactions.n_users == 6

@@ -9,6 +9,7 @@ folder holding anything else (a real dataset, a user's files): see :func:`prepar
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from couturier.export.data.shoppers import simulate_shoppers
 #: The command recorded as the importer of the simulated dataset (``importer`` starts with it).
 PREPARER = "couturier data prepare"
 #: Legacy prepared-data format (before dataset folders): recognised only to refuse or replace it.
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 CATALOGUE_NAME = "catalogue"
@@ -101,7 +103,7 @@ def _is_legacy_simulated(folder: Path) -> bool:
 
 def _plan(folder: Path, profile: Profile, force: bool) -> str:
     """What :func:`prepare` may do with ``folder``: "open" (the same simulated data is there), "build"
-    (empty), "replace" (its own simulated data, or an old-format one with ``force``); else DataError."""
+    (empty), "replace" (its own simulated data, also in the old layout); else DataError."""
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder} is a file, not a folder: choose another --data-dir")
     if not folder.exists() or not any(folder.iterdir()):
@@ -130,12 +132,9 @@ def _plan(folder: Path, profile: Profile, force: bool) -> str:
         current = (manifest.get("simulation") or {}) == _simulation(profile)
         return "open" if ours and current and not force else "replace"
     if _is_legacy_simulated(folder):
-        if force:
-            return "replace"
-        raise DataError(
-            f"{folder} holds simulated data prepared by an older couturier (manifest.json, catalogue.npz): "
-            f"re-run `couturier data prepare --force --data-dir {folder}` to rebuild it as a dataset folder"
-        )
+        # couturier's own derived data in the old layout (rebuilt from Fashion-MNIST, same content)
+        log.warning("rebuilding the simulated data in %s, prepared by an older couturier, as a dataset folder", folder)
+        return "replace"
     raise DataError(
         f"{folder} is not empty and holds no simulated dataset: couturier data prepare writes only into an "
         "empty folder or its own simulated data, and never replaces anything else (--force included). "

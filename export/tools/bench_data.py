@@ -93,7 +93,16 @@ _SHAPES: dict[str, list[list[tuple[float, float]]]] = {
     "shoes": [[(0.05, 0.50), (0.14, 0.40), (0.42, 0.42), (0.60, 0.58), (0.92, 0.66), (0.95, 0.80), (0.05, 0.80)]],
     "bags": [
         [(0.15, 0.38), (0.85, 0.38), (0.90, 0.92), (0.10, 0.92)],
-        [(0.30, 0.38), (0.33, 0.15), (0.67, 0.15), (0.70, 0.38), (0.62, 0.38), (0.60, 0.22), (0.40, 0.22), (0.38, 0.38)],
+        [
+            (0.30, 0.38),
+            (0.33, 0.15),
+            (0.67, 0.15),
+            (0.70, 0.38),
+            (0.62, 0.38),
+            (0.60, 0.22),
+            (0.40, 0.22),
+            (0.38, 0.38),
+        ],
     ],
     "hats": [
         [(0.05, 0.70), (0.95, 0.70), (0.90, 0.80), (0.10, 0.80)],
@@ -178,7 +187,9 @@ def _write_photos(folder: str, start: int, stop: int, seed: int, categories: lis
     return written
 
 
-def _write_tables(folder: Path, m: int, seed: int, categories: np.ndarray, colours: np.ndarray, prices: np.ndarray) -> tuple[Path, Path]:
+def _write_tables(
+    folder: Path, m: int, seed: int, categories: np.ndarray, colours: np.ndarray, prices: np.ndarray
+) -> tuple[Path, Path]:
     """``products_<m>.csv`` (the first m products) and ``interactions_<m>.csv`` (m / 10 users)."""
     names = list(COLOURS)
     products, interactions = folder / f"products_{m}.csv", folder / f"interactions_{m}.csv"
@@ -234,9 +245,7 @@ def generate_shop(
         folder.mkdir(parents=True, exist_ok=True)
         echo(f"shop table: generating {n:,} product photos into {folder} ({workers} processes)")
         spans = [(s, min(n, s + _GEN_CHUNK)) for s in range(0, n, _GEN_CHUNK)]
-        args = [
-            (str(folder), a, b, seed, categories[a:b].tolist(), colours[a:b].tolist()) for a, b in spans
-        ]
+        args = [(str(folder), a, b, seed, categories[a:b].tolist(), colours[a:b].tolist()) for a, b in spans]
         if workers > 1 and len(spans) > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 image_bytes = sum(pool.map(_write_photos, *zip(*args)))
@@ -372,20 +381,28 @@ def _self_memory() -> dict[str, int]:
     }
 
 
-def _step_rate(stamps: Sequence[float], images_per_step: int, warmup: int) -> dict[str, Any]:
-    """Images/s over the full steps after ``warmup`` (the last step may be a partial batch: left out)."""
-    durations = np.diff(np.asarray(stamps, dtype=np.float64))  # durations[k] = step k+1 (0-based)
-    measured = durations[max(0, warmup - 1) : max(0, len(durations) - 1)]
-    if not len(measured):
-        measured = durations
+def _step_rate(stamps: Sequence[float], images: Callable[[int], int], warmup: int) -> dict[str, Any]:
+    """Images/s over the steps after the first ``warmup`` (all of them when no more are left).
+
+    ``stamps``: the start, then the end of each step; ``images(k)``: images through the network in step k
+    (0-based), so that a partial last batch counts what it held.
+    """
+    durations = np.diff(np.asarray(stamps, dtype=np.float64))
+    first = warmup if len(durations) > warmup else 0
+    measured = durations[first:]
     seconds = float(measured.sum())
+    count = sum(images(k) for k in range(first, len(durations)))
     return {
-        "steps": len(stamps),
+        "steps": len(durations),
         "steps_measured": len(measured),
-        "images_per_step": images_per_step,
+        "images_per_step": images(0) if len(durations) else 0,
         "s_per_step_median": round(float(np.median(measured)), 4) if len(measured) else None,
-        "images_per_s": round(len(measured) * images_per_step / seconds, 1) if seconds > 0 else None,
+        "images_per_s": round(count / seconds, 1) if seconds > 0 else None,
     }
+
+
+class _StopTraining(Exception):
+    """Raised by the step callback to end a GAN run before its finalisation (``gan_finish`` off)."""
 
 
 def _child_import(task: Mapping[str, Any]) -> dict[str, Any]:
@@ -458,28 +475,39 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
             checkpoint_every=0,
         )
         batch = int(result.metrics["profile"]["batch_size"])
-        rate = _step_rate(stamps, 2 * batch, warmup=task["warmup_steps"])
+        pairs = len(ds.interactions.train_pairs())  # one epoch: every training pair once, in batches
+        per_epoch = -(-pairs // batch)
+        rate = _step_rate(
+            stamps, lambda k: 2 * min(batch, pairs - (k % per_epoch) * batch), warmup=task["warmup_steps"]
+        )
         extra = {
             "batch_size": batch,
             "stopped_by_max_seconds": result.metrics.get("stopped_by_max_seconds"),
             "test_auc": result.metrics.get("test_auc", {}).get("dvbpr", {}).get("sampled_auc"),
         }
     else:
+        from couturier.export.training.profiles import gan_profile
         from couturier.export.training.train_gan import train_gan
 
-        result = train_gan(
-            ds,
-            run_dir,
-            "demo",
-            progress=False,
-            on_step=lambda step: stamps.append(time.perf_counter()),
-            steps=task["gan_steps"],
-            max_seconds=task["gan_max_seconds"],
-            checkpoint_every=0,
-        )
-        batch = int(result.metrics["profile"]["batch_size"])
-        rate = _step_rate(stamps, min(batch, len(ds.catalogue.images)), warmup=task["warmup_steps"])
-        extra = {"batch_size": batch, "stopped_by_max_seconds": result.metrics.get("stopped_by_max_seconds")}
+        steps, finish = int(task["gan_steps"]), bool(task["gan_finish"])
+
+        def on_step(step: int) -> None:
+            stamps.append(time.perf_counter())
+            if step >= steps and not finish:
+                raise _StopTraining
+
+        prof = gan_profile("demo", steps=steps, max_seconds=task["gan_max_seconds"], checkpoint_every=0)
+        try:
+            metrics = train_gan(ds, run_dir, prof, progress=False, on_step=on_step).metrics
+        except _StopTraining:
+            metrics = {}
+        per_step = min(prof.batch_size, len(ds.catalogue.images))
+        rate = _step_rate(stamps, lambda k: per_step, warmup=task["warmup_steps"])
+        extra = {
+            "batch_size": prof.batch_size,
+            "finalised": finish,
+            "stopped_by_max_seconds": metrics.get("stopped_by_max_seconds"),
+        }
     finished = time.perf_counter()
     return {
         "network": task["network"],
@@ -519,6 +547,9 @@ class BenchDataOptions:
     dvbpr_seconds: float = 60.0
     gan_steps: int = 100
     gan_max_seconds: float = 300.0
+    # the GAN's finalisation after its steps (standing BatchNorm statistics over 50 x 256 samples, the
+    # sample grid, metrics): part of training, so measured by default; off for quick smoke runs
+    gan_finish: bool = True
     warmup_steps: int = 3
     repeats: int = 1
     regenerate: bool = False
@@ -643,7 +674,13 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
     workers = opts.workers if opts.workers is not None else default_workers()
     report["settings"]["workers"] = workers
     shop = generate_shop(
-        work / "shop", opts.n, sizes, seed=opts.seed, workers=max(1, os.cpu_count() or 1), regenerate=opts.regenerate, echo=echo
+        work / "shop",
+        opts.n,
+        sizes,
+        seed=opts.seed,
+        workers=max(1, os.cpu_count() or 1),
+        regenerate=opts.regenerate,
+        echo=echo,
     )
     report["generation"] = {
         "products": shop.n,
@@ -683,7 +720,9 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
     for m in sizes:
         task = {"kind": "open", "dataset": str(datasets[m]), "image_size": opts.image_size, "cache_dir": str(cache)}
         result = run_child(task, logs, f"open-{m}")
-        echo(f"open   {m:>7,} products: {result['wall_s']:7.1f} s  peak RSS {_mib(result['peak_rss_bytes'])} (builds the catalogue copy)")
+        echo(
+            f"open   {m:>7,} products: {result['wall_s']:7.1f} s  peak RSS {_mib(result['peak_rss_bytes'])} (builds the catalogue copy)"
+        )
         report["open"][str(m)] = result
     report["training"] = {"dvbpr": {}, "gan": {}}
     for network in ("dvbpr", "gan"):
@@ -700,6 +739,7 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
                     "dvbpr_seconds": opts.dvbpr_seconds,
                     "gan_steps": opts.gan_steps,
                     "gan_max_seconds": opts.gan_max_seconds,
+                    "gan_finish": opts.gan_finish,
                     "warmup_steps": opts.warmup_steps,
                 }
                 result = run_child(task, logs, f"train-{network}-{m}-{r}")
@@ -723,7 +763,8 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
         "may drop them under memory pressure; anonymous RSS is the process's own memory.",
         "Training images/s counts images through the network per step over full steps after a warm-up: DVBPR 2 per "
         "triple (positive, negative), the GAN its real images; DVBPR's after-loop time is its validation and test "
-        "evaluation over the whole catalogue.",
+        "evaluation over the whole catalogue, the GAN's its finalisation (standing BatchNorm statistics over 50 x 256 "
+        "generated images, the sample grid, a nearest-neighbour check against 3,000 catalogue images).",
     ]
     return write_report(report, opts.out)
 
@@ -751,7 +792,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- load average before/after: {m['loadavg_before']} / {m.get('loadavg_after', '-')}",
         "- the measuring process and the measured ones share these cores (and other jobs may too)",
         f"- import: {s['workers']} image-decoding processes; training: demo profile, torch threads "
-        f"{_first_training(report, 'torch_threads')}, DVBPR one epoch or {s['dvbpr_seconds']:g} s, GAN {s['gan_steps']} steps",
+        f"{_first_training(report, 'torch_threads')}, DVBPR one epoch or {s['dvbpr_seconds']:g} s then its evaluation, "
+        f"GAN {s['gan_steps']} steps " + ("then its finalisation" if s["gan_finish"] else "(finalisation skipped)"),
         f"- repeats: {s['repeats']} (figures are medians)" if s["repeats"] > 1 else "- repeats: 1",
         "",
         "## Targets",
@@ -762,7 +804,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{yes[t['import_images_per_s']['met']]} |",
         f"| peak training RSS {t['training_peak_rss']['target']} | {_mib(t['training_peak_rss']['measured_bytes'])} "
         f"({t['training_peak_rss']['worst']}) | {yes[t['training_peak_rss']['met']]} |",
-        f"| training RSS independent of catalogue size | "
+        "| training RSS independent of catalogue size | "
         + ", ".join(
             f"{net} x{v['peak_rss_ratio']} (anon x{v['peak_rss_anon_ratio']})"
             for net, v in t["training_rss_independent_of_catalogue"]["per_network"].items()

@@ -158,7 +158,9 @@ def bench_data(
     out: Annotated[Path, typer.Option(help="Where bench_data.json and bench_data.md go.")] = Path("runs/bench-data"),
     work: Annotated[
         Path | None,
-        typer.Option(help="Generated shop, imported datasets and training runs (default <out>/work; the photos are reused)."),
+        typer.Option(
+            help="Generated shop, imported datasets and training runs (default <out>/work; the photos are reused)."
+        ),
     ] = None,
     n: Annotated[int, typer.Option("--n", help="Products in the generated shop (the largest catalogue).")] = 50_000,
     sizes: Annotated[
@@ -171,6 +173,13 @@ def bench_data(
     ] = None,
     dvbpr_seconds: Annotated[float, typer.Option(help="DVBPR: one epoch or this many seconds of steps.")] = 60.0,
     gan_steps: Annotated[int, typer.Option(help="Conditional GAN steps per catalogue size.")] = 100,
+    gan_finish: Annotated[
+        bool,
+        typer.Option(
+            help="Include the GAN's finalisation (standing BatchNorm statistics, sample grid, metrics); "
+            "--no-gan-finish stops after its steps (quick runs)."
+        ),
+    ] = True,
     repeats: Annotated[int, typer.Option(help="Repeat each import and training measurement (medians).")] = 1,
     regenerate: Annotated[bool, typer.Option(help="Generate the shop's photos again even if present.")] = False,
 ) -> None:
@@ -198,6 +207,7 @@ def bench_data(
         workers=workers,
         dvbpr_seconds=dvbpr_seconds,
         gan_steps=gan_steps,
+        gan_finish=gan_finish,
         repeats=repeats,
         regenerate=regenerate,
     )
