@@ -84,12 +84,20 @@ def test_bench_data_end_to_end_on_a_tiny_shop(tmp_path: Path) -> None:
     for size in ("150", "300"):
         imported = report["import"][size]
         assert imported["images"] == int(size)
-        for key in ("wall_s", "images_per_s", "peak_rss_bytes", "child_processes_peak_rss_max_bytes"):
+        for key in ("wall_s", "images_per_s", "peak_rss_bytes", "child_processes_peak_rss_max_bytes", "cores_used"):
             assert imported[key] > 0, (size, key)
         assert report["open"][size]["catalogue_images"] > 0
         for network in ("dvbpr", "gan"):
             trained = report["training"][network][size]
-            for key in ("steps", "images_per_s", "peak_rss_bytes", "sampled_peak_rss_anon_bytes", "store_bytes"):
+            keys = (
+                "steps",
+                "images_per_s",
+                "peak_rss_bytes",
+                "sampled_peak_rss_anon_bytes",
+                "store_bytes",
+                "cores_used",
+            )
+            for key in (*keys, "sampled_peak_rss_steps_bytes"):
                 assert trained[key] > 0, (network, size, key)
     targets = report["targets"]
     for name in ("import_images_per_s", "training_peak_rss", "training_rss_independent_of_catalogue"):

@@ -136,3 +136,36 @@ def test_cli_prepare_demo_profile(tmp_path: Path) -> None:
     assert len(data.catalogue) == 10_000 and len(data.heldout) == 1_000
     assert np.bincount(data.catalogue.fm_class).tolist() == [1000] * 10
     assert data.interactions.n_users == 2000 and len(data.interactions.cold_items()) > 1000
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "--profile", "tiny"],
+        ["eval", "--profile", "tiny"],
+        ["judge", "train", "--profile", "tiny"],
+        ["demo", "--profile", "tiny"],
+    ],
+)
+def test_a_folder_that_is_not_a_dataset_is_refused_and_nothing_is_written(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--dataset` on a folder of something else: exit 2 naming the folder; no runs, no cache, no file in it."""
+    from couturier.export.tools.cli import register
+
+    app = typer.Typer()
+    register(app)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "holiday-photos"
+    folder.mkdir()
+    (folder / "beach.jpg").write_bytes(b"not ours")
+    result = CliRunner().invoke(
+        app,
+        [*command, "--dataset", str(folder), "--runs", "runs"]
+        if command[0] != "demo"
+        else [*command, "--dataset", str(folder)],
+    )
+    assert result.exit_code == 2, result.output
+    assert str(folder) in result.output and "dataset" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday-photos"]
+    assert [p.name for p in folder.iterdir()] == ["beach.jpg"]

@@ -16,7 +16,14 @@
    catalogue, and the conditional GAN for ``gan_steps`` steps. Training images/s counts the images
    through the network per step (DVBPR: positive + negative per triple; GAN: the real images) over
    full steps after a warm-up; peak RSS is the training process's ``VmHWM`` (its image store is a
-   memory map: pages read count in RSS, and the sampled peak of file-backed vs anonymous RSS is given).
+   memory map: pages read count in RSS, and the sampled peak of file-backed vs anonymous RSS is given,
+   as are the sampled peaks during the steps and after them).
+
+Every measurement also records the CPU time of its process tree over its wall time ("cores used") and
+the load average before it: on a shared machine that says how much of the cores it actually got.
+glibc keeps freed heap blocks, so the anonymous RSS of a long evaluation can wander by hundreds of MB
+between identical runs; ``malloc_mmap_threshold`` (e.g. 65536) runs training with a fixed mmap
+threshold, whose RSS is then live memory only (and whose steps are slower).
 
 The results go to ``bench_data.json`` and ``bench_data.md`` with the machine's description and the
 targets of issue 9 (import >= 1,000 images/s; peak training RSS under 3 GB and independent of the
@@ -273,6 +280,15 @@ def _status(pid: int | str) -> dict[str, int]:
     return out
 
 
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process so far, in clock ticks (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
 def _descendants(root: int) -> list[int]:
     """Every live descendant of ``root`` (by parent pid, from /proc/*/stat)."""
     parents: dict[int, list[int]] = {}
@@ -294,7 +310,7 @@ def _descendants(root: int) -> list[int]:
 
 
 class TreeWatch(threading.Thread):
-    """Samples the memory of a process and its descendants every ``interval`` seconds until stopped."""
+    """Samples the memory and CPU time of a process and its descendants every ``interval`` s until stopped."""
 
     def __init__(self, pid: int, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
@@ -304,17 +320,25 @@ class TreeWatch(threading.Thread):
         self.others: dict[int, int] = {}  # pid -> largest VmHWM seen
         self.tree_peak = 0  # largest sum of VmRSS over the tree at one sample
         self.samples = 0
+        self.series: list[tuple[float, int, int]] = []  # (time.monotonic(), VmRSS, RssAnon) of the root
+        self.cpu: dict[int, int] = {}  # pid -> CPU ticks last seen
 
     def sample(self) -> None:
+        now = time.monotonic()
         root = _status(self.pid)
+        if root:
+            self.series.append((now, root.get("VmRSS", 0), root.get("RssAnon", 0)))
         for key, value in root.items():
             self.root[key] = max(self.root.get(key, 0), value)
         total = root.get("VmRSS", 0)
-        for pid in _descendants(self.pid):
+        descendants = _descendants(self.pid)
+        for pid in descendants:
             status = _status(pid)
             if status:
                 self.others[pid] = max(self.others.get(pid, 0), status.get("VmHWM", 0))
                 total += status.get("VmRSS", 0)
+        for pid in [self.pid, *descendants]:
+            self.cpu[pid] = max(self.cpu.get(pid, 0), _cpu_ticks(pid))
         self.tree_peak = max(self.tree_peak, total)
         self.samples += 1
 
@@ -327,6 +351,24 @@ class TreeWatch(threading.Thread):
         self._stop_event.set()
         self.join()
 
+    def phase_peaks(self, start: float, end: float, finished: float) -> dict[str, int]:
+        """Sampled peak RSS (and anonymous RSS) of the root during [start, end] and during (end, finished]."""
+        steps = [(rss, anon) for t, rss, anon in self.series if start <= t <= end]
+        after = [(rss, anon) for t, rss, anon in self.series if end < t <= finished]
+        return {
+            "sampled_peak_rss_steps_bytes": max((r for r, _ in steps), default=0),
+            "sampled_peak_rss_anon_steps_bytes": max((a for _, a in steps), default=0),
+            "sampled_peak_rss_after_steps_bytes": max((r for r, _ in after), default=0),
+            "sampled_peak_rss_anon_after_steps_bytes": max((a for _, a in after), default=0),
+        }
+
+    def cpu_seconds(self, root_cpu_s: float = 0.0) -> float:
+        """CPU seconds of the tree: the root's own figure (``root_cpu_s``, exact) or as sampled, plus the
+        descendants' as last sampled (their last 0.1 s may be missed)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        others = sum(v for pid, v in self.cpu.items() if pid != self.pid) / tick
+        return max(root_cpu_s, self.cpu.get(self.pid, 0) / tick) + others
+
     def summary(self) -> dict[str, Any]:
         return {
             "sampled_peak_rss_anon_bytes": self.root.get("RssAnon", 0),
@@ -338,13 +380,18 @@ class TreeWatch(threading.Thread):
         }
 
 
-def run_child(task: Mapping[str, Any], folder: Path, name: str) -> dict[str, Any]:
-    """Run one measurement (:func:`child_main`) in a fresh Python process; its figures plus the watch's."""
+def run_child(
+    task: Mapping[str, Any], folder: Path, name: str, extra_env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run one measurement (:func:`child_main`) in a fresh Python process; its figures plus the watch's:
+    memory peaks, the CPU seconds of its process tree and how many cores that was on average."""
     folder.mkdir(parents=True, exist_ok=True)
     task_path, result_path, log_path = (folder / f"{name}.{ext}" for ext in ("task.json", "result.json", "log"))
     task_path.write_text(json.dumps(task, indent=2, default=str))
     result_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "couturier.export.tools.bench_data", str(task_path), str(result_path)],
@@ -362,19 +409,32 @@ def run_child(task: Mapping[str, Any], folder: Path, name: str) -> dict[str, Any
             raise
         finally:
             watch.stop()
+    wall = time.monotonic() - started
     if code != 0 or not result_path.is_file():
         tail = log_path.read_text(errors="replace")[-3000:]
         raise DataError(f"bench data: the {name} measurement failed (exit {code}; log {log_path}):\n{tail}")
     result = json.loads(result_path.read_text())
     result.update(watch.summary())
+    cpu_s = watch.cpu_seconds(result.pop("cpu_self_s", 0.0))
+    result.update(
+        process_wall_s=round(wall, 3),
+        process_tree_cpu_s=round(cpu_s, 2),
+        cores_used=round(cpu_s / wall, 2) if wall > 0 else None,
+        loadavg_1min_before=round(load_before, 2),
+    )
+    phases = result.pop("phases_monotonic", None)
+    if phases:
+        result.update(watch.phase_peaks(*phases))
     return result
 
 
-def _self_memory() -> dict[str, int]:
+def _self_memory() -> dict[str, Any]:
     import resource
 
     status = _status("self")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        "cpu_self_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_bytes": status.get("VmHWM", 0),
         "ru_maxrss_self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "ru_maxrss_children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
@@ -451,13 +511,13 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
 
     from couturier.export.data.dataset_folder import open_dataset
 
-    opened = time.perf_counter()
+    opened = time.monotonic()
     ds = open_dataset(task["dataset"], image_size=task["image_size"], cache_dir=task["cache_dir"])
-    open_s = time.perf_counter() - opened
+    open_s = time.monotonic() - opened
     stamps: list[float] = []
     run_dir = Path(task["run_dir"])
     shutil.rmtree(run_dir, ignore_errors=True)
-    started = time.perf_counter()
+    started = time.monotonic()
     stamps.append(started)
     extra: dict[str, Any]
     if task["network"] == "dvbpr":
@@ -469,7 +529,7 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
             "demo",
             baselines=False,
             progress=False,
-            on_step=lambda step: stamps.append(time.perf_counter()),
+            on_step=lambda step: stamps.append(time.monotonic()),
             epochs=1,
             max_seconds=task["dvbpr_seconds"],
             checkpoint_every=0,
@@ -492,7 +552,7 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
         steps, finish = int(task["gan_steps"]), bool(task["gan_finish"])
 
         def on_step(step: int) -> None:
-            stamps.append(time.perf_counter())
+            stamps.append(time.monotonic())
             if step >= steps and not finish:
                 raise _StopTraining
 
@@ -508,7 +568,7 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
             "finalised": finish,
             "stopped_by_max_seconds": metrics.get("stopped_by_max_seconds"),
         }
-    finished = time.perf_counter()
+    finished = time.monotonic()
     return {
         "network": task["network"],
         "catalogue_images": len(ds.catalogue.images),
@@ -517,6 +577,7 @@ def _child_train(task: Mapping[str, Any]) -> dict[str, Any]:
         "loop_s": round(stamps[-1] - started, 3),
         "after_loop_s": round(finished - stamps[-1], 3),
         "train_call_s": round(finished - started, 3),
+        "phases_monotonic": [started, stamps[-1], finished],  # steps, then evaluation/finalisation
         "torch_threads": torch.get_num_threads(),
         **rate,
         **extra,
@@ -551,6 +612,9 @@ class BenchDataOptions:
     # sample grid, metrics): part of training, so measured by default; off for quick smoke runs
     gan_finish: bool = True
     warmup_steps: int = 3
+    # MALLOC_MMAP_THRESHOLD_ for the training processes (None: glibc's default, as `couturier train` runs):
+    # a fixed threshold makes glibc return freed blocks at once, so RSS shows live memory only
+    malloc_mmap_threshold: int | None = None
     repeats: int = 1
     regenerate: bool = False
 
@@ -711,7 +775,8 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
             echo(
                 f"import {m:>7,} products: {result['wall_s']:7.1f} s  {result['images_per_s']:8.1f} images/s  "
                 f"peak RSS importer {_mib(result['peak_rss_bytes'])}, decode workers {_mib(result['child_processes_peak_rss_max_bytes'])} "
-                f"each (tree {_mib(result['tree_peak_rss_sum_bytes'])})"
+                f"each (tree {_mib(result['tree_peak_rss_sum_bytes'])}); {result['cores_used']} cores used, "
+                f"load {result['loadavg_1min_before']}"
             )
             runs.append(result)
         report["import"][str(m)] = _median(runs)
@@ -725,6 +790,9 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
         )
         report["open"][str(m)] = result
     report["training"] = {"dvbpr": {}, "gan": {}}
+    training_env = (
+        {"MALLOC_MMAP_THRESHOLD_": str(opts.malloc_mmap_threshold)} if opts.malloc_mmap_threshold is not None else None
+    )
     for network in ("dvbpr", "gan"):
         for m in sizes:
             runs = []
@@ -742,11 +810,13 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
                     "gan_finish": opts.gan_finish,
                     "warmup_steps": opts.warmup_steps,
                 }
-                result = run_child(task, logs, f"train-{network}-{m}-{r}")
+                result = run_child(task, logs, f"train-{network}-{m}-{r}", extra_env=training_env)
                 echo(
                     f"train  {network:<5} {m:>7,} products: {result['steps']:4d} steps  {result['images_per_s'] or 0:8.1f} images/s  "
                     f"peak RSS {_mib(result['peak_rss_bytes'])} (anon {_mib(result['sampled_peak_rss_anon_bytes'])}, "
-                    f"file {_mib(result['sampled_peak_rss_file_bytes'])})  loop {result['loop_s']:.0f} s + after {result['after_loop_s']:.0f} s"
+                    f"file {_mib(result['sampled_peak_rss_file_bytes'])}; steps {_mib(result['sampled_peak_rss_steps_bytes'])}, "
+                    f"after {_mib(result['sampled_peak_rss_after_steps_bytes'])})  loop {result['loop_s']:.0f} s + after "
+                    f"{result['after_loop_s']:.0f} s; {result['cores_used']} cores used, load {result['loadavg_1min_before']}"
                 )
                 runs.append(result)
             report["training"][network][str(m)] = _median(runs)
@@ -761,6 +831,9 @@ def bench_data(opts: BenchDataOptions, echo: Callable[[str], None] = print) -> t
         "Training: peak RSS is the training process's VmHWM (no loader workers: the demo profile uses 0). The image "
         "store is a read-only memory map, so the pages training reads count in its RSS (file-backed) and the kernel "
         "may drop them under memory pressure; anonymous RSS is the process's own memory.",
+        "Anonymous and file-backed RSS and the peaks in and after the steps are sampled every 0.1 s; 'cores used' is "
+        "the CPU time of the measured process tree over its wall time (of the machine's cores: less than the "
+        "processes could use means other jobs took the rest), 'load before' the 1-minute load average before it.",
         "Training images/s counts images through the network per step over full steps after a warm-up: DVBPR 2 per "
         "triple (positive, negative), the GAN its real images; DVBPR's after-loop time is its validation and test "
         "evaluation over the whole catalogue, the GAN's its finalisation (standing BatchNorm statistics over 50 x 256 "
@@ -795,6 +868,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"{_first_training(report, 'torch_threads')}, DVBPR one epoch or {s['dvbpr_seconds']:g} s then its evaluation, "
         f"GAN {s['gan_steps']} steps " + ("then its finalisation" if s["gan_finish"] else "(finalisation skipped)"),
         f"- repeats: {s['repeats']} (figures are medians)" if s["repeats"] > 1 else "- repeats: 1",
+        "- training processes' allocator: "
+        + (
+            "glibc default (as `couturier train` runs)"
+            if s.get("malloc_mmap_threshold") is None
+            else f"MALLOC_MMAP_THRESHOLD_={s['malloc_mmap_threshold']} (freed blocks go back at once: RSS is live memory)"
+        ),
         "",
         "## Targets",
         "",
@@ -815,14 +894,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Import",
         "",
-        "| products | wall s | images/s | importer peak RSS | largest decode worker | process tree peak (sum) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| products | wall s | images/s | importer peak RSS | largest decode worker | process tree peak (sum) | "
+        "cores used | load before |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in sizes:
         r = report["import"][size]
         lines.append(
             f"| {int(size):,} | {r['wall_s']:.1f} | {r['images_per_s']:,.0f} | {_mib(r['peak_rss_bytes'])} | "
-            f"{_mib(r['child_processes_peak_rss_max_bytes'])} | {_mib(r['tree_peak_rss_sum_bytes'])} |"
+            f"{_mib(r['child_processes_peak_rss_max_bytes'])} | {_mib(r['tree_peak_rss_sum_bytes'])} | "
+            f"{r['cores_used']} | {r['loadavg_1min_before']} |"
         )
     lines += [
         "",
@@ -842,8 +923,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "## Training",
         "",
         "| network | products | steps | images/step | training images/s | s/step | loop s | after loop s | "
-        "peak RSS | anon (sampled) | file-backed (sampled) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak RSS | anon | file-backed | peak in steps (anon) | peak after steps (anon) | cores used | load before |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for net, by_size in report["training"].items():
         for size in sizes:
@@ -851,7 +932,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {net} | {int(size):,} | {r['steps']} | {r['images_per_step']} | {r['images_per_s'] or 0:,.0f} | "
                 f"{r['s_per_step_median']} | {r['loop_s']:.1f} | {r['after_loop_s']:.1f} | {_mib(r['peak_rss_bytes'])} | "
-                f"{_mib(r['sampled_peak_rss_anon_bytes'])} | {_mib(r['sampled_peak_rss_file_bytes'])} |"
+                f"{_mib(r['sampled_peak_rss_anon_bytes'])} | {_mib(r['sampled_peak_rss_file_bytes'])} | "
+                f"{_mib(r['sampled_peak_rss_steps_bytes'])} ({_mib(r['sampled_peak_rss_anon_steps_bytes'])}) | "
+                f"{_mib(r['sampled_peak_rss_after_steps_bytes'])} ({_mib(r['sampled_peak_rss_anon_after_steps_bytes'])}) | "
+                f"{r['cores_used']} | {r['loadavg_1min_before']} |"
             )
     lines += ["", "## Notes", ""] + [f"- {note}" for note in report["notes"]]
     return "\n".join(lines) + "\n"

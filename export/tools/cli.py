@@ -181,6 +181,13 @@ def bench_data(
         ),
     ] = True,
     repeats: Annotated[int, typer.Option(help="Repeat each import and training measurement (medians).")] = 1,
+    malloc_mmap_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="MALLOC_MMAP_THRESHOLD_ (bytes) for the training processes, e.g. 65536: glibc then returns freed "
+            "memory at once, so peak RSS shows live memory (default: glibc's own, as `couturier train` runs)."
+        ),
+    ] = None,
     regenerate: Annotated[bool, typer.Option(help="Generate the shop's photos again even if present.")] = False,
 ) -> None:
     """Import images/s, training images/s and peak RSS of import and training on a generated shop (64 px).
@@ -209,6 +216,7 @@ def bench_data(
         gan_steps=gan_steps,
         gan_finish=gan_finish,
         repeats=repeats,
+        malloc_mmap_threshold=malloc_mmap_threshold,
         regenerate=regenerate,
     )
     try:
