@@ -168,7 +168,7 @@ def describe_dataset(prepared: Any) -> dict[str, Any]:
         "source": getattr(prepared, "source", manifest.get("source", "unknown")),
         "provenance": getattr(prepared, "provenance", manifest.get("provenance", "simulated")),
         "data_dir": str(getattr(prepared, "data_dir", "")),
-        "fingerprint": manifest.get("fingerprint") or _fingerprint(prepared),
+        "fingerprint": _fingerprint(prepared),
         "categories": [str(c) for c in getattr(catalogue, "category_names", ())],
         "attributes": sorted((getattr(catalogue, "attribute_values", None) or {}).keys()),
         "image_size": int(catalogue.images.shape[1]),
@@ -181,13 +181,10 @@ def describe_dataset(prepared: Any) -> dict[str, Any]:
 
 
 def _fingerprint(prepared: Any) -> str:
-    from couturier.export.data.dataset_folder import dataset_fingerprint
+    """The dataset's content fingerprint; "" for an in-memory stand-in without a dataset folder (tests)."""
+    from couturier.export.data.dataset_folder import Dataset
 
-    folder = getattr(prepared, "data_dir", None)
-    try:
-        return dataset_fingerprint(folder) if folder else ""
-    except Exception:  # a stand-in data set (tests) has no folder to fingerprint
-        return ""
+    return prepared.fingerprint if isinstance(prepared, Dataset) else ""
 
 
 def has_text_vocabulary(prepared: Any) -> bool:
