@@ -59,18 +59,22 @@ def train(
     nproc: Annotated[
         int, typer.Option(help="Processes (GPUs) to train on with DistributedDataParallel, through torchrun.")
     ] = 1,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Stop each network after this many seconds (replaces the profile's cap)."),
+    ] = None,
 ) -> None:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet."""
     from couturier.export.pipeline import NETWORKS, train_all
 
     if nproc > 1:
-        _train_distributed(nproc, profile, runs, data_dir, dataset, image_size, only or [], resume)
+        _train_distributed(nproc, profile, runs, data_dir, dataset, image_size, only or [], resume, max_seconds)
         return
     started = time.perf_counter()
     data = _data(profile, dataset, data_dir, image_size)
     typer.echo(f"training on {_describe(data)}")
     try:
-        result = train_all(data, runs, profile, only=tuple(only or NETWORKS), resume=resume)
+        result = train_all(data, runs, profile, only=tuple(only or NETWORKS), resume=resume, max_seconds=max_seconds)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
@@ -86,6 +90,7 @@ def _train_distributed(
     image_size: int | None,
     only: list[str],
     resume: bool,
+    max_seconds: float | None = None,
 ) -> None:
     """``couturier train`` on ``nproc`` processes: torchrun runs :mod:`couturier.export.training.distributed_train`."""
     import subprocess
@@ -93,7 +98,8 @@ def _train_distributed(
 
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     args += ["-m", "couturier.export.training.distributed_train", "--profile", profile, "--runs", str(runs)]
-    for flag, value in (("--data-dir", data_dir), ("--dataset", dataset), ("--image-size", image_size)):
+    options = (("--data-dir", data_dir), ("--dataset", dataset), ("--image-size", image_size))
+    for flag, value in (*options, ("--max-seconds", max_seconds)):
         if value is not None:
             args += [flag, str(value)]
     for network in only:

@@ -67,6 +67,16 @@ def _base_profile(profile: str) -> tuple[str, dict[str, dict[str, Any]]]:
     return profile, {}
 
 
+def capped(
+    overrides: Mapping[str, Mapping[str, Any]], max_seconds: float | None
+) -> dict[str, dict[str, Any]]:
+    """Per-network profile overrides with every network's wall-clock cap set to ``max_seconds`` (None: as given)."""
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
+    cap = {} if max_seconds is None else {"max_seconds": float(max_seconds)}
+    return {net: {**overrides.get(net, {}), **cap} for net in NETWORKS}
+
+
 def train_all(
     prepared: Any,
     runs_dir: Path,
@@ -75,11 +85,13 @@ def train_all(
     progress: bool = True,
     only: tuple[str, ...] = NETWORKS,
     resume: bool = False,
+    max_seconds: float | None = None,
 ) -> TrainedRuns:
     """Train DVBPR, the conditional GAN, the InfoGAN retrieval encoder and SynthTriplet, in that order.
 
     ``only`` trains a subset (SynthTriplet needs a trained InfoGAN in the same run folder); ``resume``
-    continues each network from its ``resume.pt``. Under torchrun (several processes), every process
+    continues each network from its ``resume.pt``; ``max_seconds`` replaces every network's wall-clock
+    cap (a brief run of a large profile, e.g. the GPU check). Under torchrun (several processes), every process
     calls this; only the main one writes the run folder's own files.
     """
     from couturier.export.training import distributed
@@ -99,6 +111,7 @@ def train_all(
             "--interactions I`, or train the rest with --only gan --only infogan --only synthtriplet"
         )
     base, overrides = _base_profile(profile)
+    overrides = capped(overrides, max_seconds)
     runs = TrainedRuns(Path(runs_dir) / profile)
     main = distributed.current().is_main
     if main:

@@ -35,6 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None, help="train at this image side")
     p.add_argument("--only", action="append", choices=NETWORKS, help="train only these (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue each network from its resume.pt")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop each network after this many seconds")
     return p.parse_args(argv)
 
 
@@ -74,7 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             env,
         )
         runs = train_all(
-            data, args.runs, args.profile, progress=env.is_main, only=tuple(args.only or NETWORKS), resume=args.resume
+            data,
+            args.runs,
+            args.profile,
+            progress=env.is_main,
+            only=tuple(args.only or NETWORKS),
+            resume=args.resume,
+            max_seconds=args.max_seconds,
         )
         if env.is_main:
             print(f"trained into {runs.root} on {env.world_size} processes: {json.dumps(runs.wall_s)}")
