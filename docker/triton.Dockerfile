@@ -18,7 +18,7 @@ EXPOSE 8000 8001 8002
 USER triton-server
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
     CMD curl -fsS http://127.0.0.1:8000/v2/health/ready || exit 1
-# explicit model control: the 9 couturier models load at start; versions change only through
+# explicit model control: the 12 couturier models load at start; versions change only through
 # load/unload calls (couturier triton rollout | promote | rollback)
 CMD ["tritonserver", \
      "--model-repository=/models", \
@@ -33,6 +33,9 @@ CMD ["tritonserver", \
      "--load-model=pref_grad", \
      "--load-model=inv_grad", \
      "--load-model=shift_grad", \
+     "--load-model=pref_loop", \
+     "--load-model=inv_loop", \
+     "--load-model=shift_loop", \
      "--http-port=8000", \
      "--grpc-port=8001", \
      "--metrics-port=8002", \

@@ -120,18 +120,42 @@ def export(
     user_vectors: Annotated[
         Path, typer.Option(help="Where the scoring service reads user vectors (item_encoder_v<N>.npz).")
     ] = Path("var/user_vectors"),
+    instance_count: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=N",
+            help="Model instances, MODEL=N (repeatable) or N for every model. Default: a new model's "
+            "serving default (gradient and loop models: 2), an existing model keeps its config's.",
+        ),
+    ] = None,
+    threads: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="MODEL=N",
+            help="onnxruntime threads per instance (intra_op_thread_count), MODEL=N (repeatable) or N for "
+            "every model; 0 = one per core. Default as --instance-count (gradient and loop models on CPU: 1).",
+        ),
+    ] = None,
 ) -> None:
-    """Export every trained network and the gradient models to ONNX, check parity, publish new versions."""
-    from couturier.export.pipeline import export_all, publish_all, publish_user_vectors
+    """Export every trained network, the gradient models and the loop models to ONNX, check parity,
+    publish new versions."""
+    from couturier.export.pipeline import export_all, parse_per_model, publish_all, publish_user_vectors
     from couturier.services.cli import fail
     from couturier.services.common.models import ITEM_ENCODER
 
     kinds: dict[str, InstanceKind] = {"KIND_CPU": "KIND_CPU", "KIND_GPU": "KIND_GPU"}
     if kind not in kinds:
         fail(f"--kind must be KIND_CPU or KIND_GPU, not {kind!r}")
+    try:
+        counts = parse_per_model(instance_count or [], "--instance-count")
+        per_instance = parse_per_model(threads or [], "--threads", minimum=0)
+    except ValueError as exc:
+        fail(str(exc))
     exported = export_all(runs / profile)
     failed = [name for name, report in exported.parity.items() if not report.get("ok")]
-    versions = publish_all(exported.paths, repo, kind=kinds[kind])
+    versions = publish_all(
+        exported.paths, repo, kind=kinds[kind], instance_counts=counts, intra_op_threads=per_instance, echo=typer.echo
+    )
     typer.echo(f"published into {repo}: " + ", ".join(f"{n} v{v}" for n, v in versions.items()))
     vectors = publish_user_vectors(runs / profile, versions[ITEM_ENCODER], user_vectors)
     typer.echo(f"user vectors for {ITEM_ENCODER} v{versions[ITEM_ENCODER]}: {vectors}")

@@ -3,20 +3,30 @@
 Each model is a standard-op ONNX file (opset >= 18, one file) computing an objective of
 :mod:`couturier.export.objectives`, its gradient with respect to the latent input and auxiliary
 outputs, so one Triton call serves one optimiser step. Signatures (``B`` = dynamic ``batch``,
-``U`` = dynamic ``users``, ``n`` = dynamic ``shifts``; ``S`` image size, ``C`` categories):
+``n`` = dynamic ``shifts``; ``S`` image size, ``C`` categories, ``K`` the DVBPR dimension):
+
+Every input and output has the batch on axis 0 and rows are independent, so the models are
+published batched and Triton's dynamic batcher merges concurrent requests into one execution.
+Nothing per user enters a graph: the preference score is linear in the user vector, so a row
+carries ONE effective user vector and the service does the per-user arithmetic (numpy, U x K).
 
 ``pref_grad``  (preference maximisation, Kang et al. 2017)
-    inputs  ``z (B,Dz)``, ``category (B,C)``, ``theta (U,K)``, ``user_weight (B,U)``, ``realism_weight (B,1)``
-    outputs ``value (B,)``, ``grad_z (B,Dz)``, ``scores (B,U)`` = theta_u . Phi(G(z_b)),
-            ``image (B,3,S,S)``, ``realism (B,)`` = D(G(z_b))
+    inputs  ``z (B,Dz)``, ``category (B,C)``, ``theta (B,K)`` (the row's user vector),
+            ``realism_weight (B,1)``
+    outputs ``value (B,)`` = theta_b . Phi(G(z_b)) - realism_weight_b * min(D(G(z_b)) - m, 0)^2,
+            ``grad_z (B,Dz)``, ``phi (B,K)`` = Phi(G(z_b)), ``image (B,3,S,S)``,
+            ``realism (B,)`` = D(G(z_b))
 
-    * one user: U=1, weight 1.  * MEAN group objective: U=1 with the group's mean theta, weight 1
-      (theta enters linearly, so this equals U users with weight 1/U at the cost of one user).
+    * one user: ``theta[b]`` = that user's vector.  * MEAN group objective: ``theta[b]`` = the
+      group's mean vector (theta enters linearly, so this is U users with weight 1/U).
+    * weights ``w (B,U)`` over users ``theta_u (U,K)``: ``theta = w @ theta_u``; the per-user scores
+      are ``phi @ theta_u.T`` (computed by the service from the ``phi`` output).
     * NON-LINEAR group objective F(s_1..s_U) of the per-user scores (e.g. the smooth share of users
-      for whom the design enters their top-k, ``mean_u sigmoid((s_u - tau_u) / T)``): read ``scores``
-      from a call, set ``user_weight[b,u] = dF/ds_u`` (at those scores) and use ``grad_z`` of that
-      call (chain rule). The service may reuse the previous step's scores to save the extra call.
-    * Kang's code: ``user_weight = 1/U``, ``realism_weight = 1.0``; Adam lr 0.05, 10 steps.
+      for whom the design enters their top-k, ``mean_u sigmoid((s_u - tau_u) / T)``): compute the
+      scores from ``phi`` of a call, send ``theta[b] = sum_u dF/ds_u theta_u`` (at those scores) and
+      use ``grad_z`` of that call (chain rule). The service may reuse the previous step's scores to
+      save the extra call.
+    * Kang's code: the group's mean theta, ``realism_weight = 1.0``; Adam lr 0.05, 10 steps.
 
 ``inv_grad``  (GAN inversion of a seller photo; GIGS)
     inputs  ``z (B,Dz)``, ``category (B,C)``, ``target (B,3,S,S)`` in [-1, 1]
@@ -27,11 +37,14 @@ outputs, so one Triton call serves one optimiser step. Signatures (``B`` = dynam
     features (:mod:`couturier.export.models.perceptual`), since LPIPS weights are not offline.
 
 ``shift_grad``  (GIGS seller shifts)
-    inputs  ``base_z (B,Dz)``, ``shifts (B,n,Dz)``, ``category (B,C)``, ``theta (U,K)``,
-            ``user_weight (B,U)``, ``weights (B,2)`` = (diversity_weight, realism_weight)
+    inputs  ``base_z (B,Dz)``, ``shifts (B,n,Dz)``, ``category (B,C)``, ``theta (B,K)`` (as in
+            pref_grad), ``weights (B,2)`` = (diversity_weight, realism_weight)
     outputs ``value (B,)``, ``grad_shifts (B,n,Dz)``, ``images (B,n,3,S,S)``, ``pref (B,n)``,
             ``diversity (B,)`` (the unweighted penalty)
 
+    One row is one base latent with its ``n`` variants: the diversity penalty couples the variants
+    of a row (its gradient runs through the generator, so it stays in the graph), never two rows.
+    Triton merges concurrent requests with the same ``n`` (inner dims must match to batch).
     ``n`` is a dynamic axis (no padding needed; n=1 gives a zero diversity penalty). The radius
     constraint (project each shift onto the L2 ball of radius eps; GIGS code 0.5, paper 0.4) and z
     re-standardisation are the service optimiser's job, not the graph's.
@@ -83,20 +96,21 @@ __all__ = [
 #: (input names, output names) of every gradient model; the gradient is output 1.
 IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PREF_GRAD: (
-        ("z", "category", "theta", "user_weight", "realism_weight"),
-        ("value", "grad_z", "scores", "image", "realism"),
+        ("z", "category", "theta", "realism_weight"),
+        ("value", "grad_z", "phi", "image", "realism"),
     ),
     INV_GRAD: (("z", "category", "target"), ("value", "grad_z", "image")),
     SHIFT_GRAD: (
-        ("base_z", "shifts", "category", "theta", "user_weight", "weights"),
+        ("base_z", "shifts", "category", "theta", "weights"),
         ("value", "grad_shifts", "images", "pref", "diversity"),
     ),
 }
 _WRT = {PREF_GRAD: 0, INV_GRAD: 0, SHIFT_GRAD: 1}
+#: Axes besides the batch axis 0 of every input (all of them have it: the models are served batched).
 _DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
-    PREF_GRAD: {"theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
+    PREF_GRAD: {},
     INV_GRAD: {},
-    SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}, "theta": {0: "users"}, "user_weight": {0: "batch", 1: "users"}},
+    SHIFT_GRAD: {"shifts": {0: "batch", 1: "shifts"}},
 }
 
 
@@ -140,9 +154,10 @@ def example_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random named inputs for model ``name`` (z ~ N(0, 0.5^2) as in Kang's code, shifts of norm ~0.3).
 
-    ``theta`` (U,K) replaces the random user vectors (its U wins over ``n_users``); ``target``
-    replaces the inversion targets (default: G of other latent codes, when ``generator`` is given,
-    else uniform noise in [-1, 1]).
+    Each row's ``theta (B,K)`` is a random positive mixture of ``n_users`` user vectors (weights
+    summing to about 1/2), as the service sends for a group; ``theta`` (U,K) replaces the random
+    user vectors (its U wins over ``n_users``). ``target`` replaces the inversion targets (default:
+    G of other latent codes, when ``generator`` is given, else uniform noise in [-1, 1]).
     """
     g = torch.Generator().manual_seed(seed)
     dz, c, k, s = dims["z_dim"], dims["n_categories"], dims["k"], dims["image_size"]
@@ -153,13 +168,12 @@ def example_inputs(
     else:
         th = theta.detach().to(torch.float32).cpu()
     u = th.shape[0]
-    uw = torch.rand(batch, u, generator=g) / u
+    row_theta = (torch.rand(batch, u, generator=g) / u) @ th  # (B,K): one user vector per row
     if name == PREF_GRAD:
         out = {
             "z": z,
             "category": cat,
-            "theta": th,
-            "user_weight": uw,
+            "theta": row_theta,
             "realism_weight": torch.rand(batch, 1, generator=g) + 0.5,
         }
     elif name == INV_GRAD:
@@ -179,7 +193,7 @@ def example_inputs(
         shifts = torch.randn(batch, n_shifts, dz, generator=g)
         shifts = 0.3 * shifts / shifts.norm(dim=-1, keepdim=True)
         weights = torch.stack([torch.rand(batch, generator=g) + 0.5, torch.rand(batch, generator=g) + 0.5], 1)
-        out = {"base_z": z, "shifts": shifts, "category": cat, "theta": th, "user_weight": uw, "weights": weights}
+        out = {"base_z": z, "shifts": shifts, "category": cat, "theta": row_theta, "weights": weights}
     else:
         raise ValueError(f"unknown gradient model {name!r}")
     return {kk: v.to(dtype) for kk, v in out.items()}
@@ -225,7 +239,7 @@ def export_gradient_models(
 
     ``categories``: the names of the generator's categories in one-hot order (the training data's),
     written into each model's metadata. Modules are put in eval mode and frozen (float32). Dynamic
-    axes: ``batch`` everywhere, ``users`` on theta/user_weight, ``shifts`` on axis 1 of shifts
+    axes: ``batch`` on axis 0 of every input and output, ``shifts`` on axis 1 of shifts
     (``n_shifts_example`` >= 2 is only the tracing example). Raises
     :class:`~couturier.export.onnx_io.OnnxExportError` on failure.
     """
@@ -251,7 +265,7 @@ def export_gradient_models(
     meta = {
         PREF_GRAD: {
             **meta_common,
-            "objective": "sum_u user_weight*theta_u.Phi(G(z)) - realism_weight*min(D(G(z))-realism_margin,0)^2",
+            "objective": "theta.Phi(G(z)) - realism_weight*min(D(G(z))-realism_margin,0)^2",
             "direction": "maximise",
         },
         INV_GRAD: {

@@ -3,7 +3,7 @@
 Every objective is an ``nn.Module`` whose ``forward`` returns ``(value, *aux)``: ``value`` is the
 per-sample objective ``(B,)`` (maximised for preference/shift, minimised for inversion; the service's
 optimiser picks the sign), ``aux`` are un-differentiated by-products the service needs anyway
-(generated images, per-user scores, realism). :func:`couturier.export.grad_export.export_value_and_grad`
+(generated images, Phi features, realism). :func:`couturier.export.grad_export.export_value_and_grad`
 turns them into ONNX models with outputs ``value, grad, *aux`` (see :mod:`couturier.export.gradient_models`).
 
 The networks are generic modules with these call signatures (the couturier classes satisfy them):
@@ -17,7 +17,13 @@ All modules must be in eval mode (BatchNorm running statistics) so samples stay 
 
 Preference (Kang et al. 2017, and Kang's official code)::
 
-    pref_b = sum_u user_weight[b,u] * theta_u . Phi(G(z_b, c_b)) - realism_weight_b * min(D(G(z_b), c_b) - m, 0)^2
+    pref_b = theta_b . Phi(G(z_b, c_b)) - realism_weight_b * min(D(G(z_b), c_b) - m, 0)^2
+
+``theta_b`` is ONE user vector per row, so every input has the batch on axis 0 and rows are
+independent (Triton's dynamic batcher can merge requests). Because the score is linear in theta, a
+group objective with weights ``w_bu`` over users ``theta_u`` is the row's effective vector
+``theta_b = sum_u w_bu theta_u``, computed by the caller; per-user scores ``s_bu = theta_u . Phi_b``
+come from the aux output ``Phi`` (``phi``), also in the caller.
 
 Kang's code maximises ``mean_u theta_u . Phi(G(z)) - 1.0 * (D(G(z)) - 1)^2`` with an LSGAN D (real
 ~ 1). couturier's D is hinge-trained: real items score about >= 1 and the generator's own samples
@@ -26,10 +32,10 @@ preference gain (about 1.3), and Adam spent the steps making designs "more real"
 more liked (measured on the quality models). The term is one-sided around ``m``, the median realism
 of the generator's own samples (:func:`sample_realism_margin`, measured at export): a design pays
 only for becoming less realistic than a typical sample. Otherwise Kang's objective is kept:
-``user_weight = 1/U`` (or U=1 with the mean theta, identical because theta enters linearly) and
+the group's mean theta (weights 1/U; identical because theta enters linearly) and
 ``realism_weight = 1``. Non-linear group objectives ``F(s_1..s_U)`` of the per-user scores
-``s_u = theta_u . Phi(G(z))`` are handled by the caller: compute ``s`` (aux output ``scores``), set
-``user_weight[b,u] = dF/ds_u`` and call again (chain rule; ``grad_z`` of the weighted sum is then
+``s_u = theta_u . Phi(G(z))`` are handled by the caller: compute ``s = Phi theta_u`` (aux output
+``phi``), send ``theta_b = sum_u dF/ds_u theta_u`` and call again (chain rule; ``grad_z`` is then
 ``dF/dz`` at that point).
 
 Inversion (GIGS inverts a seller's photo; LPIPS is not available offline)::
@@ -100,17 +106,16 @@ def preference_terms(
     z: torch.Tensor,
     category: torch.Tensor,
     theta: torch.Tensor,
-    user_weight: torch.Tensor,
     realism_weight: torch.Tensor,
     realism_margin: float = DEFAULT_REALISM_MARGIN,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(pref (B,), scores (B,U), image (B,3,S,S), realism D (B,), Phi (B,K))`` for latent codes ``z``."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pref (B,), Phi (B,K), image (B,3,S,S), realism D (B,))`` for latent codes ``z`` and one user
+    vector per row ``theta (B,K)``."""
     image = generator(z, category)
     phi = encoder(image)
-    scores = phi @ theta.transpose(0, 1)
     realism = discriminator(image, category).reshape(-1)
-    pref = (user_weight * scores).sum(dim=1) - realism_weight.reshape(-1) * F.relu(realism_margin - realism) ** 2
-    return pref, scores, image, realism, phi
+    pref = (phi * theta).sum(dim=1) - realism_weight.reshape(-1) * F.relu(realism_margin - realism) ** 2
+    return pref, phi, image, realism
 
 
 @torch.no_grad()
@@ -153,10 +158,10 @@ def diversity_penalty(features: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class PreferenceObjective(nn.Module):
-    """``forward(z, category, theta, user_weight, realism_weight) -> (value, scores, image, realism)``.
+    """``forward(z, category, theta, realism_weight) -> (value, phi, image, realism)``.
 
-    Shapes: z (B,Dz), category (B,C), theta (U,K), user_weight (B,U), realism_weight (B,1) ->
-    value (B,), scores (B,U) = theta_u . Phi(G(z_b)), image (B,3,S,S), realism (B,) = D(G(z_b)).
+    Shapes: z (B,Dz), category (B,C), theta (B,K) one user vector per row, realism_weight (B,1) ->
+    value (B,), phi (B,K) = Phi(G(z_b)), image (B,3,S,S), realism (B,) = D(G(z_b)).
     """
 
     def __init__(
@@ -177,21 +182,12 @@ class PreferenceObjective(nn.Module):
         z: torch.Tensor,
         category: torch.Tensor,
         theta: torch.Tensor,
-        user_weight: torch.Tensor,
         realism_weight: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        pref, scores, image, realism, _ = preference_terms(
-            self.generator,
-            self.discriminator,
-            self.encoder,
-            z,
-            category,
-            theta,
-            user_weight,
-            realism_weight,
-            self.realism_margin,
+        pref, phi, image, realism = preference_terms(
+            self.generator, self.discriminator, self.encoder, z, category, theta, realism_weight, self.realism_margin
         )
-        return pref, scores, image, realism
+        return pref, phi, image, realism
 
 
 class InversionObjective(nn.Module):
@@ -213,11 +209,12 @@ class InversionObjective(nn.Module):
 
 
 class ShiftObjective(nn.Module):
-    """GIGS shift objective: ``forward(base_z, shifts, category, theta, user_weight, weights)``.
+    """GIGS shift objective: ``forward(base_z, shifts, category, theta, weights)``.
 
-    Shapes: base_z (B,Dz), shifts (B,n,Dz), category (B,C), theta (U,K), user_weight (B,U),
+    Shapes: base_z (B,Dz), shifts (B,n,Dz), category (B,C), theta (B,K) one user vector per row,
     weights (B,2) = (diversity_weight, realism_weight) -> value (B,), images (B,n,3,S,S),
-    pref (B,n) per-variant preference, diversity (B,) the (unweighted) penalty.
+    pref (B,n) per-variant preference, diversity (B,) the (unweighted) penalty. The diversity term
+    couples the n variants of a row, never two rows.
     """
 
     def __init__(
@@ -247,7 +244,6 @@ class ShiftObjective(nn.Module):
         shifts: torch.Tensor,
         category: torch.Tensor,
         theta: torch.Tensor,
-        user_weight: torch.Tensor,
         weights: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         b, n, dz = shifts.shape
@@ -256,14 +252,13 @@ class ShiftObjective(nn.Module):
         def rep(t: torch.Tensor) -> torch.Tensor:  # (B, X) -> (B*n, X), variant-major within a sample
             return t.unsqueeze(1).expand(b, n, t.shape[1]).reshape(b * n, t.shape[1])
 
-        pref, _, image, _, phi = preference_terms(
+        pref, phi, image, _ = preference_terms(
             self.generator,
             self.discriminator,
             self.encoder,
             z,
             rep(category),
-            theta,
-            rep(user_weight),
+            rep(theta),
             rep(weights[:, 1:2]),
             self.realism_margin,
         )

@@ -39,7 +39,14 @@ def serve(
     log_format: Annotated[str | None, typer.Option(help="json or console.")] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
-    """Run one service (or all four in one process) until SIGINT/SIGTERM."""
+    """Run one service (or all four in one process) until SIGINT/SIGTERM.
+
+    Vectors (scoring, retrieval): COUTURIER_<SERVICE>_MILVUS_URI is a milvus-lite file or http://host:19530.
+
+    A milvus-lite file (default var/milvus/<service>.db) belongs to one process; a Milvus server is shared.
+
+    serve never starts Milvus: locally run `.venv/bin/milvus-server --data DIR` (dev extra); see docs/vector-store.md.
+    """
     from couturier.services.common.config import load_settings
     from couturier.services.common.logs import configure_logging
     from couturier.services.common.server import run_until_signalled

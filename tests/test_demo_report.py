@@ -70,6 +70,7 @@ from couturier.export.tools.demo_results import (
 )
 from couturier.export.training.common import CHECKPOINT
 from couturier.services.common.images import encode_png
+from couturier.services.common.loop_specs import LOOP_SPECS
 from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, ITEM_ENCODER
 from support.onnx_models import linear_model, with_categories
 
@@ -345,6 +346,8 @@ def _fake_run(root: Path, profile: str = "demo") -> Path:
     (run / "onnx").mkdir()
     for n, name in enumerate(ALL_MODELS):
         path = linear_model(run / "onnx" / f"{name}.onnx", seed=n)
+        if name in LOOP_SPECS:
+            _with_loop_inputs(path, name)
         if name in CATEGORY_MODELS:
             with_categories(path, ("tops", "bags"))
     np.savez(run / USER_VECTORS, theta=np.zeros((2, 2), np.float32))
@@ -359,6 +362,29 @@ def _fake_repo(repo: Path, run: Path, version: int = 1) -> None:
         (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
 
 
+def _with_loop_inputs(path: Path, name: str) -> None:
+    """Add the inputs today's service sends to loop model ``name`` (unused by the stub's graph)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    spec = LOOP_SPECS[name]
+    for input_name in (*spec.state_inputs, *spec.row_inputs):
+        model.graph.input.append(onnx.helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, [1]))
+    onnx.save(model, str(path))
+
+
+def _rename_input(path: Path, name: str) -> None:
+    """Rename the first graph input of an ONNX file (and its uses)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    old = model.graph.input[0].name
+    model.graph.input[0].name = name
+    for node in model.graph.node:
+        node.input[:] = [name if i == old else i for i in node.input]
+    onnx.save(model, str(path))
+
+
 def test_decisions_follow_the_files(tmp_path: Path) -> None:
     run = _fake_run(tmp_path)
     repo = tmp_path / "repo"
@@ -367,6 +393,21 @@ def test_decisions_follow_the_files(tmp_path: Path) -> None:
     linear_model(run / "onnx" / "pref_grad.onnx", seed=99)  # exported before the models named their categories
     assert export_reasons(run) == [f"pref_grad in {run / 'onnx'} carry no category list (exported before models did)"]
     (run / "onnx" / "pref_grad.onnx").write_bytes(carried)
+    _rename_input(run / "onnx" / "shift_grad.onnx", "user_weight")  # the per-user signature of older exports
+    assert export_reasons(run) == [
+        f"shift_grad in {run / 'onnx'} take per-user inputs (exported before they were batched)"
+    ]
+    _rename_input(run / "onnx" / "shift_grad.onnx", "x")
+    assert export_reasons(run) == []
+    pref_loop = run / "onnx" / "pref_loop.onnx"
+    carried = pref_loop.read_bytes()
+    with_categories(linear_model(pref_loop, seed=7), ("tops", "bags"))  # built before today's loop inputs
+    assert export_reasons(run) == [
+        f"pref_loop in {run / 'onnx'} lacks the inputs w, m, v, grad_z, step, steps, evaluate_first, learning_rate "
+        "(built by an older exporter)"
+    ]
+    pref_loop.write_bytes(carried)
+    assert export_reasons(run) == []
     assert publish_reasons(run / "onnx", repo) == {name: "not in the repository" for name in ALL_MODELS}
     _fake_repo(repo, run)
     assert publish_reasons(run / "onnx", repo) == {}

@@ -15,9 +15,18 @@ from couturier.services.common.inference import (
     ModelNotReady,
 )
 from couturier.services.common.model_metadata import ModelCategories
-from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, INV_GRAD, ITEM_ENCODER, PREF_GRAD, SHIFT_GRAD
+from couturier.services.common.models import (
+    ALL_MODELS,
+    CATEGORY_MODELS,
+    INV_GRAD,
+    ITEM_ENCODER,
+    LOOP_MODELS,
+    PREF_GRAD,
+    SHIFT_GRAD,
+    SHIFT_LOOP,
+)
 from couturier.services.common.vectors import EmbeddingSpace, ProductVector
-from couturier.services.latent.optimize import realism_term
+from couturier.services.latent.optimize import realism_term, user_scores
 from support.fakes import FAKE_CATEGORIES, FAKE_REALISM_MARGIN, FakeDims, FakeInferenceBackend, InMemoryVectorStore
 
 F32 = np.float32
@@ -28,9 +37,10 @@ def _example(
 ) -> dict[str, np.ndarray]:
     """Random inputs for ``model`` from its advertised shapes (dynamic axes: batch, then 2)."""
     dims = backend.dims
+    shifts = (batch, 3, dims.z_dim)
     shapes = {
-        PREF_GRAD: {"theta": (4, dims.item_dim), "user_weight": (batch, 4)},
-        SHIFT_GRAD: {"theta": (4, dims.item_dim), "user_weight": (batch, 4), "shifts": (batch, 3, dims.z_dim)},
+        SHIFT_GRAD: {"shifts": shifts},
+        SHIFT_LOOP: dict.fromkeys(("shifts", "m", "v", "grad_shifts"), shifts),
     }.get(model, {})
     inputs = {}
     for name, shape in backend._signatures[model][0].items():
@@ -38,10 +48,14 @@ def _example(
         concrete = shapes.get(name) or tuple(
             batch if i == 0 else (2 if d == -1 else d) for i, d in enumerate(advertised)
         )
-        if dtype == np.int64:
+        if model in LOOP_MODELS and name in ("step", "steps"):
+            inputs[name] = np.full(concrete, 2, np.int64)  # every row 2 steps: no NaN history entries
+        elif dtype == np.int64:
             inputs[name] = rng.integers(0, 50, concrete).astype(np.int64)
         else:
-            inputs[name] = rng.uniform(-0.9, 0.9, concrete).astype(F32)
+            inputs[name] = rng.uniform(-0.9, 0.9, concrete).astype(dtype)
+            if model in LOOP_MODELS and name == "v":  # Adam's second moment is >= 0
+                inputs[name] = np.abs(inputs[name])
     return inputs
 
 
@@ -57,12 +71,16 @@ async def test_fake_backend_serves_every_model_with_its_signature() -> None:
         outputs = await backend.output_shapes(model)
         assert set(out) == set(outputs), model
         for name, array in out.items():
-            assert array.dtype == F32 and array.shape[0] == 3, (model, name)
+            assert array.dtype == backend._output_dtypes.get((model, name), F32) and array.shape[0] == 3, (model, name)
             assert len(array.shape) == len(outputs[name]), (model, name)
             assert np.isfinite(array).all(), (model, name)
         again = await backend.infer(model, inputs, outputs=[next(iter(outputs))])
         np.testing.assert_array_equal(again[next(iter(outputs))], out[next(iter(outputs))])
     assert backend.calls == dict.fromkeys(ALL_MODELS, 2)
+    # every model is served batched: inputs that disagree on dim 0 are refused, as Triton would
+    rows = _example(backend, PREF_GRAD, rng)
+    with pytest.raises(BadInferenceInput, match="disagree on the batch size"):
+        await backend.infer(PREF_GRAD, {**rows, "theta": rows["theta"][:1]})
     size = backend.dims.image_size
     assert (await backend.input_shapes(ITEM_ENCODER))["image"] == (-1, 3, size, size)
 
@@ -137,19 +155,21 @@ def test_gradient_models_agree_with_the_forward_models() -> None:
     nets = FakeInferenceBackend().nets("1")
     rng = np.random.default_rng(4)
     z, category = rng.uniform(-1, 1, (2, 4)), np.eye(len(FAKE_CATEGORIES))[[1, 4]]
-    theta, weight = rng.normal(size=(3, 6)), np.full((2, 3), 1 / 3)
-    out = nets.pref_grad(z, category, theta, weight, np.ones((2, 1)))
+    theta = rng.normal(size=(3, 6))
+    group = np.repeat(theta.mean(0, keepdims=True), 2, axis=0)  # one user vector per row: the group's mean
+    out = nets.pref_grad(z, category, group, np.ones((2, 1)))
     image = nets.generator(z, category)
     np.testing.assert_allclose(out["image"], image)
-    np.testing.assert_allclose(out["scores"], nets.item_encoder(image) @ theta.T)
+    np.testing.assert_allclose(out["phi"], nets.item_encoder(image))
     realism = nets.discriminator(image, category)
     penalty = np.minimum(realism - FAKE_REALISM_MARGIN, 0.0) ** 2
-    np.testing.assert_allclose(out["value"], out["scores"].mean(1) - penalty)
-    np.testing.assert_allclose(realism_term(out["value"], out["scores"], weight), penalty, atol=1e-9)
+    scores = user_scores(out["phi"], theta)  # (B,U) per-user scores, computed by the service
+    np.testing.assert_allclose(out["value"], scores.mean(1) - penalty)
+    np.testing.assert_allclose(realism_term(out["value"], out["phi"], group), penalty, atol=1e-9)
     inv = nets.inv_grad(z, category, image[::-1].copy())
     assert inv["value"][0] > 0 and np.allclose(nets.inv_grad(z, category, image)["value"], 0)
     # identical variants: diversity 1, value = preference - diversity weight
-    shift = nets.shift_grad(z, np.zeros((2, 3, 4)), category, theta, weight, np.array([[0.7, 1.0], [0.2, 1.0]]))
+    shift = nets.shift_grad(z, np.zeros((2, 3, 4)), category, group, np.array([[0.7, 1.0], [0.2, 1.0]]))
     np.testing.assert_allclose(shift["diversity"], 1.0)
     np.testing.assert_allclose(shift["value"], out["value"] - [0.7, 0.2])
 

@@ -130,10 +130,14 @@ def test_files_signatures_and_metadata(paths: dict[str, Path], nets: dict[str, n
         meta = read_metadata(path)
         assert meta["z_dim"] == str(DZ) and meta["image_size"] == str(S)
         assert decode_categories(meta["categories"]) == NAMES
+    for name, path in paths.items():  # every tensor has the batch on axis 0: Triton serves them batched
+        sig = onnx_signature(path)
+        assert all(t.shape[0] == "batch" for t in (*sig.inputs, *sig.outputs)), (name, sig)
     ins = {t.name: t.shape for t in onnx_signature(paths["pref_grad"]).inputs}
-    assert ins["theta"] == ("users", K) and ins["user_weight"] == ("batch", "users")
+    assert ins["theta"] == ("batch", K)
+    assert {t.name: t.shape for t in onnx_signature(paths["pref_grad"]).outputs}["phi"] == ("batch", K)
     ins = {t.name: t.shape for t in onnx_signature(paths["shift_grad"]).inputs}
-    assert ins["shifts"] == ("batch", "shifts", DZ)
+    assert ins["shifts"] == ("batch", "shifts", DZ) and ins["theta"] == ("batch", K)
     assert read_metadata(paths["inv_grad"])["perceptual_weight"] == "1.0"
     assert read_metadata(paths["shift_grad"])["diversity_space"] == "pixels"
     assert float(read_metadata(paths["shift_grad"])["diversity_sigma"]) == 0.01
@@ -188,7 +192,7 @@ def test_realism_margin_default_is_the_median_realism_of_samples(nets: dict[str,
 def test_dynamic_batch_users_and_aux_shapes(sessions: dict[str, object], batch: int, users: int) -> None:
     out = _run(sessions["pref_grad"], "pref_grad", example_inputs("pref_grad", _dims(), batch=batch, n_users=users))
     assert out["value"].shape == (batch,) and out["grad_z"].shape == (batch, DZ)
-    assert out["scores"].shape == (batch, users) and out["image"].shape == (batch, 3, S, S)
+    assert out["phi"].shape == (batch, K) and out["image"].shape == (batch, 3, S, S)
     assert out["realism"].shape == (batch,)
     assert np.abs(out["image"]).max() <= 1.0 + 1e-6  # tanh range, up to float32 rounding in onnxruntime
     for n in (1, 2, 5):
@@ -241,7 +245,7 @@ def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict
     for name, (obj, wrt, gname) in cases.items():
         x = example_inputs(name, _dims(), batch=2, n_users=3, seed=11)
         grad = _run(sessions[name], name, x)[gname][0].astype(np.float64)
-        x64 = {k: (v if k == "theta" else v[:1]).double() for k, v in x.items()}
+        x64 = {k: v[:1].double() for k, v in x.items()}
         ins = IO[name][0]
         d = torch.randn(x64[wrt].shape, generator=g, dtype=torch.float64)
         d = d / d.norm()
@@ -261,40 +265,61 @@ def test_finite_difference_one_sample(nets: dict[str, nn.Module], sessions: dict
 
 
 @pytest.mark.integration
-def test_mean_group_equals_one_user_with_mean_theta(sessions: dict[str, object]) -> None:
+@pytest.mark.parametrize("name", GRADIENT_MODELS)
+def test_rows_are_independent(sessions: dict[str, object], name: str) -> None:
+    """What Triton's dynamic batcher relies on: a row's outputs do not depend on the other rows of the
+    call, so merged requests get the answers they would get alone."""
+    x = example_inputs(name, _dims(), batch=6, n_users=4, n_shifts=3, seed=13)
+    together = _run(sessions[name], name, x)
+    order = [4, 1, 5]
+    apart = [
+        _run(sessions[name], name, {k: v[order] for k, v in x.items()}),
+        _run(sessions[name], name, {k: v[:1] for k, v in x.items()}),
+    ]
+    for out in IO[name][1]:
+        scale = np.abs(together[out]).max()
+        np.testing.assert_allclose(apart[0][out], together[out][order], rtol=1e-4, atol=1e-5 * scale, err_msg=out)
+        np.testing.assert_allclose(apart[1][out], together[out][:1], rtol=1e-4, atol=1e-5 * scale, err_msg=out)
+
+
+@pytest.mark.integration
+def test_a_group_is_one_user_vector_per_row(sessions: dict[str, object]) -> None:
+    """The score is linear in theta: the value with the group's mean vector is the mean of the per-user
+    scores computed from ``phi`` (realism off), and ``phi`` does not depend on theta."""
     b, u = 5, 4
     x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=3)
-    group = _run(sessions["pref_grad"], "pref_grad", {**x, "user_weight": torch.full((b, u), 1.0 / u)})
-    mean = _run(
-        sessions["pref_grad"],
-        "pref_grad",
-        {**x, "theta": x["theta"].mean(0, keepdim=True), "user_weight": torch.ones(b, 1)},
-    )
-    np.testing.assert_allclose(group["value"], mean["value"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(group["grad_z"], mean["grad_z"], rtol=1e-4, atol=1e-5 * np.abs(mean["grad_z"]).max())
-    np.testing.assert_allclose(group["scores"].mean(1), mean["scores"][:, 0], rtol=1e-5, atol=1e-5)
+    users = torch.randn(u, K, generator=torch.Generator().manual_seed(4)) / K**0.5
+    off = torch.zeros(b, 1)
+    group = _run(sessions["pref_grad"], "pref_grad", {**x, "theta": users.mean(0).expand(b, K), "realism_weight": off})
+    other = _run(sessions["pref_grad"], "pref_grad", {**x, "theta": users[0].expand(b, K), "realism_weight": off})
+    np.testing.assert_array_equal(group["phi"], other["phi"])
+    scores = group["phi"].astype(np.float64) @ users.double().numpy().T  # (B,U), as the service computes them
+    np.testing.assert_allclose(group["value"], scores.mean(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(other["value"], scores[:, 0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.integration
 def test_nonlinear_group_objective_by_chain_rule(
     nets: dict[str, nn.Module], sessions: dict[str, object], paths: dict[str, Path]
 ) -> None:
-    """F = mean_u sigmoid((s_u - tau_u)/T) - realism: user_weight = dF/ds from the scores output."""
+    """F = mean_u sigmoid((s_u - tau_u)/T) - realism: the row's vector sum_u dF/ds_u theta_u, with the
+    per-user scores s computed from the ``phi`` output."""
     margin = float(read_metadata(paths["pref_grad"])["realism_margin"])
     b, u, temp = 4, 4, 2.0
     x = example_inputs("pref_grad", _dims(), batch=b, n_users=u, seed=5)
+    users = torch.randn(u, K, generator=torch.Generator().manual_seed(6), dtype=torch.float64) / K**0.5
     first = _run(sessions["pref_grad"], "pref_grad", x)
-    s = torch.as_tensor(first["scores"], dtype=torch.float64)
+    s = torch.as_tensor(first["phi"], dtype=torch.float64) @ users.t()
     tau = s.mean(0, keepdim=True)  # thresholds near the scores so the sigmoid is not saturated
     sig = torch.sigmoid((s - tau) / temp)
-    w = (sig * (1 - sig) / (temp * u)).float()
-    got = _run(sessions["pref_grad"], "pref_grad", {**x, "user_weight": w})["grad_z"]
+    w = sig * (1 - sig) / (temp * u)
+    got = _run(sessions["pref_grad"], "pref_grad", {**x, "theta": (w @ users).float()})["grad_z"]
 
     n64 = _double(nets)
 
     def objective(z: torch.Tensor) -> torch.Tensor:
         img = n64["generator"](z, x["category"].double())
-        scores = n64["encoder"](img) @ x["theta"].double().t()
+        scores = n64["encoder"](img) @ users.t()
         d = n64["discriminator"](img, x["category"].double())
         shortfall = torch.clamp(d - margin, max=0.0)  # the one-sided realism term, at the exported margin
         return torch.sigmoid((scores - tau) / temp).mean(1) - x["realism_weight"].double()[:, 0] * shortfall**2
@@ -333,7 +358,7 @@ def test_shift_diversity_lower_for_spread_shifts(sessions: dict[str, object]) ->
         **x,
         "shifts": eps,
         "weights": torch.tensor([[1.0, 0.0]]).expand(b, 2).contiguous(),
-        "user_weight": torch.zeros(b, 2),
+        "theta": torch.zeros(b, K),
     }
     out = _run(sessions["shift_grad"], "shift_grad", only_div)
     stepped = eps + 0.5 * torch.as_tensor(out["grad_shifts"])  # ascend value = -diversity

@@ -3,6 +3,7 @@ onnxruntime from the session's trained model repository; Adam and SSIM on their 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from couturier.services.common.images import to_model_input
 from couturier.services.common.inference import OnnxRuntimeBackend
-from couturier.services.common.models import ITEM_ENCODER
+from couturier.services.common.models import ITEM_ENCODER, PREF_GRAD, SHIFT_GRAD
 from couturier.services.latent import optimize as opt
 from couturier.services.latent.ssim import gaussian_window, ssim
 from support.fakes import FakeInferenceBackend
@@ -108,6 +109,78 @@ def test_one_tanh_adam_step_serves_ascent_and_descent() -> None:
         np.testing.assert_allclose(new_z, np.tanh(expected_w))
         assert np.all(np.sign(new_z - np.tanh(w)) == (1 if maximise else -1) * np.sign(grad_z))
         assert adam.t == 1
+
+
+class _Recording(FakeInferenceBackend):
+    """The fake backend, keeping every call's inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, dict[str, np.ndarray]]] = []
+
+    async def infer(self, model, inputs, outputs=None, version=""):  # type: ignore[no-untyped-def]
+        self.sent.append((model, {k: np.array(v) for k, v in inputs.items()}))
+        return await super().infer(model, inputs, outputs, version)
+
+
+@pytest.mark.parametrize("objective", ["mean", "top_k_share"])
+async def test_every_call_is_per_row_and_the_service_does_the_per_user_arithmetic(objective: str) -> None:
+    """The gradient models take one user vector per row (the fake refuses inputs that disagree on dim 0,
+    like Triton's batch axis): MEAN sends the group's mean vector, TOP_K_SHARE sum_u dF/ds_u theta_u at
+    the previous call's per-user scores, which come from the ``phi`` output (phi @ theta_u)."""
+    backend = _Recording()
+    nets, dims = backend.nets("1"), backend.dims
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(5, dims.item_dim))
+    z0, cat = opt.sample_prior(3, dims.z_dim, 1), opt.one_hot(1, dims.n_categories, 3)
+    start = nets.item_encoder(nets.generator(z0, cat)) @ theta.T
+    thresholds = np.median(start, axis=0) if objective == "top_k_share" else None
+    res = await opt.maximise_preference(
+        backend,
+        z0=z0,
+        category=cat,
+        theta=theta,
+        objective=objective,
+        thresholds=thresholds,
+        steps=4,  # type: ignore[arg-type]
+    )
+    phi = nets.item_encoder(nets.generator(res.z, cat))
+    np.testing.assert_allclose(res.scores_after, phi @ theta.T, rtol=1e-4, atol=1e-5)
+    calls = [inputs for model, inputs in backend.sent if model == PREF_GRAD]
+    assert len(calls) == res.calls and all(c["theta"].shape == (3, dims.item_dim) for c in calls)
+    if objective == "mean":
+        for sent in calls:
+            np.testing.assert_allclose(sent["theta"], np.repeat(theta.mean(0, keepdims=True), 3, 0), rtol=1e-6)
+        return
+    assert res.temperature is not None
+    for before, sent in itertools.pairwise(calls[1:]):  # a step's weights: the previous call's scores
+        scores = nets.item_encoder(nets.generator(before["z"], cat)) @ theta.T
+        weight = opt._topk_terms(scores, thresholds, res.temperature)[2]  # type: ignore[arg-type]
+        np.testing.assert_allclose(sent["theta"], weight @ theta, rtol=1e-4, atol=1e-6)
+
+
+async def test_seller_shifts_send_the_audience_as_one_vector() -> None:
+    backend = _Recording()
+    dims = backend.dims
+    theta = np.random.default_rng(2).normal(size=(4, dims.item_dim))
+    weight = np.array([0.1, 0.2, 0.3, 0.4])
+    res = await opt.seller_shifts(
+        backend,
+        base_z=np.zeros(dims.z_dim),
+        category=opt.one_hot(1, dims.n_categories)[0],
+        theta=theta,
+        user_weight=weight,
+        n=3,
+        steps=2,
+    )
+    group = weight @ theta
+    for model, sent in backend.sent:
+        rows = len(sent["theta"])
+        assert rows == (1 if model == SHIFT_GRAD else 4), model  # one request's n variants stay in one row
+        np.testing.assert_allclose(sent["theta"], np.repeat(group[None], rows, 0), rtol=1e-6)
+    nets = backend.nets("1")
+    images = nets.generator(res.z, opt.one_hot(1, dims.n_categories, 3))
+    np.testing.assert_allclose(res.preference_after, nets.item_encoder(images) @ group, rtol=1e-4, atol=1e-6)
 
 
 # -- over the served gradient models -------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_category_lists_round_trip_and_bad_ones_are_refused() -> None:
 def _repo(tmp_path: Path, categories: tuple[str, ...] | None, name: str = PREF_GRAD) -> Path:
     repo = tmp_path / "repo"
     onnx_path = pref_grad_model(tmp_path / f"{name}.onnx", categories)
-    publish_model(repo, name, onnx_path, batched=False)
+    publish_model(repo, name, onnx_path)  # batched, as the exporter publishes gradient models
     return repo
 
 
@@ -163,7 +163,8 @@ class _Recording(OnnxRuntimeBackend):
 
 @asynccontextmanager
 async def _latent(backend: InferenceBackend) -> AsyncIterator[latent_pb2_grpc.LatentOptimizationServiceStub]:
-    settings = LatentSettings(port=0, health_interval_s=5.0)
+    # the reference optimiser: these repositories hold the pref_grad stub only (no loop models)
+    settings = LatentSettings(port=0, health_interval_s=5.0, optimiser="reference")
     host = ServiceHost(latent_service.build(settings, backend=backend), settings)
     await host.start()
     channel = grpc.aio.insecure_channel(host.address)

@@ -44,9 +44,12 @@ def test_every_network_is_exported_with_parity(trained_models: TrainedModels) ->
         signature = onnx_signature(path)
         config = read_model_config(repo, name)
         assert config.backend == "onnxruntime"
-        # Gradient models have their own leading axes (users, shifts): served unbatched.
-        assert (config.max_batch_size == 0) == (name in names.GRADIENT_MODELS)
-        assert config.HasField("dynamic_batching") == (name not in names.GRADIENT_MODELS)
+        # Every model, the gradient models included (one user vector per row), is served batched.
+        assert config.max_batch_size > 0 and config.HasField("dynamic_batching"), name
+        if name in names.GRADIENT_MODELS:  # the CPU serving defaults: 2 instances x 1 thread
+            assert (
+                config.instance_group[0].count == 2 and config.parameters["intra_op_thread_count"].string_value == "1"
+            )
         assert [i.name for i in config.input] == [t.name for t in signature.inputs]
         assert [o.name for o in config.output] == [t.name for t in signature.outputs]
 

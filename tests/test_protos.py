@@ -41,6 +41,7 @@ def test_every_operation_of_the_mission_is_in_the_contract() -> None:
         "IndexProducts": (True, False),  # streamed batches
         "DeleteProducts": (False, False),
         "GetIndexStats": (False, False),
+        "ListProductIds": (False, False),  # paged ids: the IndexCatalogue report and `couturier index --reconcile`
     }
     assert _methods("latent", "LatentOptimizationService") == {
         "Design": (False, False),
@@ -54,6 +55,7 @@ def test_every_operation_of_the_mission_is_in_the_contract() -> None:
         "SearchByImageAndText": (False, False),
         "GetProducts": (False, False),  # stored product images: the orchestrator resolves product ids for latent
         "GetIndexStats": (False, False),
+        "ListProductIds": (False, False),
     }
     assert _methods("orchestrator", "OrchestratorService") == {
         "Design": (False, False),  # every latent capability by ids (the orchestrator resolves them)
@@ -72,6 +74,7 @@ def test_catalogue_messages_are_shared_by_every_indexing_service() -> None:
         "IndexProducts": ("couturier.v1.IndexProductsRequest", "couturier.v1.IndexProductsResponse"),
         "DeleteProducts": ("couturier.v1.DeleteProductsRequest", "couturier.v1.DeleteProductsResponse"),
         "GetIndexStats": ("couturier.v1.GetIndexStatsRequest", "couturier.v1.IndexStats"),
+        "ListProductIds": ("couturier.v1.ListProductIdsRequest", "couturier.v1.ListProductIdsResponse"),
     }
     for module, service in (("scoring", "ScoringService"), ("retrieval", "VisualRetrievalService")):
         methods = _service(module, service).methods_by_name

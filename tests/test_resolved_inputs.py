@@ -22,7 +22,7 @@ from couturier.services.common import limits
 from couturier.services.common.config import LatentSettings, ScoringSettings
 from couturier.services.common.errors import UnknownEntity
 from couturier.services.common.images import encode_png
-from couturier.services.common.models import PREF_GRAD
+from couturier.services.common.models import PREF_LOOP
 from couturier.services.common.server import ServiceDefinition, ServiceHost
 from couturier.services.common.validation import audience_users
 from couturier.services.latent import service as latent_service
@@ -243,7 +243,11 @@ FAST_INVERSION = latent_pb2.InversionParams(steps=5, restarts=2)
 def test_latent_settings_name_no_other_service() -> None:
     assert not [f for f in LatentSettings.model_fields if f.endswith("_target")]
     definition = latent_service.build(LatentSettings(), backend=FakeInferenceBackend())  # type: ignore[arg-type]
-    assert {check.name for check in definition.checks} == {"pref_grad", "inv_grad", "shift_grad"}
+    assert {check.name for check in definition.checks} == {"pref_grad", "inv_grad", "shift_grad"} | {
+        "pref_loop",
+        "inv_loop",
+        "shift_loop",
+    }
 
 
 async def test_latent_refuses_user_ids_naming_the_replacement(stack: Stack) -> None:
@@ -338,7 +342,7 @@ async def test_latent_designs_for_a_resolved_audience(stack: Stack) -> None:
     got = await stack.latent.Design(
         latent_pb2.DesignRequest(resolved_audience=resolved("u1", "u2", "u3"), category="tops", n=2, seed=5)
     )
-    assert len(got.designs) == 2 and got.scorer == MODEL and got.generator.name == PREF_GRAD
+    assert len(got.designs) == 2 and got.scorer == MODEL and got.generator.name == PREF_LOOP  # the loop optimiser
     assert all(len(d.per_user_preference) == 3 for d in got.designs)
     share = await stack.latent.Design(
         latent_pb2.DesignRequest(

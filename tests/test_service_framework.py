@@ -22,7 +22,7 @@ from couturier.services.client import check_health, get_status, list_services, p
 from couturier.services.common import errors, limits
 from couturier.services.common.config import ServerSettings
 from couturier.services.common.health import DependencyCheck
-from couturier.services.common.models import ITEM_ENCODER, RETRIEVAL_ENCODER
+from couturier.services.common.models import GRADIENT_MODELS, ITEM_ENCODER, LOOP_MODELS, RETRIEVAL_ENCODER
 from couturier.services.common.product_images import FileImageStore
 from couturier.services.common.server import ServiceDefinition, ServiceHost
 from couturier.v1 import (
@@ -51,7 +51,9 @@ EXPECTED_SERVICE = {
 #: The dependency checks behind each service's health.
 EXPECTED_DEPENDENCIES = {
     "scoring": {"item_encoder", "user_vectors", "vector_store"},
-    "latent": {"pref_grad", "inv_grad", "shift_grad"},  # no other service: it takes resolved inputs
+    # no other service (it takes resolved inputs); the gradient models, and the loop models of the default
+    # optimiser (optimiser=loop)
+    "latent": {*GRADIENT_MODELS, *LOOP_MODELS},
     "retrieval": {
         "retrieval_encoder",
         "text_encoder",
@@ -131,8 +133,8 @@ async def test_each_service_is_healthy_and_reflects_its_services(
 
 
 async def test_fake_backed_services_are_healthy_and_reflect_their_services(fake_hosts: dict[str, ServiceHost]) -> None:
-    """The framework on scoring and retrieval over the fakes (no models): health per service name,
-    reflection, diagnostics naming every dependency."""
+    """The framework on scoring and retrieval over the fakes (no models): health per service name (every
+    name reflection lists, DiagnosticsService included), reflection, diagnostics naming every dependency."""
     for key, host in fake_hosts.items():
         assert await check_health(host.address) == "SERVING"
         assert await check_health(host.address, EXPECTED_SERVICE[key]) == "SERVING"
@@ -143,6 +145,8 @@ async def test_fake_backed_services_are_healthy_and_reflect_their_services(fake_
             "grpc.reflection.v1alpha.ServerReflection",
             "couturier.v1.DiagnosticsService",
         }
+        for name in names:  # health answers for every service reflection lists
+            assert await check_health(host.address, name) == "SERVING", name
         status = await get_status(host.address)
         assert status.serving and list(status.services) == [EXPECTED_SERVICE[key]]
         assert ready_of(status) == dict.fromkeys(EXPECTED_DEPENDENCIES[key], True), key
@@ -202,7 +206,7 @@ async def test_orchestrator_health_follows_its_dependencies(trained_models: Trai
         # The latent service calls no other service: only its models decide its health.
         await assert_serving(latent)
         status = await get_status(latent.address)
-        assert ready_of(status) == {"pref_grad": True, "inv_grad": True, "shift_grad": True}
+        assert ready_of(status) == dict.fromkeys(EXPECTED_DEPENDENCIES["latent"], True)
 
         assert await check_health(orchestrator.address) == "NOT_SERVING"
         status = await wait_for_status(orchestrator.address, lambda s: ready_of(s)["latent"])

@@ -10,8 +10,20 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from couturier.export.triton.errors import RepositoryError, SignatureError
-from couturier.export.triton.model_config import ServingOptions, build_model_config, config_signature
-from couturier.export.triton.repository import list_versions, publish_model, read_signature, served_versions
+from couturier.export.triton.model_config import (
+    INTRA_OP_THREADS,
+    ServingOptions,
+    build_model_config,
+    config_signature,
+)
+from couturier.export.triton.repository import (
+    list_versions,
+    publish_model,
+    read_model_config,
+    read_signature,
+    served_versions,
+    write_model_config,
+)
 from couturier.services.common.inference import BadInferenceInput, ModelNotReady, OnnxRuntimeBackend, make_backend
 from couturier.services.common.model_repository import VersionPolicy
 from support.onnx_models import linear_model, linear_weights, two_output_model, user_weights, users_model
@@ -165,3 +177,68 @@ async def test_onnxruntime_backend_serves_an_unbatched_model(tmp_path: Path) -> 
         np.testing.assert_allclose(out["out"], z @ theta.T, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(out["value"], (z * user_weights()).sum(1), rtol=1e-5, atol=1e-5)
     await backend.close()
+
+
+def test_gradient_models_are_published_batched_with_per_model_instances(tmp_path: Path) -> None:
+    """publish_all: every model batched; a gradient model still served unbatched (the per-user signature
+    of older exports) is moved out of the repository and its numbers continue; instance count and
+    onnxruntime threads are per model (serving defaults for new models, given values always)."""
+    from couturier.export.pipeline import SERVING_DEFAULTS, publish_all
+    from support.onnx_models import pref_grad_model
+
+    repo = tmp_path / "repo"
+    old = users_model(tmp_path / "old.onnx", dim=4)  # z [batch, 4] and theta [users, 4]: not one batch axis
+    publish_model(repo, "pref_grad", old, batched=False)
+    publish_model(repo, "pref_grad", old)
+    new = pref_grad_model(tmp_path / "pref_grad.onnx", ("tops", "bags", "shoes"))
+    notes: list[str] = []
+    versions = publish_all(
+        {"pref_grad": new, "item_encoder": linear_model(tmp_path / "lin.onnx")}, repo, echo=notes.append
+    )
+    assert versions == {"pref_grad": "3", "item_encoder": "1"}
+    (retired,) = (tmp_path / "repo-retired").iterdir()
+    assert retired.name.startswith("pref_grad-") and list_versions(retired.parent, retired.name) == [1, 2]
+    assert len(notes) == 1 and str(retired) in notes[0] and "unbatched" in notes[0]
+    config = read_model_config(repo, "pref_grad")
+    assert config.max_batch_size == 64 and config.dynamic_batching.max_queue_delay_microseconds == 500
+    count, threads = SERVING_DEFAULTS["KIND_CPU"]["pref_grad"]
+    assert config.instance_group[0].count == count
+    assert config.parameters[INTRA_OP_THREADS].string_value == str(threads)
+    assert config.parameters["couturier.categories"].string_value  # the published metadata is kept
+    plain = read_model_config(repo, "item_encoder")  # no default: one instance, onnxruntime's threads
+    assert plain.instance_group[0].count == 1 and INTRA_OP_THREADS not in plain.parameters
+    # a hand-edited config is kept on the next export; given values win, "*" means every model
+    write_model_config(repo, "pref_grad", _with_count(config, 5))
+    publish_all({"pref_grad": new}, repo, echo=notes.append)
+    assert read_model_config(repo, "pref_grad").instance_group[0].count == 5
+    publish_all({"pref_grad": new}, repo, instance_counts={"pref_grad": 3}, intra_op_threads={"*": 0})
+    config = read_model_config(repo, "pref_grad")
+    assert config.instance_group[0].count == 3 and config.parameters[INTRA_OP_THREADS].string_value == "0"
+    assert list_versions(repo, "pref_grad") == [3, 4, 5] and len(notes) == 1
+
+
+def _with_count(config: pb.ModelConfig, count: int) -> pb.ModelConfig:
+    edited = pb.ModelConfig()
+    edited.CopyFrom(config)
+    edited.instance_group[0].count = count
+    return edited
+
+
+def test_per_model_options_parse(tmp_path: Path) -> None:
+    from couturier.export.pipeline import parse_per_model
+
+    assert parse_per_model(["pref_grad=2", "3", "inv_grad = 4"], "--instance-count") == {
+        "pref_grad": 2,
+        "*": 3,
+        "inv_grad": 4,
+    }
+    with pytest.raises(ValueError, match="unknown model 'pref'"):
+        parse_per_model(["pref=2"], "--instance-count")
+    with pytest.raises(ValueError, match="MODEL=N or N"):
+        parse_per_model(["pref_grad=two"], "--instance-count")
+    with pytest.raises(ValueError, match=">= 1"):
+        parse_per_model(["0"], "--instance-count")
+    assert parse_per_model(["0"], "--threads", minimum=0) == {"*": 0}
+    with pytest.raises(RepositoryError, match="intra_op_threads"):
+        publish_model(tmp_path / "repo", "x", linear_model(tmp_path / "x.onnx"), intra_op_threads=-1)
+    assert not (tmp_path / "repo" / "x").exists()

@@ -3,6 +3,9 @@
 The tests that take the ``store`` fixture run twice: on milvus-lite, and on the session's Milvus server
 (``milvus_server_uri``: ``COUTURIER_TEST_MILVUS_URI`` when set, else a local standalone server started
 from the dev extra's ``milvus`` package). Each server test uses its own database.
+
+Also here: micro-batching of concurrent searches (:class:`SearchBatcher` over a fake call, then merged
+searches on both stores), the server store's parallel calls, and the local stack in server mode.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,11 +35,13 @@ from couturier.services.common.vectors import (
     EmbeddingSpace,
     Hit,
     ProductVector,
+    SearchBatcher,
     VectorStore,
     VersionMismatch,
     build_filter,
     check_query_version,
 )
+from support.trained import TrainedModels
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
@@ -93,6 +99,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path):
         scoped.close()
         admin.drop_database(database)
         admin.close()
+
+
+@pytest.fixture
+async def unbatched(store: VectorStore):
+    """Another store on the same file / database as ``store``, without merging of searches."""
+    other = VectorStore(store.uri, search_batch_max=1)
+    yield other
+    await other.close()
 
 
 # --- spaces, versions, filters -------------------------------------------------------------------
@@ -550,3 +564,340 @@ def _run_in_subprocess(uri: str, body: str) -> subprocess.CompletedProcess[str]:
         """
     )
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+
+
+# --- micro-batching of searches (no Milvus) ---------------------------------------------------------
+
+
+class _FakeCalls:
+    """A search call that answers each query row with one hit naming the row's first value, recording
+    every call (key, rows, limit) and how many run at once."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.delay_s = delay_s
+        self.fail = fail
+        self.calls: list[tuple[str, int, int]] = []
+        self.running = 0
+        self.most_running = 0
+
+    async def __call__(self, key: str, matrix: np.ndarray, limit: int) -> list[list[Hit]]:
+        self.calls.append((key, int(matrix.shape[0]), limit))
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.fail:
+                raise DependencyUnavailable("the store went away")
+            return [[Hit(f"{key}:{int(row[0])}", float(limit), "", "")] for row in matrix]
+        finally:
+            self.running -= 1
+
+
+def _row(value: int) -> np.ndarray:
+    return np.full((1, 4), value, np.float32)
+
+
+async def test_batcher_merges_concurrent_searches_and_each_caller_gets_its_own_hits() -> None:
+    fake = _FakeCalls()
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=64, max_wait_s=0.0, max_in_flight=1)
+    hits = await asyncio.gather(*(batcher.search("a", _row(i), 10) for i in range(64)))
+    assert [h[0][0].product_id for h in hits] == [f"a:{i}" for i in range(64)]
+    assert fake.calls == [("a", 64, 10)]  # same tick: one call of 64 queries
+    assert (batcher.stats.searches, batcher.stats.calls, batcher.stats.largest_call) == (64, 1, 64)
+
+    lone = await batcher.search("a", _row(7), 3)  # alone: sent at once, on its own
+    assert lone[0][0].product_id == "a:7" and fake.calls[-1] == ("a", 1, 3)
+    assert batcher._queues == {}  # nothing left behind
+
+
+async def test_batcher_never_merges_different_keys_and_asks_for_the_largest_limit() -> None:
+    fake = _FakeCalls()
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=64, max_wait_s=0.0, max_in_flight=1)
+    keys = ["red", "blue", "red", "green"] * 10
+    limits = [5, 12, 9, 3] * 10
+    hits = await asyncio.gather(*(batcher.search(k, _row(i), n) for i, (k, n) in enumerate(zip(keys, limits))))
+    assert [h[0][0].product_id for h in hits] == [f"{k}:{i}" for i, k in enumerate(keys)]
+    assert sorted(fake.calls) == [("blue", 10, 12), ("green", 10, 3), ("red", 20, 9)]
+
+
+async def test_batcher_bounds_rows_per_call_and_merges_while_calls_are_busy() -> None:
+    fake = _FakeCalls(delay_s=0.05)
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=16, max_wait_s=0.0, max_in_flight=1)
+    first = asyncio.ensure_future(batcher.search("k", _row(0), 1))
+    await asyncio.sleep(0.01)  # the first call is running: the next ones queue behind it
+    rest = [asyncio.ensure_future(batcher.search("k", np.full((3, 4), i, np.float32), 1)) for i in range(1, 11)]
+    results = await asyncio.gather(first, *rest)
+    assert [len(r) for r in results] == [1] + [3] * 10
+    assert all(r[0].product_id == f"k:{i}" for i, res in enumerate(results) for r in res)
+    rows = [n for _, n, _ in fake.calls]
+    assert rows == [1, 15, 15]  # the first alone; the 30 queued rows in calls of at most 16 (whole searches)
+    assert fake.most_running == 1
+    big = await batcher.search("k", np.zeros((40, 4), np.float32), 1)  # larger than a call: sent alone
+    assert len(big) == 40 and fake.calls[-1][1] == 40
+
+
+async def test_batcher_wait_is_bounded_and_a_full_call_does_not_wait() -> None:
+    fake = _FakeCalls()
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=8, max_wait_s=0.2, max_in_flight=2)
+    started = time.perf_counter()
+    await batcher.search("k", _row(1), 1)
+    assert 0.15 <= time.perf_counter() - started < 2.0  # a lone search waited for company, then went
+    started = time.perf_counter()
+    await asyncio.gather(*(batcher.search("k", _row(i), 1) for i in range(8)))
+    assert time.perf_counter() - started < 0.15 and fake.calls[-1][1] == 8  # full: sent at once
+
+
+async def test_batcher_failures_reach_every_caller_of_the_call_and_cancelled_callers_are_skipped() -> None:
+    fake = _FakeCalls(delay_s=0.02, fail=True)
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=64, max_wait_s=0.0, max_in_flight=1)
+    results = await asyncio.gather(*(batcher.search("k", _row(i), 1) for i in range(5)), return_exceptions=True)
+    assert all(isinstance(r, DependencyUnavailable) for r in results) and len(fake.calls) == 1
+    fake.fail = False
+    busy = asyncio.ensure_future(batcher.search("k", _row(0), 1))
+    await asyncio.sleep(0.005)
+    doomed = asyncio.ensure_future(batcher.search("k", _row(1), 1))
+    kept = asyncio.ensure_future(batcher.search("k", _row(2), 1))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    assert (await busy)[0][0].product_id == "k:0" and (await kept)[0][0].product_id == "k:2"
+    assert doomed.cancelled() and fake.calls[-1][1] == 1  # the cancelled search was not sent
+
+
+async def test_batcher_off_sends_every_search_alone() -> None:
+    fake = _FakeCalls()
+    batcher: SearchBatcher[str] = SearchBatcher(fake, max_queries=1, max_wait_s=0.001, max_in_flight=4)
+    await asyncio.gather(*(batcher.search("k", _row(i), 1) for i in range(10)))
+    assert len(fake.calls) == 10 and not batcher.enabled
+
+
+def test_store_refuses_bad_concurrency_settings() -> None:
+    for bad in (dict(threads=0), dict(search_batch_max=0), dict(search_batch_max=5000), dict(search_batch_wait_s=-1)):
+        with pytest.raises(ValueError):
+            VectorStore("http://127.0.0.1:19530", **bad)  # type: ignore[arg-type]
+    assert VectorStore("x.db", threads=8).threads == 1  # a milvus-lite file: always one thread
+
+
+# --- merged searches and parallel calls on real stores ---------------------------------------------
+
+
+@pytest.mark.integration  # a real Milvus (lite, and a server)
+async def test_concurrent_searches_are_merged_and_match_unmerged_searches(
+    store: VectorStore, unbatched: VectorStore
+) -> None:
+    """64 concurrent searches with different filters, exclusions and k: fewer Milvus calls than searches,
+    and every caller gets exactly what it gets alone (filters are never mixed up)."""
+    items = _items(600, seed=21)
+    await store.upsert(SPACE, items)
+    rng = np.random.default_rng(22)
+    queries = rng.normal(size=(64, DIM)).astype(np.float32)
+    categories = [[], ["cat0"], ["cat1", "cat2"], []]
+    asks = [
+        dict(k=(5, 10, 20)[i % 3], categories=categories[i % 4], exclude_ids=[f"p{j}" for j in range(i % 5 * 7)])
+        for i in range(64)
+    ]
+    before = store.search_stats.calls
+    merged = await asyncio.gather(*(store.search(SPACE, queries[i], **ask) for i, ask in enumerate(asks)))
+    calls = store.search_stats.calls - before
+    assert calls < 16, calls  # 64 searches in at most a handful of calls
+    for i, ask in enumerate(asks):
+        alone = await unbatched.search(SPACE, queries[i], **ask)
+        assert [h.product_id for h in merged[i][0]] == [h.product_id for h in alone[0]], (i, ask)
+        assert len(merged[i][0]) == ask["k"]
+        assert all(not ask["categories"] or h.category in ask["categories"] for h in merged[i][0])
+        assert not set(ask["exclude_ids"]) & {h.product_id for h in merged[i][0]}
+    assert unbatched.search_stats.calls == unbatched.search_stats.searches == 64
+
+
+async def _slow_search_intervals(vector_store: VectorStore, n: int, delay_s: float) -> list[tuple[float, float, int]]:
+    """Run ``n`` concurrent searches whose Milvus call takes at least ``delay_s``; returns each call's
+    (start, end, thread id)."""
+    intervals: list[tuple[float, float, int]] = []
+    client = await vector_store._call(vector_store._connect)
+    real = client.search
+
+    def slow(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        time.sleep(delay_s)
+        result = real(*args, **kwargs)
+        intervals.append((start, time.perf_counter(), threading.get_ident()))
+        return result
+
+    client.search = slow  # type: ignore[method-assign]
+    try:
+        queries = np.random.default_rng(23).normal(size=(n, DIM)).astype(np.float32)
+        await asyncio.gather(*(vector_store.search(SPACE, q, 3) for q in queries))
+    finally:
+        client.search = real  # type: ignore[method-assign]
+    return intervals
+
+
+def _most_at_once(intervals: list[tuple[float, float, int]]) -> int:
+    events = sorted([(s, 1) for s, _, _ in intervals] + [(e, -1) for _, e, _ in intervals])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.integration  # a real Milvus (lite, and a server)
+async def test_server_calls_run_in_parallel_and_lite_calls_on_one_thread(unbatched: VectorStore) -> None:
+    await unbatched.upsert(SPACE, _items(50, seed=24))
+    intervals = await _slow_search_intervals(unbatched, 8, 0.2)
+    assert len(intervals) == 8
+    if unbatched.lite:
+        assert _most_at_once(intervals) == 1 and len({t for _, _, t in intervals}) == 1
+    else:
+        assert unbatched.threads == 8
+        assert _most_at_once(intervals) >= 4, intervals  # overlapping calls on several threads
+        assert len({t for _, _, t in intervals}) >= 4
+
+
+@pytest.mark.integration  # a real Milvus (lite, and a server)
+async def test_concurrent_upserts_and_deletes_lose_nothing(store: VectorStore) -> None:
+    """Writers that upsert and delete at the same time (parallel threads on a server, one thread on lite):
+    every surviving row is there, every deleted one is gone."""
+    await store.ensure(SPACE)
+
+    async def writer(task: int) -> None:
+        items = _items(300, seed=100 + task, prefix=f"w{task}-")
+        for start in range(0, 300, 100):
+            await store.upsert(SPACE, items[start : start + 100])
+            await store.delete(SPACE, [items[i].product_id for i in range(start, start + 30)])
+
+    await asyncio.gather(*(writer(t) for t in range(16)))
+    assert await store.count(SPACE) == 16 * 210
+    gone = await store.get(SPACE, [f"w{t}-{i}" for t in range(16) for i in range(0, 30)])
+    kept = await store.get(SPACE, [f"w{t}-{i}" for t in range(16) for i in range(30, 100)])
+    assert gone == {} and len(kept) == 16 * 70
+    assert sum((await store.per_category(SPACE)).values()) == 16 * 210
+
+
+# --- the local Milvus server and the stack in server mode -------------------------------------------
+
+
+@pytest.mark.integration  # a real Milvus server
+def test_local_server_is_reused_and_the_stack_gets_databases_of_its_own(milvus_server_uri: str, tmp_path: Path) -> None:
+    from couturier.export.tools.milvus_server import PORT, LocalMilvusServer, _answers, list_databases
+    from couturier.export.tools.stack import ServingStack
+
+    if milvus_server_uri != f"http://127.0.0.1:{PORT}":
+        pytest.skip("COUTURIER_TEST_MILVUS_URI names another server")
+    second = LocalMilvusServer(tmp_path / "unused")
+    assert second.start() == milvus_server_uri and second.reused and second.pid is None
+    second.stop()  # a reused server keeps running
+    assert _answers(milvus_server_uri) and not (tmp_path / "unused").exists()
+
+    stack = ServingStack(tmp_path / "repo", tmp_path / "users", tmp_path / "work", store="server")
+    uris = stack.start_store()
+    assert set(uris) == {"scoring", "retrieval"} and uris["scoring"] != uris["retrieval"]
+    databases = {uri.rsplit("/", 1)[1] for uri in uris.values()}
+    assert all(uri.startswith(milvus_server_uri + "/couturier_stack_") for uri in uris.values())
+    assert databases <= set(list_databases(milvus_server_uri))
+    env = stack.service_env("127.0.0.1:1")
+    assert env["COUTURIER_SCORING_MILVUS_URI"] == uris["scoring"]
+    assert env["COUTURIER_RETRIEVAL_MILVUS_URI"] == uris["retrieval"]
+    stack.stop()
+    assert not databases & set(list_databases(milvus_server_uri)) and _answers(milvus_server_uri)
+
+    lite = ServingStack(tmp_path / "repo", tmp_path / "users", tmp_path / "work")
+    assert lite.store_uri == {k: str(tmp_path / "work" / "milvus" / f"{k}.db") for k in ("scoring", "retrieval")}
+    with pytest.raises(ValueError, match="names a database"):
+        ServingStack(tmp_path, tmp_path, tmp_path, store="server", milvus_uri=f"{milvus_server_uri}/db")
+
+
+@pytest.mark.slow
+@pytest.mark.integration  # trained models, a local Triton, a real Milvus server
+@pytest.mark.timeout(900)
+async def test_stack_in_server_mode_indexes_and_searches_in_scoring_and_retrieval(
+    trained_models: TrainedModels, milvus_server_uri: str, tmp_path: Path
+) -> None:
+    """ServingStack(store="server"): both services keep their vectors on the Milvus server (no VARCHAR above
+    the server's 65,535 limit), IndexCatalogue, Recommend and SearchByImage work there, and concurrent
+    searches of several shoppers come back right (merged calls, per-shopper exclusions)."""
+    from pymilvus import MilvusClient
+
+    from couturier.export.data.dataset import load_prepared
+    from couturier.export.tools.indexing import index_catalogue
+    from couturier.export.tools.milvus_server import PORT, list_databases
+    from couturier.export.tools.stack import ServingStack
+    from couturier.services.client import CouturierClient
+    from couturier.services.common.images import encode_png
+    from couturier.v1 import catalogue_pb2, common_pb2, retrieval_pb2, scoring_pb2
+
+    local = milvus_server_uri == f"http://127.0.0.1:{PORT}"
+    serving = ServingStack(
+        repo_dir=trained_models.repo_dir,
+        user_vectors_dir=trained_models.user_vectors_dir,
+        work_dir=tmp_path / "stack",
+        triton_home=Path("var/triton").absolute(),
+        store="server",
+        milvus_uri="" if local else milvus_server_uri,  # the local one: the stack finds it running and reuses it
+    )
+    prepared = load_prepared(trained_models.data_dir)
+    catalogue = prepared.catalogue
+    ids = [str(i) for i in catalogue.product_ids]
+    users = [str(u) for u in prepared.interactions.user_ids]
+    try:
+        await serving.start(timeout_s=180)
+        uris = serving.store_uri
+        assert all(uri.startswith(milvus_server_uri + "/couturier_stack_") for uri in uris.values())
+        assert serving.milvus is None or serving.milvus.reused
+        targets = {key: serving.target(key) for key in ("orchestrator", "scoring", "latent", "retrieval")}
+        async with CouturierClient(*targets.values()) as client:
+            response = await index_catalogue(client, catalogue, progress=False)
+            assert response.scoring.total == response.retrieval.total == len(ids)
+            for stats in (
+                await client.scoring.GetIndexStats(catalogue_pb2.GetIndexStatsRequest()),
+                await client.retrieval.GetIndexStats(catalogue_pb2.GetIndexStatsRequest()),
+            ):
+                assert stats.products == len(ids)
+
+            recommended = await asyncio.gather(
+                *(
+                    client.scoring.Recommend(
+                        scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id=users[row]), k=10)
+                    )
+                    for row in range(16)
+                )
+            )
+            for row, got in enumerate(recommended):
+                bought = {ids[i] for i in prepared.interactions.train[row]}
+                found = [p.product.product_id for p in got.products]
+                assert len(found) == 10 and not bought & set(found), row
+                alone = await client.scoring.Recommend(
+                    scoring_pb2.RecommendRequest(user=common_pb2.UserRef(user_id=users[row]), k=10)
+                )
+                assert [p.product.product_id for p in alone.products] == found
+
+            searched = await asyncio.gather(
+                *(
+                    client.retrieval.SearchByImage(
+                        retrieval_pb2.SearchByImageRequest(
+                            image=common_pb2.ImagePayload(
+                                data=encode_png(catalogue.images[row]), mime_type="image/png"
+                            ),
+                            k=5,
+                        )
+                    )
+                    for row in range(8)
+                )
+            )
+            for row, got in enumerate(searched):
+                assert ids[row] in [p.product.product_id for p in got.hits], row  # a product's own image finds it
+
+        for key, model in (("scoring", "item_encoder"), ("retrieval", "retrieval_encoder")):
+            scoped = MilvusClient(uris[key])
+            try:
+                assert [c for c in scoped.list_collections() if c.startswith(f"{model}_v")], key
+            finally:
+                scoped.close()
+    except BaseException:
+        if serving.services is not None:
+            for key in serving.services.processes:
+                print(f"--- {key} log ---\n{serving.services.log_tail(key)}")
+        raise
+    finally:
+        serving.stop()
+    databases = {uri.rsplit("/", 1)[1] for uri in uris.values()}
+    assert not databases & set(list_databases(milvus_server_uri))  # the stack dropped its databases

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -126,6 +126,15 @@ async def run_load(
 # -- the RPC cases --------------------------------------------------------------------------------
 
 TEXTS = ("same but in red", "like this but in black", "the same in blue", "this but in green")
+#: The requests' sizes (the RPC cases and their in-process limits share them).
+SCORE_ITEMS = 10  # ScoreItems: catalogue ids per call
+SEARCH_K = 10  # Recommend, SearchByImage, SearchByImageAndText
+DESIGNS = 4  # Design: n
+SHIFTS = 4  # SellerShifts: n
+INVERSION_STEPS = 50  # Alter and SellerShifts (the default is 200; 50 keeps the run short)
+REPORT_EVERY = 10  # Alter
+PRODUCTS_PER_DESIGN = 5  # DesignAndShop
+COMPETITORS_PER_VARIANT = 3  # SellerFeedback
 
 
 @dataclass
@@ -141,6 +150,30 @@ class BenchData:
     theta: np.ndarray  # (U, K) trained user vectors
     tokenizer_json: Path
     sizes: dict[str, int] = field(default_factory=dict)
+    # the indexed products in catalogue order (what the in-process limits embed and search)
+    indexed_ids: list[str] = field(default_factory=list)
+    indexed_images: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1, 3), np.uint8))
+    indexed_categories: list[str] = field(default_factory=list)
+
+    # what call ``i`` of every RPC case asks for (its in-process limit asks for the same)
+    def user_id(self, i: int) -> str:
+        return self.users[i % len(self.users)]
+
+    def product_id(self, i: int) -> str:
+        return self.product_ids[i % len(self.product_ids)]
+
+    def query_png(self, i: int) -> bytes:
+        return self.query_pngs[i % len(self.query_pngs)]
+
+    def text(self, i: int) -> str:
+        return TEXTS[i % len(TEXTS)]
+
+    def design_category(self, i: int) -> str:
+        return self.category_names[i % len(self.category_names)]
+
+    @staticmethod
+    def design_seed(i: int) -> int:
+        return i + 1
 
     @classmethod
     def load(
@@ -165,6 +198,9 @@ class BenchData:
             category_names=tuple(cat.category_names),
             theta=np.asarray(vectors["theta"], dtype=np.float32),
             tokenizer_json=tokenizer_json,
+            indexed_ids=[str(p) for p in cat.product_ids[:indexed]],
+            indexed_images=np.asarray(cat.images[:indexed]),
+            indexed_categories=[str(cat.category_names[int(c)]) for c in cat.category[:indexed]],
             sizes={
                 "catalogue_items": len(cat),
                 "indexed_items": indexed,
@@ -185,6 +221,7 @@ class RpcCase:
 
 def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
     """One realistic fixed request per RPC; call ``i`` varies the user, product and image."""
+    from couturier.services.latent.optimize import DEFAULT_RESTARTS, DEFAULT_SHIFT_STEPS, DEFAULT_STEPS
     from couturier.v1 import (
         common_pb2 as c,
     )
@@ -202,43 +239,42 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
     )
 
     def user(i: int) -> Any:
-        return c.UserRef(user_id=data.users[i % len(data.users)])
+        return c.UserRef(user_id=data.user_id(i))
 
-    def pid(i: int) -> str:
-        return data.product_ids[i % len(data.product_ids)]
+    pid = data.product_id
 
     def image(i: int) -> Any:
-        return c.ImagePayload(data=data.query_pngs[i % len(data.query_pngs)], mime_type="image/png")
+        return c.ImagePayload(data=data.query_png(i), mime_type="image/png")
 
     def score(i: int) -> Any:
-        items = [c.ItemSource(product_id=pid(10 * i + j)) for j in range(10)]
+        items = [c.ItemSource(product_id=pid(SCORE_ITEMS * i + j)) for j in range(SCORE_ITEMS)]
         return sc.ScoreItemsRequest(audience=c.Audience(user=user(i)), items=items)
 
     def text_search(i: int) -> Any:
-        return ret.SearchByImageAndTextRequest(image=image(i), text=TEXTS[i % len(TEXTS)], k=10)
+        return ret.SearchByImageAndTextRequest(image=image(i), text=data.text(i), k=SEARCH_K)
 
     def design(i: int) -> Any:
         return lat.DesignRequest(
             audience=c.Audience(user=user(i)),
-            category=data.category_names[i % len(data.category_names)],
-            n=4,
-            seed=i + 1,
+            category=data.design_category(i),
+            n=DESIGNS,
+            seed=data.design_seed(i),
         )
 
     def shifts(i: int) -> Any:
         return lat.SellerShiftsRequest(
             item=c.ItemSource(product_id=pid(i)),
             audience=c.Audience(user=user(i)),
-            n=4,
-            inversion=lat.InversionParams(steps=50),
+            n=SHIFTS,
+            inversion=lat.InversionParams(steps=INVERSION_STEPS),
         )
 
     async def alter(i: int) -> dict[str, float]:
         request = lat.AlterRequest(
             audience=c.Audience(user=user(i)),
             item=c.ItemSource(product_id=pid(i)),
-            inversion=lat.InversionParams(steps=50),
-            report_every=10,
+            inversion=lat.InversionParams(steps=INVERSION_STEPS),
+            report_every=REPORT_EVERY,
         )
         t0, first = time.perf_counter(), None
         async for _ in client.orchestrator.Alter(request, timeout=timeout_s):
@@ -249,48 +285,53 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
         return lambda i: method(build(i), timeout=timeout_s)
 
     return [
-        RpcCase("scoring.ScoreItems", "1 user, 10 catalogue product ids", unary(client.scoring.ScoreItems, score)),
+        RpcCase(
+            "scoring.ScoreItems",
+            f"1 user, {SCORE_ITEMS} catalogue product ids",
+            unary(client.scoring.ScoreItems, score),
+        ),
         RpcCase(
             "scoring.Recommend",
-            "1 user, k=10",
-            unary(client.scoring.Recommend, lambda i: sc.RecommendRequest(user=user(i), k=10)),
+            f"1 user, k={SEARCH_K}",
+            unary(client.scoring.Recommend, lambda i: sc.RecommendRequest(user=user(i), k=SEARCH_K)),
         ),
         RpcCase(
             "retrieval.SearchByImage",
-            "held-out 32x32 PNG, k=10",
-            unary(client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=10)),
+            f"held-out 32x32 PNG, k={SEARCH_K}",
+            unary(client.retrieval.SearchByImage, lambda i: ret.SearchByImageRequest(image=image(i), k=SEARCH_K)),
         ),
         RpcCase(
             "retrieval.SearchByImageAndText",
-            "held-out PNG + 'same but in <colour>', k=10",
+            f"held-out PNG + 'same but in <colour>', k={SEARCH_K}",
             unary(client.retrieval.SearchByImageAndText, text_search),
         ),
         # the latent capabilities by ids: the orchestrator resolves them (scoring.DescribeUsers, retrieval.GetProducts)
         RpcCase(
             "orchestrator.Design",
-            "1 user, n=4 designs, 10 steps (default)",
+            f"1 user, n={DESIGNS} designs, {DEFAULT_STEPS} steps (default)",
             unary(client.orchestrator.Design, design),
             heavy=True,
         ),
         RpcCase(
             "orchestrator.SellerShifts",
-            "catalogue product, 1 user, n=4, inversion 50 steps x 4 restarts, 20 shift steps",
+            f"catalogue product, 1 user, n={SHIFTS}, inversion {INVERSION_STEPS} steps x {DEFAULT_RESTARTS} restarts, "
+            f"{DEFAULT_SHIFT_STEPS} shift steps",
             unary(client.orchestrator.SellerShifts, shifts),
             heavy=True,
         ),
         RpcCase(
             "orchestrator.Alter (stream)",
-            "catalogue product, 1 user, inversion 50 steps x 4 restarts, 10 steps, "
-            "report_every=10; also time to first message",
+            f"catalogue product, 1 user, inversion {INVERSION_STEPS} steps x {DEFAULT_RESTARTS} restarts, "
+            f"{DEFAULT_STEPS} steps, report_every={REPORT_EVERY}; also time to first message",
             alter,
             heavy=True,
         ),
         RpcCase(
             "orchestrator.DesignAndShop",
-            "Design as above + 5 products per design",
+            f"Design as above + {PRODUCTS_PER_DESIGN} products per design",
             unary(
                 client.orchestrator.DesignAndShop,
-                lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=5),
+                lambda i: orc.DesignAndShopRequest(design=design(i), products_per_design=PRODUCTS_PER_DESIGN),
             ),
             heavy=True,
         ),
@@ -304,10 +345,10 @@ def rpc_cases(client: Any, data: BenchData, timeout_s: float) -> list[RpcCase]:
         ),
         RpcCase(
             "orchestrator.SellerFeedback",
-            "SellerShifts as above + 3 competitors per variant",
+            f"SellerShifts as above + {COMPETITORS_PER_VARIANT} competitors per variant",
             unary(
                 client.orchestrator.SellerFeedback,
-                lambda i: orc.SellerFeedbackRequest(shifts=shifts(i), competitors_per_variant=3),
+                lambda i: orc.SellerFeedbackRequest(shifts=shifts(i), competitors_per_variant=COMPETITORS_PER_VARIANT),
             ),
             heavy=True,
         ),
@@ -324,16 +365,20 @@ def model_inputs(
     data: BenchData,
     text_embedding: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Realistic inputs: catalogue images and their categories, prior latents, a trained user (U=1).
+    """Realistic inputs: catalogue images and their categories, prior latents, trained users.
 
-    ``batch`` is the leading axis (designs, restarts); for ``shift_grad`` it is the number of shifts.
+    ``batch`` is the leading axis (designs, restarts, requests). Gradient models of the per-row signature
+    (no ``user_weight`` input: one user vector per row) get one trained user per row, and ``shift_grad``
+    then ``SHIFTS`` shifts per row; the older signature (``theta (U,K)`` + ``user_weight``) gets U=1, and
+    ``batch`` is then ``shift_grad``'s number of shifts.
     """
     from couturier.services.common.images import to_model_input
     from couturier.services.common.models import SHIFT_GRAD
     from couturier.services.retrieval.text_encoder import Tokenizer
 
     rng = np.random.default_rng(1)
-    lead = 1 if model == SHIFT_GRAD else batch
+    per_row = "user_weight" not in shapes
+    lead = 1 if model == SHIFT_GRAD and not per_row else batch
     rows = np.arange(lead) % len(data.images)
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
@@ -344,13 +389,14 @@ def model_inputs(
         elif name in ("z", "base_z"):
             out[name] = rng.uniform(-1, 1, (lead, shape[-1])).astype(np.float32)
         elif name == "shifts":
-            out[name] = rng.normal(0, 0.05, (1, batch, shape[-1])).astype(np.float32)
+            n = SHIFTS if per_row else batch
+            out[name] = rng.normal(0, 0.05, (lead, n, shape[-1])).astype(np.float32)
         elif name == "theta":
-            out[name] = data.theta[:1]
+            out[name] = data.theta[np.arange(lead) % len(data.theta)] if per_row else data.theta[:1]
         elif name in ("user_weight", "realism_weight"):
             out[name] = np.ones((lead, 1), np.float32)
         elif name == "weights":
-            out[name] = np.ones((1, 2), np.float32)
+            out[name] = np.ones((lead, 2), np.float32)
         elif name == "text_embedding":
             assert text_embedding is not None
             out[name] = np.repeat(text_embedding[:1], lead, axis=0)
@@ -420,19 +466,37 @@ def stats_delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str
     }
 
 
+#: Batch sizes (leading axis) of the Triton vs onnxruntime comparison; 32 is the acceptance batch.
+FORWARD_BATCHES = (1, 16, 32)
+GRADIENT_BATCHES = (1, 4, 32)
+#: Each (model, batch) row alternates up to ``calls`` pairs of calls, but stops after this many seconds once
+#: it has COMPARE_MIN_CALLS pairs (a gradient model at batch 32 takes ~0.5 s per call on 2 cores).
+COMPARE_ROW_BUDGET_S = 10.0
+COMPARE_MIN_CALLS = 5
+
+
 async def compare_backends(
-    triton_url: str, repo_dir: Path, data: BenchData, calls: int, echo: Callable[[str], None] = print
+    triton_url: str,
+    repo_dir: Path,
+    data: BenchData,
+    calls: int,
+    echo: Callable[[str], None] = print,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Median latency of ``TritonBackend.infer`` vs ``OnnxRuntimeBackend.infer`` per model and batch
-    (calls alternate between the two), with Triton's own queue/compute split for the same calls."""
+    (calls alternate between the two), with Triton's own queue/compute split for the same calls.
+
+    Every model runs at :data:`FORWARD_BATCHES` / :data:`GRADIENT_BATCHES`; a batch a model (or its Triton
+    config) does not accept is not a row: it goes to ``skipped`` with the reason (and is echoed)."""
     from tritonclient.grpc.aio import InferenceServerClient
 
-    from couturier.services.common.inference import OnnxRuntimeBackend, TritonBackend
+    from couturier.services.common.inference import InferenceError, OnnxRuntimeBackend, TritonBackend
     from couturier.services.common.models import ALL_MODELS, GRADIENT_MODELS, TEXT_ENCODER
 
     triton, ort = TritonBackend(triton_url, timeout_s=60), OnnxRuntimeBackend(repo_dir)
     stats_client = InferenceServerClient(triton_url)
     rows: list[dict[str, Any]] = []
+    skipped = skipped if skipped is not None else []
     try:
         text = next(
             iter(
@@ -443,23 +507,37 @@ async def compare_backends(
                 ).values()
             )
         )
-        for model in ALL_MODELS:
+        for model in [m for m in ALL_MODELS if (repo_dir / m).is_dir()]:
             shapes = await ort.input_shapes(model)
-            for batch in (1, 4) if model in GRADIENT_MODELS else (1, 16):
-                inputs = model_inputs(model, shapes, batch, data, text)
+            for batch in GRADIENT_BATCHES if model in GRADIENT_MODELS else FORWARD_BATCHES:
+                try:
+                    inputs = model_inputs(model, shapes, batch, data, text)
+                except ValueError as exc:  # a model the bench has no inputs for (e.g. a new one)
+                    skipped.append({"model": model, "batch": batch, "reason": str(exc)})
+                    echo(f"  {model:<18} not compared ({exc})")
+                    break
                 start = (await settled_stats(stats_client, [model]))[model].get("success_count", 0)
-                for _ in range(2):  # warm-up: sessions, configs, first-call allocations
-                    await triton.infer(model, inputs)
+                try:
                     await ort.infer(model, inputs)
+                    await triton.infer(model, inputs)
+                except InferenceError as exc:  # e.g. a batch over the config's max_batch_size
+                    skipped.append({"model": model, "batch": batch, "reason": f"{type(exc).__name__}: {exc}"})
+                    echo(f"  {model:<18} batch {batch:>2}: not compared ({type(exc).__name__}: {exc})")
+                    continue
+                await triton.infer(model, inputs)  # warm-up: sessions, configs, first-call allocations
+                await ort.infer(model, inputs)
                 # statistics land just after each response: wait until exactly the warm-up calls are in
                 before = await settled_stats(stats_client, [model], {model: start + 2})
                 times: dict[str, list[float]] = {"triton": [], "onnxruntime": []}
-                for _ in range(calls):
+                budget = time.perf_counter() + COMPARE_ROW_BUDGET_S
+                done = 0
+                while done < calls and (done < COMPARE_MIN_CALLS or time.perf_counter() < budget):
                     for key, backend in (("triton", triton), ("onnxruntime", ort)):
                         t0 = time.perf_counter()
                         await backend.infer(model, inputs)
                         times[key].append((time.perf_counter() - t0) * 1e3)
-                expect = {model: before[model].get("success_count", 0) + calls}
+                    done += 1
+                expect = {model: before[model].get("success_count", 0) + done}
                 after = await settled_stats(stats_client, [model], expect)
                 t_ms, o_ms = statistics.median(times["triton"]), statistics.median(times["onnxruntime"])
                 server = stats_delta(before[model], after[model])
@@ -467,7 +545,7 @@ async def compare_backends(
                 row = {
                     "model": model,
                     "batch": batch,
-                    "calls": calls,
+                    "calls": done,
                     "triton_ms": t_ms,
                     "onnxruntime_ms": o_ms,
                     "ratio": t_ms / o_ms,
@@ -498,16 +576,38 @@ SECTIONS = (
     "## Setup",
     "## RPC latency and throughput",
     "## Headline",
+    "## Distance to the limit",
     "## Triton vs in-process onnxruntime",
     "## Triton server statistics during the load",
     "## Notes",
 )
 
+#: What each vector store mode is, for the report.
+STORE_MODES = {
+    "lite": "milvus-lite (embedded, pure Python, one file per service; the zero-setup default)",
+    "server": "Milvus standalone server on 127.0.0.1 (the production store)",
+    "attached": "whatever the attached services use",
+}
+
 
 def _f(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return "-" if value != value else f"{value:.{digits if abs(value) >= 1 else 2}f}"
+    if value is None:
+        return "-"
     return str(value)
+
+
+def _x(value: Any) -> str:
+    """A ratio as ``2.31x`` ("-" when not measured)."""
+    return f"{value:.2f}x" if isinstance(value, (int, float)) and value == value else "-"
+
+
+def _pct(value: Any) -> str:
+    """A share as ``37%`` ("-" when not measured)."""
+    if not isinstance(value, (int, float)) or value != value:
+        return "-"
+    return f"{100 * value:.0f}%" if value >= 0.1 else f"{100 * value:.1f}%"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -515,8 +615,99 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return lines + ["| " + " | ".join(_f(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
 
 
+def _stacks(report: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """store -> stack description (a report from before ``stacks`` existed has one ``stack``)."""
+    stacks = report.get("stacks")
+    if stacks:
+        return dict(stacks)
+    stack = report["stack"]
+    return {stack.get("store", "lite"): stack}
+
+
+def _machine_line(machine: Mapping[str, Any]) -> str:
+    memory = machine.get("memory_gib")
+    return (
+        f"- machine: {machine['cpu_count']} CPUs ({machine.get('cpu_model', machine.get('processor', '?'))}), "
+        f"{f'{memory:.1f} GiB' if isinstance(memory, (int, float)) else '?'} memory; {machine['platform']}, "
+        f"Python {machine['python']}; load average before/after {machine['loadavg_before']} / "
+        f"{machine.get('loadavg_after', '-')}"
+    )
+
+
+def _load_generator_line(report: Mapping[str, Any]) -> str:
+    shares = [
+        lvl["load_generator_cpu_share"]
+        for case in report["rpcs"].values()
+        for lvl in case["levels"]
+        if isinstance(lvl.get("load_generator_cpu_share"), (int, float))
+    ]
+    if not shares:
+        return "- load generator: its CPU share was not measured"
+    return (
+        "- load generator: the bench process (one Python grpc.aio client) runs on the same cores as the stack; "
+        f"its own CPU time per level was {_pct(min(shares))} to {_pct(max(shares))} of (cores x wall time of the "
+        f"level), median {_pct(statistics.median(shares))} (column `load gen CPU` below)"
+    )
+
+
+def _limit_section(report: Mapping[str, Any]) -> list[str]:
+    limits = report.get("limits") or {}
+    if not limits.get("rpcs"):
+        return ["Not measured (`--limit-duration-s 0`, or no RPC ran)."]
+    method = limits.get("method", {})
+    levels = [c for c in report["settings"]["levels"] if c > 1] or [16, 64]
+    lines = [
+        "The limit is the same work done in-process in this run: the request image decoded and preprocessed "
+        "with the services' own helpers, onnxruntime sessions of the same ONNX files (versions "
+        f"{method.get('model_versions', {})}) at the same batch sizes on the calling thread, exact numpy search "
+        "over the same vectors (the indexed products' vectors computed in-process by the same models), and for "
+        "the latent RPCs the reference numpy optimiser with the same steps and batch sizes (plus the PNGs the "
+        "answer carries); orchestrator flows are the sum of their parts. No gRPC, no Triton, no vector store.",
+        "",
+        f"- limit p50: {method.get('p50', '-')}.",
+        f"- limit calls/s: {method.get('throughput', '-')}.",
+        "- p50 ratio = service p50 at c=1 / limit p50 (lower is better, 1 is the floor); throughput share = "
+        "service calls/s at that concurrency / limit calls/s (higher is better).",
+        "- rpc floor: p50 of an empty gRPC round trip (grpc.health.v1 Health/Check) to the same service process, "
+        "measured in the same run; shown beside the limit, not included in it.",
+        "- the limit runs each request at its own batch size; a service that merges concurrent requests into "
+        "larger batches (Triton's dynamic batching) can pass 100% of its throughput.",
+        "",
+    ]
+    rows = []
+    for name, case in report["rpcs"].items():
+        limit = case.get("limit") or {}
+        by = {lvl["concurrency"]: lvl for lvl in case["levels"]}
+        floor = (case.get("rpc_floor") or {}).get("p50_ms")
+        rows.append(
+            [
+                name,
+                f"{_f(limit.get('p50_ms'), 2)} ms" if limit.get("p50_ms") is not None else "-",
+                _f(limit.get("throughput_per_s")),
+                _x(by.get(1, {}).get("p50_ratio_to_limit")),
+                *(_pct(by.get(c, {}).get("throughput_share_of_limit")) for c in levels),
+                f"{_f(floor, 2)} ms" if floor is not None else "-",
+            ]
+        )
+    lines += _table(
+        [
+            "RPC",
+            "limit p50",
+            "limit calls/s",
+            "p50 ratio at c=1",
+            *(f"throughput share at c={c}" if i == 0 else f"at c={c}" for i, c in enumerate(levels)),
+            "rpc floor",
+        ],
+        rows,
+    )
+    failed = {n: c["limit"]["error"] for n, c in report["rpcs"].items() if (c.get("limit") or {}).get("error")}
+    lines += [""] + [f"- no limit for `{n}`: {e}" for n, e in failed.items()]
+    return lines
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
-    machine, stack, run = report["machine"], report["stack"], report["settings"]
+    machine, run = report["machine"], report["settings"]
+    stacks = _stacks(report)
     lines = [
         f"# couturier bench ({report['started_at']})",
         "",
@@ -528,18 +719,29 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Setup",
         "",
+        _machine_line(machine),
+        "- vector store: "
+        + "; ".join(
+            f"`{store}` = {STORE_MODES.get(store, store)} ({stack.get('store_uri') or '-'})"
+            for store, stack in stacks.items()
+        )
+        + (" - run one after the other in this run, RPCs keyed `<store>/<rpc>`" if len(stacks) > 1 else ""),
+        _load_generator_line(report),
     ]
+    for store, stack in stacks.items():
+        lines += [
+            f"- stack{f' ({store})' if len(stacks) > 1 else ''}: {stack['mode']}; Triton "
+            f"{stack.get('triton_url') or '-'} (server {stack.get('triton_version', '-')}); model repository "
+            f"{stack.get('repo_dir', '-')}; model versions {stack.get('model_versions', {})}; targets "
+            f"{stack.get('targets', {})}; index stats: {stack.get('index', {})}",
+        ]
     lines += [
-        f"- machine: {machine['platform']}, Python {machine['python']}, {machine['cpu_count']} CPUs, "
-        f"load average before/after {machine['loadavg_before']} / {machine.get('loadavg_after', '-')}",
-        f"- stack: {stack['mode']}; Triton {stack.get('triton_url') or '-'} (server {stack.get('triton_version', '-')}); "
-        f"model repository {stack.get('repo_dir', '-')}; model versions {stack.get('model_versions', {})}",
-        f"- targets: {stack['targets']}",
-        f"- data: {report['data_sizes']}; index stats: {stack.get('index', {})}",
+        f"- data: {report['data_sizes']}",
         f"- load: closed loop, concurrency {run['levels']}, {run['duration_s']:g} s per level "
         f"(heavy RPCs: at most max({run['heavy_calls']}, concurrency) calls per level), one warm-up call per "
-        f"RPC excluded, per-call timeout {run['timeout_s']:g} s; Triton/onnxruntime: median of "
-        f"{run['compare_calls']} alternating calls per model and batch",
+        f"RPC excluded, per-call timeout {run['timeout_s']:g} s; Triton/onnxruntime: median of up to "
+        f"{run['compare_calls']} alternating calls per model and batch (at least {COMPARE_MIN_CALLS}, about "
+        f"{COMPARE_ROW_BUDGET_S:g} s per row; `calls` in bench.json)",
         f"- wall time: {report.get('wall_s', float('nan')):.0f} s",
         "",
         "Requests:",
@@ -553,7 +755,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## RPC latency and throughput",
         "",
-        "Latencies in ms over successful calls; throughput = successful calls / wall time of the level.",
+        "Latencies in ms over successful calls; throughput = successful calls / wall time of the level; "
+        "load gen CPU = the bench process's CPU time over (cores x wall time) of the level.",
         "",
     ]
     rows = []
@@ -573,10 +776,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                     lvl["throughput_per_s"],
                     first.get("p50_ms", float("nan")),
                     first.get("p99_ms", float("nan")),
+                    _pct(lvl.get("load_generator_cpu_share")),
                 ]
             )
     lines += _table(
-        ["RPC", "conc.", "calls", "errors", "p50", "p90", "p99", "calls/s", "first msg p50", "first msg p99"], rows
+        [
+            "RPC",
+            "conc.",
+            "calls",
+            "errors",
+            "p50",
+            "p90",
+            "p99",
+            "calls/s",
+            "first msg p50",
+            "first msg p99",
+            "load gen CPU",
+        ],
+        rows,
     )
     levels = run["levels"]
     lines += ["", "## Headline", "", "p50 / p99 ms and calls/s per concurrency level.", ""]
@@ -591,9 +808,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             ]
         )
     lines += _table(["RPC"] + [f"c={c}" for c in levels], head)
+    lines += ["", "## Distance to the limit", "", *_limit_section(report)]
     lines += ["", "## Triton vs in-process onnxruntime", ""]
     if report["backends"]:
+        summary = report.get("backends_summary") or {}
+        at32 = summary.get("median_ratio_batch32")
         lines += [
+            f"**Median Triton / onnxruntime ratio at batch 32: {_x(at32)}** (models "
+            f"{', '.join(summary.get('models_batch32', [])) or '-'}; the acceptance asks for <= 1.5x).",
+            "",
             "`triton` and `onnxruntime`: median client-side ms per `infer` call (sequential, the two "
             "alternating); ratio = Triton / onnxruntime. `queue` and `compute` are Triton's own statistics, "
             "means over the same Triton calls (compute includes the Python backend stub's round trip; Triton "
@@ -622,6 +845,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             "",
             f"Median ratio over all rows: {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}).",
+        ]
+        lines += [
+            f"- not compared: {r['model']} at batch {r['batch']} ({r['reason']})" for r in summary.get("skipped", [])
         ]
     else:
         lines += ["Not measured: no Triton URL (attach with `--triton HOST:PORT`)."]
@@ -667,6 +893,8 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 # -- the whole run --------------------------------------------------------------------------------
 
+StoreMode = Literal["lite", "server", "both"]
+
 
 @dataclass
 class BenchOptions:
@@ -684,6 +912,38 @@ class BenchOptions:
     only: tuple[str, ...] = ()  # substrings of RPC names; empty = all
     compare_calls: int = 50
     timeout_s: float = 120.0
+    store: StoreMode = "lite"  # the vector store of a stack the bench starts; both: lite, then server
+    milvus_uri: str = ""  # server mode: a running Milvus server (default: the stack starts one)
+    limit_duration_s: float = 3.0  # in-process limit: seconds per RPC for each measurement (0: no limits)
+    limit_threads: int = 0  # in-process limit throughput: worker threads (0: one per core)
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (the affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _machine() -> dict[str, Any]:
@@ -691,6 +951,9 @@ def _machine() -> dict[str, Any]:
 
     return {
         "cpu_count": os.cpu_count(),
+        "cores_usable": machine_cores(),
+        "cpu_model": _cpu_model(),
+        "memory_gib": _memory_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
@@ -722,65 +985,106 @@ async def _describe_stack(client: Any, stack: dict[str, Any], opts: BenchOptions
         }
 
 
+def selected(cases: Sequence[RpcCase], only: Sequence[str]) -> list[RpcCase]:
+    """The cases whose name contains one of ``only`` (all when empty)."""
+    return [case for case in cases if not only or any(s in case.name for s in only)]
+
+
 async def load_phase(
-    cases: Sequence[RpcCase], opts: BenchOptions, report: dict[str, Any], echo: Callable[[str], None]
+    cases: Sequence[RpcCase],
+    opts: BenchOptions,
+    report: dict[str, Any],
+    echo: Callable[[str], None],
+    *,
+    store: str = "",
+    keyed: bool = False,
 ) -> None:
-    """Every case (filtered by ``opts.only``) at every level into ``report["rpcs"]``, one line per level."""
+    """Every case (filtered by ``opts.only``) at every level into ``report["rpcs"]``, one line per level;
+    keyed ``"<store>/<rpc>"`` when ``keyed``. Each level also records the bench process's own CPU time
+    (``load_generator_cpu_s``) and its share of the machine (``load_generator_cpu_share``: CPU time over
+    cores x wall time of the level): the load generator runs on the same cores as the stack."""
     offset = 0  # call indices keep growing across levels, so users and images keep changing
-    for case in cases:
-        if opts.only and not any(s in case.name for s in opts.only):
-            continue
+    cores = machine_cores()
+    for case in selected(cases, opts.only):
         levels: list[dict[str, Any]] = []
-        entry: dict[str, Any] = {"request": case.request, "heavy": case.heavy, "levels": levels}
-        report["rpcs"][case.name] = entry
+        entry: dict[str, Any] = {"rpc": case.name, "store": store, "request": case.request, "heavy": case.heavy}
+        entry["levels"] = levels
+        name = f"{store}/{case.name}" if keyed else case.name
+        report["rpcs"][name] = entry
         try:
             await case.call(1_000_000)  # warm-up, excluded
         except Exception as exc:
             details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
             entry["warmup_error"] = f"{_error_name(exc)}: {details}"
-            echo(f"{case.name}: warm-up call failed: {entry['warmup_error']}")
+            echo(f"{name}: warm-up call failed: {entry['warmup_error']}")
         for level in opts.levels:
             count = max(opts.heavy_calls, level) if case.heavy else None
             base = offset
+            cpu0 = time.process_time()
             result = await run_load(_shifted(case.call, base), level, opts.duration_s, count)
+            cpu_s = time.process_time() - cpu0
             offset += result.calls
             summary = result.summary()
+            summary["load_generator_cpu_s"] = round(cpu_s, 3)
+            summary["load_generator_cpu_share"] = cpu_s / (cores * result.elapsed_s) if result.elapsed_s > 0 else None
             levels.append(summary)
             errors = f", errors {summary['errors']}" if summary["errors"] else ""
             echo(
-                f"{case.name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
-                f"p99 {summary['p99_ms']:8.1f} ms  {summary['throughput_per_s']:7.1f}/s{errors}"
+                f"{name:<32} c={level:<3} {summary['calls']:>5} calls  p50 {summary['p50_ms']:8.1f} ms  "
+                f"p99 {summary['p99_ms']:8.1f} ms  {summary['throughput_per_s']:7.1f}/s  "
+                f"load gen CPU {100 * (summary['load_generator_cpu_share'] or 0):.0f}%{errors}"
             )
 
 
-async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """Start (or attach to) the stack, index, load every RPC at every level, compare backends, write."""
+def _stores(opts: BenchOptions) -> tuple[str, ...]:
+    if opts.store not in ("lite", "server", "both"):
+        raise ValueError(f"store must be lite, server or both, got {opts.store!r}")
+    if opts.targets:
+        if opts.store == "both":
+            raise ValueError("--store both starts two stacks; it cannot attach to running services")
+        return ("attached",)
+    return ("lite", "server") if opts.store == "both" else (opts.store,)
+
+
+async def _measure_limits(
+    cases: Sequence[RpcCase], data: BenchData, opts: BenchOptions, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """The in-process limit of every selected RPC (:mod:`couturier.export.tools.bench_limits`), on a thread."""
+    from couturier.export.tools.bench_limits import LimitOptions, measure_limits
+
+    names = [case.name for case in selected(cases, opts.only)]
+    echo(f"in-process limits of {len(names)} RPCs ({opts.limit_duration_s:g} s per measurement) ...")
+    t0 = time.perf_counter()
+    limits = await asyncio.to_thread(
+        measure_limits,
+        data,
+        opts.repo_dir.absolute(),
+        opts.user_vectors_dir.absolute(),
+        names,
+        LimitOptions(duration_s=opts.limit_duration_s, threads=opts.limit_threads),
+        echo,
+    )
+    limits["method"]["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
+    limits["wall_s"] = round(time.perf_counter() - t0, 1)
+    return limits
+
+
+async def _bench_stack(
+    store: str, keyed: bool, opts: BenchOptions, data: BenchData, report: dict[str, Any], echo: Callable[[str], None]
+) -> None:
+    """One stack (started, or attached): index, rpc floors, limits (first stack only), load, Triton statistics,
+    the backend comparison (first stack only); the stack is stopped whatever happens."""
+    from couturier.export.tools.bench_limits import rpc_floor, service_of
     from couturier.services.client import CouturierClient
     from couturier.services.common.models import ALL_MODELS
 
-    started, wall0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
-    machine = _machine()
     repo = opts.repo_dir.absolute()
-    data = BenchData.load(
-        opts.data_dir,
-        opts.user_vectors_dir / "item_encoder_v1.npz",
-        repo / "text_encoder" / "tokenizer.json",
-        opts.index_limit,
-    )
-    report: dict[str, Any] = {
-        "started_at": started,
-        "machine": machine,
-        "data_sizes": data.sizes,
-        "rpcs": {},
-        "backends": [],
-        "triton_load_stats": {},
-        "notes": [],
-        "settings": {**asdict(opts), "levels": list(opts.levels)},
-    }
-    serving: ServingStack | None = None
+    models = [m for m in ALL_MODELS if (repo / m).is_dir()]  # what the local Triton loads
+    serving: Any = None
     if opts.targets:
         stack: dict[str, Any] = {
             "mode": "attached to a running stack",
+            "store": store,
             "targets": dict(opts.targets),
             "triton_url": opts.triton_url,
             "repo_dir": str(repo),
@@ -788,21 +1092,33 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
     else:
         from couturier.export.tools.stack import ServingStack
 
-        work = (opts.out / "serving").absolute()
-        shutil.rmtree(work / "milvus", ignore_errors=True)  # a fresh index every run
-        serving = ServingStack(repo_dir=repo, user_vectors_dir=opts.user_vectors_dir.absolute(), work_dir=work)
+        work = (opts.out / (f"serving-{store}" if keyed else "serving")).absolute()
+        shutil.rmtree(work / "milvus", ignore_errors=True)  # a fresh lite index every run
+        serving = ServingStack(
+            repo_dir=repo,
+            user_vectors_dir=opts.user_vectors_dir.absolute(),
+            work_dir=work,
+            store=store,  # type: ignore[arg-type]
+            milvus_uri=opts.milvus_uri if store == "server" else "",
+        )
         stack = {
             "mode": "started by the bench: local Triton + one process per service (127.0.0.1)",
+            "store": store,
             "repo_dir": str(repo),
             "work_dir": str(work),
         }
+    report["stacks"][store] = stack
+    prefix = f"{store}: " if keyed else ""
     try:
         if serving is not None:
             t0 = time.perf_counter()
-            echo("starting the stack (local Triton with every model, then each service as its own process) ...")
+            echo(
+                f"{prefix}starting the stack (local Triton with every model, then each service as its own process) ..."
+            )
             await serving.start()
             stack["targets"] = {k: serving.target(k) for k in ("orchestrator", "scoring", "latent", "retrieval")}
             stack["triton_url"] = serving.triton.grpc_url
+            stack["store_uri"] = serving.store_uri
             stack["start_s"] = round(time.perf_counter() - t0, 1)
         triton_url = stack.get("triton_url") or ""
         async with CouturierClient(**{f"{k}_target": v for k, v in stack["targets"].items()}) as client:
@@ -815,11 +1131,22 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
                     client, load_prepared(opts.data_dir).catalogue, limit=opts.index_limit, progress=False
                 )
                 stack["index_s"] = round(time.perf_counter() - t0, 1)
-                echo(f"indexed {data.sizes['indexed_items']} products in {stack['index_s']} s")
+                echo(f"{prefix}indexed {data.sizes['indexed_items']} products in {stack['index_s']} s")
             await _describe_stack(client, stack, opts)
+            if serving is None:
+                stack["store_uri"] = stack["settings"].get("scoring", {}).get("milvus_uri", "")
+            stack["rpc_floor"] = {key: await rpc_floor(target) for key, target in stack["targets"].items()}
+            echo(
+                f"{prefix}rpc floor (health Check round trip p50): "
+                + ", ".join(f"{k} {v['p50_ms']:.2f} ms" for k, v in stack["rpc_floor"].items())
+            )
             scoring_settings = stack["settings"].get("scoring", {})
             if not triton_url and scoring_settings.get("inference_backend") == "triton":
                 triton_url = stack["triton_url"] = scoring_settings.get("triton_url", "")
+            cases = rpc_cases(client, data, opts.timeout_s)
+            if not report["limits"] and opts.limit_duration_s > 0:
+                report["limits"] = await _measure_limits(cases, data, opts, echo)
+                report["limits"]["measured_with_store"] = store
             stats_client = None
             if triton_url:
                 from tritonclient.grpc.aio import InferenceServerClient
@@ -828,27 +1155,75 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
             try:
                 if stats_client is not None:
                     stack["triton_version"] = (await stats_client.get_server_metadata()).version
-                    stats_before = await settled_stats(stats_client, ALL_MODELS)
-                await load_phase(rpc_cases(client, data, opts.timeout_s), opts, report, echo)
+                    stats_before = await settled_stats(stats_client, models)
+                await load_phase(cases, opts, report, echo, store=store, keyed=keyed)
                 if stats_client is not None:
-                    after = await settled_stats(stats_client, ALL_MODELS)
-                    report["triton_load_stats"] = {m: stats_delta(stats_before[m], after[m]) for m in ALL_MODELS}
+                    after = await settled_stats(stats_client, models)
+                    for m in models:
+                        report["triton_load_stats"][f"{store}/{m}" if keyed else m] = stats_delta(
+                            stats_before[m], after[m]
+                        )
             finally:
                 if stats_client is not None:
                     await stats_client.close()
-        if triton_url and opts.compare_calls > 0:
+        for entry in report["rpcs"].values():
+            if entry["store"] == store:
+                service = service_of(entry["rpc"])
+                entry["rpc_floor"] = {"service": service, **stack["rpc_floor"].get(service, {})}
+        if triton_url and opts.compare_calls > 0 and not report["backends"]:
             echo("Triton vs in-process onnxruntime (median ms per infer call):")
-            report["backends"] = await compare_backends(triton_url, repo, data, opts.compare_calls, echo)
+            report["backends"] = await compare_backends(
+                triton_url, repo, data, opts.compare_calls, echo, report["backends_skipped"]
+            )
     except BaseException:
         if serving is not None:
             echo(
-                f"bench failed; service and Triton logs: {serving.work_dir / 'logs'}, {serving.triton and serving.triton.log_path}"
+                f"bench failed; service and Triton logs: {serving.work_dir / 'logs'}, "
+                f"{serving.triton and serving.triton.log_path}"
             )
         raise
     finally:
         if serving is not None:
             serving.stop()
-    report["stack"] = stack
+
+
+async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tuple[Path, Path]:
+    """Start (or attach to) the stack (or, with ``store="both"``, a lite then a server stack), index, measure
+    the in-process limits, load every RPC at every level, compare backends, write."""
+    from couturier.export.tools.bench_limits import attach_limit, backends_summary
+
+    started, wall0 = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter()
+    stores = _stores(opts)
+    machine = _machine()
+    repo = opts.repo_dir.absolute()
+    data = BenchData.load(
+        opts.data_dir,
+        opts.user_vectors_dir / "item_encoder_v1.npz",
+        repo / "text_encoder" / "tokenizer.json",
+        opts.index_limit,
+    )
+    report: dict[str, Any] = {
+        "started_at": started,
+        "machine": machine,
+        "data_sizes": data.sizes,
+        "stores": list(stores),
+        "stacks": {},
+        "limits": {},
+        "rpcs": {},
+        "backends": [],
+        "backends_skipped": [],
+        "backends_summary": {},
+        "triton_load_stats": {},
+        "notes": [],
+        "settings": {**asdict(opts), "levels": list(opts.levels)},
+    }
+    for store in stores:
+        await _bench_stack(store, len(stores) > 1, opts, data, report, echo)
+    report["stack"] = report["stacks"][stores[0]]
+    limits = report["limits"].get("rpcs", {})
+    for entry in report["rpcs"].values():
+        attach_limit(entry, limits.get(entry["rpc"]))
+    report["backends_summary"] = backends_summary(report["backends"], report["backends_skipped"])
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     report["notes"] = [
         "2-core CPU numbers; Triton is the CPU stand-in (Python-based onnxruntime backend); production runs the "
@@ -857,13 +1232,17 @@ async def bench(opts: BenchOptions, echo: Callable[[str], None] = print) -> tupl
         f"flows around it) issue at most max({opts.heavy_calls}, concurrency) calls per level (and none after "
         f"{opts.duration_s:g} s): at c=16 and c=64 that is one call per worker, so their percentiles there come from "
         "one round of concurrent calls, and p99 of a handful of calls is close to the maximum.",
-        "Alter and SellerShifts use 50 inversion steps (the default is 200) to keep the run short.",
+        f"Alter and SellerShifts use {INVERSION_STEPS} inversion steps (the default is 200) to keep the run short.",
         "Batched models wait up to Triton's dynamic-batching window (max_queue_delay 500 us) for company: at batch 1 "
         "with nothing else in flight that shows as ~0.5 ms queue time per request.",
-        "The load client (Python grpc.aio, one channel per service) runs on the same 2 cores as Triton and the "
-        "services, so high-concurrency numbers include client-side contention.",
-        "Gradient models are compared at leading axis 1 and 4 (designs / restarts / shifts, U=1 user); forward "
-        "models at batch 1 and 16.",
+        "The load client (Python grpc.aio, one channel per service) runs on the same cores as Triton and the "
+        "services, so high-concurrency numbers include client-side contention (its CPU share is in the tables).",
+        f"Gradient models are compared at leading axis {', '.join(map(str, GRADIENT_BATCHES))} (designs / restarts "
+        f"/ requests: one trained user per row, shift_grad with {SHIFTS} shifts per row; models of the older "
+        f"signature: U=1 user, shift_grad's axis is its shifts); forward models at batch "
+        f"{', '.join(map(str, FORWARD_BATCHES))}.",
+        "In-process limits are measured once per run, on the first stack's machine state (its processes idle), "
+        "and shared by every store mode.",
         "Machine is shared: load average is recorded before and after the run.",
     ] + [
         f"{name}: warm-up call failed ({e['warmup_error']})"

@@ -46,6 +46,13 @@ def demo(
             "here (default profile demo) into runs/datasets/<name>-<fingerprint>/, then serves them.",
         ),
     ] = None,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Vector store of the stack: lite (a milvus-lite file per service, zero setup) or server (the "
+            "local Milvus server on 127.0.0.1:19530, started or reused; docs/vector-store.md)."
+        ),
+    ] = "lite",
 ) -> None:
     """The main job on the embedded default: data, models, the whole stack, every flow, a report.
 
@@ -63,8 +70,18 @@ def demo(
     """
     from couturier.export.tools.demo import run_demo
 
+    if store not in ("lite", "server"):
+        fail(f"--store must be lite or server, got {store!r}")
     try:
-        report = run_demo(out, data_dir=data_dir, profile=profile, train=train, shipped=shipped, dataset=dataset)
+        report = run_demo(
+            out,
+            data_dir=data_dir,
+            profile=profile,
+            train=train,
+            shipped=shipped,
+            dataset=dataset,
+            store="server" if store == "server" else "lite",
+        )
     except CouturierError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
@@ -104,18 +121,45 @@ def bench(
             "--index/--no-index", help="Index the catalogue subset first (default: only for a stack the bench starts)."
         ),
     ] = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency levels.")] = "1,16,64",
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", "--levels", help="Comma-separated concurrency levels.")
+    ] = "1,16,64",
     duration_s: Annotated[float, typer.Option(help="Seconds of closed-loop load per RPC and level.")] = 5.0,
     heavy_calls: Annotated[
         int, typer.Option(help="Latent/orchestrator-design RPCs: at most max(this, concurrency) calls per level.")
     ] = 8,
-    only: Annotated[str, typer.Option(help="Comma-separated substrings of RPC names to run (default all).")] = "",
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Substring of the RPC names to run; repeat it or separate with commas (default all)."),
+    ] = None,
     compare_calls: Annotated[
         int, typer.Option(help="Calls per model and batch for Triton vs onnxruntime (0: skip).")
     ] = 50,
     timeout_s: Annotated[float, typer.Option(help="Deadline of each RPC.")] = 120.0,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Vector store of the stack the bench starts: lite (milvus-lite, zero setup), server (a local "
+            "Milvus standalone server) or both (lite, then server, in one run; RPCs keyed <store>/<rpc>). "
+            "The issue 11 acceptance figures use server or both."
+        ),
+    ] = "lite",
+    milvus_uri: Annotated[
+        str, typer.Option(help="--store server/both: a running Milvus server (default: start a local one).")
+    ] = "",
+    limit_duration_s: Annotated[
+        float,
+        typer.Option(
+            help="In-process limit of each RPC (the same work without services, Triton or gRPC): seconds for "
+            "its p50 and for its throughput measurement (0: no limits)."
+        ),
+    ] = 3.0,
+    limit_threads: Annotated[
+        int, typer.Option(help="Worker threads of the limit's throughput (default: one per core).")
+    ] = 0,
 ) -> None:
-    """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, and Triton vs onnxruntime per model.
+    """Latency (p50/p90/p99) and throughput of every RPC at each concurrency, its distance to the in-process
+    limit measured in the same run, and Triton vs onnxruntime per model.
 
     `couturier bench data` measures the data path instead: import and training on a generated shop.
     """
@@ -134,6 +178,10 @@ def bench(
         levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
     except ValueError:
         fail(f"--concurrency must be comma-separated integers, got {concurrency!r}")
+    if store not in ("lite", "server", "both"):
+        fail(f"--store must be lite, server or both, got {store!r}")
+    if store == "both" and given:
+        fail("--store both starts its own two stacks; it cannot attach to running services")
     options = BenchOptions(
         out=out,
         targets=given,
@@ -146,9 +194,13 @@ def bench(
         levels=levels,
         duration_s=duration_s,
         heavy_calls=heavy_calls,
-        only=tuple(s.strip() for s in only.split(",") if s.strip()),
+        only=tuple(part.strip() for value in only or [] for part in value.split(",") if part.strip()),
         compare_calls=compare_calls,
         timeout_s=timeout_s,
+        store=store,  # type: ignore[arg-type]  # checked above
+        milvus_uri=milvus_uri,
+        limit_duration_s=limit_duration_s,
+        limit_threads=limit_threads,
     )
     json_path, md_path = asyncio.run(run_bench(options, echo=typer.echo))
     typer.echo(f"results: {md_path} and {json_path}")

@@ -13,7 +13,8 @@ Stages, each announced with its elapsed time:
    model repository only the ONNX files it does not already hold (sha256 against each model's
    newest version), so re-running never publishes duplicate versions;
 3. stack: a local Triton with every model plus the four services, each its own process, milvus-lite
-   files under ``<out>/serving/milvus`` (wiped first: every run indexes into an empty store);
+   files under ``<out>/serving/milvus`` (wiped first: every run indexes into an empty store), or with
+   ``store="server"`` the local Milvus server (empty databases of the run's own; docs/vector-store.md);
 4. indexing: the whole catalogue through the orchestrator's ``IndexCatalogue``;
 5. flows: Recommend, DesignAndShop, Alter, SellerFeedback, MultimodalShop and SearchByImage through
    :class:`~couturier.services.client.CouturierClient`, plus precision@10 of image search;
@@ -75,7 +76,14 @@ from couturier.export.tools.shipped import (
 )
 from couturier.services.common.errors import InvalidInput
 from couturier.services.common.model_metadata import CATEGORIES_KEY, METADATA_PREFIX
-from couturier.services.common.models import ALL_MODELS, CATEGORY_MODELS, ITEM_ENCODER, TEXT_ENCODER
+from couturier.services.common.models import (
+    ALL_MODELS,
+    CATEGORY_MODELS,
+    GRADIENT_MODELS,
+    ITEM_ENCODER,
+    LOOP_MODELS,
+    TEXT_ENCODER,
+)
 from couturier.services.latent import optimize
 from couturier.services.scoring.users import UserDirectory
 
@@ -260,6 +268,26 @@ def carries_categories(path: Path) -> bool:
     return any(p.key == METADATA_PREFIX + CATEGORIES_KEY for p in model.metadata_props)
 
 
+def takes_user_weights(path: Path) -> bool:
+    """Whether a gradient model has the ``user_weight`` input of older exports (per-user inputs that do not
+    share the batch axis, served unbatched); today's take one user vector per row."""
+    import onnx
+
+    return any(i.name == "user_weight" for i in onnx.load(str(path), load_external_data=False).graph.input)
+
+
+def loop_inputs_missing(path: Path, name: str) -> list[str]:
+    """Inputs today's latent service sends to loop model ``name`` that the exported file lacks (an export
+    made by an older builder: re-export it rather than serve a model every call would be refused by)."""
+    import onnx
+
+    from couturier.services.common.loop_specs import LOOP_SPECS
+
+    spec = LOOP_SPECS[name]
+    present = {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+    return [n for n in (*spec.state_inputs, *spec.row_inputs) if n not in present]
+
+
 def export_reasons(run_dir: Path) -> list[str]:
     """Why the ONNX export must be (re)done: missing files, a checkpoint newer than the export, or
     files without their category list (exported before the models carried it)."""
@@ -273,7 +301,20 @@ def export_reasons(run_dir: Path) -> list[str]:
     if newer:
         return [f"the {', '.join(newer)} checkpoint is newer than the ONNX export"]
     unnamed = [name for name in models if name in CATEGORY_MODELS and not carries_categories(onnx / f"{name}.onnx")]
-    return [f"{', '.join(unnamed)} in {onnx} carry no category list (exported before models did)"] if unnamed else []
+    if unnamed:
+        return [f"{', '.join(unnamed)} in {onnx} carry no category list (exported before models did)"]
+    per_user = [name for name in models if name in GRADIENT_MODELS and takes_user_weights(onnx / f"{name}.onnx")]
+    if per_user:
+        return [f"{', '.join(per_user)} in {onnx} take per-user inputs (exported before they were batched)"]
+    outdated = {
+        name: missing
+        for name in models
+        if name in LOOP_MODELS and (missing := loop_inputs_missing(onnx / f"{name}.onnx", name))
+    }
+    return [
+        f"{name} in {onnx} lacks the inputs {', '.join(missing)} (built by an older exporter)"
+        for name, missing in outdated.items()
+    ]
 
 
 def publish_reasons(onnx_dir: Path, repo_dir: Path) -> dict[str, str]:
@@ -404,7 +445,9 @@ def ensure_models(
         from couturier.export.pipeline import publish_all
 
         stages.note("publishing " + ", ".join(f"{name} ({why})" for name, why in to_publish.items()))
-        published = publish_all({name: onnx_dir / f"{name}.onnx" for name in to_publish}, where.repo_dir)
+        published = publish_all(
+            {name: onnx_dir / f"{name}.onnx" for name in to_publish}, where.repo_dir, echo=stages.note
+        )
         info.published = True
         info.publish_reason = "published " + ", ".join(f"{n} v{v}" for n, v in published.items())
     else:
@@ -998,6 +1041,7 @@ async def _serve_and_run(stack: Any, prepared: Any, results: DemoResults, stages
         await stack.start(timeout_s=180.0)
         for key in ("scoring", "latent", "retrieval", "orchestrator"):
             stages.note(f"{key}: {stack.target(key)}")
+        stages.note(f"vector store ({stack.store}): {', '.join(f'{k} {u}' for k, u in stack.store_uri.items())}")
     client = CouturierClient(
         stack.target("orchestrator"), stack.target("scoring"), stack.target("latent"), stack.target("retrieval")
     )
@@ -1069,6 +1113,7 @@ def run_demo(
     shipped: Path | None = None,
     where: Locations | None = None,
     dataset: Path | None = None,
+    store: Literal["lite", "server"] = "lite",
 ) -> Path:
     """Run the main job; returns the path of the HTML report (``<out_dir>/demo_report.html``).
 
@@ -1130,7 +1175,7 @@ def run_demo(
 
     work_dir = (out_dir / "serving").resolve()
     shutil.rmtree(work_dir / "milvus", ignore_errors=True)  # every run indexes into an empty store
-    stack = ServingStack(where.repo_dir.resolve(), where.user_vectors_dir.resolve(), work_dir)
+    stack = ServingStack(where.repo_dir.resolve(), where.user_vectors_dir.resolve(), work_dir, store=store)
     try:
         asyncio.run(_serve_and_run(stack, prepared, results, stages))
     finally:

@@ -1,19 +1,30 @@
 """A real Milvus standalone server on this machine, without Docker (the PyPI package ``milvus``).
 
 The ``milvus`` wheel (2.3.5, in the ``dev`` extra) ships the server binary and its etcd and runs them
-with ``milvus-server --data DIR``. Every component is told to use 127.0.0.1; the embedded build still
-listens on all interfaces for some ports (see shared/DESIGN.md), so this is a developer and CI mode,
-not a deployment. Production runs Milvus from its Helm chart (docs/deployment.md).
+with ``milvus-server --data DIR``. Every component is told to use 127.0.0.1, but the 2.3.5 build still
+listens on all interfaces (19530, 9091 and about eight internal ports; only its etcd keeps to loopback)
+without authentication, so this is a developer and CI mode for a machine whose firewall keeps those
+ports in, not a deployment. Production runs Milvus from its Helm chart (docs/deployment.md, docs/vector-store.md).
+
+One server per machine: the embedded build pins its ports, so :meth:`LocalMilvusServer.start` reuses a
+server that already answers on 127.0.0.1:19530 (started by another stack, a test session or by hand)
+instead of failing, and only a server it started itself is stopped by :meth:`LocalMilvusServer.stop`.
+Starting is serialised across processes by a lock file, so two stacks starting at once share one server.
+Give each user of a shared server its own database (:func:`create_database`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +32,11 @@ from types import TracebackType
 #: Components whose address is pinned to loopback.
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode", "dataCoord", "dataNode")
 PORT = 19530  # the proxy; the embedded build does not move its other ports, so one server per machine
+#: Database names the server accepts (letters, digits, '_'; not starting with a digit).
+_DATABASE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+log = logging.getLogger(__name__)
 
 
 class MilvusServerError(RuntimeError):
@@ -41,59 +57,87 @@ def _port_taken(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _answers(uri: str) -> bool:
+    """Whether a Milvus server answers at ``uri`` (a list_collections within 2 s)."""
+    from pymilvus import MilvusClient
+
+    try:
+        client = MilvusClient(uri=uri, timeout=2)
+    except Exception:
+        return False
+    try:
+        client.list_collections(timeout=2)
+        return True
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
 class LocalMilvusServer:
     """Start with :meth:`start` (or ``with``), talk to :attr:`uri`, stop with :meth:`stop`.
 
     The server's files live under ``data_dir``, its output in ``data_dir/server.log``. Stopping ends
-    the whole process group (the launcher, milvus and etcd).
+    the whole process group (the launcher, milvus and etcd). When a server already answers on the port,
+    :meth:`start` reuses it (:attr:`reused` is then True, ``data_dir`` is unused) and :meth:`stop` leaves
+    it running.
     """
 
     def __init__(self, data_dir: Path | str) -> None:
         self.data_dir = Path(data_dir)
         self.uri = f"http://127.0.0.1:{PORT}"
         self.log_path = self.data_dir / "server.log"
+        self.reused = False
         self._process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The launcher's process id while this object runs the server (None when reused or stopped)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout_s: float = 120.0) -> str:
-        """Start the server and wait until it answers; returns :attr:`uri`."""
+        """Start the server (or reuse one that answers) and wait until it answers; returns :attr:`uri`."""
+        lock_path = Path(tempfile.gettempdir()) / f"couturier-milvus-{PORT}.lock"
+        with lock_path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one start at a time on this machine; released on close
+            return self._start_locked(timeout_s)
+
+    def _start_locked(self, timeout_s: float) -> str:
+        if _port_taken(PORT):
+            if _answers(self.uri):
+                self.reused = True
+                return self.uri
+            raise MilvusServerError(
+                f"port {PORT} on 127.0.0.1 is taken by something that does not answer as a Milvus server"
+            )
         binary = server_binary()
         if binary is None:
             raise MilvusServerError("milvus-server is not installed; `pip install milvus==2.3.5` (the dev extra)")
-        if _port_taken(PORT):
-            raise MilvusServerError(f"port {PORT} on 127.0.0.1 is taken: another Milvus server is running")
+        self.reused = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [str(binary), "--data", str(self.data_dir)]
         for component in COMPONENTS:
             args += ["--extra-config", f"{component}.ip=127.0.0.1"]
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with self.log_path.open("ab") as output:
+            self._process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        log.warning(
+            "local Milvus server %s listens on all interfaces without authentication (the 2.3.5 build ignores "
+            "the loopback settings for most ports): for a developer machine behind a firewall only",
+            self.uri,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise MilvusServerError(f"milvus-server exited with {self._process.returncode}; see {self.log_path}")
-            if self._answers():
+            if _answers(self.uri):
                 return self.uri
             time.sleep(0.5)
         self.stop()
         raise MilvusServerError(f"Milvus server not ready after {timeout_s:g} s (stopped); see {self.log_path}")
 
-    def _answers(self) -> bool:
-        from pymilvus import MilvusClient
-
-        try:
-            client = MilvusClient(uri=self.uri, timeout=2)
-        except Exception:
-            return False
-        try:
-            client.list_collections()
-            return True
-        except Exception:
-            return False
-        finally:
-            client.close()
-
     def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL after ``grace_s``. Idempotent."""
+        """SIGTERM to the server's process group, SIGKILL after ``grace_s``; a reused server is left
+        running. Idempotent."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -117,3 +161,49 @@ class LocalMilvusServer:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def create_database(uri: str, name: str) -> str:
+    """Create database ``name`` on the server at ``uri`` when missing; returns the URI that selects it
+    (``<uri>/<name>``, the form :class:`~couturier.services.common.vectors.VectorStore` and pymilvus take)."""
+    from pymilvus import MilvusClient
+
+    if not _DATABASE.fullmatch(name):
+        raise ValueError(f"database name {name!r} must be letters, digits and '_', not starting with a digit")
+    client = MilvusClient(uri=uri, timeout=10)
+    try:
+        if name not in client.list_databases():
+            client.create_database(name)
+    finally:
+        client.close()
+    return f"{uri.rstrip('/')}/{name}"
+
+
+def drop_database(uri: str, name: str) -> None:
+    """Drop database ``name`` and its collections (no error when it does not exist)."""
+    from pymilvus import MilvusClient
+
+    admin = MilvusClient(uri=uri, timeout=10)
+    try:
+        if name not in admin.list_databases():
+            return
+        scoped = MilvusClient(uri=f"{uri.rstrip('/')}/{name}", timeout=10)  # use_database needs server >= 2.4
+        try:
+            for collection in scoped.list_collections():
+                scoped.drop_collection(collection)
+        finally:
+            scoped.close()
+        admin.drop_database(name)
+    finally:
+        admin.close()
+
+
+def list_databases(uri: str) -> list[str]:
+    """The databases of the server at ``uri``."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri, timeout=10)
+    try:
+        return list(client.list_databases())
+    finally:
+        client.close()

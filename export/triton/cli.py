@@ -134,6 +134,13 @@ def publish(
     max_batch_size: Annotated[int | None, typer.Option()] = None,
     preferred_batch_size: Annotated[list[int] | None, typer.Option(help="Repeatable.")] = None,
     max_queue_delay_us: Annotated[int | None, typer.Option()] = None,
+    instance_count: Annotated[
+        int | None, typer.Option(help="Model instances (default: the config's, 1 for a new model).")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="onnxruntime threads per instance (intra_op_thread_count); 0 = one per core."),
+    ] = None,
     version_policy: Annotated[str | None, typer.Option(help="latest[:N], all or specific:V1,V2.")] = None,
     batched: Annotated[
         bool | None,
@@ -156,6 +163,8 @@ def publish(
             max_batch_size=max_batch_size,
             preferred_batch_sizes=preferred_batch_size or None,
             max_queue_delay_us=max_queue_delay_us,
+            instance_count=instance_count,
+            intra_op_threads=threads,
             version_policy=version_policy,
             batched=batched,
         )

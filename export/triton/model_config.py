@@ -17,6 +17,8 @@ InstanceKind = Literal["KIND_CPU", "KIND_GPU"]
 #: The backend name written to every config: NGC Triton's native onnxruntime backend in production,
 #: couturier's Python-based backend of the same name on the local server.
 BACKEND = "onnxruntime"
+#: The config parameter both onnxruntime backends read for the threads of one instance's session.
+INTRA_OP_THREADS = "intra_op_thread_count"
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class ServingOptions:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 500
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
-    #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count``; keep to standard keys. Publishing
+    #: Backend parameters, e.g. onnxruntime's ``intra_op_thread_count`` (:data:`INTRA_OP_THREADS`, threads per
+    #: instance; with ``instance_count`` the model's share of the cores); keep to standard keys. Publishing
     #: adds couturier's ``couturier.*`` entries from the ONNX metadata (backends ignore unknown keys).
     parameters: Mapping[str, str] = field(default_factory=dict)
     batched: bool = True

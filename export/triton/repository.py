@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from couturier.export.triton.errors import RepositoryError
 from couturier.export.triton.model_config import (
     BACKEND,
+    INTRA_OP_THREADS,
     InstanceKind,
     ServingOptions,
     build_model_config,
@@ -49,6 +51,7 @@ __all__ = [
     "publish_model",
     "read_model_config",
     "read_signature",
+    "retire_model",
     "served_versions",
     "serving_options",
     "write_model_config",
@@ -90,6 +93,30 @@ def serving_options(config: pb.ModelConfig) -> ServingOptions:
         version_policy=VersionPolicy.from_proto(config.version_policy),
         parameters={k: v.string_value for k, v in config.parameters.items()},
     )
+
+
+def retire_model(repo_dir: str | Path, name: str) -> tuple[Path, int]:
+    """Move ``<repo>/<name>`` (config and every version) out of the repository, for a model whose
+    signature changed; returns (where it went, its newest version number).
+
+    It goes to ``<repo>-retired/<name>-<UTC time>/`` next to the repository, not inside it: a Triton
+    that loads every folder of its repository (``--model-control-mode=none``) would fail on it.
+    Publish the new signature as version ``newest + 1`` so one number never names two signatures.
+    """
+    _check_name(name)
+    repo = Path(repo_dir).absolute()
+    model_dir = repo / name
+    if not model_dir.is_dir():
+        raise RepositoryError(f"model {name!r} is not in {repo}")
+    newest = max(list_versions(repo, name), default=0)
+    target = repo.parent / f"{repo.name}-retired" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    suffix = 1
+    while target.exists():
+        target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+        suffix += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(model_dir), str(target))
+    return target, newest
 
 
 def write_model_config(repo_dir: str | Path, name: str, config: pb.ModelConfig) -> Path:
@@ -153,6 +180,7 @@ def publish_model(
     version_policy: VersionPolicy | str | None = None,
     parameters: Mapping[str, str] | None = None,
     batched: bool | None = None,
+    intra_op_threads: int | None = None,
 ) -> PublishedModel:
     """Copy ``onnx_path`` in as version ``version`` (default: next number) and (re)write the config.
 
@@ -165,6 +193,12 @@ def publish_model(
     (``max_batch_size: 0``, full shapes with -1 for dynamic axes, no ``dynamic_batching``) for models
     whose inputs do not share dim 0, e.g. ``z (B, D)`` with ``theta (U, D)``; the batching options
     are then not written. The batching mode of an existing model cannot change.
+
+    ``instance_count``: model instances (each runs requests on its own; Triton's ``instance_group``).
+    ``intra_op_threads``: onnxruntime threads per instance (the ``intra_op_thread_count`` parameter,
+    read by NGC Triton's onnxruntime backend and couturier's local one; 0 = onnxruntime's default,
+    one per core), merged into ``parameters``. On CPU keep ``instance_count * intra_op_threads`` at
+    the cores the server may use.
     """
     _check_name(name)
     src = Path(onnx_path)
@@ -205,6 +239,10 @@ def publish_model(
     }
     base = serving_options(existing) if existing is not None else ServingOptions()
     options = replace(base, **{k: v for k, v in given.items() if v is not None})
+    if intra_op_threads is not None:
+        if intra_op_threads < 0:
+            raise RepositoryError(f"intra_op_threads must be >= 0 (0: onnxruntime's default), not {intra_op_threads}")
+        options = replace(options, parameters={**options.parameters, INTRA_OP_THREADS: str(intra_op_threads)})
     options = replace(options, parameters=_published_parameters(src, name, repo, options.parameters, existing))
     config = build_model_config(name, signature, options)
 

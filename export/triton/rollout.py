@@ -43,7 +43,7 @@ SERVICES_BY_MODEL: dict[str, tuple[str, ...]] = {
     names.ITEM_ENCODER: ("scoring",),
     names.GENERATOR: ("latent",),
     names.DISCRIMINATOR: ("latent",),
-    **{model: ("latent",) for model in names.GRADIENT_MODELS},
+    **{model: ("latent",) for model in names.GRADIENT_MODELS + names.LOOP_MODELS},
     names.RETRIEVAL_ENCODER: ("retrieval",),
     names.TEXT_ENCODER: ("retrieval",),
     names.QUERY_GENERATOR: ("retrieval",),

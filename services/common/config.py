@@ -11,6 +11,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from couturier.services.common.downstream import (
+    CONNECT_TIMEOUT_MS,
+    RECONNECT_BACKOFF_INITIAL_MS,
+    RECONNECT_BACKOFF_MAX_MS,
+    reconnect_options,
+)
 from couturier.services.common.errors import InvalidInput
 
 
@@ -30,6 +36,13 @@ class ServerSettings(BaseSettings):
     rpc_timeout_s: float = Field(
         60.0, gt=0, le=3600, description="Upper bound of one call's work when the caller sets no shorter deadline."
     )
+    stream_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Upper bound of one streaming call (Alter, IndexProducts, IndexCatalogue) when the caller "
+        "sets no shorter deadline; past it the call ends with DEADLINE_EXCEEDED.",
+    )
     shutdown_grace_s: float = Field(5.0, ge=0, le=300, description="In-flight calls get this long on shutdown.")
     health_interval_s: float = Field(2.0, gt=0, le=300, description="Seconds between dependency checks.")
     max_connection_age_s: float | None = Field(
@@ -37,6 +50,45 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "console"
+    log_repeat_limit: int = Field(
+        10,
+        ge=1,
+        le=100_000,
+        description="Identical log lines (same logger, event and key fields) written per log_repeat_interval_s; "
+        "the rest are dropped and counted in one summary line.",
+    )
+    log_repeat_interval_s: float = Field(10.0, gt=0, le=3600, description="Window of log_repeat_limit, seconds.")
+    reconnect_backoff_initial_ms: int = Field(
+        RECONNECT_BACKOFF_INITIAL_MS,
+        ge=10,
+        le=60_000,
+        description="Channels this service opens (Triton, other services): first wait before reconnecting.",
+    )
+    reconnect_backoff_max_ms: int = Field(
+        RECONNECT_BACKOFF_MAX_MS,
+        ge=10,
+        le=300_000,
+        description="Longest wait between reconnection attempts: a returned back end is seen within ~1.2x this.",
+    )
+    connect_timeout_ms: int = Field(
+        CONNECT_TIMEOUT_MS, ge=100, le=60_000, description="Time one connection attempt may take before the next."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> ServerSettings:
+        if self.reconnect_backoff_initial_ms > self.reconnect_backoff_max_ms:
+            raise ValueError(
+                f"reconnect_backoff_initial_ms ({self.reconnect_backoff_initial_ms}) exceeds "
+                f"reconnect_backoff_max_ms ({self.reconnect_backoff_max_ms})"
+            )
+        return self
+
+    @property
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """Reconnect arguments of every channel this service opens (see downstream.reconnect_options)."""
+        return reconnect_options(
+            self.reconnect_backoff_initial_ms, self.reconnect_backoff_max_ms, self.connect_timeout_ms
+        )
 
     @field_validator("host")
     @classmethod
@@ -97,6 +149,23 @@ class VectorStoreSettings(BaseSettings):
         "process), or http://host:19530 for a Milvus server.",
     )
     milvus_token: str = Field("", description="Milvus token (user:password) for a secured server.")
+    milvus_threads: int = Field(
+        8, ge=1, le=64, description="Calls to a Milvus server that run at once (a milvus-lite file uses one thread)."
+    )
+    milvus_search_batch_max: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Concurrent searches of the same collection, filter and k are merged into one Milvus call "
+        "of at most this many query vectors (1: no merging). See docs/vector-store.md.",
+    )
+    milvus_search_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Extra wait for a merged search call to fill (0: send as soon as a call is free; "
+        "searches that arrive while calls are busy are merged anyway).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -122,6 +191,19 @@ class LatentSettings(ServerSettings, ModelBackendSettings):
     model_config = SettingsConfigDict(env_prefix="COUTURIER_LATENT_", extra="forbid")
     service_key: ClassVar[str] = "latent"
     port: int = Field(50052, ge=0, le=65535)
+    optimiser: Literal["loop", "reference"] = Field(
+        "loop",
+        description="loop: loop_steps Adam steps per call of the loop models (inv_loop, pref_loop, shift_loop); "
+        "reference: the numpy optimiser, one gradient-model call per step. TOP_K_SHARE designs run on the "
+        "reference optimiser in both (their user weights change every step); GetStatus shows it.",
+    )
+    loop_steps: int = Field(
+        10,
+        ge=1,
+        le=500,
+        description="Adam steps per loop-model call (optimiser=loop). Alter then reports progress every "
+        "max(report_every, loop_steps) steps.",
+    )
     # No downstream targets: the latent service calls no other couturier service (the orchestrator
     # resolves user ids and product ids into the requests' resolved inputs).
 

@@ -1,11 +1,19 @@
-"""Calls from one couturier service to another: channels, deadline propagation, error naming."""
+"""Calls from one couturier service to another: channels, deadline propagation, error naming.
+
+Also the one place that says how every channel a service opens reconnects (to other couturier
+services, to Triton, and the orchestrator's health probes): :func:`reconnect_options`. gRPC's own
+defaults (first retry after 1 s, growing x1.6 up to 120 s, 20 s to connect) left callers failing with
+a stale "Connection refused" for seconds after a back end came back; these values (settings
+``reconnect_backoff_initial_ms``, ``reconnect_backoff_max_ms``, ``connect_timeout_ms``) bound that
+to about half a second. See docs/deployment.md, "Reconnecting after an outage".
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 
@@ -13,13 +21,42 @@ from couturier.services.common.errors import DeadlineExpired, DownstreamCallFail
 
 T = TypeVar("T")
 
+#: First wait before reconnecting to a back end that refused or dropped the connection (gRPC: 1000).
+RECONNECT_BACKOFF_INITIAL_MS: Final = 100
+#: Longest wait between reconnection attempts, however long the outage (gRPC: 120000). Each wait is
+#: jittered by +-20 %, so a caller sees a returned back end within about 1.2 x this.
+RECONNECT_BACKOFF_MAX_MS: Final = 500
+#: How long one connection attempt may take before the next one starts (gRPC: 20000; its
+#: ``grpc.min_reconnect_backoff_ms``): bounds recovery when a back end's address stops answering
+#: instead of refusing (a replaced pod).
+CONNECT_TIMEOUT_MS: Final = 1000
 
-def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
+ChannelOptions = list[tuple[str, Any]]
+
+
+def reconnect_options(
+    initial_backoff_ms: int = RECONNECT_BACKOFF_INITIAL_MS,
+    max_backoff_ms: int = RECONNECT_BACKOFF_MAX_MS,
+    connect_timeout_ms: int = CONNECT_TIMEOUT_MS,
+) -> ChannelOptions:
+    """gRPC channel arguments that bound how long a channel waits before reconnecting."""
+    if not 0 < initial_backoff_ms <= max_backoff_ms:
+        raise ValueError(f"reconnect backoff needs 0 < initial ({initial_backoff_ms} ms) <= max ({max_backoff_ms} ms)")
+    if connect_timeout_ms <= 0:
+        raise ValueError(f"connect_timeout_ms must be positive, got {connect_timeout_ms}")
+    return [
+        ("grpc.initial_reconnect_backoff_ms", int(initial_backoff_ms)),
+        ("grpc.max_reconnect_backoff_ms", int(max_backoff_ms)),
+        ("grpc.min_reconnect_backoff_ms", int(connect_timeout_ms)),
+    ]
+
+
+def open_channel(target: str, max_message_bytes: int, reconnect: ChannelOptions | None = None) -> grpc.aio.Channel:
     """A channel that spreads calls over every address the target resolves to.
 
     With a headless Kubernetes Service (``dns:///scoring.ns.svc.cluster.local:50051``) each pod is
     one address; round robin plus the servers' ``max_connection_age`` keeps load spread as pods
-    come and go.
+    come and go. ``reconnect``: :func:`reconnect_options` (default: its defaults).
     """
     return grpc.aio.insecure_channel(
         target,
@@ -28,6 +65,7 @@ def open_channel(target: str, max_message_bytes: int) -> grpc.aio.Channel:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
+            *(reconnect_options() if reconnect is None else reconnect),
         ],
     )
 
@@ -68,16 +106,23 @@ class Stubs:
     """Stubs of other services over channels opened on first use (a grpc.aio channel belongs to the
     event loop running when it is created, so none is opened before the server's loop runs)."""
 
-    def __init__(self, targets: dict[str, str], stub_types: dict[str, Any], max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        targets: dict[str, str],
+        stub_types: dict[str, Any],
+        max_message_bytes: int,
+        reconnect: ChannelOptions | None = None,
+    ) -> None:
         self._targets = targets
         self._types = stub_types
         self._size = max_message_bytes
+        self._reconnect = reconnect
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._stubs:
-            self._channels[name] = open_channel(self._targets[name], self._size)
+            self._channels[name] = open_channel(self._targets[name], self._size, self._reconnect)
             self._stubs[name] = self._types[name](self._channels[name])
         return self._stubs[name]
 

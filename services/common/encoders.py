@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from couturier.services.common.errors import PreconditionFailed
+from couturier.services.common.errors import PreconditionFailed, UnknownEntity, clip
 from couturier.services.common.images import to_model_input
-from couturier.services.common.inference import InferenceBackend
+from couturier.services.common.inference import InferenceBackend, ModelNotReady
+from couturier.services.common.validation import model_version_number
 
 #: Images per inference call when embedding many (index batches are split into calls of this size).
 ENCODE_BATCH = 64
@@ -23,8 +24,22 @@ class ImageEncoder:
         self._dims: dict[str, int] = {}
 
     async def version(self, requested: str = "") -> str:
-        """The version to use: ``requested``, else the pinned one, else the newest the backend serves."""
-        return await self.backend.resolve_version(self.model, requested or self.pinned_version)
+        """The version to use: ``requested``, else the pinned one, else the newest the backend serves.
+
+        A caller's ``requested`` version must be a number (InvalidInput) that the backend serves: one it
+        does not serve is NOT_FOUND (UnknownEntity), not UNAVAILABLE, since retrying the same request
+        cannot help until someone loads that version. The pinned version not being served stays
+        UNAVAILABLE (a deployment problem, visible in health)."""
+        if not requested:
+            return await self.backend.resolve_version(self.model, self.pinned_version)
+        model_version_number(requested, "encoder_version")
+        try:
+            return await self.backend.resolve_version(self.model, requested)
+        except ModelNotReady as exc:
+            raise UnknownEntity(
+                f"encoder_version {requested} of {self.model} is not served by the model server ({clip(str(exc), 300)}); "
+                "leave encoder_version empty for the served one, or load that version first"
+            ) from exc
 
     async def image_size(self, version: str) -> int:
         if version not in self._sizes:

@@ -1,11 +1,14 @@
 """Dependency-driven health: the standard gRPC health service says SERVING only while every
-dependency of a service is ready; DiagnosticsService says which dependency is not and why."""
+dependency of a service is ready; DiagnosticsService says which dependency is not and why. The
+server's infrastructure services (diagnostics, health, reflection) answer SERVING until shutdown, so
+health knows every service that reflection lists."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,6 +45,9 @@ class HealthMonitor:
     interval_s: float
     settings: dict[str, str] = field(default_factory=dict)
     version: str = ""
+    #: Services of the server that work whatever the dependencies' state (diagnostics, health, reflection):
+    #: SERVING until shutdown.
+    infrastructure_names: Sequence[str] = ()
     servicer: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     fallbacks: list[str] = field(default_factory=list)
     _states: dict[str, _State] = field(default_factory=dict)
@@ -111,25 +117,37 @@ class HealthMonitor:
             return False, str(exc) or type(exc).__name__
 
     async def _publish(self) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        status = serving if self.serving else not_serving
         for name in ("", *self.service_names):
             await self.servicer.set(name, status)
+        for name in self.infrastructure_names:
+            await self.servicer.set(name, not_serving if self._stopping else serving)
 
 
 class GrpcHealthProbe:
-    """A probe that asks another gRPC server's standard health service (downstream services)."""
+    """A probe that asks another gRPC server's standard health service (downstream services).
 
-    def __init__(self, target: str, service: str = "", timeout_s: float = 2.0) -> None:
+    ``reconnect``: channel arguments (downstream.reconnect_options). A probe that finds the target
+    UNAVAILABLE drops its channel, so the next probe connects at once instead of waiting out the
+    channel's reconnect backoff: health follows a restarted service within one probe interval."""
+
+    def __init__(
+        self, target: str, service: str = "", timeout_s: float = 2.0, reconnect: list[tuple[str, Any]] | None = None
+    ) -> None:
         self.target, self.service, self.timeout_s = target, service, timeout_s
+        self.reconnect = list(reconnect or [])
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self) -> str:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            self._channel = grpc.aio.insecure_channel(self.target, options=self.reconnect)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout_s)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                await self.close()
             raise ConnectionError(f"{self.target}: {exc.code().name} {exc.details() or ''}".strip()) from None
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

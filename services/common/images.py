@@ -11,6 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from couturier.services.common import limits
 from couturier.services.common.errors import InvalidInput
 
+#: The formats the contract accepts, as Pillow names what it detects (MPO: a multi-picture JPEG).
+ACCEPTED_FORMATS = frozenset({*limits.IMAGE_FORMATS, "MPO"})
+
 
 def decode_image(data: bytes, field: str = "image") -> np.ndarray:
     """Encoded bytes -> RGB uint8 array (H, W, 3), enforcing the size limits."""
@@ -24,6 +27,8 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:  # detected from the header, before any pixel is decoded
+                raise InvalidInput(f"{field}.data is in {image.format} format; send PNG, JPEG or WebP")
             width, height = image.size
             if max(width, height) > limits.MAX_IMAGE_SIDE:
                 raise InvalidInput(f"{field} is {width}x{height} pixels; the limit is {limits.MAX_IMAGE_SIDE} per side")

@@ -17,11 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from couturier.services.common.downstream import reconnect_options
 from couturier.services.common.errors import (
     CouturierError,
     DeadlineExpired,
+    DependencyFailed,
     DependencyUnavailable,
     InvalidInput,
+    PreconditionFailed,
+    ResourceExhausted,
+    clip,
 )
 from couturier.services.common.logs import get_logger
 from couturier.services.common.model_metadata import METADATA_PREFIX
@@ -50,6 +55,18 @@ class BadInferenceInput(InferenceError, InvalidInput):
 
 class InferenceTimeout(InferenceError, DeadlineExpired):
     """The backend did not answer within the per-call timeout."""
+
+
+class BackendOverloaded(InferenceError, ResourceExhausted):
+    """The backend is out of a resource (memory, a message size limit): RESOURCE_EXHAUSTED."""
+
+
+class BackendRefused(InferenceError, PreconditionFailed):
+    """The backend refuses the call as deployed (an API it does not serve, credentials it does not take)."""
+
+
+class BackendFailed(InferenceError, DependencyFailed):
+    """The backend failed for a reason none of the others describe (INTERNAL, with an error id logged)."""
 
 
 @runtime_checkable
@@ -157,28 +174,45 @@ def _couturier_keys(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 def _map_triton_error(exc: Exception, model: str, url: str) -> InferenceError:
-    status = getattr(exc, "status", lambda: None)() or ""
-    message = getattr(exc, "message", lambda: str(exc))() or str(exc)
+    """The domain error of a tritonclient exception, by its gRPC status (and message where Triton has none)."""
+    status = str(getattr(exc, "status", lambda: None)() or "")
+    message = clip(str(getattr(exc, "message", lambda: str(exc))() or exc), 500)
     lowered = message.lower()
-    if "DEADLINE_EXCEEDED" in status:
+    if "DEADLINE_EXCEEDED" in status or "deadline exceeded" in lowered:
         return InferenceTimeout(f"Triton at {url} did not answer for model {model!r} in time")
+    if "RESOURCE_EXHAUSTED" in status or "out of memory" in lowered or "larger than max" in lowered:
+        return BackendOverloaded(f"Triton at {url} is out of resources for model {model!r}: {message}")
     if "unknown model" in lowered or "not ready" in lowered or "not found" in lowered or "NOT_FOUND" in status:
         return ModelNotReady(f"model {model!r} is not ready on Triton at {url}: {message}")
-    if "UNAVAILABLE" in status or "CANCELLED" in status:
+    if any(code in status for code in ("UNAVAILABLE", "CANCELLED", "ABORTED")) or (
+        not status and any(s in lowered for s in ("failed to connect", "connection refused", "socket closed"))
+    ):
         return BackendUnavailable(f"Triton at {url} is unavailable: {message}")
-    if "INVALID_ARGUMENT" in status:
+    if "INVALID_ARGUMENT" in status or "OUT_OF_RANGE" in status:
         return BadInferenceInput(f"model {model!r} rejected the inputs: {message}")
-    return InferenceError(f"Triton inference of {model!r} failed ({status or 'error'}): {message}")
+    if any(c in status for c in ("UNIMPLEMENTED", "PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION")):
+        return BackendRefused(f"Triton at {url} refused the call for model {model!r} ({status}): {message}")
+    return BackendFailed(f"Triton inference of {model!r} failed ({status or 'error'}): {message}")
 
 
 class TritonBackend:
     """Triton over gRPC (``tritonclient.grpc.aio``); ``url`` like ``127.0.0.1:8001``.
 
-    ``version_cache_s``: how long a resolved version is reused (:class:`VersionCache`; 0: never)."""
+    ``version_cache_s``: how long a resolved version is reused (:class:`VersionCache`; 0: never).
+    ``reconnect``: the channel's reconnect arguments (:func:`~couturier.services.common.downstream.reconnect_options`,
+    default its defaults), so calls succeed again within about half a second of Triton's return."""
 
-    def __init__(self, url: str, *, timeout_s: float = 10.0, version_cache_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 10.0,
+        version_cache_s: float = 0.0,
+        reconnect: list[tuple[str, Any]] | None = None,
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.reconnect = reconnect_options() if reconnect is None else list(reconnect)
         self.name = f"triton:{url}"
         self.version_cache = VersionCache(version_cache_s)
         self._client: Any = None
@@ -189,9 +223,23 @@ class TritonBackend:
     def _get_client(self) -> Any:
         # Created lazily: a grpc.aio channel belongs to the event loop that is running now.
         if self._client is None:
+            from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
             from tritonclient.grpc.aio import InferenceServerClient
 
-            self._client = InferenceServerClient(self.url)
+            # channel_args replaces tritonclient's own arguments: keep them (message size, keepalive)
+            keepalive = KeepAliveOptions()
+            self._client = InferenceServerClient(
+                self.url,
+                channel_args=[
+                    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                    ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                    ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                    ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                    ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                    *self.reconnect,
+                ],
+            )
         return self._client
 
     async def _reshaped(self, model: str, version: str) -> dict[str, tuple[int, ...]]:
@@ -513,11 +561,12 @@ def make_backend(
     timeout_s: float = 10.0,
     intra_op_threads: int = 0,
     version_cache_s: float = 0.0,
+    reconnect: list[tuple[str, Any]] | None = None,
 ) -> InferenceBackend:
     """``TritonBackend(url)`` or ``OnnxRuntimeBackend(repo_dir)``; logs which one runs."""
     backend: InferenceBackend
     if kind == "triton":
-        backend = TritonBackend(url, timeout_s=timeout_s, version_cache_s=version_cache_s)
+        backend = TritonBackend(url, timeout_s=timeout_s, version_cache_s=version_cache_s, reconnect=reconnect)
     elif kind == "onnxruntime":
         if repo_dir is None:
             raise ValueError("the onnxruntime backend needs repo_dir (the model repository)")
@@ -536,6 +585,7 @@ def backend_for(settings: Any) -> InferenceBackend:
         repo_dir=settings.model_repository,
         timeout_s=settings.inference_timeout_s,
         version_cache_s=settings.model_version_cache_s,
+        reconnect=settings.channel_options,
     )
 
 

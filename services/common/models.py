@@ -18,9 +18,17 @@ QUERY_GENERATOR: Final = "query_generator"  # SynthTriplet: (image, text vector)
 PREF_GRAD: Final = "pref_grad"  # preference objective and d/dz
 INV_GRAD: Final = "inv_grad"  # inversion loss and d/dz
 SHIFT_GRAD: Final = "shift_grad"  # GIGS shift objective and d/dshifts
+# Loop models: K Adam steps of the latent optimisers in one call (an ONNX Loop around the gradient
+# model of the same objective; couturier.export.loop_models writes them and their signatures).
+PREF_LOOP: Final = "pref_loop"  # K steps of preference maximisation (around pref_grad)
+INV_LOOP: Final = "inv_loop"  # K steps of GAN inversion (around inv_grad)
+SHIFT_LOOP: Final = "shift_loop"  # K steps of GIGS seller shifts (around shift_grad)
 
 FORWARD_MODELS: Final = (ITEM_ENCODER, GENERATOR, DISCRIMINATOR, RETRIEVAL_ENCODER, TEXT_ENCODER, QUERY_GENERATOR)
 GRADIENT_MODELS: Final = (PREF_GRAD, INV_GRAD, SHIFT_GRAD)
-ALL_MODELS: Final = FORWARD_MODELS + GRADIENT_MODELS
+LOOP_MODELS: Final = (PREF_LOOP, INV_LOOP, SHIFT_LOOP)
+#: The gradient model each loop model runs (the two are exported together from the same weights).
+LOOP_GRADIENT: Final = {PREF_LOOP: PREF_GRAD, INV_LOOP: INV_GRAD, SHIFT_LOOP: SHIFT_GRAD}
+ALL_MODELS: Final = FORWARD_MODELS + GRADIENT_MODELS + LOOP_MODELS
 #: The models that take a category one-hot: each carries its category list in its metadata.
-CATEGORY_MODELS: Final = (GENERATOR, DISCRIMINATOR, PREF_GRAD, INV_GRAD, SHIFT_GRAD)
+CATEGORY_MODELS: Final = (GENERATOR, DISCRIMINATOR, PREF_GRAD, INV_GRAD, SHIFT_GRAD, PREF_LOOP, INV_LOOP, SHIFT_LOOP)

@@ -1,5 +1,6 @@
 """One way to run a couturier gRPC service: grpc.aio server with health, reflection, diagnostics,
-error mapping, deadlines, metrics and graceful shutdown."""
+error mapping, deadlines, metrics, the request guard (decode errors and field caps) and graceful
+shutdown. The health service answers for every service that reflection lists."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ from grpc_reflection.v1alpha import reflection
 
 from couturier.services.common.config import ServerSettings
 from couturier.services.common.health import DependencyCheck, HealthMonitor
-from couturier.services.common.interceptors import DeadlineInterceptor, ErrorMappingInterceptor, MetricsInterceptor
-from couturier.services.common.logs import get_logger
+from couturier.services.common.interceptors import (
+    DeadlineInterceptor,
+    ErrorMappingInterceptor,
+    MetricsInterceptor,
+    RequestGuardInterceptor,
+)
+from couturier.services.common.logs import configure_logging, get_logger, is_configured, shutdown_logging
 from couturier.services.common.metrics import start_metrics_endpoint
 from couturier.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
@@ -24,6 +30,14 @@ log = get_logger(__name__)
 
 #: The installed couturier distribution's version (pyproject.toml is its one source).
 VERSION = importlib.metadata.version("couturier")
+
+#: Services every couturier server runs next to its own: reflection lists them, health answers for them
+#: (SERVING while the process serves at all: they work whatever the dependencies' state).
+INFRASTRUCTURE_SERVICES: tuple[str, ...] = (
+    diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
 
 
 @dataclass
@@ -62,6 +76,7 @@ class ServiceHost:
             interval_s=settings.health_interval_s,
             settings=dict(definition.shown_settings),
             version=VERSION,
+            infrastructure_names=INFRASTRUCTURE_SERVICES,
         )
         self._server: grpc.aio.Server | None = None
 
@@ -71,27 +86,32 @@ class ServiceHost:
             raise RuntimeError("server not started")
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def reflected_services(self) -> list[str]:
+        """What reflection lists (and health answers for): the service's own, then the infrastructure."""
+        return [*self.definition.service_names, *INFRASTRUCTURE_SERVICES]
+
     async def start(self) -> int:
+        if not is_configured():  # never structlog's defaults (tracebacks with locals, written on the loop)
+            configure_logging(
+                self.settings.log_level,
+                self.settings.log_format,
+                repeat_limit=self.settings.log_repeat_limit,
+                repeat_interval_s=self.settings.log_repeat_interval_s,
+            )
         server = grpc.aio.server(
             interceptors=[
                 ErrorMappingInterceptor(),
                 MetricsInterceptor(),
-                DeadlineInterceptor(self.settings.rpc_timeout_s),
+                DeadlineInterceptor(self.settings.rpc_timeout_s, self.settings.stream_timeout_s),
+                RequestGuardInterceptor(),
             ],
             options=self.settings.grpc_options,
         )
         self.definition.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         diagnostics_pb2_grpc.add_DiagnosticsServiceServicer_to_server(_Diagnostics(self.monitor), server)
-        reflection.enable_server_reflection(
-            [
-                *self.definition.service_names,
-                diagnostics_pb2.DESCRIPTOR.services_by_name["DiagnosticsService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
+        reflection.enable_server_reflection(self.reflected_services, server)
         self.port = server.add_insecure_port(self.settings.bind_address)
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.bind_address}")
@@ -128,7 +148,7 @@ class ServiceHost:
 
 
 async def run_until_signalled(hosts: Sequence[ServiceHost], ready: Callable[[], None] | None = None) -> None:
-    """Start the hosts, run until SIGINT/SIGTERM, then stop them gracefully."""
+    """Start the hosts, run until SIGINT/SIGTERM, then stop them gracefully (and the log writer)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -144,3 +164,4 @@ async def run_until_signalled(hosts: Sequence[ServiceHost], ready: Callable[[], 
         log.info("shutdown requested")
     finally:
         await asyncio.gather(*(host.stop() for host in reversed(started)))
+        shutdown_logging()

@@ -1,4 +1,9 @@
-"""Request validation helpers: each raises InvalidInput with the field name and the allowed range."""
+"""Request validation helpers: each raises InvalidInput with the field name and the allowed range.
+
+:func:`check_field_limits` is the one check of every string, bytes and repeated field's cap (run by
+the server's request guard on every request before any handler); the helpers below check what a
+cap cannot (required fields, ranges, finite numbers). Messages name fields and counts, and quote
+caller values only through ``errors.brief``."""
 
 from __future__ import annotations
 
@@ -6,10 +11,86 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from couturier.services.common import limits
-from couturier.services.common.errors import InvalidInput
+from couturier.services.common.errors import InvalidInput, brief
 from couturier.v1 import common_pb2
+
+_TEXT_TYPES = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES)
+
+
+def field_limit(field: FieldDescriptor) -> int:
+    """The cap of ``field``: characters (string), bytes (bytes) or entries (repeated / map).
+
+    Its own in ``limits.FIELD_LIMITS``, else the default of its kind."""
+    own = limits.FIELD_LIMITS.get(field.full_name)
+    if own is not None:
+        return own
+    if field.is_repeated:
+        return limits.MAX_REPEATED
+    return limits.MAX_BYTES if field.type == FieldDescriptor.TYPE_BYTES else limits.MAX_STRING_CHARS
+
+
+def _check_text(field: FieldDescriptor, value: str | bytes, cap: int, where: str) -> None:
+    if len(value) <= cap:
+        return
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        raise InvalidInput(f"{where} is {len(value)} bytes; the limit is {cap} bytes")
+    raise InvalidInput(f"{where} has {len(value)} characters; at most {cap}")
+
+
+def _is_map(descriptor: Descriptor | None) -> bool:
+    return descriptor is not None and descriptor.GetOptions().map_entry
+
+
+def check_field_limits(message: Message, prefix: str = "") -> None:
+    """Raises InvalidInput naming the first field of ``message`` (nested ones included) over its cap
+    (:func:`field_limit`): the one check of every string, bytes and repeated field of a request.
+
+    ``prefix`` goes before field paths (e.g. ``"message 3: "`` for a streamed message)."""
+    _check_message(message, prefix)
+
+
+def _check_message(message: Message, path: str) -> None:
+    for field, value in message.ListFields():
+        where = f"{path}{field.name}"
+        if field.is_repeated:
+            cap = field_limit(field)
+            if len(value) > cap:
+                raise InvalidInput(f"{where} has {len(value)} entries; at most {cap}")
+            entry = field.message_type
+            if _is_map(entry):
+                key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
+                for key, item in value.items():
+                    at = f"{where}[{brief(key)}]"
+                    if key_field.type in _TEXT_TYPES:
+                        _check_text(key_field, key, field_limit(key_field), f"{at} (key)")
+                    if value_field.message_type is not None:
+                        _check_message(item, f"{at}.")
+                    elif value_field.type in _TEXT_TYPES:
+                        _check_text(value_field, item, field_limit(value_field), at)
+            elif entry is not None:
+                for index, item in enumerate(value):
+                    _check_message(item, f"{where}[{index}].")
+            elif field.type in _TEXT_TYPES:
+                for index, item in enumerate(value):
+                    _check_text(field, item, limits.MAX_LIST_STRING_CHARS, f"{where}[{index}]")
+        elif field.message_type is not None:
+            _check_message(value, f"{where}.")
+        elif field.type in _TEXT_TYPES:
+            _check_text(field, value, field_limit(field), where)
+
+
+def model_version_number(value: str, field: str) -> str:
+    """A requested model version: empty (the service chooses) or a version number such as "2"."""
+    if value and not (value.isascii() and value.isdigit() and len(value) <= limits.MAX_VERSION_CHARS):
+        raise InvalidInput(
+            f"{field} must be a version number such as '2' (1-{limits.MAX_VERSION_CHARS} digits) or empty, "
+            f"got {brief(value)}"
+        )
+    return value
 
 
 def require_id(value: str, field: str) -> str:

@@ -5,6 +5,11 @@ Every forward pass and gradient comes from the ONNX gradient models (``pref_grad
 :class:`~couturier.services.common.inference.InferenceBackend`; only the optimiser state lives here
 (numpy, float64; float32 goes over the wire). Images are float32 NCHW in [-1, 1].
 
+Every model input is per row (the batch on axis 0, rows independent), so the model server can merge
+concurrent requests into one execution. The per-user arithmetic is done here: a row carries one
+user vector ``theta_b = sum_u w_bu theta_u`` (the preference is linear in theta), and the per-user
+scores are ``phi @ theta_u.T`` from the model's ``phi = Phi(G(z))`` output (U x K, numpy).
+
 Latent constraint
 -----------------
 The generator was trained on ``z ~ U[-1, 1]^Dz``. Preference maximisation and inversion optimise an
@@ -60,8 +65,11 @@ __all__ = [
     "maximise_preference",
     "one_hot",
     "realism_term",
+    "row_theta",
     "sample_prior",
     "seller_shifts",
+    "shift_result",
+    "user_scores",
 ]
 
 # -- defaults (the service and the proto documentation use these) ------------------------------
@@ -200,11 +208,24 @@ def _tanh_adam_step(adam: Adam, w: np.ndarray, grad_z: np.ndarray) -> tuple[np.n
     return w, np.tanh(w)
 
 
-def realism_term(value: np.ndarray, scores: np.ndarray, user_weight: np.ndarray) -> np.ndarray:
-    """``realism_weight * penalty`` per sample from a ``pref_grad`` call: ``sum_u w_u s_u - value``."""
-    weighted = (np.asarray(user_weight, np.float64) * np.asarray(scores, np.float64)).sum(axis=1)
+def realism_term(value: np.ndarray, phi: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``realism_weight * penalty`` per sample from a ``pref_grad`` call with row vectors ``theta (B,K)``:
+    ``theta_b . phi_b - value_b``."""
+    weighted = (np.asarray(theta, np.float64) * np.asarray(phi, np.float64)).sum(axis=1)
     term: np.ndarray = weighted - np.asarray(value, np.float64).reshape(-1)
     return term
+
+
+def user_scores(phi: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``(B,U)`` per-user scores ``theta_u . phi_b`` (float64) from ``pref_grad``'s ``phi (B,K)`` output."""
+    scores: np.ndarray = np.asarray(phi, np.float64) @ np.asarray(theta, np.float64).T
+    return scores
+
+
+def row_theta(user_weight: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``(B,K)`` float32 user vector of each row, ``sum_u user_weight[b,u] theta_u``: what the gradient
+    models take for weights ``(B,U)`` over users ``theta (U,K)`` (the preference is linear in theta)."""
+    return _f32(np.asarray(user_weight, np.float64) @ np.asarray(theta, np.float64))
 
 
 async def _pref(
@@ -213,14 +234,13 @@ async def _pref(
     z: np.ndarray,
     category: np.ndarray,
     theta: np.ndarray,
-    user_weight: np.ndarray,
     realism_weight: float,
 ) -> dict[str, np.ndarray]:
+    """One ``pref_grad`` call; ``theta (B,K)`` is one user vector per row."""
     inputs = {
         "z": _f32(z),
         "category": _f32(category),
         "theta": _f32(theta),
-        "user_weight": _f32(user_weight),
         "realism_weight": np.full((z.shape[0], 1), realism_weight, dtype=np.float32),
     }
     return await backend.infer(PREF_GRAD, inputs, version=version)
@@ -281,14 +301,15 @@ async def maximise_preference(
 
     Shapes: ``z0 (B,Dz)``, ``category (B,C)`` one-hot, ``theta (U,K)``, ``thresholds (U,)``.
 
-    * ``"mean"``: maximise ``mean_u theta_u . Phi(G(z))``. The first and last calls use the full
-      theta with weights 1/U (per-user scores before/after); the steps between use U=1 with the
-      group's mean theta, which is the same objective and gradient (theta enters linearly) at a cost
-      independent of the group. Calls: ``steps + 1``.
+    * ``"mean"``: maximise ``mean_u theta_u . Phi(G(z))``: every call sends the group's mean theta
+      as each row's user vector (theta enters linearly, so this is the same objective and gradient
+      at a cost independent of the group); the per-user scores come from the ``phi`` output.
+      Calls: ``steps + 1``.
     * ``"top_k_share"``: the reported objective is the share of users with ``s_u >= tau_u``
       (``tau_u`` = the user's k-th best catalogue score, given as ``thresholds``). Optimised: the
-      smooth share ``F = mean_u sigmoid((s_u - tau_u) / T_b)`` by the chain rule, ``user_weight =
-      dF/ds_u`` evaluated at the scores of the *previous* call (one call per step instead of two; a
+      smooth share ``F = mean_u sigmoid((s_u - tau_u) / T_b)`` by the chain rule, the row's user
+      vector ``sum_u dF/ds_u theta_u`` with ``dF/ds_u`` evaluated at the scores of the *previous*
+      call (one call per step instead of two; a
       step moves the scores little relative to ``T``, and the scores/objective reported at each step
       are exact). ``T_b = 0.5 * RMS_u(s_bu(z0) - tau_u)`` per design, fixed for the run: a design far
       below every threshold still gets gradient from every user, a design near them is scored
@@ -316,8 +337,6 @@ async def maximise_preference(
     version = versions.get(PREF_GRAD, "")
     b, n_users = z0.shape[0], theta.shape[0]
     uniform = np.full((b, n_users), 1.0 / n_users)
-    mean_theta = theta.mean(axis=0, keepdims=True)
-    ones = np.ones((b, 1))
 
     w = _to_w(z0)
     z = np.tanh(w)
@@ -329,17 +348,16 @@ async def maximise_preference(
     temp: np.ndarray | None = None
     weight = uniform
     if objective == "top_k_share":
-        out = await _pref(backend, version, z, category, theta, uniform, realism_weight)
+        out = await _pref(backend, version, z, category, row_theta(uniform, theta), realism_weight)
         calls += 1
-        start = out["scores"].astype(np.float64)
+        start = user_scores(out["phi"], theta)
         temp = TOPK_TEMPERATURE_FACTOR * np.sqrt(((start - tau[None]) ** 2).mean(axis=1)) + 1e-6
         weight = _topk_terms(start, tau, temp)[2]
     for t in range(steps + 1):
-        full = objective == "top_k_share" or t in (0, steps)
-        sent = weight if full else ones
-        out = await _pref(backend, version, z, category, theta if full else mean_theta, sent, realism_weight)
+        sent = row_theta(weight, theta)  # MEAN: the group's mean vector in every row
+        out = await _pref(backend, version, z, category, sent, realism_weight)
         calls += 1
-        scores = out["scores"].astype(np.float64)
+        scores = user_scores(out["phi"], theta)
         if objective == "mean":
             obj = smooth_obj = pref_term = scores.mean(axis=1)
         else:
@@ -350,7 +368,7 @@ async def maximise_preference(
             scores_before = scores
         history.append(obj)
         smooth.append(smooth_obj)
-        values.append(pref_term - realism_term(out["value"], out["scores"], sent))
+        values.append(pref_term - realism_term(out["value"], out["phi"], sent))
         if on_step is not None:
             await on_step(t, z.astype(np.float32), obj.astype(np.float32), out["image"])
         if t == steps:
@@ -536,11 +554,11 @@ async def seller_shifts(
     _require(n <= base.size, f"n={n} shifts need n <= Dz={base.size}")
     directions = np.linalg.qr(np.random.default_rng(seed).standard_normal((base.size, n)))[0].T  # (n,Dz) orthonormal
     shifts = _project(base, 0.5 * radius * directions, radius)
+    group_theta = row_theta(user_weight[None], theta)  # (1,K): the audience as one user vector
     inputs = {
         "base_z": _f32(base[None]),
         "category": _f32(category[None]),
-        "theta": _f32(theta),
-        "user_weight": _f32(user_weight[None]),
+        "theta": group_theta,
         "weights": np.array([[diversity_weight, realism_weight]], dtype=np.float32),
     }
     adam = Adam(default_shift_learning_rate(radius) if learning_rate is None else learning_rate, maximise=True)
@@ -557,13 +575,22 @@ async def seller_shifts(
         versions.get(PREF_GRAD, ""),
         both,
         np.repeat(category[None], n + 1, axis=0),
-        theta,
-        np.repeat(user_weight[None], n + 1, axis=0),
+        np.repeat(group_theta, n + 1, axis=0),
         0.0,
     )
-    pref = ev["value"].astype(np.float64)  # realism weight 0: sum_u w_u s_u
-    images = ev["image"]
-    if n > 1:
+    return shift_result(base, shifts, ev, np.array(history), calls=steps + 1)
+
+
+def shift_result(
+    base: np.ndarray, shifts: np.ndarray, evaluated: Mapping[str, np.ndarray], history: np.ndarray, calls: int
+) -> ShiftResult:
+    """The :class:`ShiftResult` of final ``shifts (n,Dz)`` around ``base (Dz,)``; ``evaluated``: the
+    ``value``, ``image`` and ``realism`` of a ``pref_grad`` evaluation (realism weight 0) of the rows
+    ``[base, base + shift_1, ..., base + shift_n]``."""
+    z = base[None] + shifts
+    pref = evaluated["value"].astype(np.float64)  # realism weight 0: sum_u w_u s_u
+    images = evaluated["image"]
+    if shifts.shape[0] > 1:
         dist = _rms_distances(images[1:])
         np.fill_diagonal(dist, np.inf)
         nearest = dist.min(axis=1)
@@ -579,9 +606,9 @@ async def seller_shifts(
         preference_after=pref[1:],
         preference_shift=pref[1:] - pref[0],
         opposite_ssim=1.0 - ssim(images[1:], images[0]),
-        realism=ev["realism"].reshape(-1)[1:],
+        realism=evaluated["realism"].reshape(-1)[1:],
         nearest_distance=nearest,
         min_pairwise_distance=float(nearest.min()),
-        history=np.array(history),
-        calls=steps + 1,
+        history=history,
+        calls=calls,
     )

@@ -1,11 +1,17 @@
 """Latent optimisation service: preference maximisation, personalised alteration and GIGS shifts.
 
-The optimisers run here in numpy (``optimize.py``); every forward pass and gradient is a call to the
-gradient models on the inference backend (pref_grad, inv_grad, shift_grad), each resolved to one
-version per request. The service calls no other couturier service: requests carry resolved inputs
-(``resolved_audience``: user vectors and k-th best catalogue scores; items as uploaded images with
-their category). The orchestrator resolves ids into them; ids sent here are refused with
-INVALID_ARGUMENT naming the orchestrator RPC that takes them.
+The optimisers run here; every forward pass and gradient is a call to a model on the inference
+backend, each resolved to one version per request. ``LatentSettings.optimiser`` picks how: ``loop``
+(default) runs ``loop_steps`` Adam steps per call of the loop models (inv_loop, pref_loop,
+shift_loop; ``loop_optimize.py``), ``reference`` the numpy optimiser with one gradient-model call
+per step (pref_grad, inv_grad, shift_grad; ``optimize.py``, the reference implementation).
+TOP_K_SHARE designs run on the reference optimiser in both settings (their user weights change
+every step; GetStatus says so).
+
+The service calls no other couturier service: requests carry resolved inputs (``resolved_audience``:
+user vectors and k-th best catalogue scores; items as uploaded images with their category). The
+orchestrator resolves ids into them; ids sent here are refused with INVALID_ARGUMENT naming the
+orchestrator RPC that takes them.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,7 +31,16 @@ from couturier.services.common.errors import InvalidInput
 from couturier.services.common.images import chw_png, to_model_input
 from couturier.services.common.inference import InferenceBackend, backend_for, model_check, shown_backend_settings
 from couturier.services.common.model_metadata import ModelCategories, category_index
-from couturier.services.common.models import GRADIENT_MODELS, INV_GRAD, PREF_GRAD, SHIFT_GRAD
+from couturier.services.common.models import (
+    GRADIENT_MODELS,
+    INV_GRAD,
+    INV_LOOP,
+    LOOP_MODELS,
+    PREF_GRAD,
+    PREF_LOOP,
+    SHIFT_GRAD,
+    SHIFT_LOOP,
+)
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import (
     categorised_item,
@@ -32,7 +48,7 @@ from couturier.services.common.validation import (
     int_in_range,
     require_id,
 )
-from couturier.services.latent import optimize
+from couturier.services.latent import loop_optimize, optimize
 from couturier.v1 import common_pb2, latent_pb2, latent_pb2_grpc
 
 SERVICE_NAME = latent_pb2.DESCRIPTOR.services_by_name["LatentOptimizationService"].full_name
@@ -215,8 +231,22 @@ class Latent:
 
     def __init__(self, backend: InferenceBackend, settings: LatentSettings) -> None:
         self.backend = backend
-        self.pins = {m: settings.model_version(m) for m in GRADIENT_MODELS}
+        self.loop = settings.optimiser == "loop"
+        self.loop_steps = settings.loop_steps
+        #: The models the service calls: the loop optimiser also needs pref_grad (TOP_K_SHARE designs,
+        #: the evaluation of seller-shift variants).
+        self.models = GRADIENT_MODELS + (LOOP_MODELS if self.loop else ())
+        self.pins = {m: settings.model_version(m) for m in self.models}
         self.categories = ModelCategories(backend)
+
+    @property
+    def inversion_model(self) -> str:
+        return INV_LOOP if self.loop else INV_GRAD
+
+    def report_interval(self, report_every: int) -> int:
+        """Steps between two progress reports of Alter: ``max(report_every, loop_steps)`` on the loop
+        optimiser (a report needs a call to end there), ``report_every`` on the reference one."""
+        return max(report_every, self.loop_steps) if self.loop else report_every
 
     async def versions(self, *models: str) -> dict[str, str]:
         return {m: await self.backend.resolve_version(m, self.pins[m]) for m in models}
@@ -230,12 +260,12 @@ class Latent:
         return Category(name, category_index(names, name), len(names))
 
     async def target(self, image: np.ndarray, version: str) -> np.ndarray:
-        size = int((await self.backend.input_shapes(INV_GRAD, version))["target"][-1])
+        size = int((await self.backend.input_shapes(self.inversion_model, version))["target"][-1])
         return to_model_input([image], size)
 
     async def z_dim(self, model: str, version: str) -> int:
         shapes = await self.backend.input_shapes(model, version)
-        return int(shapes["z" if "z" in shapes else "base_z"][-1])
+        return int(shapes[next(name for name in ("z", "w", "base_z") if name in shapes)][-1])
 
     async def invert(
         self,
@@ -244,16 +274,70 @@ class Latent:
         inv: Inversion,
         versions: dict[str, str],
         on_step: optimize.OnStep | None = None,
+        report_every: int = 0,
     ) -> optimize.InversionResult:
-        """GAN inversion of ``image`` in ``category`` (seeded: the same image inverts the same way)."""
+        """GAN inversion of ``image`` in ``category`` (seeded: the same image inverts the same way) on
+        the configured optimiser; ``report_every``: the loop optimiser ends a call at its multiples."""
+        target = await self.target(image, versions[self.inversion_model])
+        if self.loop:
+            return await loop_optimize.invert(
+                self.backend,
+                target=target,
+                category=category.one_hot(),
+                steps=inv.steps,
+                learning_rate=inv.learning_rate,
+                restarts=inv.restarts,
+                seed=0,
+                versions=versions,
+                on_step=on_step,
+                loop_steps=self.loop_steps,
+                report_every=report_every,
+            )
         return await optimize.invert(
             self.backend,
-            target=await self.target(image, versions[INV_GRAD]),
+            target=target,
             category=category.one_hot(),
             steps=inv.steps,
             learning_rate=inv.learning_rate,
             restarts=inv.restarts,
             seed=0,
+            versions=versions,
+            on_step=on_step,
+        )
+
+    async def maximise_mean(
+        self,
+        z0: np.ndarray,
+        category: np.ndarray,
+        theta: np.ndarray,
+        opt: Optimizer,
+        versions: dict[str, str],
+        on_step: optimize.OnStep | None = None,
+        report_every: int = 0,
+    ) -> optimize.PreferenceResult:
+        """The MEAN objective from ``z0`` on the configured optimiser (pref_loop or pref_grad)."""
+        if self.loop:
+            return await loop_optimize.maximise_preference(
+                self.backend,
+                z0=z0,
+                category=category,
+                theta=theta,
+                steps=opt.steps,
+                learning_rate=opt.learning_rate,
+                realism_weight=opt.realism_weight,
+                versions=versions,
+                on_step=on_step,
+                loop_steps=self.loop_steps,
+                report_every=report_every,
+            )
+        return await optimize.maximise_preference(
+            self.backend,
+            z0=z0,
+            category=category,
+            theta=theta,
+            steps=opt.steps,
+            learning_rate=opt.learning_rate,
+            realism_weight=opt.realism_weight,
             versions=versions,
             on_step=on_step,
         )
@@ -271,24 +355,30 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         users = resolved_users(request, "Design", top_k if share else 0, request.category)
         n = int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=DEFAULT_DESIGNS)
         opt = optimizer_params(request.optimizer)
-        versions = await self.latent.versions(PREF_GRAD)
+        loop = self.latent.loop and not share  # TOP_K_SHARE: the reference optimiser (weights change every step)
+        model = PREF_LOOP if loop else PREF_GRAD
+        versions = await self.latent.versions(model)
         cat = await self.latent.category(request.category, versions)
-        z_dim = await self.latent.z_dim(PREF_GRAD, versions[PREF_GRAD])
+        z_dim = await self.latent.z_dim(model, versions[model])
         seed = request.seed or secrets.randbits(63)
-        result = await optimize.maximise_preference(
-            self.latent.backend,
-            z0=optimize.sample_prior(n, z_dim, seed),
-            category=cat.one_hot(n),
-            theta=users.theta,
-            objective="top_k_share" if share else "mean",
-            thresholds=users.thresholds if share else None,
-            steps=opt.steps,
-            learning_rate=opt.learning_rate,
-            realism_weight=opt.realism_weight,
-            versions=versions,
-        )
+        z0 = optimize.sample_prior(n, z_dim, seed)
+        if share:
+            result = await optimize.maximise_preference(
+                self.latent.backend,
+                z0=z0,
+                category=cat.one_hot(n),
+                theta=users.theta,
+                objective="top_k_share",
+                thresholds=users.thresholds,
+                steps=opt.steps,
+                learning_rate=opt.learning_rate,
+                realism_weight=opt.realism_weight,
+                versions=versions,
+            )
+        else:
+            result = await self.latent.maximise_mean(z0, cat.one_hot(n), users.theta, opt, versions)
         response = latent_pb2.DesignResponse(
-            generator=common_pb2.ModelVersion(name=PREF_GRAD, version=versions[PREF_GRAD]), scorer=users.model
+            generator=common_pb2.ModelVersion(name=model, version=versions[model]), scorer=users.model
         )
         for b in np.argsort(-result.objective_after, kind="stable"):
             response.designs.add(
@@ -308,8 +398,10 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         image, category = uploaded_item(request.item, request.category, "Alter"), request.category
         inv = inversion_params(request.inversion)
         opt = optimizer_params(request.optimizer)
-        every = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
-        versions = await self.latent.versions(PREF_GRAD, INV_GRAD)
+        asked = int_in_range(request.report_every, 1, limits.MAX_REPORT_EVERY, "report_every", default=1)
+        every = self.latent.report_interval(asked)
+        pref_model = PREF_LOOP if self.latent.loop else PREF_GRAD
+        versions = await self.latent.versions(pref_model, self.latent.inversion_model)
         cat = await self.latent.category(category, versions)
         progress: asyncio.Queue[latent_pb2.AlterProgress | None] = asyncio.Queue()
         phase = latent_pb2.AlterProgress
@@ -339,17 +431,9 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
 
         async def run() -> None:
             try:
-                inverted = await self.latent.invert(image, cat, inv, versions, on_inversion)
-                result = await optimize.maximise_preference(
-                    self.latent.backend,
-                    z0=inverted.z,
-                    category=cat.one_hot(),
-                    theta=users.theta,
-                    steps=opt.steps,
-                    learning_rate=opt.learning_rate,
-                    realism_weight=opt.realism_weight,
-                    versions=versions,
-                    on_step=on_optimisation,
+                inverted = await self.latent.invert(image, cat, inv, versions, on_inversion, report_every=every)
+                result = await self.latent.maximise_mean(
+                    inverted.z, cat.one_hot(), users.theta, opt, versions, on_optimisation, report_every=every
                 )
                 progress.put_nowait(
                     phase(
@@ -393,30 +477,36 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
             learning_rate=optimize.default_shift_learning_rate(radius),
         )
         inv = inversion_params(request.inversion)
-        versions = await self.latent.versions(PREF_GRAD, INV_GRAD, SHIFT_GRAD)
+        shift_model = SHIFT_LOOP if self.latent.loop else SHIFT_GRAD
+        versions = await self.latent.versions(PREF_GRAD, self.latent.inversion_model, shift_model)
         cat = await self.latent.category(category, versions)
         inverted = await self.latent.invert(image, cat, inv, versions)
         n_users = len(users.theta)
-        result = await optimize.seller_shifts(
-            self.latent.backend,
-            base_z=inverted.z[0],
-            category=cat.one_hot()[0],
-            theta=users.theta,
-            user_weight=np.full(n_users, 1.0 / n_users, np.float32),
-            n=n,
-            radius=radius,
-            diversity_weight=diversity,
-            realism_weight=opt.realism_weight,
-            steps=opt.steps,
-            learning_rate=opt.learning_rate,
-            seed=0,
-            versions=versions,
-        )
+        shift_args: dict[str, Any] = {
+            "base_z": inverted.z[0],
+            "category": cat.one_hot()[0],
+            "theta": users.theta,
+            "user_weight": np.full(n_users, 1.0 / n_users, np.float32),
+            "n": n,
+            "radius": radius,
+            "diversity_weight": diversity,
+            "realism_weight": opt.realism_weight,
+            "steps": opt.steps,
+            "learning_rate": opt.learning_rate,
+            "seed": 0,
+            "versions": versions,
+        }
+        if self.latent.loop:
+            result = await loop_optimize.seller_shifts(
+                self.latent.backend, **shift_args, loop_steps=self.latent.loop_steps
+            )
+        else:
+            result = await optimize.seller_shifts(self.latent.backend, **shift_args)
         response = latent_pb2.SellerShiftsResponse(
             base=generated(result.base_image, inverted.z[0], category),
             base_reconstruction_loss=inverted.loss,
             base_preference=result.preference_before,
-            generator=common_pb2.ModelVersion(name=SHIFT_GRAD, version=versions[SHIFT_GRAD]),
+            generator=common_pb2.ModelVersion(name=shift_model, version=versions[shift_model]),
             scorer=users.model,
         )
         for i in np.argsort(-result.preference_shift, kind="stable"):
@@ -443,7 +533,13 @@ def build(settings: LatentSettings, backend: InferenceBackend | None = None) -> 
         register=lambda server: latent_pb2_grpc.add_LatentOptimizationServiceServicer_to_server(
             LatentServicer(latent), server
         ),
-        checks=[model_check(backend, m, latent.pins[m]) for m in GRADIENT_MODELS],
+        checks=[model_check(backend, m, latent.pins[m]) for m in latent.models],
         on_stop=backend.close,
-        shown_settings=shown_backend_settings(settings),
+        shown_settings={
+            **shown_backend_settings(settings),
+            "optimiser": settings.optimiser,
+            "loop_steps": str(settings.loop_steps) if latent.loop else "",
+            # no silent fallback: say which requests do not run on the loop models
+            "reference_optimiser_for": "Design TOP_K_SHARE (user weights change every step)" if latent.loop else "all",
+        },
     )

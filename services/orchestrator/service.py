@@ -20,10 +20,24 @@ from typing import Any, TypeVar
 import grpc
 
 from couturier.services.common import limits
+from couturier.services.common.catalogue_index import (
+    REPORT_TRAILER,
+    ReceivedIds,
+    describe_report,
+    store_report,
+    unknown_report,
+)
 from couturier.services.common.config import OrchestratorSettings
 from couturier.services.common.downstream import Stubs, all_or_nothing, remaining_s, step
-from couturier.services.common.errors import InvalidInput, UnknownEntity
+from couturier.services.common.errors import (
+    DownstreamCallFailed,
+    InvalidInput,
+    UnknownEntity,
+    map_exception,
+    status_message,
+)
 from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
+from couturier.services.common.logs import get_logger
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import audience_users, int_in_range, require_id
 from couturier.v1 import (
@@ -44,6 +58,12 @@ SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService
 #: Latent requests whose audience (and item) the orchestrator resolves before forwarding them.
 LatentRequest = latent_pb2.DesignRequest | latent_pb2.AlterRequest | latent_pb2.SellerShiftsRequest
 ItemRequest = TypeVar("ItemRequest", latent_pb2.AlterRequest, latent_pb2.SellerShiftsRequest)
+#: A service that keeps product vectors (IndexProducts, ListProductIds).
+IndexingStub = scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub
+#: Seconds a failed IndexCatalogue spends asking the stores what landed (within the caller's deadline).
+REPORT_CHECK_S = 30.0
+
+log = get_logger(__name__)
 
 
 class Downstream:
@@ -62,8 +82,10 @@ class Downstream:
                 "retrieval": retrieval_pb2_grpc.VisualRetrievalServiceStub,
             },
             settings.max_message_bytes,
+            settings.channel_options,
         )
         self.cap_s = settings.rpc_timeout_s
+        self.stream_cap_s = settings.stream_timeout_s  # IndexCatalogue's downstream IndexProducts streams
 
     @property
     def scoring(self) -> scoring_pb2_grpc.ScoringServiceStub:
@@ -338,31 +360,119 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             "scoring": asyncio.Queue(maxsize=4),
             "retrieval": asyncio.Queue(maxsize=4),
         }
+        received = ReceivedIds()
+        finished: dict[str, catalogue_pb2.IndexProductsResponse] = {}
 
         async def feed(name: str) -> AsyncIterator[catalogue_pb2.IndexProductsRequest]:
             while (message := await queues[name].get()) is not None:
                 yield message
 
-        async def forward(
-            name: str, stub: scoring_pb2_grpc.ScoringServiceStub | retrieval_pb2_grpc.VisualRetrievalServiceStub
-        ) -> catalogue_pb2.IndexProductsResponse:
+        async def forward(name: str, stub: IndexingStub) -> catalogue_pb2.IndexProductsResponse:
             async with step(f"{name}.IndexProducts"):
                 response: catalogue_pb2.IndexProductsResponse = await stub.IndexProducts(
-                    feed(name), timeout=self._timeout(context)
+                    feed(name), timeout=remaining_s(context, self.down.stream_cap_s)
                 )
+            finished[name] = response
             return response
 
         async def pump() -> None:
             async for message in request_iterator:
+                received.add(message)
                 for queue in queues.values():
                     await queue.put(message)
             for queue in queues.values():
                 await queue.put(None)
 
-        _, scoring, retrieval = await all_or_nothing(
-            [pump(), forward("scoring", self.down.scoring), forward("retrieval", self.down.retrieval)]
+        stores = self._index_stores()
+        try:
+            _, scoring, retrieval = await all_or_nothing(
+                [pump(), *(forward(name, stub) for name, stub in stores.items())]
+            )
+        except Exception as exc:
+            await self._report_failed_index(exc, received, finished, context)
+            raise  # not reached: the report aborts the call
+        return orchestrator_pb2.IndexCatalogueResponse(
+            scoring=scoring,
+            retrieval=retrieval,
+            received=len(received),
+            stores=[store_report(name, received.ids, received.ids) for name in stores],
         )
-        return orchestrator_pb2.IndexCatalogueResponse(scoring=scoring, retrieval=retrieval)
+
+    def _index_stores(self) -> dict[str, IndexingStub]:
+        return {"scoring": self.down.scoring, "retrieval": self.down.retrieval}
+
+    async def _report_failed_index(
+        self,
+        exc: Exception,
+        received: ReceivedIds,
+        finished: dict[str, catalogue_pb2.IndexProductsResponse],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Asks both stores which received products they hold, then fails the call with ``exc``'s status,
+        a summary in its message and the report in the trailers (REPORT_TRAILER)."""
+        status, error_id = map_exception(exc)
+        if error_id is not None:
+            log.error("unexpected error", method="IndexCatalogue", error_id=error_id, exc_info=exc)
+        failed = exc.step.split(".")[0] if isinstance(exc, DownstreamCallFailed) else ""
+        left = context.time_remaining()
+        budget = REPORT_CHECK_S if left is None else min(REPORT_CHECK_S, float(left) - 0.1)
+        reports = await asyncio.gather(
+            *(
+                self._store_report(name, stub, received, budget, status.message if name == failed else "")
+                for name, stub in self._index_stores().items()
+            )
+        )
+        report = orchestrator_pb2.IndexCatalogueResponse(received=len(received), stores=reports)
+        for name, response in finished.items():
+            getattr(report, name).CopyFrom(response)
+        summary = "; ".join(describe_report(r, len(received)) for r in reports)
+        if received.overflowed:
+            summary += f" (the check covers the first {len(received)} distinct products)"
+        log.warning(
+            "catalogue indexing failed",
+            method="IndexCatalogue",
+            code=status.code.name,
+            received=len(received),
+            landed=summary,
+        )
+        message = (
+            f"{status.message}. What landed: {summary}. Per-store report in the trailer {REPORT_TRAILER}; "
+            "repair with `couturier index --reconcile` or index again"
+        )
+        await context.abort(
+            status.code, status_message(message), trailing_metadata=((REPORT_TRAILER, report.SerializeToString()),)
+        )
+
+    @staticmethod
+    async def _store_report(
+        name: str, stub: IndexingStub, received: ReceivedIds, budget_s: float, error: str
+    ) -> orchestrator_pb2.StoreIndexReport:
+        ids = received.ids
+        if not ids:
+            return store_report(name, [], [], error)
+        if budget_s <= 0:
+            return unknown_report(name, "not checked: the call's deadline passed")
+        present: list[str] = []
+        try:
+            async with asyncio.timeout(budget_s):
+                for start in range(0, len(ids), limits.MAX_LIST_IDS):
+                    reply = await stub.ListProductIds(
+                        catalogue_pb2.ListProductIdsRequest(
+                            encoder_version=received.encoder_version,
+                            product_ids=ids[start : start + limits.MAX_LIST_IDS],
+                        ),
+                        timeout=budget_s,
+                    )
+                    present.extend(reply.product_ids)
+        except grpc.aio.AioRpcError as check_failed:
+            reason = f"{check_failed.code().name}: {check_failed.details() or ''}"
+            return unknown_report(name, f"{error + '; ' if error else ''}not checked ({reason[:200]})")
+        except TimeoutError:
+            return unknown_report(name, f"{error + '; ' if error else ''}not checked within {budget_s:.1f}s")
+        report = store_report(name, ids, present, error)
+        if not report.complete and not error:
+            report.error = "stopped when the other store failed"
+        return report
 
 
 def build(settings: OrchestratorSettings) -> ServiceDefinition:
@@ -371,7 +481,7 @@ def build(settings: OrchestratorSettings) -> ServiceDefinition:
         "latent": settings.latent_target,
         "retrieval": settings.retrieval_target,
     }
-    probes = {name: GrpcHealthProbe(target) for name, target in targets.items()}
+    probes = {name: GrpcHealthProbe(target, reconnect=settings.channel_options) for name, target in targets.items()}
     downstream = Downstream(settings)
 
     async def close() -> None:

@@ -130,6 +130,11 @@ class RetrievalServicer(retrieval_pb2_grpc.VisualRetrievalServiceServicer):
     ) -> catalogue_pb2.IndexStats:
         return await self.retrieval.catalogue.stats(request)
 
+    async def ListProductIds(
+        self, request: catalogue_pb2.ListProductIdsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.ListProductIdsResponse:
+        return await self.retrieval.catalogue.list_ids(request)
+
     async def GetProducts(
         self, request: retrieval_pb2.GetProductsRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.GetProductsResponse:
@@ -167,7 +172,7 @@ def build(
     """The retrieval service over ``settings``; ``backend`` / ``store`` / ``images`` replace the ones the
     settings describe (tests inject in-memory fakes). Either way the service closes them when it stops."""
     backend = backend if backend is not None else backend_for(settings)
-    store = store if store is not None else VectorStore(settings.milvus_uri, token=settings.milvus_token)
+    store = store if store is not None else VectorStore.from_settings(settings)
     images = images if images is not None else FileImageStore(settings.product_images_dir)
     catalogue = CatalogueIndex(
         ImageEncoder(backend, RETRIEVAL_ENCODER, settings.model_version(RETRIEVAL_ENCODER)),

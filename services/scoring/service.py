@@ -188,6 +188,11 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     ) -> catalogue_pb2.IndexStats:
         return await self.scoring.catalogue.stats(request)
 
+    async def ListProductIds(
+        self, request: catalogue_pb2.ListProductIdsRequest, context: grpc.aio.ServicerContext
+    ) -> catalogue_pb2.ListProductIdsResponse:
+        return await self.scoring.catalogue.list_ids(request)
+
 
 def build(
     settings: ScoringSettings, *, backend: InferenceBackend | None = None, store: VectorStore | None = None
@@ -195,7 +200,7 @@ def build(
     """The scoring service over ``settings``; ``backend`` / ``store`` replace the ones the settings
     describe (tests inject in-memory fakes). Either way the service closes them when it stops."""
     backend = backend if backend is not None else backend_for(settings)
-    store = store if store is not None else VectorStore(settings.milvus_uri, token=settings.milvus_token)
+    store = store if store is not None else VectorStore.from_settings(settings)
     scoring = Scoring(backend, store, UserDirectory(settings.user_vectors_dir), settings.model_version(ITEM_ENCODER))
 
     async def users_ready() -> str:

@@ -5,7 +5,9 @@ for every model of :mod:`couturier.services.common.models`, with the real input 
 shapes, by small deterministic numpy networks (:class:`FakeNets`, one set of weights per model
 version). The gradient models (``pref_grad``, ``inv_grad``, ``shift_grad``) compute the objectives of
 :mod:`couturier.export.objectives` over the fake generator / discriminator / item encoder of the same
-version, with analytic gradients, so a latent optimiser can be tested against numpy.
+version, with analytic gradients, so a latent optimiser can be tested against numpy. The loop models
+(``inv_loop``, ``pref_loop``, ``shift_loop``) run their K Adam steps over those in numpy
+(:mod:`support.fake_loops`).
 
 :class:`InMemoryVectorStore` implements the methods of
 :class:`couturier.services.common.vectors.VectorStore` that the services call (exact search with the
@@ -29,6 +31,7 @@ import numpy as np
 
 from couturier.services.common.errors import DependencyUnavailable, InvalidInput, PreconditionFailed
 from couturier.services.common.inference import BackendUnavailable, BadInferenceInput, ModelNotReady
+from couturier.services.common.loop_specs import LOOP_SPECS
 from couturier.services.common.model_metadata import CATEGORIES_KEY, encode_categories
 from couturier.services.common.models import (
     ALL_MODELS,
@@ -44,6 +47,7 @@ from couturier.services.common.models import (
     TEXT_ENCODER,
 )
 from couturier.services.common.vectors import EmbeddingSpace, Hit, ProductVector, build_filter
+from support.fake_loops import loop_output_dtypes, loop_signatures, run_loop
 
 __all__ = [
     "FakeCall",
@@ -166,23 +170,21 @@ class FakeNets:
         z: np.ndarray,
         category: np.ndarray,
         theta: np.ndarray,
-        user_weight: np.ndarray,
         realism_weight: np.ndarray,
     ) -> dict[str, np.ndarray]:
-        """``pref = sum_u w_u theta_u . Phi(G(z)) - rw (D(G(z)) - 1)^2`` and d pref / dz, per row."""
-        theta, user_weight = np.asarray(theta, np.float64), np.asarray(user_weight, np.float64)
+        """``pref = theta_b . Phi(G(z_b)) - rw min(D(G(z_b)) - 1, 0)^2`` and d pref / dz, per row
+        (``theta (B,K)``: one user vector per row)."""
+        theta = np.asarray(theta, np.float64)
         rw = np.asarray(realism_weight, np.float64).reshape(-1)
         x = self._generate_flat(z, category)
         phi = x @ self.W
-        scores = phi @ theta.T
         realism = x @ self.d + np.asarray(category, np.float64) @ self.e
         short = np.minimum(realism - FAKE_REALISM_MARGIN, 0.0)  # the one-sided realism term of the real models
-        value = (user_weight * scores).sum(axis=1) - rw * short**2
-        grad_x = (user_weight @ theta) @ self.W.T - (2.0 * rw * short)[:, None] * self.d[None]
+        value = (theta * phi).sum(axis=1) - rw * short**2
+        grad_x = theta @ self.W.T - (2.0 * rw * short)[:, None] * self.d[None]
         return {
             "value": value,
             "grad_z": (grad_x * (1.0 - x * x)) @ self.A.T,
-            "scores": scores,
             "image": self._image(x),
             "realism": realism,
             "x": x,
@@ -190,15 +192,10 @@ class FakeNets:
         }
 
     def pref_grad(
-        self,
-        z: np.ndarray,
-        category: np.ndarray,
-        theta: np.ndarray,
-        user_weight: np.ndarray,
-        realism_weight: np.ndarray,
+        self, z: np.ndarray, category: np.ndarray, theta: np.ndarray, realism_weight: np.ndarray
     ) -> dict[str, np.ndarray]:
-        out = self._pref_terms(z, category, theta, user_weight, realism_weight)
-        return {name: out[name] for name in ("value", "grad_z", "scores", "image", "realism")}
+        out = self._pref_terms(z, category, theta, realism_weight)
+        return {name: out[name] for name in ("value", "grad_z", "phi", "image", "realism")}
 
     def inv_grad(self, z: np.ndarray, category: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
         """``mean (G(z) - target)^2 + perceptual_weight * perceptual(G(z), target)`` and d / dz."""
@@ -216,7 +213,6 @@ class FakeNets:
         shifts: np.ndarray,
         category: np.ndarray,
         theta: np.ndarray,
-        user_weight: np.ndarray,
         weights: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """GIGS: ``mean_i pref(G(base + shift_i)) - diversity_weight * mean_{i!=j} exp(-|f_i - f_j|^2 / sigma)``
@@ -226,7 +222,7 @@ class FakeNets:
         b, n, dz = shifts.shape
         z = (np.asarray(base_z, np.float64)[:, None, :] + shifts).reshape(b * n, dz)
         terms = self._pref_terms(
-            z, np.repeat(category, n, axis=0), theta, np.repeat(user_weight, n, axis=0), np.repeat(weights[:, 1], n)
+            z, np.repeat(category, n, axis=0), np.repeat(theta, n, axis=0), np.repeat(weights[:, 1], n)
         )
         phi, x = terms["phi"], terms["x"]
         norm = np.sqrt((phi**2).sum(axis=1, keepdims=True) + _EPS)
@@ -278,10 +274,9 @@ def _signatures(dims: FakeDims) -> dict[str, tuple[dict[str, tuple[Any, tuple[in
                 "z": (_F, (-1, dz)),
                 "category": (_F, (-1, c)),
                 "theta": (_F, (-1, k)),
-                "user_weight": (_F, (-1, -1)),
                 "realism_weight": (_F, (-1, 1)),
             },
-            {"value": (-1,), "grad_z": (-1, dz), "scores": (-1, -1), "image": image, "realism": (-1,)},
+            {"value": (-1,), "grad_z": (-1, dz), "phi": (-1, k), "image": image, "realism": (-1,)},
         ),
         INV_GRAD: (
             {"z": (_F, (-1, dz)), "category": (_F, (-1, c)), "target": (_F, image)},
@@ -293,7 +288,6 @@ def _signatures(dims: FakeDims) -> dict[str, tuple[dict[str, tuple[Any, tuple[in
                 "shifts": (_F, (-1, -1, dz)),
                 "category": (_F, (-1, c)),
                 "theta": (_F, (-1, k)),
-                "user_weight": (_F, (-1, -1)),
                 "weights": (_F, (-1, 2)),
             },
             {
@@ -322,7 +316,8 @@ class FakeInferenceBackend:
     ``versions`` lists the versions served per model (default: every model at ``"1"``); the newest
     (numerically) is served for version ``""``. :meth:`publish` / :meth:`unload` change them, ``unavailable``
     makes every call fail like a Triton that went away. ``calls`` counts ``infer`` per model, ``history``
-    keeps each call. Inputs are checked like onnxruntime does (names, element types, ranks, fixed dims).
+    keeps each call. Inputs are checked like onnxruntime does (names, element types, ranks, fixed dims), and share dim 0 as
+    Triton's batch axis (every model is served batched).
     ``metadata`` is each model's ``couturier.*`` metadata (every version alike): the models that take a
     category one-hot carry ``dims.categories``; tests edit it to serve models exported without it.
     """
@@ -342,6 +337,8 @@ class FakeInferenceBackend:
         self.history: list[FakeCall] = []
         self._nets: dict[str, FakeNets] = {}
         self._signatures = _signatures(self.dims)
+        self._signatures.update(loop_signatures(self._signatures))
+        self._output_dtypes = loop_output_dtypes()
         categories = {CATEGORIES_KEY: encode_categories(self.dims.categories)}
         self.metadata: dict[str, dict[str, str]] = {
             m: dict(categories) if m in CATEGORY_MODELS else {} for m in ALL_MODELS
@@ -405,16 +402,24 @@ class FakeInferenceBackend:
             fits = array.ndim == len(shape) and all(w in (-1, g) for w, g in zip(shape, array.shape, strict=True))
             if not fits:
                 raise BadInferenceInput(f"input {key!r} of {model!r} has shape {array.shape}, expected {shape}")
+        rows = {key: np.asarray(value).shape[0] for key, value in inputs.items()}
+        if len(set(rows.values())) > 1:  # every model is served batched: dim 0 is the batch axis of every input
+            raise BadInferenceInput(f"the inputs of {model!r} disagree on the batch size (dim 0): {rows}")
         names = outputs or list(produced)
         unknown = set(names) - set(produced)
         if unknown:
             raise BadInferenceInput(f"model {model!r} has no outputs {sorted(unknown)}")
-        result = getattr(self.nets(ran), model)(**{key: np.asarray(value) for key, value in inputs.items()})
+        arrays = {key: np.asarray(value) for key, value in inputs.items()}
+        if model in LOOP_SPECS:  # K optimiser steps around the fake gradient model (support.fake_loops)
+            spec = LOOP_SPECS[model]
+            result = run_loop(spec, getattr(self.nets(ran), spec.gradient_model), arrays)
+        else:
+            result = getattr(self.nets(ran), model)(**arrays)
         if not isinstance(result, dict):
             result = {next(iter(produced)): result}
         self.calls[model] += 1
         self.history.append(FakeCall(model, ran, int(np.asarray(next(iter(inputs.values()))).shape[0])))
-        return {name: np.asarray(result[name], np.float32) for name in names}
+        return {name: np.asarray(result[name], self._output_dtypes.get((model, name), np.float32)) for name in names}
 
     async def is_ready(self, model: str) -> bool:
         try:
@@ -652,6 +657,14 @@ class InMemoryVectorStore:
             return {}
         counts = Counter(row.category for row in self._collection(space, create=False).rows.values())
         return dict(sorted(counts.items()))
+
+    async def list_ids(self, space: EmbeddingSpace, *, after: str = "", limit: int = 4096) -> list[str]:
+        self._enter("list_ids")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
+        if space.collection not in self._collections:
+            return []
+        return sorted(i for i in self._collection(space, create=False).rows if i > after)[:limit]
 
     async def ping(self) -> str:
         self._enter("ping")

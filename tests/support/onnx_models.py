@@ -116,9 +116,9 @@ def pref_grad_model(
     """A stand-in with ``pref_grad``'s signature over a linear-tanh generator, carrying ``categories``
     as its ONNX metadata (``couturier.categories``; None: a model exported without them).
 
-    ``x = tanh(z A + category B)``, ``image = x`` as (3, size, size), ``scores = (x W) theta^T``,
-    ``value = sum_u user_weight * scores`` (no realism term: ``realism_weight`` is taken and ignored),
-    ``grad_z`` its exact gradient, ``realism = x . d``.
+    ``x = tanh(z A + category B)``, ``image = x`` as (3, size, size), ``phi = x W``,
+    ``value = theta_b . phi_b`` (one user vector per row; no realism term: ``realism_weight`` is taken
+    and ignored), ``grad_z`` its exact gradient, ``realism = x . d``. Every tensor is batched (dim 0).
     """
     pixels, n_cat = 3 * size * size, len(categories or ("a", "b", "c"))
     rng = np.random.default_rng(seed)
@@ -135,15 +135,12 @@ def pref_grad_model(
             node("Tanh", ["h"], ["x"]),
             node("Reshape", ["x", "image_shape"], ["image"]),
             node("MatMul", ["x", "W"], ["phi"]),
-            node("Transpose", ["theta"], ["theta_t"], perm=[1, 0]),
-            node("MatMul", ["phi", "theta_t"], ["scores"]),
-            node("Mul", ["user_weight", "scores"], ["weighted"]),
+            node("Mul", ["phi", "theta"], ["weighted"]),
             node("ReduceSum", ["weighted", "axis1"], ["value"], keepdims=0),
             node("Mul", ["x", "d"], ["xd"]),
             node("ReduceSum", ["xd", "axis1"], ["realism"], keepdims=0),
-            # grad_z = ((user_weight theta W^T) * (1 - x^2)) A^T
-            node("MatMul", ["user_weight", "theta"], ["wtheta"]),
-            node("MatMul", ["wtheta", "W_t"], ["grad_x"]),
+            # grad_z = ((theta W^T) * (1 - x^2)) A^T
+            node("MatMul", ["theta", "W_t"], ["grad_x"]),
             node("Mul", ["x", "x"], ["x2"]),
             node("Sub", ["one", "x2"], ["dtanh"]),
             node("Mul", ["grad_x", "dtanh"], ["grad_h"]),
@@ -153,14 +150,13 @@ def pref_grad_model(
         [
             helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", z_dim]),
             helper.make_tensor_value_info("category", TensorProto.FLOAT, ["batch", n_cat]),
-            helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["users", k]),
-            helper.make_tensor_value_info("user_weight", TensorProto.FLOAT, ["batch", "users"]),
+            helper.make_tensor_value_info("theta", TensorProto.FLOAT, ["batch", k]),
             helper.make_tensor_value_info("realism_weight", TensorProto.FLOAT, ["batch", 1]),
         ],
         [
             helper.make_tensor_value_info("value", TensorProto.FLOAT, ["batch"]),
             helper.make_tensor_value_info("grad_z", TensorProto.FLOAT, ["batch", z_dim]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "users"]),
+            helper.make_tensor_value_info("phi", TensorProto.FLOAT, ["batch", k]),
             helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size]),
             helper.make_tensor_value_info("realism", TensorProto.FLOAT, ["batch"]),
         ],

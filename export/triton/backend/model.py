@@ -56,6 +56,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"couturier onnxruntime backend: model {self.model_name} version {self.version} "
             f"instance {args.get('model_instance_name', '?')} runs on {self.session.get_providers()[0]} "
+            f"with intra_op_thread_count {options.intra_op_num_threads or 'default'} "
             f"(onnxruntime {ort.__version__}, numpy {np.__version__})"
         )
 

@@ -7,10 +7,12 @@ that produced it, so a query vector from another encoder version is refused inst
 ranking against incompatible vectors (:func:`check_query_version`).
 
 Modules: :mod:`.spaces` (spaces, rows, hits, version checks), :mod:`.filters` (filter expressions and
-id / label checks), :mod:`.lite` (milvus-lite's one writer thread per file and its lock), :mod:`.store`
-(:class:`VectorStore`). Product images live in :mod:`couturier.services.common.product_images`.
+id / label checks), :mod:`.lite` (milvus-lite's one writer thread per file and its lock), :mod:`.batching`
+(concurrent searches merged into one call), :mod:`.store` (:class:`VectorStore`). Modes, costs and
+settings: docs/vector-store.md. Product images live in :mod:`couturier.services.common.product_images`.
 """
 
+from couturier.services.common.vectors.batching import BatchStats, SearchBatcher
 from couturier.services.common.vectors.filters import (
     MAX_EXCLUDED_IDS,
     MAX_FILTER_VALUES,
@@ -40,7 +42,11 @@ from couturier.services.common.vectors.store import (
     MAX_SEARCH_QUERIES,
     MAX_TOPK,
     SCAN_BATCH,
+    SEARCH_BATCH_MAX,
+    SEARCH_BATCH_WAIT_S,
+    SERVER_THREADS,
     WRITE_BATCH_BYTES,
+    StoreSettings,
     VectorStore,
 )
 
@@ -59,12 +65,18 @@ __all__ = [
     "MAX_SEARCH_QUERIES",
     "MAX_TOPK",
     "SCAN_BATCH",
+    "SEARCH_BATCH_MAX",
+    "SEARCH_BATCH_WAIT_S",
+    "SERVER_THREADS",
     "WRITE_BATCH_BYTES",
+    "BatchStats",
     "EmbeddingSpace",
     "Hit",
     "IndexType",
     "Metric",
     "ProductVector",
+    "SearchBatcher",
+    "StoreSettings",
     "VectorStore",
     "VersionMismatch",
     "build_filter",

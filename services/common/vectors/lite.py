@@ -1,8 +1,9 @@
 """milvus-lite specifics: lite detection, one writer thread per file in a process, and its file lock.
 
-pymilvus is synchronous, so every call of a store runs on ONE worker thread. For milvus-lite that thread
-is shared by every store of the process that opens the same file: milvus-lite silently lost rows under
-concurrent writes from several threads, and one writer thread makes that impossible.
+pymilvus is synchronous, so the calls of a store run on worker threads. A milvus-lite file gets ONE
+thread, shared by every store of the process that opens the same file: milvus-lite silently lost rows
+under concurrent writes from several threads, and one writer thread makes that impossible. A store of a
+Milvus server gets its own pool of threads (the server takes concurrent calls).
 
 milvus-lite runs in-process (a gRPC server on a thread) and holds an exclusive lock on its data
 directory: a second *process* cannot open the same file; a second client in the same process shares the
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 
 @dataclass
 class _Worker:
-    """The one thread that talks to a store (shared by every VectorStore of a milvus-lite file)."""
+    """The threads that talk to a store: one, shared by every VectorStore of a milvus-lite file; a pool
+    of its own for a store of a Milvus server."""
 
     executor: ThreadPoolExecutor
     users: int = 0
@@ -55,10 +57,11 @@ def _lite_file_locked(path: str) -> bool:
         os.close(fd)
 
 
-def _acquire_worker(uri: str, *, lite: bool) -> _Worker:
-    """The worker of a new store: the shared one of a milvus-lite file (``uri`` absolute), else its own."""
+def _acquire_worker(uri: str, *, lite: bool, threads: int = 1) -> _Worker:
+    """The worker of a new store: the shared one-thread worker of a milvus-lite file (``uri`` absolute),
+    else a pool of ``threads`` of its own."""
     if not lite:
-        return _Worker(ThreadPoolExecutor(max_workers=1, thread_name_prefix="milvus"), users=1)
+        return _Worker(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="milvus"), users=1)
     with _LITE_WORKERS_LOCK:
         worker = _LITE_WORKERS.get(uri)
         if worker is None:

@@ -8,6 +8,12 @@ Facts this module is built on (pymilvus 3.0.2, milvus-lite 3.2.2, Milvus server 
 * Rows not yet flushed are scanned in Python on every search in milvus-lite (~0.2-0.4 s per query at
   10k unflushed rows against ~0.02 s flushed). The store flushes a lite collection lazily, before the
   first search or count that follows a write; a Milvus server needs no flush (Strong consistency).
+* Calls to a milvus-lite file run on one thread per file (concurrent writes silently lost rows); calls to a
+  Milvus server run on a pool of ``threads`` threads, so concurrent searches and writes overlap.
+* Concurrent searches with the same collection and filter (exclusions aside, see
+  POSTFILTER_EXCLUDED_MAX) are merged into one multi-vector call
+  (:class:`~couturier.services.common.vectors.batching.SearchBatcher`): at 2,000 x 64-d, one call of 64
+  queries cost about 5 single calls on the server and about 20 on lite (figures: docs/vector-store.md).
 * The server's default consistency is Bounded (a read right after a write can miss it). Strong waits for
   the server's time tick (~200 ms per read, measured on Milvus 2.3.5), so reads ask for Session: this
   process reads its own upserts; deletes are followed by one Strong read (2.3 returns no delete
@@ -29,8 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import numpy as np
 
@@ -41,6 +48,7 @@ from couturier.services.common.errors import (
     PreconditionFailed,
 )
 from couturier.services.common.logs import get_logger
+from couturier.services.common.vectors.batching import BatchStats, SearchBatcher
 from couturier.services.common.vectors.filters import (
     MAX_LABEL_BYTES,
     MAX_PRODUCT_ID_BYTES,
@@ -89,6 +97,35 @@ LOAD_TIMEOUT_S: Final = 600.0  # loading a collection builds its index (8-19 s a
 # another process's writes show up within about a second. Strong cost ~200 ms per read on the server.
 CONSISTENCY: Final = "Session"
 
+# --- concurrency (defaults of the COUTURIER_<SERVICE>_MILVUS_* settings; figures in docs/vector-store.md) ---
+SERVER_THREADS: Final = 8  # calls to a Milvus server that run at once (a milvus-lite file always has one)
+SEARCH_BATCH_MAX: Final = 64  # query vectors merged into one search call (1: no merging)
+SEARCH_BATCH_WAIT_S: Final = 0.0  # extra wait for a merged call to fill (0: send when a call is free)
+
+#: Searches that exclude at most this many products (e.g. a shopper's purchases) can be merged with other
+#: searches: Milvus is asked for k + |excluded| hits without the exclusion, and the excluded ones are
+#: dropped here (exact: at most |excluded| of those hits can be excluded). More exclusions: a Milvus filter.
+POSTFILTER_EXCLUDED_MAX: Final = 256
+
+#: What searches are merged on: collection (space), filter expression, limit rounded up to a power of two
+#: (a merged call asks for the largest limit of its searches).
+_SearchKey = tuple[EmbeddingSpace, str, int]
+
+
+def _limit_bucket(limit: int) -> int:
+    return 1 << (limit - 1).bit_length()
+
+
+class StoreSettings(Protocol):
+    """The settings a VectorStore is built from (``couturier.services.common.config.VectorStoreSettings``)."""
+
+    milvus_uri: str
+    milvus_token: str
+    milvus_threads: int
+    milvus_search_batch_max: int
+    milvus_search_batch_wait_ms: float
+
+
 # Milvus error codes (server 2.3+ and milvus-lite agree on these).
 _CODE_CONNECT_FAILED: Final = 2
 _CODE_COLLECTION_NOT_FOUND: Final = 100
@@ -121,15 +158,35 @@ class VectorStore:
 
     Connects lazily: construction never fails on an unreachable store; the first call (or :meth:`ping`)
     raises :class:`DependencyUnavailable` saying what to do.
+
+    ``threads``: calls to a Milvus server that run at once (milvus-lite: always one thread per file).
+    ``search_batch_max`` / ``search_batch_wait_s``: concurrent searches of the same collection and filter
+    are merged into calls of at most this many query vectors, waiting at most this long for a call to
+    fill (0: no extra wait; ``search_batch_max=1``: no merging).
     """
 
-    def __init__(self, uri: str, *, token: str = "", timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        token: str = "",
+        timeout_s: float = 10.0,
+        threads: int = SERVER_THREADS,
+        search_batch_max: int = SEARCH_BATCH_MAX,
+        search_batch_wait_s: float = SEARCH_BATCH_WAIT_S,
+    ) -> None:
         if not uri:
             raise ValueError(
                 "the Milvus URI is empty; give a milvus-lite file (path ending in .db) or http://host:19530"
             )
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if not 1 <= search_batch_max <= MAX_SEARCH_QUERIES:
+            raise ValueError(f"search_batch_max must be between 1 and {MAX_SEARCH_QUERIES}, got {search_batch_max}")
+        if search_batch_wait_s < 0:
+            raise ValueError(f"search_batch_wait_s must be >= 0, got {search_batch_wait_s}")
         self.lite = _is_lite(uri)
         if not self.lite and not uri.startswith(("http://", "https://", "tcp://", "unix:")):
             raise ValueError(
@@ -143,7 +200,31 @@ class VectorStore:
         self._closed = False
         self._attached: dict[EmbeddingSpace, str] = {}  # spaces checked and loaded -> their stored index type
         self._legacy: set[str] = set()  # attached collections that still have the thumbnail field
-        self._worker = _acquire_worker(self.uri, lite=self.lite)
+        self._lock = threading.RLock()  # the client and the attached collections (several server threads)
+        self.threads = 1 if self.lite else int(threads)
+        self._worker = _acquire_worker(self.uri, lite=self.lite, threads=self.threads)
+        self._batcher: SearchBatcher[_SearchKey] = SearchBatcher(
+            self._search_call,
+            max_queries=search_batch_max,
+            max_wait_s=search_batch_wait_s,
+            max_in_flight=self.threads,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> VectorStore:
+        """The store a service's settings describe (``COUTURIER_<SERVICE>_MILVUS_*``)."""
+        return cls(
+            settings.milvus_uri,
+            token=settings.milvus_token,
+            threads=settings.milvus_threads,
+            search_batch_max=settings.milvus_search_batch_max,
+            search_batch_wait_s=settings.milvus_search_batch_wait_ms / 1000.0,
+        )
+
+    @property
+    def search_stats(self) -> BatchStats:
+        """Searches asked for, search calls made to Milvus and query rows sent (merging at work)."""
+        return self._batcher.stats
 
     def __repr__(self) -> str:
         return f"VectorStore({self.describe()})"
@@ -160,18 +241,22 @@ class VectorStore:
         return await loop.run_in_executor(self._worker.executor, fn, *args)
 
     def _connect(self) -> MilvusClient:
-        """The client (worker thread only)."""
-        if self._client is not None:
-            return self._client
+        """The client (worker threads only)."""
+        client = self._client
+        if client is not None:
+            return client
         from pymilvus import MilvusClient
 
-        if self.lite:
-            os.makedirs(os.path.dirname(self.uri), exist_ok=True)
-        try:
-            self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
-        except Exception as exc:
-            raise self._unavailable(exc) from exc
-        return self._client
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            if self.lite:
+                os.makedirs(os.path.dirname(self.uri), exist_ok=True)
+            try:
+                self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
+            except Exception as exc:
+                raise self._unavailable(exc) from exc
+            return self._client
 
     def _unavailable(self, exc: BaseException) -> DependencyUnavailable:
         if self.lite and _lite_file_locked(self.uri):
@@ -221,14 +306,16 @@ class VectorStore:
         return exc
 
     def _forget(self, collection: str) -> None:
-        for known in [s for s in self._attached if s.collection == collection]:
-            del self._attached[known]
-        self._legacy.discard(collection)
+        with self._lock:
+            for known in [s for s in self._attached if s.collection == collection]:
+                del self._attached[known]
+            self._legacy.discard(collection)
 
     def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        self._attached.clear()
-        self._legacy.clear()
+        with self._lock:
+            client, self._client = self._client, None
+            self._attached.clear()
+            self._legacy.clear()
         if client is not None:
             try:
                 client.close()
@@ -252,6 +339,12 @@ class VectorStore:
     def _attach(self, space: EmbeddingSpace, *, create: bool) -> MilvusClient:
         """Make sure the collection exists (created when ``create``), fits ``space`` and is loaded."""
         client = self._connect()
+        if space in self._attached:
+            return client
+        with self._lock:  # one thread attaches; the others wait for it instead of loading twice
+            return self._attach_locked(client, space, create=create)
+
+    def _attach_locked(self, client: MilvusClient, space: EmbeddingSpace, *, create: bool) -> MilvusClient:
         if space in self._attached:
             return client
         name = space.collection
@@ -557,7 +650,21 @@ class VectorStore:
             raise InvalidInput(f"query vector {int(bad[0])} contains NaN or infinite values")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_TOPK:
             raise InvalidInput(f"k must be an integer between 1 and {MAX_TOPK}, got {k!r}")
-        expr = build_filter(categories, colours, exclude_ids)
+        k = int(k)
+        expr = build_filter(categories, colours, exclude_ids)  # validates every value
+        if self._batcher.enabled and exclude_ids and len(exclude_ids) <= POSTFILTER_EXCLUDED_MAX:
+            excluded = set(_check_ids(exclude_ids, "excluded product id"))
+            if k + len(excluded) <= MAX_TOPK:  # exclusions dropped here, so searches of other shoppers merge
+                limit = k + len(excluded)
+                shared = build_filter(categories, colours)
+                hits = await self._batcher.search((space, shared, _limit_bucket(limit)), matrix, limit)
+                return [[hit for hit in row if hit.product_id not in excluded][:k] for row in hits]
+        hits = await self._batcher.search((space, expr, _limit_bucket(k)), matrix, k)
+        return [row[:k] for row in hits]
+
+    async def _search_call(self, key: _SearchKey, matrix: np.ndarray, limit: int) -> list[list[Hit]]:
+        """One search call to Milvus (the queries of one or several merged searches)."""
+        space, expr, _ = key
 
         def work() -> list[list[Hit]]:
             client = self._attach(space, create=False)
@@ -568,7 +675,7 @@ class VectorStore:
                 space.collection,
                 data=list(matrix),
                 filter=expr,
-                limit=int(k),
+                limit=limit,
                 output_fields=[_CATEGORY, _COLOUR],
                 search_params={"metric_type": space.metric, "params": params},
                 anns_field=_VECTOR,
@@ -642,6 +749,45 @@ class VectorStore:
                     break
                 cursor_filter = f"{_PK} > {_quote(max(row[_PK] for row in page))}"
             return dict(sorted(counts.items()))
+
+        return await self._run(space, work)
+
+    async def list_ids(self, space: EmbeddingSpace, *, after: str = "", limit: int = SCAN_BATCH) -> list[str]:
+        """One page of the stored product ids: up to ``limit`` ids greater than ``after``, ascending (the
+        next page starts after the last id of this one). Empty when nothing is indexed in ``space``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_TOPK:
+            raise InvalidInput(f"limit must be an integer between 1 and {MAX_TOPK}, got {limit!r}")
+        if after:
+            _check_text(after, "page cursor (a product id)", MAX_PRODUCT_ID_BYTES, required=True)
+
+        def work() -> list[str]:
+            client = self._connect()
+            if space not in self._attached and not client.has_collection(space.collection, timeout=self.timeout_s):
+                return []
+            client = self._attach(space, create=False)
+            self._flush_if_dirty(client, space)
+            if not self.lite:
+                # Server 2.3.5 reads "iterator" queries at its current time tick, ignoring the consistency
+                # level (this process's writes of the last ~0.3 s were missing); a plain read waits for them.
+                client.query(
+                    space.collection,
+                    filter=f'{_PK} == ""',
+                    output_fields=[_PK],
+                    limit=1,
+                    consistency_level=CONSISTENCY,
+                    timeout=self.timeout_s,
+                )
+            page = client.query(  # "iterator" mode: the smallest primary keys matching, as in per_category
+                space.collection,
+                filter=f"{_PK} > {_quote(after)}" if after else f'{_PK} != ""',
+                output_fields=[_PK],
+                limit=limit,
+                iterator="True",
+                reduce_stop_for_best="True",
+                consistency_level=CONSISTENCY,
+                timeout=self.timeout_s,
+            )
+            return sorted(str(row[_PK]) for row in page)
 
         return await self._run(space, work)
 
