@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from google.protobuf.json_format import MessageToDict
 
 from couturier.services.common.errors import CouturierError
+
+if TYPE_CHECKING:
+    from couturier.services.common.downstream import ChannelSecurity
 
 app = typer.Typer(
     name="couturier",
@@ -73,23 +76,52 @@ def serve(
     asyncio.run(run_until_signalled(hosts))
 
 
+CaFile = Annotated[str, typer.Option("--ca-file", help="PEM CA of a service with TLS (docs/security.md).")]
+CertFile = Annotated[str, typer.Option("--cert-file", help="PEM client certificate, for a service with mTLS.")]
+KeyFile = Annotated[str, typer.Option("--key-file", help="PEM private key of --cert-file.")]
+ServerName = Annotated[str, typer.Option("--server-name", help="Name to check the certificate against.")]
+TokenFile = Annotated[str, typer.Option("--token-file", help="File with the bearer token (or caller:token).")]
+
+
+def _security(
+    ca_file: str, cert_file: str, key_file: str, server_name: str, token_file: str = ""
+) -> ChannelSecurity | None:
+    """The ChannelSecurity the TLS / token flags describe (None: plaintext, no token)."""
+    from couturier.services.common.downstream import ChannelSecurity
+    from couturier.services.common.security import TlsFiles, channel_credentials, read_token_file
+
+    if not (ca_file or cert_file or token_file):
+        return None
+    try:
+        credentials = channel_credentials(TlsFiles(cert_file, key_file, ca_file), "--ca-file/--cert-file")
+        token = read_token_file(token_file, "--token-file") if token_file else ""
+    except CouturierError as exc:
+        fail(str(exc))
+    return ChannelSecurity(credentials, server_name, token)
+
+
 @app.command()
 def health(
     target: Annotated[str, typer.Argument(help="host:port of a couturier service.")],
     service: Annotated[str, typer.Option(help="Service name to ask about ('' = the whole server).")] = "",
     wait: Annotated[float, typer.Option(help="Wait up to this many seconds for SERVING.")] = 0.0,
+    ca_file: CaFile = "",
+    cert_file: CertFile = "",
+    key_file: KeyFile = "",
+    server_name: ServerName = "",
 ) -> None:
     """Ask a service's standard gRPC health service; exit 0 only when SERVING (usable as a probe)."""
     import grpc
 
     from couturier.services.client import check_health, wait_until_serving
 
+    security = _security(ca_file, cert_file, key_file, server_name)
     try:
         if wait > 0:
-            asyncio.run(wait_until_serving(target, service, timeout_s=wait))
+            asyncio.run(wait_until_serving(target, service, timeout_s=wait, security=security))
             status = "SERVING"
         else:
-            status = asyncio.run(check_health(target, service))
+            status = asyncio.run(check_health(target, service, security=security))
     except (TimeoutError, grpc.aio.AioRpcError) as exc:
         fail(str(exc) if isinstance(exc, TimeoutError) else f"{target}: {exc.code().name} {exc.details()}")
     typer.echo(status)
@@ -98,16 +130,31 @@ def health(
 
 
 @app.command()
-def status(target: Annotated[str, typer.Argument(help="host:port of a couturier service.")]) -> None:
+def status(
+    target: Annotated[str, typer.Argument(help="host:port of a couturier service.")],
+    ca_file: CaFile = "",
+    cert_file: CertFile = "",
+    key_file: KeyFile = "",
+    server_name: ServerName = "",
+    token_file: TokenFile = "",
+) -> None:
     """Print a service's diagnostics (dependencies, settings, fallbacks) and its reflected services."""
     from couturier.services.client import get_status, list_services
 
+    security = _security(ca_file, cert_file, key_file, server_name, token_file)
+
     async def gather() -> dict[str, object]:
-        report = MessageToDict(await get_status(target), preserving_proto_field_name=True)
-        report["reflection"] = await list_services(target)
+        report = MessageToDict(await get_status(target, security=security), preserving_proto_field_name=True)
+        report["reflection"] = await list_services(target, security=security)
         return report
 
-    typer.echo(json.dumps(asyncio.run(gather()), indent=2))
+    import grpc
+
+    try:
+        report = asyncio.run(gather())
+    except grpc.aio.AioRpcError as exc:
+        fail(f"{target}: {exc.code().name} {exc.details()}")
+    typer.echo(json.dumps(report, indent=2))
 
 
 #: Entry-point group through which other parts of the distribution add subcommands: each entry point is

@@ -368,8 +368,8 @@ def test_images_are_listed_and_built_by_a_dockerfile(renders: dict[str, list[Obj
                 used |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"]}
     for path in (K8S / "components").rglob("*.yaml"):
         for obj in yaml.safe_load_all(path.read_text()):
-            if obj and obj.get("kind") == "Deployment":
-                used |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"]}
+            if obj and obj.get("kind") == "Deployment":  # a patch (components/security) names no image
+                used |= {c["image"] for c in obj["spec"]["template"]["spec"]["containers"] if "image" in c}
     assert used == listed, f"images used {sorted(used)} vs listed {sorted(listed)}"
     for overlay in ("dev-cpu", "prod-gpu"):
         kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
@@ -551,3 +551,61 @@ def test_milvus_values_match_the_services() -> None:
     for name in EXTERNAL_SECRETS:  # the production secret an operator creates is documented
         assert f"create secret generic {name}" in docs
     assert "k8s/milvus/values.yaml" in docs and "k8s/milvus/values-dev.yaml" in docs
+
+
+# -- the security component (docs/security.md) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_security_component_carries_tls_and_tokens_from_secrets(
+    tmp_path: Path, version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """prod-gpu plus components/security: every service reads its certificate files from the mounted
+    couturier-tls Secret (mTLS between the services), the orchestrator its tokens from
+    orchestrator-auth-tokens, and readiness asks health over TLS; every object still validates."""
+    import kubernetes_validate
+
+    copy_root = tmp_path / "k8s"
+    shutil.copytree(K8S, copy_root)
+    with (copy_root / "overlays" / "prod-gpu" / "kustomization.yaml").open("a") as overlay:
+        overlay.write("components:\n  - ../../components/security\n")
+    objs = kustomize(copy_root / "overlays" / "prod-gpu")
+    for obj in objs:
+        kubernetes_validate.validate(obj, version, strict=True)
+    seen = set()
+    for dep, container, key in service_containers(objs):
+        seen.add(key)
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        secret_files = {
+            f"{path}/{name}"
+            for path, volume in mounts.items()
+            if "secret" in volume
+            for name in ("tls.crt", "tls.key", "ca.crt", "tokens")
+        }
+        assert mounts["/etc/couturier/tls"]["secret"]["secretName"] == "couturier-tls"
+        for name in [n for n in os.environ if n.startswith("COUTURIER_")]:
+            monkeypatch.delenv(name)
+        for name, value in container_env(objs, container).items():
+            monkeypatch.setenv(name, value)
+        settings = load_settings(key)
+        files = [
+            v
+            for k, v in settings.model_dump().items()
+            if (k.endswith("_file") and "tls" in k) or k == "auth_tokens_file"
+        ]
+        assert all(f in secret_files for f in files if f), (key, files)
+        assert settings.tls_cert_file and settings.tls_key_file
+        if key == "orchestrator":  # the public edge: TLS and tokens; mTLS to the services it calls
+            assert settings.auth_tokens_file == "/etc/couturier/auth/tokens" and not settings.tls_client_ca_file
+            assert mounts["/etc/couturier/auth"]["secret"]["secretName"] == "orchestrator-auth-tokens"
+            assert settings.downstream_tls_ca_file and settings.downstream_tls_cert_file  # type: ignore[attr-defined]
+        else:
+            assert settings.tls_client_ca_file == "/etc/couturier/tls/ca.crt"
+        probe = container["readinessProbe"]
+        assert "grpc" not in probe, "the kubelet's gRPC probe cannot speak TLS"
+        command = probe["exec"]["command"]
+        assert command[:3] == ["couturier", "health", f"127.0.0.1:{settings.port}"]
+        assert f"--server-name={key}.{NAMESPACE}.svc.cluster.local" in command
+        assert "--ca-file=/etc/couturier/tls/ca.crt" in command
+    assert seen == set(SETTINGS_BY_SERVICE)

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from couturier.export.triton.backend import MODEL_PY
-from couturier.export.triton.control import ModelControl
+from couturier.export.triton.control import ModelControl, control_header_from_env
 from couturier.export.triton.environment import TritonEnvironment, default_home, ensure_environment
 from couturier.export.triton.errors import ModelControlError, ServerStartError
 from couturier.export.triton.model_config import BACKEND
@@ -54,6 +54,10 @@ class LocalTriton:
 
     ``home`` (default ``$COUTURIER_TRITON_HOME`` or ``./var/triton``) holds ``env/`` (the Triton
     virtualenv), ``backends/`` and ``logs/``.
+
+    ``control_header`` (key, value) (default: ``$COUTURIER_TRITON_CONTROL_HEADER``, see control.py): the
+    server refuses model load, unload and the repository index over gRPC and HTTP without this header
+    (Triton's restricted protocols); :attr:`control` sends it. None: model control open to local callers.
     """
 
     def __init__(
@@ -65,7 +69,9 @@ class LocalTriton:
         ready_timeout_s: float = 60.0,
         load_timeout_s: float = 120.0,
         exit_timeout_s: int = 10,
+        control_header: tuple[str, str] | None = None,
     ) -> None:
+        self.control_header = control_header if control_header is not None else control_header_from_env()
         self.home = Path(home if home is not None else default_home()).absolute()
         self.env_dir = Path(env_dir).absolute() if env_dir is not None else self.home / "env"
         self.backends_dir = self.home / "backends"
@@ -115,7 +121,7 @@ class LocalTriton:
     @property
     def control(self) -> ModelControl:
         if self._control is None:
-            self._control = ModelControl(self.grpc_url, timeout_s=self.load_timeout_s)
+            self._control = ModelControl(self.grpc_url, timeout_s=self.load_timeout_s, header=self.control_header)
         return self._control
 
     def _command(self, env: TritonEnvironment, ports: dict[str, int], models: Sequence[str], verbose: int) -> list[str]:
@@ -136,6 +142,12 @@ class LocalTriton:
             f"--log-verbose={verbose}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
         ]
+        if self.control_header is not None:
+            key, value = self.control_header
+            cmd += [
+                f"--grpc-restricted-protocol=model-repository:{key}={value}",
+                f"--http-restricted-api=model-repository:{key}={value}",
+            ]
         cmd += [f"--load-model={m}" for m in models]
         return cmd
 

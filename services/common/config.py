@@ -18,6 +18,7 @@ from couturier.services.common.downstream import (
     reconnect_options,
 )
 from couturier.services.common.errors import InvalidInput
+from couturier.services.common.security import TlsFiles
 
 
 class ServerSettings(BaseSettings):
@@ -29,6 +30,21 @@ class ServerSettings(BaseSettings):
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port (None: no endpoint, 0: any free)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the /metrics listener binds, separate from the gRPC port's host: loopback unless a "
+        "scraper outside the host (pod) needs it; it has no TLS or authentication (docs/security.md).",
+    )
+    tls_cert_file: str = Field("", description="PEM certificate (chain) of the gRPC port; set: TLS (docs/security.md).")
+    tls_key_file: str = Field("", description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: str = Field(
+        "", description="PEM CA bundle; set: every client must present a certificate signed by it (mTLS)."
+    )
+    auth_tokens_file: str = Field(
+        "",
+        description="File of 'caller-name:token' lines read at start; set: every call but health and reflection "
+        "needs 'authorization: Bearer <token>' (UNAUTHENTICATED otherwise).",
     )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="Max gRPC message size in and out."
@@ -75,6 +91,19 @@ class ServerSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _tls_complete(self) -> ServerSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def server_tls(self) -> TlsFiles:
+        """The gRPC port's certificate files (security.server_credentials)."""
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+
+    @model_validator(mode="after")
     def _backoff_ordered(self) -> ServerSettings:
         if self.reconnect_backoff_initial_ms > self.reconnect_backoff_max_ms:
             raise ValueError(
@@ -90,9 +119,9 @@ class ServerSettings(BaseSettings):
             self.reconnect_backoff_initial_ms, self.reconnect_backoff_max_ms, self.connect_timeout_ms
         )
 
-    @field_validator("host")
+    @field_validator("host", "metrics_host")
     @classmethod
-    def _host_not_empty(cls, value: str) -> str:
+    def _host_not_empty(cls, value: str) -> str:  # also metrics_host
         if not value.strip():
             raise ValueError("must not be empty (use 127.0.0.1 for loopback)")
         return value
@@ -120,6 +149,11 @@ class ModelBackendSettings(BaseSettings):
         "onnxruntime", description="triton: a Triton server at triton_url; onnxruntime: in-process."
     )
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
+    triton_tls_ca_file: str = Field(
+        "", description="PEM CA that signed Triton's gRPC certificate; set (or a client certificate): TLS to Triton."
+    )
+    triton_tls_cert_file: str = Field("", description="PEM client certificate for a Triton that demands mTLS.")
+    triton_tls_key_file: str = Field("", description="PEM private key of triton_tls_cert_file.")
     model_repository: str = Field("var/model_repository", description="Model repository (in-process backend).")
     inference_timeout_s: float = Field(30.0, gt=0, le=600)
     model_version_cache_s: float = Field(
@@ -135,6 +169,17 @@ class ModelBackendSettings(BaseSettings):
         "a model not named here uses the newest version Triton serves.",
     )
 
+    @model_validator(mode="after")
+    def _triton_tls_complete(self) -> ModelBackendSettings:
+        if bool(self.triton_tls_cert_file) != bool(self.triton_tls_key_file):
+            raise ValueError("triton_tls_cert_file and triton_tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def triton_tls(self) -> TlsFiles:
+        """Certificate files of the channel to Triton (nothing set: plaintext)."""
+        return TlsFiles(self.triton_tls_cert_file, self.triton_tls_key_file, self.triton_tls_ca_file)
+
     def model_version(self, model: str) -> str:
         """The pinned version of ``model`` ("" = whatever the backend serves)."""
         return self.model_versions.get(model, "")
@@ -149,6 +194,16 @@ class VectorStoreSettings(BaseSettings):
         "process), or http://host:19530 for a Milvus server.",
     )
     milvus_token: str = Field("", description="Milvus token (user:password) for a secured server.")
+    milvus_tls_ca_file: str = Field(
+        "", description="PEM CA that signed the Milvus server's certificate; set: TLS to the server (not lite)."
+    )
+    milvus_tls_cert_file: str = Field(
+        "", description="PEM client certificate for a Milvus server with tlsMode 2 (mTLS; needs milvus_tls_ca_file)."
+    )
+    milvus_tls_key_file: str = Field("", description="PEM private key of milvus_tls_cert_file.")
+    milvus_tls_server_name: str = Field(
+        "", description="Name to check the Milvus server's certificate against, when it is not the URI's host."
+    )
     milvus_threads: int = Field(
         8, ge=1, le=64, description="Calls to a Milvus server that run at once (a milvus-lite file uses one thread)."
     )
@@ -166,6 +221,14 @@ class VectorStoreSettings(BaseSettings):
         description="Extra wait for a merged search call to fill (0: send as soon as a call is free; "
         "searches that arrive while calls are busy are merged anyway).",
     )
+
+    @model_validator(mode="after")
+    def _milvus_tls_complete(self) -> VectorStoreSettings:
+        if bool(self.milvus_tls_cert_file) != bool(self.milvus_tls_key_file):
+            raise ValueError("milvus_tls_cert_file and milvus_tls_key_file go together: set both or neither")
+        if self.milvus_tls_cert_file and not self.milvus_tls_ca_file:
+            raise ValueError("milvus_tls_cert_file (mTLS) needs milvus_tls_ca_file")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -236,6 +299,30 @@ class OrchestratorSettings(ServerSettings):
     scoring_target: str = "127.0.0.1:50051"
     latent_target: str = "127.0.0.1:50052"
     retrieval_target: str = "127.0.0.1:50053"
+    downstream_tls_ca_file: str = Field(
+        "", description="PEM CA that signed scoring's, latent's and retrieval's certificates; set: TLS to them."
+    )
+    downstream_tls_cert_file: str = Field(
+        "", description="PEM client certificate the orchestrator presents to services that demand mTLS."
+    )
+    downstream_tls_key_file: str = Field("", description="PEM private key of downstream_tls_cert_file.")
+    downstream_tls_server_name: str = Field(
+        "", description="Name to check the services' certificates against instead of the target's host (tests)."
+    )
+    downstream_token_file: str = Field(
+        "", description="File holding the bearer token sent to services that have auth_tokens_file set."
+    )
+
+    @model_validator(mode="after")
+    def _downstream_tls_complete(self) -> OrchestratorSettings:
+        if bool(self.downstream_tls_cert_file) != bool(self.downstream_tls_key_file):
+            raise ValueError("downstream_tls_cert_file and downstream_tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def downstream_tls(self) -> TlsFiles:
+        """Certificate files of the channels to the other services (nothing set: plaintext)."""
+        return TlsFiles(self.downstream_tls_cert_file, self.downstream_tls_key_file, self.downstream_tls_ca_file)
 
 
 SETTINGS_BY_SERVICE: dict[str, type[ServerSettings]] = {

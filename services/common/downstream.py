@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import grpc
 
 from couturier.services.common.errors import DeadlineExpired, DownstreamCallFailed
+from couturier.services.common.security import BearerTokenInterceptor
 
 T = TypeVar("T")
 
@@ -51,23 +53,45 @@ def reconnect_options(
     ]
 
 
-def open_channel(target: str, max_message_bytes: int, reconnect: ChannelOptions | None = None) -> grpc.aio.Channel:
+@dataclass(frozen=True)
+class ChannelSecurity:
+    """How a channel to a couturier service is protected (all empty: plaintext, no token).
+
+    ``credentials``: TLS (security.channel_credentials); ``server_name``: the name the server's certificate
+    is checked against when it is not the target's host; ``token``: a bearer token sent on every call."""
+
+    credentials: grpc.ChannelCredentials | None = None
+    server_name: str = ""
+    token: str = ""
+
+
+def open_channel(
+    target: str,
+    max_message_bytes: int,
+    reconnect: ChannelOptions | None = None,
+    security: ChannelSecurity | None = None,
+) -> grpc.aio.Channel:
     """A channel that spreads calls over every address the target resolves to.
 
     With a headless Kubernetes Service (``dns:///scoring.ns.svc.cluster.local:50051``) each pod is
     one address; round robin plus the servers' ``max_connection_age`` keeps load spread as pods
-    come and go. ``reconnect``: :func:`reconnect_options` (default: its defaults).
+    come and go. ``reconnect``: :func:`reconnect_options` (default: its defaults); ``security``: TLS
+    and a bearer token (default: plaintext, no token).
     """
-    return grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.enable_retries", 1),
-            *(reconnect_options() if reconnect is None else reconnect),
-        ],
-    )
+    security = security or ChannelSecurity()
+    options: ChannelOptions = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1),
+        *(reconnect_options() if reconnect is None else reconnect),
+    ]
+    if security.server_name:
+        options.append(("grpc.ssl_target_name_override", security.server_name))
+    interceptors = [BearerTokenInterceptor(security.token)] if security.token else None
+    if security.credentials is not None:
+        return grpc.aio.secure_channel(target, security.credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def remaining_s(context: grpc.aio.ServicerContext, cap_s: float) -> float:
@@ -112,17 +136,19 @@ class Stubs:
         stub_types: dict[str, Any],
         max_message_bytes: int,
         reconnect: ChannelOptions | None = None,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self._targets = targets
         self._types = stub_types
         self._size = max_message_bytes
         self._reconnect = reconnect
+        self._security = security
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._stubs:
-            self._channels[name] = open_channel(self._targets[name], self._size, self._reconnect)
+            self._channels[name] = open_channel(self._targets[name], self._size, self._reconnect, self._security)
             self._stubs[name] = self._types[name](self._channels[name])
         return self._stubs[name]
 

@@ -50,6 +50,10 @@ class DependencyFailed(CouturierError):
     with an error id logged next to the trace."""
 
 
+class Unauthenticated(CouturierError):
+    """The call carries no valid credentials (a missing or unknown bearer token)."""
+
+
 class DeadlineExpired(CouturierError):
     """The call's deadline passed before the work finished."""
 
@@ -81,6 +85,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DependencyUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotYetImplemented, grpc.StatusCode.UNIMPLEMENTED),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (asyncio.TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),

@@ -130,18 +130,31 @@ class GrpcHealthProbe:
 
     ``reconnect``: channel arguments (downstream.reconnect_options). A probe that finds the target
     UNAVAILABLE drops its channel, so the next probe connects at once instead of waiting out the
-    channel's reconnect backoff: health follows a restarted service within one probe interval."""
+    channel's reconnect backoff: health follows a restarted service within one probe interval.
+    ``credentials`` / ``server_name``: TLS to the target (health needs no token)."""
 
     def __init__(
-        self, target: str, service: str = "", timeout_s: float = 2.0, reconnect: list[tuple[str, Any]] | None = None
+        self,
+        target: str,
+        service: str = "",
+        timeout_s: float = 2.0,
+        reconnect: list[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
     ) -> None:
         self.target, self.service, self.timeout_s = target, service, timeout_s
         self.reconnect = list(reconnect or [])
+        if server_name:
+            self.reconnect.append(("grpc.ssl_target_name_override", server_name))
+        self.credentials = credentials
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self) -> str:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=self.reconnect)
+            if self.credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.reconnect)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.target, options=self.reconnect)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=self.service), timeout=self.timeout_s)

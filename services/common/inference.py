@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+import grpc
 import numpy as np
 
 from couturier.services.common.downstream import reconnect_options
@@ -30,6 +31,7 @@ from couturier.services.common.errors import (
 )
 from couturier.services.common.logs import get_logger
 from couturier.services.common.model_metadata import METADATA_PREFIX
+from couturier.services.common.security import channel_credentials
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -200,7 +202,8 @@ class TritonBackend:
 
     ``version_cache_s``: how long a resolved version is reused (:class:`VersionCache`; 0: never).
     ``reconnect``: the channel's reconnect arguments (:func:`~couturier.services.common.downstream.reconnect_options`,
-    default its defaults), so calls succeed again within about half a second of Triton's return."""
+    default its defaults), so calls succeed again within about half a second of Triton's return.
+    ``credentials``: TLS to Triton (tritonclient's ``creds``; None: plaintext)."""
 
     def __init__(
         self,
@@ -209,10 +212,12 @@ class TritonBackend:
         timeout_s: float = 10.0,
         version_cache_s: float = 0.0,
         reconnect: list[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.reconnect = reconnect_options() if reconnect is None else list(reconnect)
+        self.credentials = credentials  # TLS to Triton (security.channel_credentials); None: plaintext
         self.name = f"triton:{url}"
         self.version_cache = VersionCache(version_cache_s)
         self._client: Any = None
@@ -230,6 +235,7 @@ class TritonBackend:
             keepalive = KeepAliveOptions()
             self._client = InferenceServerClient(
                 self.url,
+                creds=self.credentials,
                 channel_args=[
                     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
                     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
@@ -562,11 +568,14 @@ def make_backend(
     intra_op_threads: int = 0,
     version_cache_s: float = 0.0,
     reconnect: list[tuple[str, Any]] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> InferenceBackend:
     """``TritonBackend(url)`` or ``OnnxRuntimeBackend(repo_dir)``; logs which one runs."""
     backend: InferenceBackend
     if kind == "triton":
-        backend = TritonBackend(url, timeout_s=timeout_s, version_cache_s=version_cache_s, reconnect=reconnect)
+        backend = TritonBackend(
+            url, timeout_s=timeout_s, version_cache_s=version_cache_s, reconnect=reconnect, credentials=credentials
+        )
     elif kind == "onnxruntime":
         if repo_dir is None:
             raise ValueError("the onnxruntime backend needs repo_dir (the model repository)")
@@ -586,6 +595,9 @@ def backend_for(settings: Any) -> InferenceBackend:
         timeout_s=settings.inference_timeout_s,
         version_cache_s=settings.model_version_cache_s,
         reconnect=settings.channel_options,
+        credentials=channel_credentials(settings.triton_tls, "triton_tls")
+        if settings.inference_backend == "triton"
+        else None,
     )
 
 
@@ -601,11 +613,18 @@ def model_check(backend: InferenceBackend, model: str, pinned: str = "") -> Any:
     return DependencyCheck(model, probe)
 
 
+def _triton_transport(settings: Any) -> str:
+    if settings.triton_tls_cert_file:
+        return "mtls"
+    return "tls" if settings.triton_tls_ca_file else "plaintext"
+
+
 def shown_backend_settings(settings: Any) -> dict[str, str]:
     """What GetStatus shows about where a service's models run."""
     return {
         "inference_backend": settings.inference_backend,
         "triton_url": settings.triton_url if settings.inference_backend == "triton" else "",
+        "triton_transport": _triton_transport(settings) if settings.inference_backend == "triton" else "",
         "model_repository": settings.model_repository if settings.inference_backend == "onnxruntime" else "",
         "model_versions": ",".join(f"{k}={v}" for k, v in sorted(settings.model_versions.items())),
         "model_version_cache_s": f"{settings.model_version_cache_s:g}",

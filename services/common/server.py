@@ -24,6 +24,7 @@ from couturier.services.common.interceptors import (
 )
 from couturier.services.common.logs import configure_logging, get_logger, is_configured, shutdown_logging
 from couturier.services.common.metrics import start_metrics_endpoint
+from couturier.services.common.security import TokenAuthInterceptor, load_tokens, server_credentials, transport_name
 from couturier.v1 import diagnostics_pb2, diagnostics_pb2_grpc
 
 log = get_logger(__name__)
@@ -74,7 +75,7 @@ class ServiceHost:
             service_names=definition.service_names,
             checks=definition.checks,
             interval_s=settings.health_interval_s,
-            settings=dict(definition.shown_settings),
+            settings={**definition.shown_settings, **self.security_settings},
             version=VERSION,
             infrastructure_names=INFRASTRUCTURE_SERVICES,
         )
@@ -85,6 +86,17 @@ class ServiceHost:
         if self.port is None:
             raise RuntimeError("server not started")
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def security_settings(self) -> dict[str, str]:
+        """What GetStatus shows about the port's protection: transport, auth and the metrics listener."""
+        settings = self.settings
+        metrics = "off" if settings.metrics_port is None else f"{settings.metrics_host}:{settings.metrics_port}"
+        return {
+            "transport": transport_name(settings.server_tls),
+            "auth": "bearer tokens" if settings.auth_tokens_file else "off",
+            "metrics_listener": metrics,
+        }
 
     @property
     def reflected_services(self) -> list[str]:
@@ -99,11 +111,19 @@ class ServiceHost:
                 repeat_limit=self.settings.log_repeat_limit,
                 repeat_interval_s=self.settings.log_repeat_interval_s,
             )
+        # Certificates and tokens are read now: a bad file stops the start with the setting's name.
+        credentials = server_credentials(self.settings.server_tls)
+        auth = (
+            TokenAuthInterceptor(load_tokens(self.settings.auth_tokens_file))
+            if self.settings.auth_tokens_file
+            else None
+        )
         server = grpc.aio.server(
             interceptors=[
                 ErrorMappingInterceptor(),
                 MetricsInterceptor(),
                 DeadlineInterceptor(self.settings.rpc_timeout_s, self.settings.stream_timeout_s),
+                *([auth] if auth is not None else []),  # before the guard: no field checks for a caller without a token
                 RequestGuardInterceptor(),
             ],
             options=self.settings.grpc_options,
@@ -112,20 +132,25 @@ class ServiceHost:
         health_pb2_grpc.add_HealthServicer_to_server(self.monitor.servicer, server)
         diagnostics_pb2_grpc.add_DiagnosticsServiceServicer_to_server(_Diagnostics(self.monitor), server)
         reflection.enable_server_reflection(self.reflected_services, server)
-        self.port = server.add_insecure_port(self.settings.bind_address)
+        if credentials is None:
+            self.port = server.add_insecure_port(self.settings.bind_address)
+        else:
+            self.port = server.add_secure_port(self.settings.bind_address, credentials)
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.bind_address}")
         await self.monitor.start()
         await server.start()
         self._server = server
         if self.settings.metrics_port is not None:
-            self.metrics_port = start_metrics_endpoint(self.settings.host, self.settings.metrics_port)
+            self.metrics_port = start_metrics_endpoint(self.settings.metrics_host, self.settings.metrics_port)
         log.info(
             "service started",
             service=self.definition.key,
             address=self.address,
             metrics_port=self.metrics_port,
             serving=self.monitor.serving,
+            callers=len(auth.callers) if auth is not None else 0,
+            **self.security_settings,
             **self.definition.shown_settings,
         )
         return self.port

@@ -28,7 +28,7 @@ from couturier.services.common.catalogue_index import (
     unknown_report,
 )
 from couturier.services.common.config import OrchestratorSettings
-from couturier.services.common.downstream import Stubs, all_or_nothing, remaining_s, step
+from couturier.services.common.downstream import ChannelSecurity, Stubs, all_or_nothing, remaining_s, step
 from couturier.services.common.errors import (
     DownstreamCallFailed,
     InvalidInput,
@@ -38,6 +38,7 @@ from couturier.services.common.errors import (
 )
 from couturier.services.common.health import DependencyCheck, GrpcHealthProbe
 from couturier.services.common.logs import get_logger
+from couturier.services.common.security import channel_credentials, read_token_file
 from couturier.services.common.server import ServiceDefinition
 from couturier.services.common.validation import audience_users, int_in_range, require_id
 from couturier.v1 import (
@@ -66,10 +67,21 @@ REPORT_CHECK_S = 30.0
 log = get_logger(__name__)
 
 
+def downstream_security(settings: OrchestratorSettings) -> ChannelSecurity:
+    """TLS and the bearer token of the channels to scoring, latent and retrieval (files read now)."""
+    return ChannelSecurity(
+        credentials=channel_credentials(settings.downstream_tls, "downstream_tls"),
+        server_name=settings.downstream_tls_server_name,
+        token=read_token_file(settings.downstream_token_file, "downstream_token_file")
+        if settings.downstream_token_file
+        else "",
+    )
+
+
 class Downstream:
     """Stubs of the three backend services over long-lived channels."""
 
-    def __init__(self, settings: OrchestratorSettings) -> None:
+    def __init__(self, settings: OrchestratorSettings, security: ChannelSecurity | None = None) -> None:
         self.stubs = Stubs(
             {
                 "scoring": settings.scoring_target,
@@ -83,6 +95,7 @@ class Downstream:
             },
             settings.max_message_bytes,
             settings.channel_options,
+            security,
         )
         self.cap_s = settings.rpc_timeout_s
         self.stream_cap_s = settings.stream_timeout_s  # IndexCatalogue's downstream IndexProducts streams
@@ -481,8 +494,17 @@ def build(settings: OrchestratorSettings) -> ServiceDefinition:
         "latent": settings.latent_target,
         "retrieval": settings.retrieval_target,
     }
-    probes = {name: GrpcHealthProbe(target, reconnect=settings.channel_options) for name, target in targets.items()}
-    downstream = Downstream(settings)
+    security = downstream_security(settings)
+    probes = {
+        name: GrpcHealthProbe(
+            target,
+            reconnect=settings.channel_options,
+            credentials=security.credentials,
+            server_name=security.server_name,
+        )
+        for name, target in targets.items()
+    }
+    downstream = Downstream(settings, security)
 
     async def close() -> None:
         await asyncio.gather(*(probe.close() for probe in probes.values()))
@@ -496,5 +518,11 @@ def build(settings: OrchestratorSettings) -> ServiceDefinition:
         ),
         checks=[DependencyCheck(name, probe) for name, probe in probes.items()],
         on_stop=close,
-        shown_settings={f"{name}_target": target for name, target in targets.items()},
+        shown_settings={
+            **{f"{name}_target": target for name, target in targets.items()},
+            "downstream_transport": "plaintext"
+            if security.credentials is None
+            else ("mtls" if settings.downstream_tls_cert_file else "tls"),
+            "downstream_token": "sent" if security.token else "none",
+        },
     )

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import numpy as np
@@ -121,6 +121,10 @@ class StoreSettings(Protocol):
 
     milvus_uri: str
     milvus_token: str
+    milvus_tls_ca_file: str
+    milvus_tls_cert_file: str
+    milvus_tls_key_file: str
+    milvus_tls_server_name: str
     milvus_threads: int
     milvus_search_batch_max: int
     milvus_search_batch_wait_ms: float
@@ -132,6 +136,25 @@ _CODE_COLLECTION_NOT_FOUND: Final = 100
 _CODE_COLLECTION_NOT_LOADED: Final = 101
 #: Collections created before product images left Milvus have this VARCHAR field: writes fill it with "".
 _LEGACY_THUMBNAIL: Final = "thumbnail"
+
+
+def milvus_tls_options(ca_file: str, cert_file: str = "", key_file: str = "", server_name: str = "") -> dict[str, Any]:
+    """pymilvus connection arguments for TLS to a Milvus server ({} when ``ca_file`` is ""): one-way TLS
+    (``server_pem_path``: the CA that signed the server), or mTLS with a client certificate and key."""
+    if not ca_file:
+        if cert_file:
+            raise ValueError("a Milvus client certificate (mTLS) needs the CA file too")
+        return {}
+    options: dict[str, Any] = {"secure": True}
+    if cert_file:
+        if not key_file:
+            raise ValueError("a Milvus client certificate needs its key file")
+        options.update(ca_pem_path=ca_file, client_pem_path=cert_file, client_key_path=key_file)
+    else:
+        options["server_pem_path"] = ca_file
+    if server_name:
+        options["server_name"] = server_name
+    return options
 
 
 def _as_vector(value: Any, dim: int, what: str) -> np.ndarray:
@@ -174,6 +197,7 @@ class VectorStore:
         threads: int = SERVER_THREADS,
         search_batch_max: int = SEARCH_BATCH_MAX,
         search_batch_wait_s: float = SEARCH_BATCH_WAIT_S,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         if not uri:
             raise ValueError(
@@ -194,6 +218,12 @@ class VectorStore:
                 "(http://host:19530, https://..., tcp://..., unix:...)"
             )
         self.uri = os.path.abspath(uri) if self.lite else uri
+        if tls and self.lite:
+            raise ValueError(
+                "Milvus TLS settings apply to a Milvus server, not a milvus-lite file: unset milvus_tls_* "
+                "or use an https:// server URI (docs/security.md)"
+            )
+        self._tls = dict(tls or {})
         self.timeout_s = float(timeout_s)
         self._token = token
         self._client: MilvusClient | None = None
@@ -219,6 +249,12 @@ class VectorStore:
             threads=settings.milvus_threads,
             search_batch_max=settings.milvus_search_batch_max,
             search_batch_wait_s=settings.milvus_search_batch_wait_ms / 1000.0,
+            tls=milvus_tls_options(
+                settings.milvus_tls_ca_file,
+                settings.milvus_tls_cert_file,
+                settings.milvus_tls_key_file,
+                settings.milvus_tls_server_name,
+            ),
         )
 
     @property
@@ -230,7 +266,9 @@ class VectorStore:
         return f"VectorStore({self.describe()})"
 
     def describe(self) -> str:
-        return f"milvus-lite file {self.uri}" if self.lite else f"Milvus server {self.uri}"
+        if self.lite:
+            return f"milvus-lite file {self.uri}"
+        return f"Milvus server {self.uri}{' over TLS' if self._tls else ''}"
 
     # --- plumbing --------------------------------------------------------------------------------------
 
@@ -253,7 +291,7 @@ class VectorStore:
             if self.lite:
                 os.makedirs(os.path.dirname(self.uri), exist_ok=True)
             try:
-                self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s)
+                self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout_s, **self._tls)
             except Exception as exc:
                 raise self._unavailable(exc) from exc
             return self._client
