@@ -36,6 +36,7 @@ from couturier.export.tools.bench_limits import (
 )
 from couturier.export.tools.launcher import free_port
 from couturier.services.registry import make_host
+from support.trained import TrainedModels
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -330,14 +331,9 @@ def test_exact_search_matches_brute_force_with_filters() -> None:
     assert len(top_k(vectors, query, 100, np.arange(50) < 3)) == 3 and top_k(vectors, query, 5, keep & False) == []
 
 
-REPO = Path(__file__).resolve().parents[1] / "var"
-
-
-@pytest.mark.skipif(
-    not (REPO / "model_repository" / "retrieval_encoder").is_dir() or not (REPO / "user_vectors").is_dir(),
-    reason="needs the published demo models (var/model_repository) and user vectors (var/user_vectors)",
-)
-def test_limits_of_light_rpcs_against_the_model_repository() -> None:
+@pytest.mark.integration
+@pytest.mark.timeout(900)  # the session's trained models may be built first
+def test_limits_of_light_rpcs_against_the_model_repository(trained_models: TrainedModels) -> None:
     """The in-process limit runs the real retrieval encoder: a catalogue image searched for finds itself."""
     from couturier.export.tools.bench_limits import InlineOnnxRuntime, LimitSetup, served_model_versions
     from couturier.services.common.images import encode_png
@@ -345,7 +341,7 @@ def test_limits_of_light_rpcs_against_the_model_repository() -> None:
     from couturier.services.common.models import ITEM_ENCODER, PREF_GRAD
     from couturier.services.scoring.users import UserDirectory
 
-    repo, vectors = REPO / "model_repository", REPO / "user_vectors"
+    repo, vectors = trained_models.repo_dir, trained_models.user_vectors_dir
     versions = served_model_versions(repo)
     table = UserDirectory(vectors).table(versions[ITEM_ENCODER])
     backend = InlineOnnxRuntime(repo)
