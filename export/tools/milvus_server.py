@@ -74,6 +74,29 @@ def _answers(uri: str) -> bool:
         client.close()
 
 
+def _writable(uri: str) -> str | None:
+    """None when the server at ``uri`` can create and drop a collection within 10 s, else the error.
+
+    A server left behind by a killed run can still list collections after its data directory is gone;
+    reusing it would fail later, inside the tests or stacks that share it.
+    """
+    from pymilvus import MilvusClient
+
+    name = f"couturier_probe_{os.getpid()}"
+    try:
+        client = MilvusClient(uri=uri, timeout=10)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        client.create_collection(name, dimension=2, timeout=10)
+        client.drop_collection(name, timeout=10)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+
+
 class LocalMilvusServer:
     """Start with :meth:`start` (or ``with``), talk to :attr:`uri`, stop with :meth:`stop`.
 
@@ -105,7 +128,14 @@ class LocalMilvusServer:
     def _start_locked(self, timeout_s: float) -> str:
         if _port_taken(PORT):
             if _answers(self.uri):
+                problem = _writable(self.uri)
+                if problem is not None:
+                    raise MilvusServerError(
+                        f"a Milvus server answers on 127.0.0.1:{PORT} but cannot create a collection ({problem}); "
+                        "it may be left over from a killed run: stop it (pkill -f 'milvus run standalone') and retry"
+                    )
                 self.reused = True
+                log.info("reusing the Milvus server already running at %s", self.uri)
                 return self.uri
             raise MilvusServerError(
                 f"port {PORT} on 127.0.0.1 is taken by something that does not answer as a Milvus server"

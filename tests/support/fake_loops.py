@@ -99,7 +99,8 @@ def run_loop(
     for i in range(int(n_eval.max())):
         stepping, active = (i >= first) & (i < end), i < n_eval
         taken = i + 1 - first  # steps taken once this iteration has stepped
-        t = _col((step + taken).astype(np.float64), rank)
+        # rows not stepping this iteration may have t = 0; their update is masked out below
+        t = _col(np.maximum(step + taken, 1).astype(np.float64), rank)
         g = grad.astype(np.float64)
         if spec.constraint == "tanh":
             z_old = np.tanh(param)
