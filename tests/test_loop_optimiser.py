@@ -61,8 +61,9 @@ async def test_design_alter_and_shifts_answer_the_same_on_both_optimisers() -> N
     compare_responses(answers["reference"], answers["loop"], loop_steps=4, rtol=1e-6)
     ref, loop = answers["reference"].calls, answers["loop"].calls
     assert set(ref) == set(GRADIENT_MODELS)
-    # the loop optimiser: loop models only, but for the evaluation of the seller's variants (pref_grad)
-    assert loop[PREF_GRAD] == 1 and INV_GRAD not in loop and SHIFT_GRAD not in loop
+    # the loop optimiser: loop models only, but for Design's start selection (n x 16 candidates, one
+    # pref_grad call) and the evaluation of the seller's variants (pref_grad)
+    assert loop[PREF_GRAD] == 1 + 1 and INV_GRAD not in loop and SHIFT_GRAD not in loop
     # a streamed run (Alter) evaluates its start point in a call of its own; the others in their first call
     assert loop[INV_LOOP] == (1 + 3) + 2  # Alter: 10 steps in 4s; SellerShifts: 7 steps
     assert loop[PREF_LOOP] == 3 + (1 + 2)  # Design: 10 steps; Alter: 6 steps
@@ -130,7 +131,8 @@ async def test_top_k_share_designs_run_on_the_reference_optimiser_and_say_so() -
     )
     response = await servicer.Design(request, None)  # type: ignore[arg-type]
     assert response.generator.name == PREF_GRAD
-    assert backend.calls[PREF_GRAD] == optimize.DEFAULT_STEPS + 2 and PREF_LOOP not in backend.calls
+    # start selection, the starting scores, then one call per point
+    assert backend.calls[PREF_GRAD] == 1 + optimize.DEFAULT_STEPS + 2 and PREF_LOOP not in backend.calls
     definition = latent_service.build(settings, backend=backend)  # type: ignore[arg-type]
     assert definition.shown_settings["optimiser"] == "loop" and definition.shown_settings["loop_steps"] == "5"
     assert "TOP_K_SHARE" in definition.shown_settings["reference_optimiser_for"]

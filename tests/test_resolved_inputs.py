@@ -333,6 +333,8 @@ async def test_latent_validates_the_resolved_audience(stack: Stack) -> None:
         (design(resolved("u1", top_k=5, category="tops"), objective=latent_pb2.TOP_K_SHARE), "holds top_k=5"),
         (design(resolved("u1", top_k=10, category="bags"), objective=latent_pb2.TOP_K_SHARE), "category 'bags'"),
         (design(resolved("u1"), n=limits.MAX_DESIGNS + 1), "n must be between"),
+        (design(resolved("u1"), start_candidates=limits.MAX_START_CANDIDATES + 1), "start_candidates must be between"),
+        (design(resolved("u1"), start_candidates=-1), "start_candidates must be between"),
     ]
     for request, *needles in cases:
         await expect(stack.latent.Design(request), grpc.StatusCode.INVALID_ARGUMENT, *needles)
@@ -344,6 +346,15 @@ async def test_latent_designs_for_a_resolved_audience(stack: Stack) -> None:
     )
     assert len(got.designs) == 2 and got.scorer == MODEL and got.generator.name == PREF_LOOP  # the loop optimiser
     assert all(len(d.per_user_preference) == 3 for d in got.designs)
+    # start_candidates = 1: the designs start from the seed's first samples, and they differ from the
+    # default's, which start from the best of 16 per design
+    plain = await stack.latent.Design(
+        latent_pb2.DesignRequest(
+            resolved_audience=resolved("u1", "u2", "u3"), category="tops", n=2, seed=5, start_candidates=1
+        )
+    )
+    assert {d.preference_before for d in plain.designs} != {d.preference_before for d in got.designs}
+    assert max(d.preference_before for d in got.designs) >= max(d.preference_before for d in plain.designs)
     share = await stack.latent.Design(
         latent_pb2.DesignRequest(
             resolved_audience=resolved("u1", "u2", "u3", top_k=4, category="tops"),

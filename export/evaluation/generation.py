@@ -12,10 +12,14 @@ Protocol (seeded; ``GenerationSettings``):
 * **Shoppers**: ``n_shoppers`` (user, category) pairs, the categories in turn, each user drawn among
   those who bought that category in training (observable data, not the oracle): "design a dress for
   a shopper who buys dresses".
-* **Design**: ``designs_per_shopper`` designs per shopper (MEAN objective, one user). Preference
+* **Design**: ``designs_per_shopper`` designs per shopper (MEAN objective, one user), each started
+  from the best of ``DEFAULT_START_CANDIDATES`` prior samples as the service does. Preference
   raised = the mean learned score of the shopper's designs went up. Oracle top-10% = the oracle
   utility of the shopper's best design (highest learned score: the one a shop would show first) is
   at least the 90th percentile of that shopper's utilities over the catalogue items of the category.
+  Its ceiling for this scorer (``oracle_top10_share_scorer_ceiling``): the same share for the
+  catalogue item with the highest learned score, what a perfect optimiser of the learned score
+  could show without leaving the catalogue.
 * **Alter**: each shopper with a held-out product of their category: inversion, then preference
   maximisation from the inverted latent. Oracle gain = oracle(altered) - oracle(the product photo).
 * **GIGS**: (group, item) pairs: a group is ``group_size`` users whose favourite category is the
@@ -43,8 +47,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from couturier.export.evaluation.judge import Judge, LabelledImages, judge_against_real, load_judge
 from couturier.export.training.common import write_json
-from couturier.services.common.models import GRADIENT_MODELS
-from couturier.services.latent.optimize import invert, maximise_preference, one_hot, sample_prior, seller_shifts
+from couturier.services.common.models import GRADIENT_MODELS, ITEM_ENCODER
+from couturier.services.latent.optimize import (
+    DEFAULT_START_CANDIDATES,
+    invert,
+    maximise_preference,
+    one_hot,
+    sample_prior,
+    select_starts,
+    seller_shifts,
+)
 from couturier.services.latent.ssim import ssim
 
 GENERATION_JSON = "generation.json"
@@ -75,17 +87,20 @@ def to_signed(images: np.ndarray) -> np.ndarray:
 
 
 class ServedGradientModels:
-    """The run's exported gradient models in a temporary model repository, run by onnxruntime in-process."""
+    """The run's exported gradient models (and the scorer's item encoder, for the scorer's ceiling) in a
+    temporary model repository, run by onnxruntime in-process."""
+
+    MODELS = (*GRADIENT_MODELS, ITEM_ENCODER)
 
     def __init__(self, onnx_dir: Path) -> None:
         from couturier.export.pipeline import publish_all
         from couturier.services.common.inference import OnnxRuntimeBackend
 
-        missing = [m for m in GRADIENT_MODELS if not (onnx_dir / f"{m}.onnx").is_file()]
+        missing = [m for m in self.MODELS if not (onnx_dir / f"{m}.onnx").is_file()]
         if missing:
             raise FileNotFoundError(f"{onnx_dir} lacks {', '.join(missing)}: run `couturier export` first")
         self._dir = Path(tempfile.mkdtemp(prefix="couturier-judge-repo-"))
-        publish_all({m: onnx_dir / f"{m}.onnx" for m in GRADIENT_MODELS}, self._dir)
+        publish_all({m: onnx_dir / f"{m}.onnx" for m in self.MODELS}, self._dir)
         self.backend = OnnxRuntimeBackend(self._dir, max_workers=1)
 
     def close(self) -> None:
@@ -157,6 +172,28 @@ def _held_item(prepared: Any, category: int, rng: np.random.Generator) -> int | 
     return int(rng.choice(rows)) if len(rows) else None
 
 
+async def _scorer_ceiling(world: _World, backend: Any, shoppers: list[tuple[int, int]]) -> float | None:
+    """Share of shoppers whose catalogue item with the highest LEARNED score in the category is in their
+    planted-taste top 10% of it: how far the scorer a design climbs agrees with the taste it stands for
+    (None on real data)."""
+    p = world.prepared
+    if getattr(p, "oracle", None) is None:
+        return None
+    images, cats = p.catalogue.images, np.asarray(p.catalogue.category)
+    phi = []
+    for start in range(0, len(images), 256):
+        out = await backend.infer(ITEM_ENCODER, {"image": to_signed(images[start : start + 256])}, ["embedding"])
+        phi.append(np.asarray(out["embedding"], np.float64))
+    vectors = np.concatenate(phi)
+    hits = []
+    for user, c in shoppers:
+        rows = np.flatnonzero(cats == c)
+        utility = _oracle_utility(p, [user], images[rows], np.full(len(rows), c))[0]
+        best = int(np.argmax(vectors[rows] @ world.theta[user].astype(np.float64)))
+        hits.append(float(utility[best] >= np.percentile(utility, 90.0)))
+    return float(np.mean(hits))
+
+
 async def _designs(
     world: _World, backend: Any, shoppers: list[tuple[int, int]], s: GenerationSettings
 ) -> dict[str, Any]:
@@ -164,20 +201,18 @@ async def _designs(
     images, cats, raised, top10, top10_all, gains, learned_gain = [], [], [], [], [], [], []
     starts = []
     for k, (user, c) in enumerate(shoppers):
-        z0 = sample_prior(s.designs_per_shopper, int(await _z_dim(backend)), seed=s.seed * 100_003 + k)
+        n = s.designs_per_shopper
+        candidates = sample_prior(n * DEFAULT_START_CANDIDATES, int(await _z_dim(backend)), seed=s.seed * 100_003 + k)
+        category = one_hot(c, world.n_categories, n)
+        theta = world.theta[user][None]
+        z0 = await select_starts(backend, candidates=candidates, category=category[:1], theta=theta, n=n)
         before: list[np.ndarray] = []
 
         async def first(step: int, _z: np.ndarray, _obj: np.ndarray, image: np.ndarray, keep: list = before) -> None:
             if step == 0:
                 keep.append(image)
 
-        res = await maximise_preference(
-            backend,
-            z0=z0,
-            category=one_hot(c, world.n_categories, s.designs_per_shopper),
-            theta=world.theta[user][None],
-            on_step=first,
-        )
+        res = await maximise_preference(backend, z0=z0, category=category, theta=theta, on_step=first)
         after = to_uint8(res.image)
         start = to_uint8(before[0])
         learned_before, learned_after = res.scores_before[:, 0], res.scores_after[:, 0]
@@ -203,6 +238,7 @@ async def _designs(
         "learned_score_gain_mean": float(np.mean(learned_gain)),
         "oracle_top10_share": _oracle_mean(top10),
         "oracle_top10_share_all_designs": _oracle_mean(top10_all),
+        "oracle_top10_share_scorer_ceiling": await _scorer_ceiling(world, backend, shoppers),
         "oracle_gain_mean": _oracle_mean(gains),
         "oracle_gain_positive_share": _oracle_mean(gains, positive=True),
         "_gallery": (np.concatenate(starts), all_images, all_cats),
@@ -250,6 +286,7 @@ async def _alter(world: _World, backend: Any, shoppers: list[tuple[int, int]], s
         "altered_category_accuracy": altered_figures["category_accuracy"],
         "altered_fid_ratio": altered_figures["fid_ratio"],
         "altered_per_category_accuracy": altered_figures["per_category_accuracy"],
+        "real_ceiling_accuracy": altered_figures.get("real_ceiling_accuracy"),
         "preference_raised_share": float(np.mean(raised)),
         "oracle_gain_share": _oracle_mean(gain_vs_product, positive=True),
         "oracle_gain_mean": _oracle_mean(gain_vs_product),
@@ -305,6 +342,9 @@ async def _gigs(world: _World, backend: Any, s: GenerationSettings) -> dict[str,
         "variant_category_accuracy": figures["category_accuracy"],
         "variant_fid_ratio": figures["fid_ratio"],
         "variant_per_category_accuracy": figures["per_category_accuracy"],
+        # the judge on real held-out items of the same categories: what "every variant passes" is held against
+        "real_ceiling_accuracy": figures.get("real_ceiling_accuracy"),
+        "real_ceiling_per_category_accuracy": figures.get("real_ceiling_per_category_accuracy"),
         "min_pairwise_opposite_ssim": float(np.min(min_opp)),
         "median_pairwise_opposite_ssim": float(np.median(min_opp)),
         "oracle_gain_share": _oracle_mean(oracle_gain, positive=True),
@@ -334,6 +374,7 @@ def _judged(world: _World, images: np.ndarray, categories: np.ndarray, s: Genera
         "fid_ratio": report.fid_ratio()["overall"],
         "per_category_fid_ratio": {k: v for k, v in report.fid_ratio().items() if k != "overall"},
         "real_ceiling_accuracy": report.ceiling.overall.accuracy,
+        "real_ceiling_per_category_accuracy": {name: g.accuracy for name, g in report.ceiling.per_category.items()},
         "nearest_real": gen.overall.nearest_real,
         "real_ceiling_nearest_real": report.ceiling.overall.nearest_real,
     }

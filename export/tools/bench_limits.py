@@ -284,14 +284,28 @@ class LimitWorks:
         return optimize.one_hot(self.s.category_names.index(category), len(self.s.category_names), batch)
 
     async def _design(self, i: int) -> list[bytes]:
-        """orchestrator.Design: DescribeUsers (the user's vector) + latent.Design (n designs, default steps)."""
+        """orchestrator.Design: DescribeUsers (the user's vector) + latent.Design (start selection from the
+        default candidates, then n designs of the default steps)."""
         from couturier.services.latent import optimize
 
         theta = self._theta(i)
+        category = self._one_hot(self.data.design_category(i), DESIGNS)
+        candidates = optimize.sample_prior(
+            DESIGNS * optimize.DEFAULT_START_CANDIDATES, self.s.z_dim, self.data.design_seed(i)
+        )
+        z0 = await optimize.select_starts(
+            self.backend,
+            candidates=candidates,
+            category=category[:1],
+            theta=theta,
+            n=DESIGNS,
+            realism_weight=optimize.DEFAULT_REALISM_WEIGHT,
+            versions=self.s.versions,
+        )
         result = await optimize.maximise_preference(
             self.backend,
-            z0=optimize.sample_prior(DESIGNS, self.s.z_dim, self.data.design_seed(i)),
-            category=self._one_hot(self.data.design_category(i), DESIGNS),
+            z0=z0,
+            category=category,
             theta=theta,
             steps=optimize.DEFAULT_STEPS,
             learning_rate=optimize.DEFAULT_LEARNING_RATE,

@@ -25,6 +25,8 @@ MAX_K: Final = 1000
 MAX_FILTER_VALUES: Final = 64
 MAX_EXCLUDED_IDS: Final = 1000
 MAX_DESIGNS: Final = 16
+#: Prior samples per design that Design picks its starting points from (DesignRequest.start_candidates).
+MAX_START_CANDIDATES: Final = 32
 MAX_SHIFTS: Final = 12
 MAX_OPT_STEPS: Final = 500
 MAX_INVERSION_STEPS: Final = 2000

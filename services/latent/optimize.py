@@ -50,9 +50,11 @@ __all__ = [
     "DEFAULT_SHIFTS",
     "DEFAULT_SHIFT_RADIUS",
     "DEFAULT_SHIFT_STEPS",
+    "DEFAULT_START_CANDIDATES",
     "DEFAULT_STEPS",
     "LATENT_BOX",
     "SHIFT_LEARNING_RATE_PER_RADIUS",
+    "START_SCORING_ROWS",
     "TOPK_TEMPERATURE_FACTOR",
     "Adam",
     "InversionResult",
@@ -67,6 +69,7 @@ __all__ = [
     "realism_term",
     "row_theta",
     "sample_prior",
+    "select_starts",
     "seller_shifts",
     "shift_result",
     "user_scores",
@@ -80,6 +83,15 @@ __all__ = [
 DEFAULT_STEPS = 10
 DEFAULT_LEARNING_RATE = 0.05
 DEFAULT_REALISM_WEIGHT = 1.0
+#: Design start selection: a design starts from the best of ``DEFAULT_START_CANDIDATES`` prior samples
+#: (by the objective it is optimised for, scored in one pref_grad call per ``START_SCORING_ROWS``
+#: rows). Measured on the quality models, 50 SIMULATED shoppers, n = 4 designs of 10 steps: the share
+#: of shoppers whose best design lands in their planted-taste top 10% of the category went from 0.40
+#: (1 candidate) to 0.58 (8) and 0.62 (16), with 32 and 64 no better (0.56); the same share for the
+#: catalogue's own best item by learned score is 0.62, the scorer's ceiling. 20 steps from 1 candidate
+#: gave 0.48 at twice the optimisation cost.
+DEFAULT_START_CANDIDATES = 16
+START_SCORING_ROWS = 64
 #: The realism term, ``realism_weight * min(D(G(z)) - margin, 0)^2``, lives in the gradient model: the
 #: margin is the median realism of the generator's own samples, measured when the model is exported
 #: (ONNX metadata ``couturier.realism_margin``), so a design pays only for becoming less realistic
@@ -247,6 +259,45 @@ async def _pref(
 
 
 # -- preference maximisation ---------------------------------------------------------------------
+
+
+async def select_starts(
+    backend: InferenceBackend,
+    *,
+    candidates: np.ndarray,
+    category: np.ndarray,
+    theta: np.ndarray,
+    n: int,
+    realism_weight: float = DEFAULT_REALISM_WEIGHT,
+    versions: Mapping[str, str] = {},
+) -> np.ndarray:
+    """The ``n`` rows of ``candidates (M,Dz)`` with the highest starting value, best first.
+
+    The value is the group's mean preference minus the realism term, each candidate scored once by
+    ``pref_grad`` (``ceil(M / START_SCORING_ROWS)`` calls); ties keep the sampling order.
+    ``category`` is one one-hot row ``(1,C)`` or one per candidate ``(M,C)``; ``theta (U,K)``.
+    """
+    candidates, category, theta = np.asarray(candidates), np.asarray(category), np.asarray(theta)
+    _require(candidates.ndim == 2, f"candidates must be (M, Dz), got shape {candidates.shape}")
+    _require(1 <= n <= len(candidates), f"n must be between 1 and the {len(candidates)} candidates, got {n}")
+    _require(theta.ndim == 2 and theta.shape[0] >= 1, f"theta must be (U, K) with U >= 1, got shape {theta.shape}")
+    if category.ndim == 2 and category.shape[0] == 1:
+        category = np.repeat(category, len(candidates), axis=0)
+    _require(
+        category.shape[:1] == candidates.shape[:1],
+        f"category must be (1, C) or (M={len(candidates)}, C), got shape {category.shape}",
+    )
+    mean_theta = theta.astype(np.float64).mean(axis=0, keepdims=True)
+    version = versions.get(PREF_GRAD, "")
+    values = []
+    for start in range(0, len(candidates), START_SCORING_ROWS):
+        rows = slice(start, start + START_SCORING_ROWS)
+        sent = _f32(np.repeat(mean_theta, len(candidates[rows]), axis=0))
+        out = await _pref(backend, version, candidates[rows], category[rows], sent, realism_weight)
+        values.append(np.asarray(out["value"], np.float64).reshape(-1))  # mean preference - realism term
+    order = np.argsort(-np.concatenate(values), kind="stable")
+    return np.ascontiguousarray(candidates[order[:n]])
+
 
 
 @dataclass(frozen=True)

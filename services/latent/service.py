@@ -356,12 +356,29 @@ class LatentServicer(latent_pb2_grpc.LatentOptimizationServiceServicer):
         n = int_in_range(request.n, 1, limits.MAX_DESIGNS, "n", default=DEFAULT_DESIGNS)
         opt = optimizer_params(request.optimizer)
         loop = self.latent.loop and not share  # TOP_K_SHARE: the reference optimiser (weights change every step)
+        candidates = int_in_range(
+            request.start_candidates,
+            1,
+            limits.MAX_START_CANDIDATES,
+            "start_candidates",
+            default=optimize.DEFAULT_START_CANDIDATES,
+        )
         model = PREF_LOOP if loop else PREF_GRAD
-        versions = await self.latent.versions(model)
+        versions = await self.latent.versions(*dict.fromkeys((model, PREF_GRAD)))  # pref_grad picks the starts
         cat = await self.latent.category(request.category, versions)
         z_dim = await self.latent.z_dim(model, versions[model])
         seed = request.seed or secrets.randbits(63)
-        z0 = optimize.sample_prior(n, z_dim, seed)
+        z0 = optimize.sample_prior(n * candidates, z_dim, seed)
+        if candidates > 1:
+            z0 = await optimize.select_starts(
+                self.latent.backend,
+                candidates=z0,
+                category=cat.one_hot(),
+                theta=users.theta,
+                n=n,
+                realism_weight=opt.realism_weight,
+                versions=versions,
+            )
         if share:
             result = await optimize.maximise_preference(
                 self.latent.backend,
