@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -57,6 +58,27 @@ def test_bad_config_names_the_problem(monkeypatch: pytest.MonkeyPatch, env: str,
     with pytest.raises(InvalidInput) as info:
         load_settings("scoring")
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("pins", "optimiser", "refused"),
+    [
+        ('{"pref_grad": "2"}', "loop", "pins pref_grad=2 but not pref_loop"),
+        ('{"shift_loop": "3"}', "loop", "pins shift_loop=3 but not shift_grad"),
+        ('{"inv_grad": "2", "inv_loop": "2"}', "loop", None),
+        ('{"pref_grad": "2"}', "reference", None),  # the reference optimiser calls no loop model
+    ],
+)
+def test_latent_pins_a_loop_model_and_its_gradient_model_together(
+    monkeypatch: pytest.MonkeyPatch, pins: str, optimiser: str, refused: str | None
+) -> None:
+    monkeypatch.setenv("COUTURIER_LATENT_MODEL_VERSIONS", pins)
+    monkeypatch.setenv("COUTURIER_LATENT_OPTIMISER", optimiser)
+    if refused is None:
+        assert load_settings("latent").model_versions == json.loads(pins)
+        return
+    with pytest.raises(InvalidInput, match=refused):
+        load_settings("latent")
 
 
 def test_only_the_orchestrator_has_downstream_targets() -> None:

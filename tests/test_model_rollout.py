@@ -79,6 +79,9 @@ def test_pinning_hint_names_the_services_and_versions() -> None:
     assert 'COUTURIER_RETRIEVAL_MODEL_VERSIONS=\'{"text_encoder": "2"}\'' in hint
     assert "couturier triton rollback text_encoder --to 2" in hint
     assert "<service>" in pinning_hint(RolloutResult("mystery", 1, (), (1,), "canary", ("h:1",), (), 0.0))
+    assert "without one of pref_loop" not in hint
+    loop = pinning_hint(RolloutResult("pref_grad", 2, (1,), (1, 2), "canary", ("h:1",), (), 0.0))
+    assert "COUTURIER_LATENT_MODEL_VERSIONS" in loop and "roll out pref_loop from the same export" in loop
 
 
 def test_resolve_urls_expands_names_and_rejects_bad_ones() -> None:

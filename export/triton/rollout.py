@@ -393,6 +393,12 @@ def pinning_hint(result: RolloutResult) -> str:
         lines.append(
             f'  canary {service} replicas: {env}=\'{{"{result.model}": "{result.version}"}}\'  (k8s/components/canary)'
         )
+    partner = {**names.LOOP_GRADIENT, **{g: loop for loop, g in names.LOOP_GRADIENT.items()}}.get(result.model)
+    if partner is not None:
+        lines.append(
+            f"  the latent service (optimiser=loop) refuses a pin of {result.model} without one of {partner}: "
+            f"roll out {partner} from the same export and pin both"
+        )
     lines.append(
         f"then: couturier triton promote {result.model} {result.version}  "
         f"or  couturier triton rollback {result.model}" + (f" --to {old}" if old is not None else "")

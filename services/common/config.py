@@ -18,6 +18,7 @@ from couturier.services.common.downstream import (
     reconnect_options,
 )
 from couturier.services.common.errors import InvalidInput
+from couturier.services.common.models import LOOP_GRADIENT
 from couturier.services.common.security import TlsFiles
 
 
@@ -269,6 +270,22 @@ class LatentSettings(ServerSettings, ModelBackendSettings):
     )
     # No downstream targets: the latent service calls no other couturier service (the orchestrator
     # resolves user ids and product ids into the requests' resolved inputs).
+
+    @model_validator(mode="after")
+    def _loop_pins_paired(self) -> LatentSettings:
+        """On the loop optimiser a request calls a loop model and its gradient model (start selection,
+        TOP_K_SHARE, the evaluation of seller variants): a pin on one of them alone would mix exports."""
+        if self.optimiser != "loop":
+            return self
+        for loop, gradient in LOOP_GRADIENT.items():
+            if bool(self.model_versions.get(loop)) != bool(self.model_versions.get(gradient)):
+                pinned, other = (loop, gradient) if self.model_versions.get(loop) else (gradient, loop)
+                raise ValueError(
+                    f"model_versions pins {pinned}={self.model_versions[pinned]} but not {other}: with "
+                    f"optimiser=loop the service calls both; pin both to the versions of one export "
+                    f"(or use optimiser=reference, which calls the gradient models only)"
+                )
+        return self
 
 
 class RetrievalSettings(ServerSettings, ModelBackendSettings, VectorStoreSettings):

@@ -299,7 +299,6 @@ async def select_starts(
     return np.ascontiguousarray(candidates[order[:n]])
 
 
-
 @dataclass(frozen=True)
 class PreferenceResult:
     """Designs after optimisation. ``B`` designs, ``U`` users, ``T = steps + 1`` evaluated points.
