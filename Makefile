@@ -2,13 +2,14 @@
 #   make demo   - set everything up, then run the main job on the embedded default
 #   make test   - set everything up, then run the test suite
 #   make test-fast - the unit tests only (no training, no Triton; under a minute)
+#   make images - build every service image (docker, or buildah + a Debian-built Python base; docs/deployment.md)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps python-deps protos pkgview check demo test test-fast clean
+.PHONY: setup system-deps python-deps protos pkgview check demo test test-fast images clean
 
 setup: system-deps python-deps
 
@@ -58,6 +59,15 @@ test: setup
 # Unit tests only (fakes instead of trained models, no Triton, no training): under a minute.
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not integration"
+
+# Every target of docker/service.Dockerfile as couturier/<target>:<pyproject version>. Docker when its
+# daemon answers, else buildah (as root, via sudo; `apt-get install buildah debootstrap`), whose base is the stand-in
+# for python:3.11-slim-bookworm that docker/python-base.sh builds from Debian packages (once).
+images:
+	@command -v buildah >/dev/null || docker info >/dev/null 2>&1 || { \
+	  echo "make images: needs a running Docker daemon, or buildah and debootstrap:"; \
+	  echo "  $(SUDO) apt-get install buildah debootstrap"; exit 2; }
+	scripts/build_images.sh
 
 clean:
 	rm -rf var runs build *.egg-info

@@ -49,7 +49,11 @@ async def requests(backend: InferenceBackend, settings: LatentSettings, *, categ
     servicer = LatentServicer(Latent(backend, settings))
     audience, item = _audience(k), _item()
     design = await servicer.Design(
-        latent_pb2.DesignRequest(category=category, n=3, seed=5, resolved_audience=audience),
+        # start_candidates=1: both optimisers from the seed's own samples. The starts that selection
+        # picks on the real models sit where the realism term saturates, and Adam there turns the two
+        # optimisers' float32 differences into latent differences of ~3e-3 (selection itself is one
+        # pref_grad call shared by both; tests/test_latent_optimize.py checks it).
+        latent_pb2.DesignRequest(category=category, n=3, seed=5, resolved_audience=audience, start_candidates=1),
         None,  # type: ignore[arg-type]  # the servicer does not use its context
     )
     alter = [

@@ -338,6 +338,9 @@ class VectorStore:
                 or exc.code == _CODE_CONNECT_FAILED
                 or "Retry timeout" in message
                 or "Fail connecting" in message
+                # another thread closed the shared client after a connection failure (_drop_client) while
+                # this call still held it: the next call reconnects
+                or "should create connection first" in message
             ):
                 self._drop_client()  # reconnect on the next call
                 return self._unavailable(exc)
