@@ -399,14 +399,15 @@ def test_index_command_reconciles_and_prints_a_failed_indexing_report(tmp_path, 
         failed = runner.invoke(app, ["index", "--target", hosts["orchestrator"].address])
         assert failed.exit_code == 1, failed.output
         assert "error: indexing failed (UNAVAILABLE)" in failed.output
-        report = json.loads(failed.output[failed.output.index("{") :])
+        # JSON on stdout; the services run in this process and their log lines (stderr) can land in .output
+        report = json.loads(failed.stdout)
         assert report["received"] == "12" and [s["store"] for s in report["stores"]] == ["scoring", "retrieval"]
         assert report["stores"][1]["missing_count"] == "12" and report["stores"][1]["indexed"] == "0"
 
         targets = ["--scoring-target", hosts["scoring"].address, "--retrieval-target", hosts["retrieval"].address]
         dry = runner.invoke(app, ["index", "--reconcile", "--dry-run", *targets])
         assert dry.exit_code == 0, dry.output
-        summary = json.loads(dry.output)
+        summary = json.loads(dry.stdout)
         assert summary["equal"] is False and summary["stores"]["retrieval"]["missing"] == 12
         still_failing = runner.invoke(app, ["index", "--reconcile", *targets])
         assert still_failing.exit_code == 1 and "error: reconcile failed (UNAVAILABLE)" in still_failing.output
@@ -414,10 +415,10 @@ def test_index_command_reconciles_and_prints_a_failed_indexing_report(tmp_path, 
         failing.fail_after = 10**9  # the store is back
         repaired = runner.invoke(app, ["index", "--reconcile", *targets])
         assert repaired.exit_code == 0, repaired.output
-        summary = json.loads(repaired.output)
+        summary = json.loads(repaired.stdout)
         assert summary["equal"] is True and summary["stores"]["retrieval"]["indexed"] == 12
         again = runner.invoke(app, ["index", "--reconcile", *targets])
-        assert again.exit_code == 0 and json.loads(again.output)["stores"]["retrieval"]["indexed"] == 0
+        assert again.exit_code == 0 and json.loads(again.stdout)["stores"]["retrieval"]["indexed"] == 0
     finally:
         for host in reversed(list(hosts.values())):
             on_loop(host.stop(grace_s=0))
