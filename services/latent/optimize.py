@@ -86,11 +86,11 @@ DEFAULT_REALISM_WEIGHT = 1.0
 #: Design start selection: a design starts from the best of ``DEFAULT_START_CANDIDATES`` prior samples
 #: (by the objective it is optimised for, scored in one pref_grad call per ``START_SCORING_ROWS``
 #: rows that asks for the ``value`` output only, so onnxruntime skips the backward pass: about half
-#: the cost of a full call, measured on one thread). Measured on the quality models, 50 SIMULATED shoppers, n = 4 designs of 10 steps: the share
-#: of shoppers whose best design lands in their planted-taste top 10% of the category went from 0.40
-#: (1 candidate) to 0.58 (8) and 0.62 (16), with 32 and 64 no better (0.56); the same share for the
-#: catalogue's own best item by learned score is 0.62, the scorer's ceiling. 20 steps from 1 candidate
-#: gave 0.48 at twice the optimisation cost.
+#: the cost of a full call, measured on one thread). Measured on the quality models, 50 SIMULATED
+#: shoppers, n = 4 designs of 10 steps: the share of shoppers whose best design lands in their
+#: planted-taste top 10% of the category went from 0.40 (1 candidate) to 0.58 (8) and 0.62 (16), with
+#: 32 and 64 no better (0.56); the same share for the catalogue's own best item by learned score is
+#: 0.62, the scorer's ceiling. 20 steps from 1 candidate gave 0.48 at twice the optimisation cost.
 DEFAULT_START_CANDIDATES = 16
 START_SCORING_ROWS = 64
 #: The realism term, ``realism_weight * min(D(G(z)) - margin, 0)^2``, lives in the gradient model: the
